@@ -1,0 +1,253 @@
+"""Sources to image: regular files and Linux block devices, as ``BlockSource``.
+
+Block devices are sized with ``BLKGETSIZE64`` and report their logical and
+physical sector sizes (``BLKSSZGET``/``BLKPBSZGET``).  Reads are positional
+(``os.preadv``), so one open source serves many threads.
+
+Two read modes:
+
+* buffered (default): the page cache reads whole pages, which already covers
+  whole physical sectors.  ``POSIX_FADV_SEQUENTIAL`` widens the kernel's
+  read-ahead, and each sequential read asks (``POSIX_FADV_WILLNEED``) for the
+  next window of the same length so the disk is busy while we compress.
+* ``direct=True`` (``O_DIRECT``): no page cache, so offsets, lengths and buffer
+  addresses must be aligned.  Reads are aligned to the physical sector of a
+  block device (4096 for regular files).  Callers that want the fast path
+  allocate buffers with :func:`aligned_buffer`; any other buffer or an
+  unaligned range is read through a per-thread aligned bounce buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import struct
+import threading
+
+from ..blocks import check_range
+from ..errors import (
+    Error,
+    NotFoundError,
+    PermissionDeniedError,
+    RefusedError,
+    SourceIOError,
+    UnsupportedError,
+    UsageError,
+)
+from ..extents import Extent, ExtentKind
+
+BLKSSZGET = 0x1268
+BLKPBSZGET = 0x127B
+BLKGETSIZE64 = 0x80081272
+
+#: Alignment used for O_DIRECT on regular files: safe for any filesystem block size up to a page.
+FILE_DIRECT_ALIGN = 4096
+#: Largest bounce buffer per thread; longer unaligned reads go through it in pieces.
+BOUNCE_MAX = 8 << 20
+#: Buffered reads at least this long trigger a WILLNEED hint for the following window.
+READAHEAD_MIN = 64 << 10
+
+
+def _ioctl_int(fd: int, request: int, fmt: str) -> int:
+    buf = bytearray(struct.calcsize(fmt))
+    fcntl.ioctl(fd, request, buf)
+    return int(struct.unpack(fmt, buf)[0])
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """A zeroed, page-aligned, writable buffer of ``size`` bytes, usable for ``O_DIRECT`` reads.
+
+    Anonymous ``mmap`` memory starts on a page boundary, which satisfies every
+    device's DMA alignment.  Allocate once and reuse: each call is a syscall.
+    """
+    return mmap.mmap(-1, max(size, 1))
+
+
+def buffer_address(view: memoryview) -> int:
+    """Address of the first byte of a writable, C-contiguous, non-empty buffer."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+def open_error(path: str, err: OSError, what: str = "source") -> Error:
+    """Translate an ``OSError`` from opening ``path`` into the matching errors.py class."""
+    code = err.errno
+    if code == errno.ENOENT:
+        return NotFoundError(f"{what} not found: {path}")
+    if code in (errno.EACCES, errno.EPERM):
+        return PermissionDeniedError(f"permission denied opening {path} (run as root or add read access)")
+    if code == errno.EBUSY:
+        return RefusedError(f"{what} {path}: device busy (in use by another program or a mount)")
+    if code == errno.ENOMEDIUM:
+        return NotFoundError(f"no medium in {path} (insert the disc or card and retry)")
+    if code in (errno.ENXIO, errno.ENODEV):
+        return NotFoundError(f"{what} {path} is not present (device gone or not connected)")
+    return SourceIOError(f"cannot open {path}: {err.strerror}")
+
+
+class FileSource:
+    """A regular file or block device opened read-only.
+
+    Thread-safe: reads are positional and the only per-call scratch state (the
+    ``O_DIRECT`` bounce buffer) is per thread.  ``preadv`` releases the GIL.
+    """
+
+    def __init__(self, path: str, *, direct: bool = False) -> None:
+        self.path = path
+        self.fd = -1
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise open_error(path, e) from None
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"source is a directory, not a file or block device: {path}")
+        self.is_block_device = stat.S_ISBLK(st.st_mode)
+        if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
+            raise UsageError(f"source is neither a regular file nor a block device: {path}")
+        flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
+        try:
+            self.fd = os.open(path, flags)
+        except OSError as e:
+            if direct and e.errno == errno.EINVAL:
+                raise UnsupportedError(
+                    f"{path} does not support O_DIRECT; run without --direct"
+                ) from None
+            raise open_error(path, e) from None
+        self.direct = direct
+        try:
+            if self.is_block_device:
+                self._size = _ioctl_int(self.fd, BLKGETSIZE64, "Q")
+                self._sector_size = _ioctl_int(self.fd, BLKSSZGET, "i")
+                self.physical_sector_size = max(_ioctl_int(self.fd, BLKPBSZGET, "I"), self._sector_size)
+            else:
+                self._size = st.st_size
+                self._sector_size = 512
+                self.physical_sector_size = 512
+        except OSError as e:
+            self.close()
+            raise SourceIOError(f"cannot query size of {path}: {e.strerror}") from None
+        self.mtime = st.st_mtime
+        #: O_DIRECT alignment for offsets, lengths and buffer addresses.
+        self.alignment = (
+            self.physical_sector_size if self.is_block_device else FILE_DIRECT_ALIGN
+        )
+        self._local = threading.local()
+        self._next_sequential = -1
+        if not direct:
+            try:
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            except OSError:
+                pass  # only a hint; some filesystems refuse it
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def sector_size(self) -> int:
+        return self._sector_size
+
+    def alloc_buffer(self, size: int) -> mmap.mmap:
+        """A buffer that ``readinto_at`` fills without a bounce copy (see :func:`aligned_buffer`)."""
+        return aligned_buffer(size)
+
+    def readinto_at(self, offset: int, buf: memoryview | bytearray | mmap.mmap) -> None:
+        """Fill ``buf`` with the bytes at ``offset`` or raise ``SourceIOError`` naming the failed byte."""
+        view = memoryview(buf).cast("B")
+        check_range(self._size, offset, len(view))
+        if not view:
+            return
+        if not self.direct:
+            self._pread_full(view, offset, len(view), offset)
+            self._advise_next(offset, len(view))
+        elif self._aligned(offset, view):
+            self._pread_full(view, offset, len(view), offset)
+        else:
+            self._bounce_read(offset, view)
+
+    def _aligned(self, offset: int, view: memoryview) -> bool:
+        a = self.alignment
+        end = offset + len(view)
+        # A 512e disk's last sector may end off the physical grid; its size is still a multiple
+        # of the logical sector, which is all O_DIRECT needs there.
+        end_ok = end % a == 0 or (self.is_block_device and end == self._size)
+        return offset % a == 0 and end_ok and not view.readonly and buffer_address(view) % a == 0
+
+    def _bounce_read(self, offset: int, view: memoryview) -> None:
+        a = self.alignment
+        bounce = self._bounce(min(BOUNCE_MAX, _round_up(len(view) + a, a)))
+        end = offset + len(view)
+        pos = offset
+        while pos < end:
+            start = pos - pos % a
+            stop = min(_round_up(end, a), start + len(bounce))
+            # Past the end of the source the kernel returns a short read: ask only for what exists.
+            self._pread_full(memoryview(bounce)[: stop - start], start, min(stop, self._size) - start, pos)
+            take = min(end, stop) - pos
+            view[pos - offset : pos - offset + take] = bounce[pos - start : pos - start + take]
+            pos += take
+
+    def _bounce(self, size: int) -> mmap.mmap:
+        cur: mmap.mmap | None = getattr(self._local, "bounce", None)
+        if cur is None or len(cur) < size:
+            if cur is not None:
+                cur.close()
+            cur = aligned_buffer(size)
+            self._local.bounce = cur
+        return cur
+
+    def _pread_full(self, view: memoryview, offset: int, need: int, report_from: int) -> None:
+        """Read into ``view`` at ``offset`` until ``need`` bytes arrived; errors name the byte that
+        failed, but never one before ``report_from`` (the caller's first byte)."""
+        done = 0
+        while done < need:
+            try:
+                n = os.preadv(self.fd, [view[done:]], offset + done)
+            except OSError as e:
+                raise self._read_error(max(offset + done, report_from), e) from None
+            if n == 0:
+                at = max(offset + done, report_from)
+                raise SourceIOError(
+                    f"{self.path} ended at byte {at}, expected {self._size} bytes (did the source shrink?)",
+                    offset=at,
+                )
+            done += n
+
+    def _read_error(self, at: int, err: OSError) -> Error:
+        if err.errno == errno.ENOMEDIUM:
+            return NotFoundError(f"medium removed from {self.path} while reading byte {at}")
+        return SourceIOError(
+            f"read error on {self.path} at byte {at} (sector {at // self._sector_size}): {err.strerror}",
+            offset=at,
+        )
+
+    def _advise_next(self, offset: int, length: int) -> None:
+        sequential = offset == self._next_sequential
+        self._next_sequential = offset + length  # a benign race between threads: it is only a hint
+        if sequential and length >= READAHEAD_MIN and offset + length < self._size:
+            try:
+                os.posix_fadvise(self.fd, offset + length, length, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        check_range(self._size, offset, length)
+        return [Extent(offset, length, ExtentKind.DATA)] if length else []
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _round_up(n: int, a: int) -> int:
+    return -(-n // a) * a

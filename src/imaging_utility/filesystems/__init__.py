@@ -1,0 +1,140 @@
+"""Filesystem detection and allocation maps for used-only imaging.
+
+``detect`` recognises NTFS, ext2/3/4, FAT12/16/32 and exFAT at offset 0 of a
+``BlockSource``; ``allocation_map`` returns the byte ranges in use as the
+project's ``AllocationMap``.  The map always includes the filesystem's own
+metadata and everything past the filesystem's end up to the source's end.
+When the filesystem is unknown, damaged or in a state whose bitmaps cannot be
+trusted, ``UnsupportedError`` says what was found: never a partial or wrong map.
+
+Formats and their specs: ``ntfs.py``, ``ext.py``, ``fat.py``, ``exfat.py``;
+summary in ``shared/reference/ntfs-bitmap-and-extfs.md``.  The parsers are
+our own over ``struct`` (dissect.* is used only by tests), so every read goes
+through ``BlockSource.readinto_at`` and memory stays bounded.  Functions here
+are thread-safe if the source is.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..blocks import BlockSource, read_at
+from ..errors import Error, UnsupportedError
+from ..extents import AllocationMap
+from . import exfat, ext, fat, ntfs
+
+__all__ = ["FilesystemInfo", "allocation_map", "detect"]
+
+_HINT = "image it in full without --used-only"
+
+
+@dataclass(frozen=True)
+class FilesystemInfo:
+    type: str  # "ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "exfat"
+    cluster_size: int  # bytes per cluster/block
+    volume_size: int  # bytes the filesystem spans (may be < source size)
+    label: str | None
+    serial: str | None  # volume serial / UUID as text
+
+
+_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot
+
+
+def _probe(source: BlockSource) -> _Found | None:
+    found: list[_Found] = []
+    errors: list[UnsupportedError] = []
+    for probe in (ntfs.probe, exfat.probe, ext.probe, fat.probe):
+        try:
+            hit = probe(source)
+        except UnsupportedError as e:
+            errors.append(e)
+            continue
+        if hit is not None:
+            found.append(hit)
+    if len(found) > 1:
+        names = " and ".join(_info(source, f).type for f in found)
+        raise UnsupportedError(f"both {names} signatures found at offset 0, cannot tell which is real; {_HINT}")
+    if found:
+        return found[0]
+    if errors:
+        raise UnsupportedError(f"{errors[0]}; {_HINT}")
+    return None
+
+
+def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
+    if isinstance(fs, ntfs.NtfsBoot):
+        return FilesystemInfo("ntfs", fs.cluster_size, fs.volume_size, ntfs.volume_label(source, fs),
+                              f"{fs.serial:016X}")
+    if isinstance(fs, exfat.ExfatBoot):
+        return FilesystemInfo("exfat", fs.cluster_size, fs.volume_size, exfat.volume_label(source, fs),
+                              fs.serial_text)
+    if isinstance(fs, ext.ExtSuper):
+        return FilesystemInfo(fs.kind, fs.block_size, fs.blocks_count * fs.block_size, fs.label, fs.serial)
+    return FilesystemInfo(fs.type, fs.cluster_size, fs.volume_size, fs.label, fs.serial_text)
+
+
+def detect(source: BlockSource) -> FilesystemInfo | None:
+    """The filesystem at offset 0 of ``source``, or ``None`` when no known signature is there.
+
+    Raises ``UnsupportedError`` when a signature is found but its boot sector or
+    superblock is damaged, or when two filesystems' signatures are both present.
+    """
+    fs = _probe(source)
+    return None if fs is None else _info(source, fs)
+
+
+def _describe(source: BlockSource) -> str:
+    """What is at offset 0, for the error message."""
+    head = read_at(source, 0, 1024)
+    if head[512:520] == b"EFI PART":
+        return "a GPT partition table ('EFI PART' at offset 512): this is a whole disk, image a partition"
+    if not head.strip(b"\0"):
+        return "only zero bytes at offset 0"
+    if len(head) >= 512 and head[510:512] == b"\x55\xaa":
+        return "an MBR-like boot sector (55 AA at offset 510) without a filesystem"
+    return f"first bytes: {head[:8]!r}"
+
+
+def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
+    if isinstance(fs, ntfs.NtfsBoot):
+        return ntfs.used_ranges(source, fs)
+    if isinstance(fs, exfat.ExfatBoot):
+        return exfat.used_ranges(source, fs)
+    if isinstance(fs, ext.ExtSuper):
+        return ext.used_ranges(source, fs)
+    return fat.used_ranges(source, fs)
+
+
+def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
+    """Detect the filesystem and map the byte ranges it uses.
+
+    The map's ``size`` is ``source.size``; everything from the filesystem's end
+    (``FilesystemInfo.volume_size``) to the source's end counts as used.
+
+    Raises:
+        UnsupportedError: no known filesystem, a damaged one, one whose bitmaps cannot be
+            trusted (journal needing recovery, errors recorded), or a truncated source.
+        SourceIOError: reading the source failed.
+    """
+    fs = _probe(source)
+    if fs is None:
+        raise UnsupportedError(
+            f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 ({_describe(source)}); {_HINT}"
+        )
+    info = _info(source, fs)
+    if info.volume_size > source.size:
+        raise UnsupportedError(
+            f"{info.type} filesystem spans {info.volume_size} bytes but the source ends at {source.size} "
+            f"(truncated?); {_HINT}"
+        )
+    try:
+        ranges = list(_ranges(source, fs))
+    except Error:
+        raise
+    except (ValueError, IndexError, OverflowError, struct.error) as e:
+        # Structures that passed validation but still point somewhere impossible.
+        raise UnsupportedError(f"{info.type} filesystem at offset 0 is inconsistent: {e}; {_HINT}") from None
+    ranges.append((info.volume_size, source.size - info.volume_size))
+    return info, AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)

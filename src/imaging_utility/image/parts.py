@@ -1,0 +1,217 @@
+"""An image as one file or a set of split parts ``NAME.001``, ``NAME.002``, … seen as one byte stream.
+
+Parts are cut on frame boundaries (a frame never straddles two parts), so
+``cat NAME.0* | zstd -dc`` works.  ``PartReader`` is thread-safe (positional
+reads only); ``PartWriter`` is not, and is sticky: after its first I/O error
+every call raises the same error.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import os
+import re
+from pathlib import Path
+
+from ..errors import (
+    CorruptImageError,
+    Error,
+    NoSpaceError,
+    NotFoundError,
+    PermissionDeniedError,
+    TargetIOError,
+    UsageError,
+)
+
+MAX_PARTS = 999
+_PART_RE = re.compile(r"^(.*)\.(\d{3})$")
+
+
+def part_path(base: str, index: int) -> str:
+    """Path of part ``index`` (0-based) of the split image named ``base``."""
+    return f"{base}.{index + 1:03d}"
+
+
+def resolve_parts(path: str) -> list[str]:
+    """The file(s) making up the image at ``path``: the file itself, or ``path.001``… / siblings of ``X.001``."""
+    base = None
+    m = _PART_RE.match(path)
+    if m and m.group(2) == "001" and os.path.isfile(path):
+        base = m.group(1)
+    elif not os.path.exists(path) and os.path.isfile(part_path(path, 0)):
+        base = path
+    if base is None:
+        if os.path.isdir(path):
+            raise UsageError(f"{path} is a directory, not an image")
+        if not os.path.exists(path):
+            raise NotFoundError(f"image not found: {path}")
+        return [path]
+    parts: list[str] = []
+    while os.path.isfile(part_path(base, len(parts))):
+        parts.append(part_path(base, len(parts)))
+    return parts
+
+
+def existing_outputs(dest: str) -> list[str]:
+    """Files an image written to ``dest`` may already have left behind (single file and/or parts)."""
+    found = [dest] if os.path.lexists(dest) else []
+    i = 0
+    while os.path.lexists(part_path(dest, i)):
+        found.append(part_path(dest, i))
+        i += 1
+    return found
+
+
+def _os_error(e: OSError, path: str, what: str) -> Error:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(f"no space left on the filesystem of {path} while {what}; "
+                            "free some space and continue with --resume")
+    if e.errno == errno.EFBIG:
+        return NoSpaceError(f"{path} reached the largest file size allowed while {what}; "
+                            "use --split-size, or free space/raise the limit and continue with --resume")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDeniedError(f"cannot write {path}: {e.strerror}")
+    if e.errno == errno.ENOENT:
+        return NotFoundError(f"cannot create {path}: directory does not exist")
+    return TargetIOError(f"I/O error on {path} while {what}: {e.strerror}")
+
+
+class PartReader:
+    def __init__(self, paths: list[str]) -> None:
+        if not paths:
+            raise NotFoundError("no image parts given")
+        self.paths = paths
+        self.fds: list[int] = []
+        self.starts: list[int] = []
+        total = 0
+        try:
+            for p in paths:
+                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+                self.fds.append(fd)
+                self.starts.append(total)
+                total += os.fstat(fd).st_size
+        except PermissionError:
+            self.close()
+            raise PermissionDeniedError(f"permission denied reading image {p}") from None
+        except OSError as e:
+            self.close()
+            raise NotFoundError(f"cannot open image {p}: {e.strerror}") from None
+        self.size = total
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Exactly ``n`` bytes at ``offset`` of the joined stream; raises CorruptImageError past its end."""
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise CorruptImageError(
+                f"image read [{offset}, {offset + n}) beyond its end ({self.size} bytes): truncated image?"
+            )
+        pieces: list[bytes] = []
+        i = bisect.bisect_right(self.starts, offset) - 1
+        while n > 0:
+            rel = offset - self.starts[i]
+            end = self.starts[i + 1] if i + 1 < len(self.starts) else self.size
+            take = min(n, end - offset)
+            try:
+                data = os.pread(self.fds[i], take, rel)
+            except OSError as e:
+                raise TargetIOError(f"I/O error reading image {self.paths[i]} at {rel}: {e.strerror}") from None
+            if len(data) != take:
+                raise CorruptImageError(f"image part {self.paths[i]} shrank while being read")
+            pieces.append(data)
+            offset += take
+            n -= take
+            i += 1
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+class PartWriter:
+    """Appends whole frames; starts a new part when a frame would not fit in ``split_size``."""
+
+    def __init__(self, dest: str, split_size: int | None) -> None:
+        self.dest = dest
+        self.split_size = split_size
+        self.fd = -1
+        self.part_index = -1
+        self.part_len = 0
+        self.total = 0
+        self._error: Error | None = None
+
+    def _path(self, index: int) -> str:
+        return self.dest if self.split_size is None else part_path(self.dest, index)
+
+    def _open(self, index: int, truncate_to: int | None = None) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        path = self._path(index)
+        try:
+            if truncate_to is None:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                self.part_len = 0
+            else:
+                self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                os.ftruncate(self.fd, truncate_to)
+                self.part_len = truncate_to
+        except OSError as e:
+            raise _os_error(e, path, "opening it") from None
+        os.lseek(self.fd, self.part_len, os.SEEK_SET)
+        self.part_index = index
+
+    def create(self) -> None:
+        self._open(0)
+
+    def reopen_at(self, total: int, part_sizes: list[int]) -> None:
+        """Continue after the first ``total`` bytes of the existing parts (sizes ``part_sizes``)."""
+        acc = 0
+        for i, size in enumerate(part_sizes):
+            if total <= acc + size:
+                self._open(i, total - acc)
+                for j in range(i + 1, len(part_sizes)):
+                    os.unlink(self._path(j))
+                self.total = total
+                return
+            acc += size
+        raise CorruptImageError(f"cannot continue at byte {total}: the image parts hold only {acc} bytes")
+
+    def write_frame(self, frame: bytes | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.split_size is not None and self.part_len and self.part_len + len(frame) > self.split_size:
+            if self.part_index + 1 >= MAX_PARTS:
+                self._error = UsageError(f"more than {MAX_PARTS} parts needed; choose a larger --split-size")
+                raise self._error
+            self._open(self.part_index + 1)
+        view = memoryview(frame)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+                self.part_len += n
+                self.total += n
+        except OSError as e:
+            self._error = _os_error(e, self._path(self.part_index), f"writing at byte {self.total}")
+            raise self._error from None
+
+    def sync(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.fsync(self.fd)
+            except OSError as e:
+                raise _os_error(e, self._path(self.part_index), "flushing it to disk") from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def paths(self) -> list[str]:
+        return [self._path(i) for i in range(self.part_index + 1)]
+
+    @staticmethod
+    def sizes(paths: list[str]) -> list[int]:
+        return [Path(p).stat().st_size for p in paths]

@@ -1,0 +1,290 @@
+"""Random-access reader of an image (single file or split parts) — a ``BlockSource``.
+
+Thread-safety: one ``ImageReader`` may be shared by many threads.  Reads are
+positional; decoded chunks go through a lock-protected LRU cache; concurrent
+misses on the same chunk decode it once; sequential readers trigger read-ahead
+of the next chunks on a small background pool.  Every chunk is checked as it
+is decoded (its frame checksum against the seek table, its content checksum and
+its size), so a corrupt chunk raises ``ChunkCorruptError`` and never returns
+wrong bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from array import array
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..blocks import check_range
+from ..errors import ChunkCorruptError, CorruptImageError
+from ..extents import AllocationMap, Extent, ExtentKind, coalesce
+from ..format import c_image as c
+from ..format.codec import Codec, frame_checksum
+from ..format.index import SeekTable
+from ..format.metaframe import Event, Header, Trailer
+from .parts import PartReader, resolve_parts
+
+DEFAULT_CACHE_BYTES = 64 << 20
+
+
+class ImageReader:
+    def __init__(self, paths: list[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES, readahead: int = 4) -> None:
+        self.paths = paths
+        self._parts = PartReader(paths)
+        try:
+            self._load()
+        except BaseException:
+            self._parts.close()
+            raise
+        self._codec = Codec(int(self.header.meta.get("level", c.DEFAULT_LEVEL)))
+        self._zero_frames = {n: self._codec.zero_frame(n) for n in {self.chunk_size, self._last_len}}
+        self._zero_sums = {n: frame_checksum(f) for n, f in self._zero_frames.items()}
+        self._zero_data = {n: bytes(n) for n in self._zero_frames}
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_slots = max(2, cache_bytes // self.chunk_size)
+        self._inflight: dict[int, Future[bytes]] = {}
+        self._lock = threading.Lock()
+        self._recent: list[int] = []
+        self._readahead = readahead
+        self._pool: ThreadPoolExecutor | None = None
+
+    # --- loading and validation ---------------------------------------------------------
+    def _load(self) -> None:
+        read_at, file_size = self._parts.read_at, self._parts.size
+        table, table_off = SeekTable.load(read_at, file_size)
+        self.image_bytes = file_size
+        if len(table) < 2 or table.dsizes[0] != 0:
+            raise CorruptImageError("seek table does not start with the image header frame")
+        offsets = array("Q", itertools.accumulate(table.csizes, initial=0))
+        magic, hsize = c.SKIPPABLE_HEADER.unpack(read_at(0, c.SKIPPABLE_HEADER.size))
+        if magic != c.HEADER_MAGIC:
+            raise CorruptImageError(f"not an imaging-utility image: first frame magic {magic:#010x}")
+        if hsize + 8 != table.csizes[0]:
+            raise CorruptImageError(f"header frame size {hsize + 8} disagrees with the seek table ({table.csizes[0]})")
+        self.header = Header.decode(read_at(8, hsize), 8)
+        self.size = self.header.source_size
+        self.chunk_size = self.header.chunk_size
+        self.chunk_count = -(-self.size // self.chunk_size)
+        self._last_len = self.size - (self.chunk_count - 1) * self.chunk_size if self.chunk_count else self.chunk_size
+        self.chunk_offsets = array("Q")
+        self.chunk_csizes = array("I")
+        self.chunk_sums = array("I")
+        self.trailer: Trailer | None = None
+        event_ranges: list[tuple[int, int]] = []
+        for i in range(1, len(table)):
+            dsize, off, csize = table.dsizes[i], offsets[i], table.csizes[i]
+            if dsize:
+                k = len(self.chunk_offsets)
+                expected = min(self.chunk_size, self.size - k * self.chunk_size)
+                if k >= self.chunk_count or dsize != expected:
+                    raise CorruptImageError(
+                        f"seek table entry {i}: chunk {k} holds {dsize} bytes, expected {max(expected, 0)}"
+                    )
+                self.chunk_offsets.append(off)
+                self.chunk_csizes.append(csize)
+                self.chunk_sums.append(table.checksums[i])
+                continue
+            if csize < 8:
+                raise CorruptImageError(f"seek table entry {i}: skippable frame of {csize} bytes at offset {off:#x}")
+            fmagic, fsize = c.SKIPPABLE_HEADER.unpack(read_at(off, 8))
+            if fmagic & c.SKIPPABLE_MASK != c.SKIPPABLE_BASE or fsize + 8 != csize:
+                raise CorruptImageError(f"frame {i} at offset {off:#x} is not the skippable frame the seek table says")
+            if fmagic == c.TRAILER_MAGIC:
+                self.trailer = Trailer.decode(read_at(off + 8, fsize), off + 8)
+            elif fmagic == c.EVENT_MAGIC:
+                event_ranges.extend(Event.decode(read_at(off + 8, fsize), off + 8).bad_ranges)
+        if len(self.chunk_offsets) != self.chunk_count:
+            raise CorruptImageError(
+                f"seek table lists {len(self.chunk_offsets)} chunks, the header's size needs {self.chunk_count}"
+            )
+        if self.trailer is None:
+            raise CorruptImageError("image has no trailer frame")
+        if self.trailer.source_size != self.size or self.trailer.chunk_count != self.chunk_count:
+            raise CorruptImageError("trailer disagrees with the header about the image size")
+        self.table_offset = table_off
+        self.bad_ranges: list[tuple[int, int]] = self.trailer.bad_ranges or sorted(event_ranges)
+        self.allocation: AllocationMap | None = None
+        if self.header.used_only:
+            if self.header.allocation is None:
+                raise CorruptImageError("used-only image without an allocation map")
+            try:
+                self.allocation = AllocationMap.decode(self.header.allocation, self.size)
+            except ValueError as e:
+                raise CorruptImageError(f"image header: {e}") from None
+
+    # --- BlockSource ----------------------------------------------------------------
+    @property
+    def sector_size(self) -> int:
+        return self.header.sector_size
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {"header": self.header.meta, "trailer": self.trailer.meta if self.trailer else {}}
+
+    def is_zero_chunk(self, index: int) -> bool:
+        """True when the seek table says chunk ``index`` is the precomputed all-zero frame."""
+        n = self.chunk_len(index)
+        return self.chunk_csizes[index] == len(self._zero_frames[n]) and self.chunk_sums[index] == self._zero_sums[n]
+
+    def chunk_len(self, index: int) -> int:
+        return self._last_len if index == self.chunk_count - 1 else self.chunk_size
+
+    def read_frame(self, index: int) -> bytes:
+        return self._parts.read_at(self.chunk_offsets[index], self.chunk_csizes[index])
+
+    def decode_chunk(self, index: int, frame: bytes | None = None) -> bytes:
+        """Decode and check chunk ``index`` (bypassing the cache)."""
+        n = self.chunk_len(index)
+        offset = index * self.chunk_size
+        if frame is None:
+            frame = self.read_frame(index)
+        if frame_checksum(frame) != self.chunk_sums[index]:
+            raise ChunkCorruptError(
+                f"chunk {index} (image byte offset {offset}): frame checksum {frame_checksum(frame):#010x} "
+                f"differs from the seek table's {self.chunk_sums[index]:#010x}", index, offset,
+            )
+        if frame == self._zero_frames[n]:
+            return self._zero_data[n]
+        return self._codec.decompress(frame, n, index, offset)
+
+    def chunk(self, index: int) -> bytes:
+        """Chunk ``index``'s bytes, through the cache (thread-safe)."""
+        with self._lock:
+            data = self._cache.get(index)
+            if data is not None:
+                self._cache.move_to_end(index)
+                return data
+            fut = self._inflight.get(index)
+            owner = fut is None
+            if fut is None:
+                fut = Future()
+                self._inflight[index] = fut
+        if not owner:
+            return fut.result()
+        try:
+            data = self.decode_chunk(index)
+        except BaseException as e:
+            with self._lock:
+                del self._inflight[index]
+            fut.set_exception(e)
+            raise
+        with self._lock:
+            del self._inflight[index]
+            if data is not self._zero_data.get(len(data)):
+                self._cache[index] = data
+                if len(self._cache) > self._cache_slots:
+                    self._cache.popitem(last=False)
+        fut.set_result(data)
+        return data
+
+    def _note_access(self, index: int) -> None:
+        if not self._readahead:
+            return
+        with self._lock:
+            sequential = index - 1 in self._recent
+            self._recent.append(index)
+            del self._recent[:-16]
+            if not sequential:
+                return
+            todo = [j for j in range(index + 1, min(index + 1 + self._readahead, self.chunk_count))
+                    if j not in self._cache and j not in self._inflight]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="readahead")
+        for j in todo:
+            self._pool.submit(self._prefetch, j)
+
+    def _prefetch(self, index: int) -> None:
+        try:
+            self.chunk(index)
+        except (CorruptImageError, OSError):
+            pass  # reported to whoever reads it for real
+
+    def readinto_at(self, offset: int, buf: memoryview | bytearray) -> None:
+        check_range(self.size, offset, len(buf))
+        view = memoryview(buf)
+        pos = 0
+        while pos < len(view):
+            index, rel = divmod(offset + pos, self.chunk_size)
+            self._note_access(index)
+            data = self.chunk(index)
+            take = min(len(view) - pos, len(data) - rel)
+            view[pos : pos + take] = data[rel : rel + take]
+            pos += take
+
+    def read(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at the end of the image)."""
+        n = max(0, min(n, self.size - offset))
+        buf = bytearray(n)
+        self.readinto_at(offset, buf)
+        return bytes(buf)
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        check_range(self.size, offset, length)
+        if not length:
+            return []
+        out: list[Extent] = []
+        first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+        for i in range(first, last + 1):
+            s = max(offset, i * self.chunk_size)
+            e = min(offset + length, i * self.chunk_size + self.chunk_len(i))
+            kind = ExtentKind.ZERO if self.is_zero_chunk(i) else ExtentKind.DATA
+            if self.allocation is None:
+                out.append(Extent(s, e - s, kind))
+                continue
+            pos = s
+            for uo, un in self.allocation.used_in(s, e - s):
+                if uo > pos:
+                    out.append(Extent(pos, uo - pos, ExtentKind.UNALLOCATED))
+                out.append(Extent(uo, un, kind))
+                pos = uo + un
+            if pos < e:
+                out.append(Extent(pos, e - pos, ExtentKind.UNALLOCATED))
+        return _overlay_bad(coalesce(out), self.bad_ranges)
+
+    def chunk_map(self) -> list[Extent]:
+        """The whole image as data / zero / unallocated / unreadable extents."""
+        return self.extents(0, self.size)
+
+    def verify(self, **kwargs: Any) -> Any:
+        from .verify import verify_image
+
+        return verify_image(self, **kwargs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._parts.close()
+
+    def __enter__(self) -> ImageReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Extent]:
+    if not bad:
+        return extents
+    out: list[Extent] = []
+    for ext in extents:
+        pos = ext.offset
+        for bo, bn in bad:
+            s, e = max(bo, pos), min(bo + bn, ext.end)
+            if s >= e:
+                continue
+            if s > pos:
+                out.append(Extent(pos, s - pos, ext.kind))
+            out.append(Extent(s, e - s, ExtentKind.UNREADABLE))
+            pos = e
+        if pos < ext.end:
+            out.append(Extent(pos, ext.end - pos, ext.kind))
+    return coalesce(out)
+
+
+def open_image(path: str, **kwargs: Any) -> ImageReader:
+    """Open a finished image (a file, ``NAME.001`` or ``NAME`` of a split set) for random access."""
+    return ImageReader(resolve_parts(path), **kwargs)

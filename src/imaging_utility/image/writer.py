@@ -1,0 +1,63 @@
+"""Append frames to an image and close it with a trailer and the seek table (docs/image-format.md §2).
+
+Not thread-safe: one thread appends frames in chunk order.  Sticky: after an
+I/O error every call raises it again (``PartWriter``).  Until ``finish`` the
+file is a valid prefix that ``recover`` can continue.
+"""
+
+from __future__ import annotations
+
+from ..format import c_image as c
+from ..format.codec import frame_checksum
+from ..format.index import SeekTable
+from ..format.metaframe import Event, Header, Trailer
+from .parts import PartWriter
+
+
+class ImageWriter:
+    def __init__(self, parts: PartWriter, header: Header, table: SeekTable, chunks_written: int) -> None:
+        self.parts = parts
+        self.header = header
+        self.table = table
+        self.chunks_written = chunks_written
+
+    @classmethod
+    def create(cls, dest: str, split_size: int | None, header: Header) -> ImageWriter:
+        parts = PartWriter(dest, split_size)
+        parts.create()
+        frame = header.encode()
+        parts.write_frame(frame)
+        table = SeekTable()
+        table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
+        return cls(parts, header, table, 0)
+
+    @property
+    def bytes_written(self) -> int:
+        return self.parts.total
+
+    def add_chunk(self, frame: bytes | memoryview, length: int) -> None:
+        """Append the data frame of the next chunk (``length`` raw bytes)."""
+        self.parts.write_frame(frame)
+        self.table.append(len(frame), length, frame_checksum(frame))
+        self.chunks_written += 1
+
+    def add_event(self, event: Event) -> None:
+        frame = event.encode()
+        self.parts.write_frame(frame)
+        self.table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
+
+    def finish(self, trailer: Trailer) -> list[str]:
+        """Write the trailer and the seek table, fsync, close; returns the image's file(s)."""
+        frame = trailer.encode()
+        self.parts.write_frame(frame)
+        self.table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
+        self.parts.write_frame(self.table.encode())
+        self.parts.sync()
+        self.parts.close()
+        return self.parts.paths()
+
+    def sync(self) -> None:
+        self.parts.sync()
+
+    def close(self) -> None:
+        self.parts.close()

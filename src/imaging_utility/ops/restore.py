@@ -1,0 +1,164 @@
+"""Restore an image to a file (sparse: zero and unallocated chunks become holes) or a block device.
+
+Chunks are decoded on a thread pool and written in order with ``pwrite``;
+every chunk's checksums are checked as it is decoded.  A device gets every
+byte (zeros included) and is fsynced at the end.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..devices.source import BLKGETSIZE64, _ioctl_int
+from ..errors import (
+    NoSpaceError,
+    NotFoundError,
+    PermissionDeniedError,
+    RefusedError,
+    TargetIOError,
+    UsageError,
+    VerificationError,
+)
+from ..image.digests import SUPPORTED, Digests
+from ..image.reader import ImageReader
+from ..progress import ProgressCallback, ProgressEvent, no_progress
+
+
+@dataclass
+class RestoreResult:
+    target: str
+    is_device: bool
+    bytes_total: int
+    bytes_written: int
+    holes: int
+    elapsed: float
+    digests: dict[str, dict[str, object]] = field(default_factory=dict)
+    bad_ranges: list[tuple[int, int]] = field(default_factory=list)
+
+
+def target_kind(target: str) -> str:
+    """"device", "file" (existing regular file) or "new"."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return "new"
+    except PermissionError:
+        raise PermissionDeniedError(f"permission denied: {target}") from None
+    if stat.S_ISBLK(st.st_mode):
+        return "device"
+    if stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"restore target {target} is a directory; give a file name or a block device")
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    raise UsageError(f"restore target {target} is neither a regular file nor a block device")
+
+
+def _write_error(e: OSError, target: str, offset: int) -> Exception:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return NoSpaceError(f"no space left on {target} at byte {offset}: {e.strerror}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDeniedError(f"cannot write {target}: {e.strerror}")
+    return TargetIOError(f"write error on {target} at byte {offset}: {e.strerror}")
+
+
+def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool) -> int:
+    if kind == "file" and not force:
+        raise RefusedError(f"{target} already exists; use --force to overwrite it")
+    if kind == "device" and not confirmed:
+        raise RefusedError(f"not confirmed: restoring would overwrite every byte of {target}")
+    try:
+        if kind == "device":
+            fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+            dev_size = _ioctl_int(fd, BLKGETSIZE64, "Q")
+            if dev_size < size:
+                os.close(fd)
+                raise RefusedError(f"{target} holds {dev_size} bytes, the image needs {size}; choose a larger device")
+            return fd
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise RefusedError(f"{target} is busy (mounted or in use); unmount it first") from None
+        if e.errno == errno.ENOENT:
+            raise NotFoundError(f"cannot create {target}: directory does not exist") from None
+        raise _write_error(e, target, 0) from None
+    try:
+        os.ftruncate(fd, size)
+    except OSError as e:
+        os.close(fd)
+        raise _write_error(e, target, size) from None
+    return fd
+
+
+def restore(reader: ImageReader, target: str, *, force: bool = False,
+            confirm: Callable[[], bool] | None = None, threads: int | None = None, verify: bool = False,
+            progress: ProgressCallback = no_progress) -> RestoreResult:
+    """Write the image's bytes to ``target``; a block device is written only if ``confirm()`` says yes."""
+    started = time.monotonic()
+    threads = threads or os.cpu_count() or 2
+    kind = target_kind(target)
+    confirmed = kind == "device" and confirm is not None and confirm()
+    fd = _open_target(target, kind, reader.size, force, confirmed)
+    device = kind == "device"
+    expected = dict((reader.trailer.meta if reader.trailer else {}).get("digests", {}))
+    digests = Digests([n for n in expected if n in SUPPORTED] if verify else [])
+    ev = ProgressEvent("restore", 0, reader.size)
+    written = holes = 0
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
+            pending: deque[tuple[int, Future[bytes] | None]] = deque()
+
+            def take() -> None:
+                nonlocal written, holes
+                index, fut = pending.popleft()
+                offset = index * reader.chunk_size
+                n = reader.chunk_len(index)
+                if fut is None:
+                    holes += 1
+                    if verify:
+                        digests.update(bytes(n))
+                else:
+                    data = fut.result()
+                    if verify:
+                        digests.update(data)
+                    try:
+                        view = memoryview(data)
+                        done = 0
+                        while done < n:
+                            done += os.pwrite(fd, view[done:], offset + done)
+                    except OSError as e:
+                        raise _write_error(e, target, offset) from None
+                    written += n
+                ev.done += n
+                ev.output_bytes = written
+                progress(ev)
+
+            for index in range(reader.chunk_count):
+                hole = not device and reader.is_zero_chunk(index)
+                pending.append((index, None if hole else pool.submit(reader.decode_chunk, index)))
+                if len(pending) > 2 * threads + 2:
+                    take()
+            while pending:
+                take()
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise _write_error(e, target, reader.size) from None
+    finally:
+        os.close(fd)
+    result = RestoreResult(target, device, reader.size, written, holes, time.monotonic() - started,
+                           bad_ranges=list(reader.bad_ranges))
+    if verify:
+        actual = digests.hexdigests()
+        result.digests = {n: {"expected": expected[n], "actual": actual[n], "ok": actual[n] == expected[n]}
+                          for n in actual}
+        bad = [n for n, d in result.digests.items() if not d["ok"]]
+        if bad:
+            raise VerificationError(f"restored data does not match the image's {', '.join(bad)} digest")
+    return result

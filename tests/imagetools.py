@@ -1,0 +1,83 @@
+"""Helpers for the image tests: make sources, image them through the API, compare images."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from imaging_utility.devices.source import FileSource
+from imaging_utility.format import c_image as c
+from imaging_utility.format.index import walk_frames
+from imaging_utility.image.parts import PartReader, resolve_parts
+from imaging_utility.ops.capture import CaptureOptions, CaptureResult, capture
+
+TEXT = b"".join(b"%06d the quick brown fox jumps over the lazy dog; disk imaging test line\n" % i
+                for i in range(20000))
+
+
+def mixed_bytes(size: int, seed: int = 1, region: int = 64 * 1024) -> bytes:
+    """Deterministic zero / text-like / random regions, like a used disk."""
+    rng = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        kind = rng.random()
+        n = min(region, size - len(out))
+        if kind < 0.3:
+            out += bytes(n)
+        elif kind < 0.75:
+            start = rng.randrange(len(TEXT) - n) if len(TEXT) > n else 0
+            out += TEXT[start : start + n]
+        else:
+            out += rng.randbytes(n)
+    return bytes(out)
+
+
+def write_source(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def image_file(src: Path, dest: Path, **opts: object) -> CaptureResult:
+    with FileSource(str(src)) as source:
+        options = CaptureOptions(identity={"kind": "file", "size": source.size}, **opts)  # type: ignore[arg-type]
+        return capture(source, str(dest), options)
+
+
+def data_frames(path: Path | str) -> list[bytes]:
+    """The zstd data frames of an image (single or split), in order."""
+    reader = PartReader(resolve_parts(str(path)))
+    try:
+        return [reader.read_at(f.offset, f.length) for f in walk_frames(reader.read_at, reader.size)
+                if f.magic == c.ZSTD_MAGIC]
+    finally:
+        reader.close()
+
+
+def image_bytes(path: Path | str) -> bytes:
+    return b"".join(Path(p).read_bytes() for p in resolve_parts(str(path)))
+
+
+def sparse_file(path: Path, size: int, islands: dict[int, bytes]) -> Path:
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for off, data in islands.items():
+            fh.seek(off)
+            fh.write(data)
+    return path
+
+
+def file_sha256(path: Path | str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def remove(path: Path) -> None:
+    for p in [path, *path.parent.glob(path.name + ".0*")]:
+        if p.exists():
+            os.unlink(p)
