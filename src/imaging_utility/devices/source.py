@@ -36,7 +36,6 @@ from ..errors import (
     RefusedError,
     SourceIOError,
     UnsupportedError,
-    UsageError,
 )
 from ..extents import Extent, ExtentKind
 
@@ -103,10 +102,10 @@ class FileSource:
         except OSError as e:
             raise open_error(path, e) from None
         if stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"source is a directory, not a file or block device: {path}")
+            raise UnsupportedError(f"source is a directory, not a file or block device: {path}")
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
-            raise UsageError(f"source is neither a regular file nor a block device: {path}")
+            raise UnsupportedError(f"source is neither a regular file nor a block device: {path}")
         flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
         try:
             self.fd = os.open(path, flags)
@@ -193,8 +192,8 @@ class FileSource:
     def _bounce(self, size: int) -> mmap.mmap:
         cur: mmap.mmap | None = getattr(self._local, "bounce", None)
         if cur is None or len(cur) < size:
-            if cur is not None:
-                cur.close()
+            # The old one is left to the garbage collector rather than closed: a traceback kept
+            # from a failed read may still hold a view of it, and close() would then fail.
             cur = aligned_buffer(size)
             self._local.bounce = cur
         return cur

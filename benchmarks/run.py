@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Benchmarks against the peer tools, on the same data, in the same run.  Not part of the test suite.
+
+    .venv/bin/python benchmarks/run.py [--corpus DIR] [--work DIR] [--reps 3] [--only core,chunks,rss]
+
+Builds the corpus with ../shared/corpus/make_corpus.py when it is missing, warms the page cache,
+and prints MiB/s, output size, CPU seconds and peak RSS of every command, with ratios against the peer.
+Each figure is the median of ``--reps`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CORPUS_SCRIPT = REPO.parent / "shared" / "corpus" / "make_corpus.py"
+PY = sys.executable
+TOOL = [PY, "-m", "imaging_utility"]
+MiB = 1 << 20
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    rss_mib: float
+
+
+def timed(cmd: list[str] | str, *, shell: bool = False) -> Run:
+    """Run a command; wall time, CPU (user+sys, children included) and peak RSS from wait4."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd if not shell else ["/bin/sh", "-c", cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark command failed: {cmd}\n{err}")
+    return Run(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)
+
+
+def median_run(cmd: list[str] | str, reps: int, *, shell: bool = False, before: str | None = None) -> Run:
+    runs = []
+    for _ in range(reps):
+        if before:
+            subprocess.run(before, shell=True, check=True)
+        runs.append(timed(cmd, shell=shell))
+    return Run(statistics.median(r.wall for r in runs), statistics.median(r.cpu for r in runs),
+               max(r.rss_mib for r in runs))
+
+
+def warm(path: Path) -> None:
+    subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
+
+
+def row(name: str, src_bytes: int, r: Run, out_bytes: int | None, peer: Run | None) -> str:
+    rate = src_bytes / r.wall / MiB
+    ratio = f"{peer.wall / r.wall:.2f}×" if peer else "1.00× (peer)"
+    out = f"{out_bytes / MiB:,.1f} MiB" if out_bytes is not None else "—"
+    return f"| {name} | {r.wall:.2f} s | {rate:,.0f} MiB/s | {out} | {r.cpu:.1f} s | {r.rss_mib:,.0f} MiB | {ratio} |"
+
+
+HEAD = ("| command | wall | throughput | output | CPU | peak RSS | speed vs peer |\n"
+        "|---|---|---|---|---|---|---|")
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size
+
+
+def bench_core(src: Path, work: Path, reps: int, level: int) -> None:
+    n = size_of(src)
+    img, zst, raw = work / "mixed.img", work / "mixed.zst", work / "restored.raw"
+    print(f"\n## image / restore / verify — {src.name}, {n / MiB:,.0f} MiB, level {level}, "
+          f"{os.cpu_count()} CPUs, median of {reps}\n")
+    print(HEAD)
+    peer = median_run(f"zstd -q -T0 -{level} -c {shlex.quote(str(src))} > {shlex.quote(str(zst))}", reps, shell=True)
+    print(row(f"`zstd -T0 -{level} -c SRC > OUT`", n, peer, size_of(zst), None))
+    ours = median_run([*TOOL, "image", "--force", "--level", str(level), str(src), str(img)], reps)
+    ours_size = size_of(img)
+    print(row("`imaging-utility image` (default digests sha256+blake3)", n, ours, ours_size, peer))
+    for hashes in ("sha256", "none"):
+        r = median_run([*TOOL, "image", "--force", "--hash", hashes, "--level", str(level), str(src), str(img)], reps)
+        print(row(f"`imaging-utility image --hash {hashes}`", n, r, size_of(img), peer))
+    print(f"\nimage size vs zstd: {ours_size / size_of(zst) * 100 - 100:+.2f}%\n")
+    subprocess.run([*TOOL, "image", "--force", "--level", str(level), str(src), str(img)], check=True,
+                   stdout=subprocess.DEVNULL)
+    print(HEAD)
+    rm = f"rm -f {shlex.quote(str(raw))}"
+    peer = median_run(f"zstd -q -dc {shlex.quote(str(zst))} > {shlex.quote(str(raw))}", reps, shell=True, before=rm)
+    print(row("`zstd -dc OUT > RAW`", n, peer, None, None))
+    r = median_run([*TOOL, "restore", str(img), str(raw)], reps, before=rm)
+    print(row("`imaging-utility restore IMAGE RAW` (sparse file)", n, r, None, peer))
+    r = median_run([*TOOL, "restore", "--verify", str(img), str(raw)], reps, before=rm)
+    print(row("`imaging-utility restore --verify IMAGE RAW`", n, r, None, peer))
+    print()
+    print(HEAD)
+    t = median_run(f"zstd -q -t {shlex.quote(str(zst))}", reps, shell=True)
+    s = median_run(f"sha256sum {shlex.quote(str(src))}", reps, shell=True)
+    seq = Run(t.wall + s.wall, t.cpu + s.cpu, max(t.rss_mib, s.rss_mib))
+    print(row("`zstd -t OUT` then `sha256sum SRC`", n, seq, None, None))
+    pipe = median_run(f"zstd -q -dc {shlex.quote(str(zst))} | sha256sum", reps, shell=True)
+    print(row("`zstd -dc OUT | sha256sum` (pipeline, both cores)", n, pipe, None, seq))
+    r = median_run([*TOOL, "verify", str(img)], reps)
+    print(row("`imaging-utility verify IMAGE` (sha256+blake3)", n, r, None, seq))
+    print(f"\nverify vs the pipeline: {pipe.wall / r.wall:.2f}×")
+
+
+def bench_chunks(src: Path, work: Path, level: int) -> None:
+    sys.path.insert(0, str(REPO / "src"))
+    from imaging_utility.image.reader import open_image
+
+    n = size_of(src)
+    print(f"\n## chunk size: imaging throughput vs random 4 KiB read latency through read() — {src.name}\n")
+    print("| chunk | image wall | throughput | image size | 4 KiB random read p50 | p99 |")
+    print("|---|---|---|---|---|---|")
+    img = work / "chunk.img"
+    for chunk in ("256K", "512K", "1M", "2M", "4M"):
+        r = timed([*TOOL, "image", "--force", "--chunk-size", chunk, "--level", str(level), str(src), str(img)])
+        lat = []
+        rng = random.Random(1)
+        with open_image(str(img), readahead=0) as reader:
+            data_offsets = [e.offset for e in reader.chunk_map() if e.kind.value == "data"]
+            for _ in range(400):
+                base = rng.choice(data_offsets)
+                off = base + rng.randrange(0, reader.chunk_size - 4096, 4096)
+                off = min(off, reader.size - 4096)
+                t0 = time.perf_counter()
+                reader.read(off, 4096)
+                lat.append(time.perf_counter() - t0)
+        lat.sort()
+        print(f"| {chunk} | {r.wall:.2f} s | {n / r.wall / MiB:,.0f} MiB/s | {size_of(img) / MiB:,.1f} MiB | "
+              f"{lat[len(lat) // 2] * 1e3:.2f} ms | {lat[int(len(lat) * 0.99)] * 1e3:.2f} ms |")
+
+
+def bench_rss(src: Path, work: Path) -> None:
+    sparse = work / "sparse16g.raw"
+    with open(sparse, "wb") as fh:
+        fh.truncate(16 << 30)
+        for i in range(16):
+            fh.seek(i << 30)
+            fh.write(os.urandom(4 << 20))
+    print("\n## peak RSS by source size\n")
+    print("| source | image wall | peak RSS | restore peak RSS | verify peak RSS |")
+    print("|---|---|---|---|---|")
+    for s in (src, sparse):
+        img = work / "rss.img"
+        r = timed([*TOOL, "image", "--force", str(s), str(img)])
+        out = work / "rss.raw"
+        if out.exists():
+            out.unlink()
+        rr = timed([*TOOL, "restore", str(img), str(out)])
+        v = timed([*TOOL, "verify", str(img)])
+        print(f"| {s.name} ({size_of(s) / (1 << 30):.0f} GiB) | {r.wall:.1f} s | {r.rss_mib:.0f} MiB | "
+              f"{rr.rss_mib:.0f} MiB | {v.rss_mib:.0f} MiB |")
+        out.unlink()
+    sparse.unlink()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=Path("/var/tmp/iu-corpus"))
+    ap.add_argument("--work", type=Path, default=Path("/var/tmp/iu-bench"))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--level", type=int, default=3)
+    ap.add_argument("--only", default="core,chunks,rss")
+    args = ap.parse_args()
+    for tool in ("zstd", "sha256sum"):
+        if subprocess.run(["which", tool], capture_output=True).returncode:
+            raise SystemExit(f"benchmark needs {tool}")
+    src = args.corpus / "mixed.raw"
+    if not src.exists():
+        subprocess.run([PY, str(CORPUS_SCRIPT), str(args.corpus), "--only", "mixed"], check=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    warm(src)
+    only = set(args.only.split(","))
+    info = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
+            "zstd": subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.strip()}
+    print("# imaging-utility benchmarks\n\n" + json.dumps(info))
+    if "core" in only:
+        bench_core(src, args.work, args.reps, args.level)
+    if "chunks" in only:
+        bench_chunks(src, args.work, args.level)
+    if "rss" in only:
+        bench_rss(src, args.work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
