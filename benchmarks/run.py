@@ -18,6 +18,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +39,22 @@ class Run:
 
 
 def timed(cmd: list[str] | str, *, shell: bool = False) -> Run:
-    """Run a command; wall time, CPU (user+sys, children included) and peak RSS from wait4."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd if not shell else ["/bin/sh", "-c", cmd], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark command failed: {cmd}\n{err}")
-    return Run(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024)
+    """Run a command after ``sync`` (so no earlier run's dirty pages are written back during it);
+    wall time, CPU (user+sys, children included) from wait4, peak RSS from GNU time (a forked
+    child's ru_maxrss would start at this process's own size)."""
+    subprocess.run(["sync"], check=True)
+    argv = cmd if not shell else ["/bin/sh", "-c", cmd]
+    with tempfile.NamedTemporaryFile("r") as rss:
+        start = time.perf_counter()
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"benchmark command failed: {cmd}\n{err}")
+        peak_kib = int(rss.read().split()[-1])
+    return Run(wall, ru.ru_utime + ru.ru_stime, peak_kib / 1024)
 
 
 def median_run(cmd: list[str] | str, reps: int, *, shell: bool = False, before: str | None = None) -> Run:
@@ -176,7 +183,7 @@ def main() -> int:
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--only", default="core,chunks,rss")
     args = ap.parse_args()
-    for tool in ("zstd", "sha256sum"):
+    for tool in ("zstd", "sha256sum", "/usr/bin/time"):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             raise SystemExit(f"benchmark needs {tool}")
     src = args.corpus / "mixed.raw"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli, need_root, need_tools
-from tests.imagetools import data_frames, file_sha256, mixed_bytes
+from conftest import cli, need_root, need_tools
+from imagetools import data_frames, file_sha256, mixed_bytes
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:

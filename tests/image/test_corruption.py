@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imagetools import image_file, mixed_bytes
 from imaging_utility.errors import ChunkCorruptError, CorruptImageError
 from imaging_utility.image.reader import ImageReader, open_image
-from tests.imagetools import image_file, mixed_bytes
 
 CHUNK = 64 * 1024
 

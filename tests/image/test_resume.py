@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from imagetools import data_frames, image_bytes, image_file, mixed_bytes
 from imaging_utility.errors import ResumeMismatchError
 from imaging_utility.image.parts import resolve_parts
 from imaging_utility.image.reader import open_image
-from tests.imagetools import data_frames, image_bytes, image_file, mixed_bytes
 
 CHUNK = 64 * 1024
 

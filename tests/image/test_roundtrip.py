@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import need_tools
+from imagetools import image_file, mixed_bytes, remove, sparse_file
 from imaging_utility.extents import ExtentKind
 from imaging_utility.image.reader import open_image
 from imaging_utility.ops.restore import restore
-from tests.conftest import need_tools
-from tests.imagetools import image_file, mixed_bytes, remove, sparse_file
 
 CHUNK = 64 * 1024
 
@@ -124,7 +124,7 @@ def test_threads_and_chunk_sizes_give_identical_images(tmp_path: Path) -> None:
     data = mixed_bytes(1 << 20, 4)
     src = tmp_path / "src"
     src.write_bytes(data)
-    from tests.imagetools import data_frames
+    from imagetools import data_frames
 
     image_file(src, tmp_path / "a", chunk_size=CHUNK, threads=1)
     image_file(src, tmp_path / "b", chunk_size=CHUNK, threads=4)

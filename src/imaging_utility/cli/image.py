@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 from typing import Any
 
+from ..blocks import BlockSource, WindowSource
+from ..devices.identity import identity_mismatch, source_identity
+from ..devices.mounts import check_source_mounts
+from ..devices.rescue import RescueReader
 from ..devices.source import FileSource
+from ..devices.throttle import Throttle, parse_rate
+from ..errors import EXIT_PARTIAL, SourceIOError, UnsupportedError, UsageError
+from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..ops.capture import CaptureOptions, CaptureResult, capture
+from ..ops.capture import CaptureOptions, CaptureResult, ChunkReader, capture
 from ..progress import Throttled
-from .output import ProgressBar, human_bytes, parse_size, print_json, stdout
+from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
 
 EXAMPLES = """
 examples:
@@ -20,6 +28,10 @@ examples:
   imaging-utility image --level 6 --split-size 4G /dev/nvme0n1 /mnt/backup/nvme0n1.img.zst
   imaging-utility image --resume /dev/sdb sdb.img.zst        # continue after Ctrl-C, kill or power loss
   imaging-utility image --hash sha256,md5 --json disk.raw disk.img.zst
+  imaging-utility image --used-only /dev/sdb2 windows.img.zst          # NTFS/ext/FAT/exFAT: used clusters only
+  imaging-utility image --rescue --retries 3 --direct /dev/sdc failing.img.zst   # keep going past bad sectors
+  imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
+  imaging-utility image --used-only=auto --offset 1M --length 20G disk.raw p1.img.zst
   zstd -dc sdb.img.zst > sdb.raw                              # the image is a plain zstd stream too
 """
 
@@ -44,18 +56,28 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
     g.add_argument("--resume", action="store_true", help="continue the partial image DEST")
+    used = p.add_mutually_exclusive_group()
+    used.add_argument("--used-only", dest="used_only", action="store_const", const="yes",
+                      help="read only the allocated clusters of the NTFS, ext2/3/4, FAT or exFAT filesystem in "
+                      "SOURCE (unallocated space reads back as zeros); fails (exit 4) on anything else")
+    used.add_argument("--used-only=auto", dest="used_only", action="store_const", const="auto",
+                      help="the same, but image in full, with a warning, when no supported filesystem is found")
+    p.add_argument("--offset", default="0", metavar="BYTES",
+                   help="image only the window of SOURCE starting here (e.g. a partition inside a disk)")
+    p.add_argument("--length", metavar="BYTES", help="length of that window (default: to the end of SOURCE)")
+    p.add_argument("--direct", action="store_true",
+                   help="read with O_DIRECT (bypass the page cache; for devices whose data would only pollute it)")
+    p.add_argument("--rescue", action="store_true",
+                   help="keep going past unreadable sectors like GNU ddrescue: split failed reads down to the "
+                   "sector, retry, zero-fill what stays unreadable and record it in the image (exit 3)")
+    p.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="with --rescue: extra attempts per failed sector (default 1)")
+    p.add_argument("--max-throughput", metavar="RATE",
+                   help="cap the source read rate, e.g. 100M (bytes/s, K/M/G 1024-based)")
+    p.add_argument("--allow-mounted", action="store_true",
+                   help="image a source mounted read-write anyway (the image may be inconsistent)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     return ["image"]
-
-
-def file_identity(path: str, source: FileSource) -> dict[str, Any]:
-    st = os.stat(path)
-    return {
-        "kind": "block-device" if source.is_block_device else "file",
-        "path": os.path.abspath(path),
-        "size": source.size,
-        "mtime": None if source.is_block_device else st.st_mtime_ns,
-    }
 
 
 def summary(result: CaptureResult) -> dict[str, Any]:
@@ -86,8 +108,51 @@ def print_summary(result: CaptureResult) -> None:
         stdout.print(f"resumed at {human_bytes(result.resumed_at)}")
     stdout.print(f"time       {result.elapsed:.1f} s, {s['throughput_mib_s']} MiB/s")
     stdout.print(f"chunks     {result.chunks} ({result.zero_chunks} zero or unused this run)")
+    if result.used_bytes is not None:
+        stdout.print(f"used-only  {human_bytes(result.used_bytes)} allocated, "
+                     f"{human_bytes(result.read_bytes)} read this run")
     for name, digest in result.digests.items():
         stdout.print(f"{name:<10} {digest}")
+
+
+def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
+                  throttle: Throttle | None) -> ChunkReader:
+    rescuer = RescueReader(source, retries=retries) if rescue else None
+    locate = RescueReader(source, retries=0)
+
+    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
+        if throttle is not None:
+            throttle.consume(len(buf))
+        if rescuer is not None:
+            return rescuer.read_chunk(offset, buf)
+        try:
+            source.readinto_at(offset, buf)
+        except SourceIOError:
+            # Name the first unreadable sector, not just the start of the failed chunk.
+            bad = locate.read_chunk(offset, buf)
+            if not bad:
+                return []  # the retry read everything: a transient error
+            sector = bad[0][0] // source.sector_size
+            raise SourceIOError(
+                f"read error on {label} at byte {bad[0][0]} (sector {sector}): input/output error; "
+                "add --rescue to image past unreadable sectors (the partial image continues with --resume)",
+                offset=bad[0][0],
+            ) from None
+        return []
+
+    return read
+
+
+def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool) -> None:
+    try:
+        info, amap = allocation_map(source)
+    except UnsupportedError as e:
+        if not fallback:
+            raise
+        warn(f"{e}; imaging in full (--used-only=auto)")
+        return
+    opts.allocation = amap
+    opts.filesystem = dataclasses.asdict(info)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,8 +167,26 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     opts.validate()
-    with FileSource(args.source) as source:
-        opts.identity = file_identity(args.source, source)
+    if args.retries < 0:
+        raise UsageError("--retries must be 0 or more")
+    throttle = Throttle(parse_rate(args.max_throughput)) if args.max_throughput else None
+    with FileSource(args.source, direct=args.direct) as file_source:
+        for message in check_source_mounts(args.source, args.allow_mounted):
+            warn(message)
+        source: BlockSource = file_source
+        opts.identity = source_identity(args.source, file_source)
+        opts.identity_check = identity_mismatch
+        offset = parse_size(args.offset, "--offset")
+        if offset or args.length:
+            length = parse_size(args.length, "--length") if args.length else file_source.size - offset
+            if offset < 0 or length <= 0 or offset + length > file_source.size:
+                raise UsageError(f"--offset {offset} / --length {length} lie outside {args.source} "
+                                 f"({file_source.size} bytes)")
+            source = WindowSource(file_source, offset, length)
+            opts.identity.update(window_offset=offset, window_length=length)
+        if args.used_only:
+            _use_allocation_map(source, opts, fallback=args.used_only == "auto")
+        opts.chunk_reader = _chunk_reader(source, args.source, args.rescue, args.retries, throttle)
         with ProgressBar() as bar:
             throttled = Throttled(bar)
             result = capture(source, args.dest, opts, throttled)
@@ -112,4 +195,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(summary(result))
     else:
         print_summary(result)
+    if result.bad_ranges:
+        total = sum(n for _, n in result.bad_ranges)
+        warn(f"{len(result.bad_ranges)} unreadable ranges ({total} bytes) were zero-filled and recorded in "
+             "the image; 'info' lists them")
+        return EXIT_PARTIAL
     return 0

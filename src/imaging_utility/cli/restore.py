@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..devices.mounts import check_target_safe
 from ..errors import RefusedError
 from ..image.reader import open_image
 from ..ops.restore import restore
@@ -44,6 +45,7 @@ def _confirm(target: str, size: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_target_safe(args.target)
     with open_image(args.image) as reader:
         if reader.bad_ranges:
             total = sum(n for _, n in reader.bad_ranges)

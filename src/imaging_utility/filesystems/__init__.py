@@ -16,6 +16,7 @@ are thread-safe if the source is.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,14 +76,29 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
     return FilesystemInfo(fs.type, fs.cluster_size, fs.volume_size, fs.label, fs.serial_text)
 
 
+@contextlib.contextmanager
+def _parsing(what: str) -> Iterator[None]:
+    """Structures that passed validation but still point somewhere impossible: ``UnsupportedError``.
+
+    Our own errors (including I/O errors and a corrupt image under the source) pass through.
+    """
+    try:
+        yield
+    except Error:
+        raise
+    except (ValueError, IndexError, OverflowError, struct.error) as e:
+        raise UnsupportedError(f"{what} at offset 0 is inconsistent: {e}; {_HINT}") from None
+
+
 def detect(source: BlockSource) -> FilesystemInfo | None:
     """The filesystem at offset 0 of ``source``, or ``None`` when no known signature is there.
 
     Raises ``UnsupportedError`` when a signature is found but its boot sector or
     superblock is damaged, or when two filesystems' signatures are both present.
     """
-    fs = _probe(source)
-    return None if fs is None else _info(source, fs)
+    with _parsing("the filesystem"):
+        fs = _probe(source)
+        return None if fs is None else _info(source, fs)
 
 
 def _describe(source: BlockSource) -> str:
@@ -118,23 +134,19 @@ def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
             trusted (journal needing recovery, errors recorded), or a truncated source.
         SourceIOError: reading the source failed.
     """
-    fs = _probe(source)
-    if fs is None:
-        raise UnsupportedError(
-            f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 ({_describe(source)}); {_HINT}"
-        )
-    info = _info(source, fs)
+    with _parsing("the filesystem"):
+        fs = _probe(source)
+        if fs is None:
+            raise UnsupportedError(
+                f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 ({_describe(source)}); {_HINT}"
+            )
+        info = _info(source, fs)
     if info.volume_size > source.size:
         raise UnsupportedError(
             f"{info.type} filesystem spans {info.volume_size} bytes but the source ends at {source.size} "
             f"(truncated?); {_HINT}"
         )
-    try:
+    with _parsing(f"the {info.type} filesystem"):
         ranges = list(_ranges(source, fs))
-    except Error:
-        raise
-    except (ValueError, IndexError, OverflowError, struct.error) as e:
-        # Structures that passed validation but still point somewhere impossible.
-        raise UnsupportedError(f"{info.type} filesystem at offset 0 is inconsistent: {e}; {_HINT}") from None
     ranges.append((info.volume_size, source.size - info.volume_size))
     return info, AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)

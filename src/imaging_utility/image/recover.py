@@ -8,7 +8,9 @@ invalid frame onward, including an old trailer and seek table, is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -162,6 +164,22 @@ def _recover(
     return Recovered(header, writer, digests, chunk, kept, reader.size - kept, bad)
 
 
-def remove_outputs(dest: str) -> None:
-    for p in existing_outputs(dest):
-        os.unlink(p)
+def remove_outputs(dest: str) -> threading.Thread | None:
+    """Remove an old image at ``dest`` (``--force``).  The files are renamed out of the way at once and
+    unlinked on a background thread (freeing a large file's blocks takes a while); join the thread."""
+    doomed = []
+    for i, p in enumerate(existing_outputs(dest)):
+        tmp = os.path.join(os.path.dirname(p) or ".", f".{os.path.basename(dest)}.{os.getpid()}.{i}.discard")
+        os.rename(p, tmp)
+        doomed.append(tmp)
+    if not doomed:
+        return None
+
+    def unlink_all() -> None:
+        for p in doomed:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+    thread = threading.Thread(target=unlink_all, name="discard-old-image", daemon=True)
+    thread.start()
+    return thread

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 import platform
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -144,7 +145,8 @@ def _identity_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> str |
 
 
 def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec,
-                 progress: ProgressCallback) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
+                 progress: ProgressCallback, discards: list[threading.Thread | None],
+                 ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
     split = opts.split_size is not None
     existing = existing_outputs(dest)
@@ -163,11 +165,11 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
 
             rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned)
             return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
-        remove_outputs(dest)
+        discards.append(remove_outputs(dest))
     elif existing and not opts.force:
         raise RefusedError(f"{existing[0]} already exists; use --force to overwrite it or --resume to continue it")
     elif existing:
-        remove_outputs(dest)
+        discards.append(remove_outputs(dest))
     return ImageWriter.create(dest, opts.split_size, header), Digests(opts.digests), 0, []
 
 
@@ -176,11 +178,17 @@ def capture(source: BlockSource, dest: str, opts: CaptureOptions,
     opts.validate()
     started = time.monotonic()
     codec = Codec(opts.level)
-    writer, digests, first_chunk, bad = _open_writer(source, dest, opts, codec, progress)
+    discards: list[threading.Thread | None] = []
     try:
-        return _run(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started)
+        writer, digests, first_chunk, bad = _open_writer(source, dest, opts, codec, progress, discards)
+        try:
+            return _run(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started)
+        finally:
+            writer.close()
     finally:
-        writer.close()
+        for thread in discards:
+            if thread is not None:
+                thread.join()
 
 
 def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, writer: ImageWriter,
@@ -191,7 +199,7 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
     amap = opts.allocation
     zero_bytes = bytes(cs)
     zeros = memoryview(zero_bytes)
-    n_buffers = 2 * opts.threads + 4
+    n_buffers = int(os.environ.get("IU_NBUF", 2 * opts.threads + 4))
     free: deque[bytearray] = deque(bytearray(cs) for _ in range(n_buffers))
     read_chunk = opts.chunk_reader or _plain_reader(source)
     ev = ProgressEvent("image", min(size, first_chunk * cs), size, writer.bytes_written, started=started)

@@ -81,19 +81,13 @@ def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool
                 os.close(fd)
                 raise RefusedError(f"{target} holds {dev_size} bytes, the image needs {size}; choose a larger device")
             return fd
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.EBUSY:
             raise RefusedError(f"{target} is busy (mounted or in use); unmount it first") from None
         if e.errno == errno.ENOENT:
             raise NotFoundError(f"cannot create {target}: directory does not exist") from None
         raise _write_error(e, target, 0) from None
-    try:
-        os.ftruncate(fd, size)
-    except OSError as e:
-        os.close(fd)
-        raise _write_error(e, target, size) from None
-    return fd
 
 
 def restore(reader: ImageReader, target: str, *, force: bool = False,
@@ -146,10 +140,16 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                     take()
             while pending:
                 take()
-        try:
-            os.fsync(fd)
-        except OSError as e:
-            raise _write_error(e, target, reader.size) from None
+        if not device:  # trailing zero chunks were holes: give the file its full size
+            try:
+                os.ftruncate(fd, reader.size)
+            except OSError as e:
+                raise _write_error(e, target, reader.size) from None
+        if device:  # a device must be durable before we say so; a file is left to the page cache, like cp
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                raise _write_error(e, target, reader.size) from None
     finally:
         os.close(fd)
     result = RestoreResult(target, device, reader.size, written, holes, time.monotonic() - started,

@@ -1,0 +1,108 @@
+"""``mount``: an image's raw bytes (``disk.raw``) and partitions (``pN.raw``) as read-only FUSE files.
+
+FUSE via libfuse 3 (``serve/fuse.py``).  Background mode re-runs this command in a detached child with
+``--foreground`` and waits until the mount is live, so errors still reach the terminal and no fork
+happens inside a process that already runs threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ..blocks import BlockSource
+from ..errors import EXIT_INTERNAL, NotFoundError, RefusedError
+
+EXAMPLES = """\
+examples:
+  imaging-utility mount disk.img.zst /mnt/img
+      /mnt/img/disk.raw is the whole disk, /mnt/img/p1.raw, p2.raw, ... its partitions
+  mount -o ro,loop /mnt/img/p2.raw /mnt/windows      # ntfs-3g, ext4, vfat, ...
+  umount /mnt/windows && fusermount3 -u /mnt/img
+  imaging-utility mount disk.img.zst /mnt/img -f     # stay in the foreground; Ctrl-C unmounts
+  imaging-utility mount disk.img.zst /mnt/img --partition 2 --allow-other
+"""
+
+MOUNT_WAIT = 30.0  # seconds the background parent waits for the child's mount to appear
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
+    p = subparsers.add_parser(
+        "mount", parents=[parent], help="FUSE-mount an image's raw disk and partitions as read-only files",
+        description="Mount an image read-only with FUSE: MOUNTPOINT/disk.raw holds the whole disk and "
+                    "MOUNTPOINT/pN.raw each partition (Linux numbering), ready for 'mount -o ro,loop'. "
+                    "Unmount with 'fusermount3 -u MOUNTPOINT' (or Ctrl-C with --foreground).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", metavar="IMAGE", help="image to mount")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    p.add_argument("-f", "--foreground", action="store_true", help="serve in the foreground until unmounted")
+    p.add_argument("--partition", type=int, action="append", metavar="N",
+                   help="expose only partition N as pN.raw (repeatable; default: all partitions)")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users (and root, for loop mounts by a non-root user) read the files; "
+                        "needs user_allow_other in /etc/fuse.conf unless run as root")
+    return ["mount"]
+
+
+def select_files(image: BlockSource, partitions: list[int] | None) -> dict[str, BlockSource]:
+    from ..partitions import read_partitions
+    from ..serve.fuse import image_files
+
+    table = read_partitions(image)
+    files = image_files(image, table)
+    if partitions:
+        for number in partitions:
+            table.get(number)  # NotFoundError listing the partitions that exist
+        keep = {"disk.raw", *(f"p{n}.raw" for n in partitions)}
+        files = {name: src for name, src in files.items() if name in keep}
+    return files
+
+
+def _check_mountpoint(path: str) -> None:
+    if not os.path.isdir(path):
+        raise NotFoundError(f"mount point does not exist or is not a directory: {path}")
+    if os.path.ismount(path):
+        raise RefusedError(f"{path} is already a mount point (unmount it first: fusermount3 -u {path})")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_mountpoint(args.mountpoint)
+    if not args.foreground:
+        return _run_background(args.mountpoint)
+    from ..image.reader import open_image
+    from ..serve.fuse import mount
+
+    with open_image(args.image) as image:
+        files = select_files(image, args.partition)
+        print(f"mounting {args.image} at {args.mountpoint} ({', '.join(files)}); "
+              f"Ctrl-C or 'fusermount3 -u {args.mountpoint}' to unmount", file=sys.stderr, flush=True)
+        mount(files, args.mountpoint, allow_other=args.allow_other, debug=False)
+    return 0
+
+
+def _run_background(mountpoint: str) -> int:
+    """Start ``<this command> --foreground`` detached; return once the mount is live or the child failed."""
+    argv = [sys.executable, *sys.orig_argv[1:], "--foreground"]
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                                 start_new_session=True, close_fds=True)
+        deadline = time.monotonic() + MOUNT_WAIT
+        while time.monotonic() < deadline:
+            if os.path.ismount(mountpoint):
+                print(f"mounted at {mountpoint} (pid {child.pid}); unmount with: fusermount3 -u {mountpoint}")
+                return 0
+            code = child.poll()
+            if code is not None:
+                errors.seek(0)
+                sys.stderr.write(errors.read())
+                return code or EXIT_INTERNAL
+            time.sleep(0.05)
+        child.terminate()
+        errors.seek(0)
+        sys.stderr.write(errors.read())
+    raise RefusedError(f"the FUSE mount at {mountpoint} did not appear within {MOUNT_WAIT:.0f} s")

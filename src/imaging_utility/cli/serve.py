@@ -1,0 +1,128 @@
+"""``serve-proxy``: serve an image read-only over NBD (default) or the ImDisk/AIM proxy protocol.
+
+Protocols: NBD per NetworkBlockDevice/nbd ``doc/proto.md`` (``serve/nbd``); IMDPROXY per LTRData/ImDisk
+``inc/imdproxy.h`` (``serve/imdproxy.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from typing import Any
+
+from ..blocks import BlockSource, WindowSource
+from ..errors import UsageError
+
+EXAMPLES = """\
+examples:
+  imaging-utility serve-proxy disk.img.zst
+      NBD on 127.0.0.1:10809; the whole disk is the default export, partitions are p1, p2, ...
+  nbdinfo --list nbd://127.0.0.1:10809/
+  nbdcopy nbd://127.0.0.1:10809/p2 part2.raw
+  qemu-img convert -O qcow2 nbd://127.0.0.1:10809/ disk.qcow2
+  imaging-utility serve-proxy disk.img.zst --socket /run/disk.sock
+      then: nbdinfo 'nbd+unix:///?socket=/run/disk.sock'
+  imaging-utility serve-proxy disk.img.zst --partition 2 --port 10810
+  imaging-utility serve-proxy disk.img.zst --protocol imdproxy --host 0.0.0.0 --port 9000
+      on Windows: aim_cli --mount --readonly --connect=HOST:9000
+                  (or imdisk -a -t proxy -o ip,ro -f HOST:9000 -m X:)
+  imaging-utility serve-proxy disk.img.zst --offset 1M --length 512M
+"""
+
+DEFAULT_PORTS = {"nbd": 10809, "imdproxy": 9000}
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``4096``, ``1M``, ``2G`` (binary suffixes, optional ``iB``/``B``) → bytes."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in _SUFFIXES else ""
+    try:
+        value = int(t[: len(t) - len(unit)]) * _SUFFIXES[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 4096, 64K, 1M, 2G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"size must not be negative: {text!r}")
+    return value
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
+    p = subparsers.add_parser(
+        "serve-proxy", parents=[parent], help="serve an image read-only over NBD or IMDPROXY",
+        description="Serve the raw bytes of an image read-only over NBD (nbdinfo, nbdcopy, qemu-img, "
+                    "nbd-client) or the ImDisk / Arsenal Image Mounter proxy protocol. There is no "
+                    "authentication and no TLS: keep the default loopback address or use --socket.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", metavar="IMAGE", help="image to serve")
+    p.add_argument("--protocol", choices=("nbd", "imdproxy"), default="nbd", help="default: nbd")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default: 10809 for nbd, 9000 for imdproxy; 0 = any)")
+    p.add_argument("--socket", metavar="PATH", help="listen on a Unix socket instead of TCP")
+    p.add_argument("--partition", type=int, metavar="N", help="serve only partition N (Linux numbering)")
+    p.add_argument("--offset", type=parse_size, metavar="N", help="serve a window starting at byte N")
+    p.add_argument("--length", type=parse_size, metavar="N", help="window length (default: to the end)")
+    return ["serve-proxy"]
+
+
+def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
+    """The default export ``""`` (whole image, partition or window) and, for a whole disk, ``p1``, ``p2``…"""
+    from ..partitions import partition_source, read_partitions
+
+    if args.partition is not None and (args.offset is not None or args.length is not None):
+        raise UsageError("--partition cannot be combined with --offset/--length")
+    if args.partition is not None:
+        return {"": partition_source(image, args.partition)}
+    if args.offset is not None or args.length is not None:
+        offset = args.offset or 0
+        length = args.length if args.length is not None else image.size - offset
+        if offset + length > image.size or length <= 0:
+            raise UsageError(f"--offset {offset} --length {length} is outside the image ({image.size} bytes)")
+        return {"": WindowSource(image, offset, length)}
+    exports: dict[str, BlockSource] = {"": image}
+    table = read_partitions(image)
+    for part in table.partitions:
+        exports[f"p{part.number}"] = partition_source(image, part.number, table)
+    return exports
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..image.reader import open_image
+    from ..serve.imdproxy import ImdproxyServer
+    from ..serve.nbd import NbdServer
+
+    port = args.port if args.port is not None else DEFAULT_PORTS[args.protocol]
+    with open_image(args.image) as image:
+        exports = select_exports(image, args)
+        server: NbdServer | ImdproxyServer
+        if args.protocol == "nbd":
+            server = NbdServer(exports, host=args.host, port=port, unix_path=args.socket)
+        else:
+            server = ImdproxyServer(exports[""], host=args.host, port=port, unix_path=args.socket)
+        with server:
+            if not args.socket and not _is_loopback(args.host):
+                print(f"imaging-utility: warning: listening on {args.host}, not loopback: anyone who can "
+                      "reach this port can read the whole image (no authentication, no TLS)", file=sys.stderr)
+            if isinstance(server.address, str):
+                where = f"nbd+unix:///?socket={server.address}" if args.protocol == "nbd" else server.address
+            else:
+                host, bound = server.address
+                host = f"[{host}]" if ":" in host else host
+                where = f"nbd://{host}:{bound}/" if args.protocol == "nbd" else f"{host}:{bound}"
+            names = ", ".join(repr(n) for n in exports) if args.protocol == "nbd" else "whole source"
+            print(f"serving {args.image} read-only over {args.protocol} at {where} (exports: {names}); "
+                  "Ctrl-C to stop", flush=True)
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                print("imaging-utility: stopped", file=sys.stderr)
+    return 0

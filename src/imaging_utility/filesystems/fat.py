@@ -1,0 +1,212 @@
+"""FAT12 / FAT16 / FAT32: used clusters are the non-zero FAT entries.
+
+Spec: Microsoft "FAT: General Overview of On-Disk Format" (fatgen103) — BPB
+fields, the FAT type decided by the count of clusters (< 4085 FAT12,
+< 65525 FAT16, else FAT32), entry encodings — as summarised in
+``shared/reference/ntfs-bitmap-and-extfs.md`` §3.
+
+Everything before the data area (boot sector, reserved sectors with FSInfo and
+the backup boot sector, every FAT copy, the FAT12/16 root directory) is always
+kept.  Clusters used by *any* mirrored FAT copy count as used.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
+
+from ..blocks import BlockSource, read_at
+from ..errors import UnsupportedError
+from ._bitmap import PIECE, RunList
+
+# BPB (0x00..0x24): jump, OEM, BytsPerSec, SecPerClus, RsvdSecCnt, NumFATs, RootEntCnt, TotSec16,
+# Media, FATSz16, SecPerTrk, NumHeads, HiddSec, TotSec32.
+BPB = struct.Struct("<3s8sHBHBHHBHHHII")
+# FAT32 extension (0x24): FATSz32, ExtFlags, FSVer, RootClus, FSInfo, BkBootSec.
+BPB32 = struct.Struct("<IHHIHH")
+# Extended boot record tail: DrvNum, Reserved1, BootSig, VolID, VolLab (at 0x24 or 0x40).
+EBR = struct.Struct("<BBBI11s")
+EBR_OFFSET_16 = 0x24
+EBR_OFFSET_32 = 0x40
+EXT_BOOT_SIG = 0x29
+EXTFLAGS_NO_MIRROR = 0x80
+
+_FREE = {
+    2: re.compile(rb"(?:\x00\x00)+"),
+    # FAT32 keeps the top 4 bits of an entry reserved: free means the low 28 bits are zero.
+    4: re.compile(rb"(?:\x00\x00\x00[\x00\x10\x20\x30\x40\x50\x60\x70\x80\x90\xa0\xb0\xc0\xd0\xe0\xf0])+"),
+}
+_USED = {
+    2: re.compile(rb"(?:(?!\x00\x00).{2})+", re.DOTALL),
+    4: re.compile(
+        rb"(?:(?!\x00\x00\x00[\x00\x10\x20\x30\x40\x50\x60\x70\x80\x90\xa0\xb0\xc0\xd0\xe0\xf0]).{4})+", re.DOTALL
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FatBoot:
+    bytes_per_sector: int
+    sectors_per_cluster: int
+    reserved_sectors: int
+    num_fats: int
+    root_entries: int
+    total_sectors: int
+    media: int
+    fat_sectors: int
+    ext_flags: int
+    root_cluster: int
+    serial: int | None
+    label: str | None
+
+    @property
+    def cluster_size(self) -> int:
+        return self.bytes_per_sector * self.sectors_per_cluster
+
+    @property
+    def root_dir_sectors(self) -> int:
+        return -(-(self.root_entries * 32) // self.bytes_per_sector)
+
+    @property
+    def first_data_sector(self) -> int:
+        return self.reserved_sectors + self.num_fats * self.fat_sectors + self.root_dir_sectors
+
+    @property
+    def cluster_count(self) -> int:
+        return (self.total_sectors - self.first_data_sector) // self.sectors_per_cluster
+
+    @property
+    def bits(self) -> int:
+        n = self.cluster_count
+        return 12 if n < 4085 else 16 if n < 65525 else 32
+
+    @property
+    def volume_size(self) -> int:
+        return self.total_sectors * self.bytes_per_sector
+
+    @property
+    def data_offset(self) -> int:
+        return self.first_data_sector * self.bytes_per_sector
+
+    @classmethod
+    def from_bytes(cls, sector: bytes) -> FatBoot | None:
+        """Parse a boot sector; ``None`` unless it carries a plausible BPB (FAT has no magic number)."""
+        if len(sector) < 512 or sector[510:512] != b"\x55\xaa" or sector[0] not in (0xEB, 0xE9):
+            return None
+        (_, _, bps, spc, rsvd, nfats, root_ent, tot16, media, fatsz16, _, _, _, tot32) = BPB.unpack_from(sector)
+        if (bps not in (512, 1024, 2048, 4096) or spc == 0 or spc & (spc - 1) or rsvd == 0
+                or nfats == 0 or media not in (0xF0, *range(0xF8, 0x100))):
+            return None
+        fatsz32, ext_flags, _, root_clus, _, _ = BPB32.unpack_from(sector, 0x24)
+        fatsz = fatsz16 or fatsz32
+        total = tot16 or tot32
+        if fatsz == 0 or total == 0:
+            return None
+        ebr_at = EBR_OFFSET_16 if fatsz16 else EBR_OFFSET_32
+        _, _, sig, vol_id, vol_lab = EBR.unpack_from(sector, ebr_at)
+        label = vol_lab.decode("cp437").strip() if sig == EXT_BOOT_SIG else ""
+        boot = cls(bps, spc, rsvd, nfats, root_ent, total, media, fatsz, ext_flags if not fatsz16 else 0,
+                   root_clus if not fatsz16 else 0, vol_id if sig == EXT_BOOT_SIG else None,
+                   None if label in ("", "NO NAME") else label)
+        bad = None
+        if boot.first_data_sector >= total or boot.cluster_count < 1:
+            bad = f"FirstDataSector {boot.first_data_sector} >= TotSec {total}"
+        elif boot.bits == 32 and (fatsz16 or root_ent):
+            bad = f"FAT32 cluster count {boot.cluster_count} but FATSz16 {fatsz16} / RootEntCnt {root_ent}"
+        elif boot.bits != 32 and not fatsz16:
+            bad = f"FAT{boot.bits} cluster count {boot.cluster_count} but FATSz16 is 0"
+        elif fatsz * bps * 8 < (boot.cluster_count + 2) * boot.bits:
+            bad = f"FATSz {fatsz} sectors is too small for {boot.cluster_count} clusters"
+        elif boot.bits == 32 and not (2 <= root_clus < boot.cluster_count + 2):
+            bad = f"RootClus {root_clus} out of range"
+        if bad:
+            raise UnsupportedError(f"FAT boot sector at offset 0 is damaged: {bad}")
+        return boot
+
+    @property
+    def type(self) -> str:
+        return f"fat{self.bits}"
+
+    @property
+    def serial_text(self) -> str | None:
+        return None if self.serial is None else f"{self.serial >> 16:04X}-{self.serial & 0xFFFF:04X}"
+
+
+def _fail(what: str) -> UnsupportedError:
+    return UnsupportedError(f"FAT boot sector found but {what}; image it in full without --used-only")
+
+
+def probe(source: BlockSource) -> FatBoot | None:
+    return FatBoot.from_bytes(read_at(source, 0, 512))
+
+
+def entry_runs(data: bytes | memoryview, entry_size: int, first: int) -> Iterator[tuple[int, int]]:
+    """``[start, end)`` entry numbers of the non-free FAT16 (2) / FAT32 (4) entries in ``data``,
+    whose first entry is number ``first``.  Runs of entries are matched by the C regex engine."""
+    free, used = _FREE[entry_size], _USED[entry_size]
+    n = len(data) - len(data) % entry_size
+    pos = 0
+    while pos < n:
+        m = free.match(data, pos, n)
+        if m:
+            pos = m.end()
+            continue
+        m = used.match(data, pos, n)
+        assert m is not None  # an entry that is not free is used
+        yield first + pos // entry_size, first + m.end() // entry_size
+        pos = m.end()
+
+
+def _fat12_runs(data: bytes, count: int) -> Iterator[tuple[int, int]]:
+    start = -1
+    for n in range(2, count + 2):
+        v = int.from_bytes(data[n + n // 2 : n + n // 2 + 2], "little")
+        v = v >> 4 if n & 1 else v & 0xFFF
+        if v and start < 0:
+            start = n
+        elif not v and start >= 0:
+            yield start, n
+            start = -1
+    if start >= 0:
+        yield start, count + 2
+
+
+def _copy_runs(source: BlockSource, boot: FatBoot, copy: int) -> RunList:
+    """Used clusters according to FAT copy ``copy``."""
+    fat_off = (boot.reserved_sectors + copy * boot.fat_sectors) * boot.bytes_per_sector
+    last = boot.cluster_count + 2  # entries 2 .. count+1 describe clusters
+    runs = RunList()
+    if boot.bits == 12:
+        data = read_at(source, fat_off, (last * 3 + 1) // 2 + 1)
+        first = int.from_bytes(data[0:2], "little") & 0xFFF
+        runs.extend(_fat12_runs(data, boot.cluster_count))
+    else:
+        esz = boot.bits // 8
+        first = int.from_bytes(read_at(source, fat_off, esz), "little") & 0x0FFFFFFF
+        view = memoryview(bytearray(PIECE))
+        step = PIECE // esz
+        for entry in range(0, last, step):
+            n = min(step, last - entry)
+            source.readinto_at(fat_off + entry * esz, view[: n * esz])
+            runs.extend((max(s, 2), e) for s, e in entry_runs(view[: n * esz], esz, entry) if e > 2)
+    if first & 0xFF != boot.media:
+        raise _fail(f"FAT copy {copy} at offset {fat_off:#x} starts with {first:#x}, not media byte {boot.media:#x}")
+    return runs
+
+
+def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]:
+    """Byte ranges in use: the whole area before the data region, used clusters, and the tail."""
+    mirrored = not boot.ext_flags & EXTFLAGS_NO_MIRROR
+    copies = range(boot.num_fats) if mirrored else [boot.ext_flags & 0x0F]
+    if not mirrored and copies[0] >= boot.num_fats:
+        raise _fail(f"ExtFlags {boot.ext_flags:#x} names active FAT {copies[0]} of {boot.num_fats}")
+    runs = [_copy_runs(source, boot, c) for c in copies]
+    if boot.bits == 32 and not runs[0].contains(boot.root_cluster):
+        raise _fail(f"the FAT marks the root directory's cluster {boot.root_cluster} free")
+    cs, data = boot.cluster_size, boot.data_offset
+    heap_end = data + boot.cluster_count * cs
+    always = [(0, data), (heap_end, boot.volume_size - heap_end)]
+    return chain(always, *(r.byte_ranges(cs, data - 2 * cs) for r in runs))

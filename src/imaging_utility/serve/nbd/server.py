@@ -1,0 +1,415 @@
+"""A read-only NBD server for ``BlockSource`` exports: fixed newstyle, structured replies, base:allocation.
+
+Spec: NetworkBlockDevice/nbd ``doc/proto.md`` (commit 89ba7b5); digest and client notes in
+``reference/nbd-protocol.md``.  One thread per connection; each connection handles its requests in order
+(clients that pipeline just wait), so every reply is written by one thread and needs no lock.  Memory per
+connection is bounded: one ``PIECE``-sized read buffer, reused; larger READs are sent in pieces.
+
+Error policy: a ``CorruptImageError`` or ``OSError`` from the source fails that one request with EIO and
+the connection stays up; the only exception is a simple-reply READ larger than ``PIECE`` whose later piece
+fails after the header went out — the protocol then requires a hard disconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+
+from ...blocks import BlockSource
+from ...errors import CorruptImageError, UsageError
+from ...extents import ExtentKind
+from .._listener import Listener
+from . import c_nbd as c
+
+log = logging.getLogger(__name__)
+
+PIECE = 1024 * 1024  # read buffer per connection; also the largest DF read
+MAX_OPTION_LENGTH = 64 * 1024
+MAX_OPTIONS = 4096
+MAX_STATUS_EXTENTS = 64 * 1024
+META_CONTEXT_ID = 1
+HOLE_KINDS = (ExtentKind.ZERO, ExtentKind.UNALLOCATED)
+# UNALLOCATED was never read and is not stored: a hole that reads as zeroes.  ZERO is stored zeroes: we say
+# "reads as zero" without "hole", which is true, and nbdcopy/qemu-img skip reading both kinds alike.
+STATUS_FLAGS = {
+    ExtentKind.DATA: 0,
+    ExtentKind.UNREADABLE: 0,
+    ExtentKind.ZERO: c.NBD_STATE_ZERO,
+    ExtentKind.UNALLOCATED: c.NBD_STATE_HOLE | c.NBD_STATE_ZERO,
+}
+
+
+class Disconnect(Exception):
+    """End this connection (EOF, protocol violation, or a reply that cannot be completed)."""
+
+
+class NbdServer(Listener):
+    """Serve ``exports`` (name → source; ``""`` is the default export) read-only over TCP or a Unix socket.
+
+    ``host``/``port`` (``port=0`` picks a free port) or ``unix_path``.  Binding happens in the
+    constructor, so ``address`` is valid at once; ``serve_forever()`` accepts until ``shutdown()``
+    (callable from any thread), which also drops open connections.
+    """
+
+    def __init__(self, exports: dict[str, BlockSource], *, host: str = "127.0.0.1", port: int = 10809,
+                 unix_path: str | None = None, descriptions: dict[str, str] | None = None,
+                 max_connections: int = 128, handshake_timeout: float = 30.0) -> None:
+        if not exports:
+            raise UsageError("NBD server needs at least one export")
+        for name in exports:
+            if len(name.encode()) > 4096:
+                raise UsageError(f"NBD export name longer than 4096 bytes: {name[:40]!r}...")
+        self.exports = dict(exports)
+        self.descriptions = dict(descriptions or {})
+        self.handshake_timeout = handshake_timeout
+        super().__init__(host=host, port=port, unix_path=unix_path, max_connections=max_connections)
+
+    def handle(self, sock: socket.socket) -> None:
+        _Connection(self, sock).run()
+
+    def transmission_flags(self, structured: bool) -> int:
+        flags = (c.NBD_FLAG_HAS_FLAGS | c.NBD_FLAG_READ_ONLY | c.NBD_FLAG_SEND_FLUSH
+                 | c.NBD_FLAG_CAN_MULTI_CONN | c.NBD_FLAG_SEND_CACHE)
+        return flags | c.NBD_FLAG_SEND_DF if structured else flags
+
+
+class _Connection:
+    def __init__(self, server: NbdServer, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.rfile = sock.makefile("rb", buffering=64 * 1024)
+        self.structured = False
+        self.meta_export: str | None = None  # export the base:allocation context was selected for
+        self.buf = bytearray()
+        self.source: BlockSource | None = None
+        self.can_status = False
+
+    def run(self) -> None:
+        try:
+            self.sock.settimeout(self.server.handshake_timeout)
+            name = self.handshake()
+            if name is None:
+                return
+            self.sock.settimeout(None)
+            self.transmission(name)
+        except (Disconnect, OSError) as e:
+            log.debug("NBD connection closed: %s", e or type(e).__name__)
+        finally:
+            self.rfile.close()
+
+    # --- socket helpers ---------------------------------------------------------------------------
+    def recv(self, n: int) -> bytes:
+        data: bytes | None = self.rfile.read(n)
+        if data is None or len(data) != n:
+            raise Disconnect("client closed the connection")
+        return data
+
+    def send(self, *parts: bytes | bytearray | memoryview) -> None:
+        sent = self.sock.sendmsg(parts)
+        if sent == sum(len(p) for p in parts):
+            return
+        for part in parts:  # a partial send: finish the rest piece by piece
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            self.sock.sendall(memoryview(part)[sent:])
+            sent = 0
+
+    # --- handshake --------------------------------------------------------------------------------
+    def handshake(self) -> str | None:
+        """Negotiate; return the export to serve, or None when the client aborted."""
+        self.send(c.c_server_greeting.pack(c.NBDMAGIC, c.IHAVEOPT,
+                                           c.NBD_FLAG_FIXED_NEWSTYLE | c.NBD_FLAG_NO_ZEROES))
+        (cflags,) = c.c_client_flags.unpack(self.recv(4))
+        if cflags & ~(c.NBD_FLAG_C_FIXED_NEWSTYLE | c.NBD_FLAG_C_NO_ZEROES):
+            raise Disconnect(f"unknown client flags {cflags:#x}")
+        no_zeroes = bool(cflags & c.NBD_FLAG_C_NO_ZEROES)
+        for _ in range(MAX_OPTIONS):
+            magic, opt, length = c.c_option.unpack(self.recv(c.c_option.size))
+            if magic != c.IHAVEOPT:
+                raise Disconnect(f"bad option magic {magic:#x}")
+            if length > MAX_OPTION_LENGTH:
+                raise Disconnect(f"option {opt} data of {length} bytes is too long")
+            data = self.recv(length)
+            if opt == c.NBD_OPT_EXPORT_NAME:
+                export = data.decode("utf-8", "replace")
+                if export not in self.server.exports:
+                    raise Disconnect(f"unknown export {export!r} (EXPORT_NAME cannot report errors)")
+                size = self.server.exports[export].size
+                pad = b"" if no_zeroes else bytes(c.EXPORT_NAME_PADDING)
+                self.send(c.c_export_name_reply.pack(size, self.server.transmission_flags(self.structured)),
+                          pad)
+                return export
+            if opt == c.NBD_OPT_ABORT:
+                try:
+                    self.reply(opt, c.NBD_REP_ACK)
+                except OSError:
+                    pass
+                return None
+            name = self.option(opt, data)
+            if name is not None:
+                return name
+        raise Disconnect("too many options")
+
+    def reply(self, opt: int, rtype: int, data: bytes = b"") -> None:
+        self.send(c.c_option_reply.pack(c.REPLY_MAGIC, opt, rtype, len(data)), data)
+
+    def option(self, opt: int, data: bytes) -> str | None:
+        """Answer one option with its final reply; returns the export name after a successful GO."""
+        if opt == c.NBD_OPT_LIST:
+            if data:
+                self.reply(opt, c.NBD_REP_ERR_INVALID, b"LIST takes no data")
+                return None
+            for name in self.server.exports:
+                raw = name.encode()
+                self.reply(opt, c.NBD_REP_SERVER, c.c_u32.pack(len(raw)) + raw)
+            self.reply(opt, c.NBD_REP_ACK)
+            return None
+        if opt == c.NBD_OPT_STRUCTURED_REPLY:
+            if data:
+                self.reply(opt, c.NBD_REP_ERR_INVALID, b"STRUCTURED_REPLY takes no data")
+                return None
+            self.structured = True
+            self.reply(opt, c.NBD_REP_ACK)
+            return None
+        if opt in (c.NBD_OPT_INFO, c.NBD_OPT_GO):
+            return self.info_or_go(opt, data)
+        if opt in (c.NBD_OPT_LIST_META_CONTEXT, c.NBD_OPT_SET_META_CONTEXT):
+            self.meta_context(opt, data)
+            return None
+        self.reply(opt, c.NBD_REP_ERR_UNSUP, f"option {opt} is not supported".encode())
+        return None
+
+    def info_or_go(self, opt: int, data: bytes) -> str | None:
+        if len(data) < 6:
+            self.reply(opt, c.NBD_REP_ERR_INVALID, b"INFO/GO data too short")
+            return None
+        (namelen,) = c.c_u32.unpack_from(data)
+        if namelen > len(data) - 6:
+            self.reply(opt, c.NBD_REP_ERR_INVALID, b"export name length out of range")
+            return None
+        name = data[4:4 + namelen].decode("utf-8", "replace")
+        (count,) = c.c_u16.unpack_from(data, 4 + namelen)
+        if len(data) != 6 + namelen + 2 * count:
+            self.reply(opt, c.NBD_REP_ERR_INVALID, b"information request count does not match length")
+            return None
+        requests = {c.c_u16.unpack_from(data, 6 + namelen + 2 * i)[0] for i in range(count)}
+        source = self.server.exports.get(name)
+        if source is None:
+            self.reply(opt, c.NBD_REP_ERR_UNKNOWN, f"no export named {name!r}".encode())
+            return None
+        flags = self.server.transmission_flags(self.structured)
+        self.reply(opt, c.NBD_REP_INFO, c.c_info_export.pack(c.NBD_INFO_EXPORT, source.size, flags))
+        if c.NBD_INFO_NAME in requests:
+            self.reply(opt, c.NBD_REP_INFO, c.c_info_type.pack(c.NBD_INFO_NAME) + name.encode())
+        description = self.server.descriptions.get(name)
+        if c.NBD_INFO_DESCRIPTION in requests and description:
+            self.reply(opt, c.NBD_REP_INFO, c.c_info_type.pack(c.NBD_INFO_DESCRIPTION) + description.encode())
+        if c.NBD_INFO_BLOCK_SIZE in requests:
+            self.reply(opt, c.NBD_REP_INFO, c.c_info_block_size.pack(
+                c.NBD_INFO_BLOCK_SIZE, 1, c.PREFERRED_BLOCK, c.MAX_PAYLOAD))
+        self.reply(opt, c.NBD_REP_ACK)
+        return name if opt == c.NBD_OPT_GO else None
+
+    def meta_context(self, opt: int, data: bytes) -> None:
+        queries = _parse_meta_request(data)
+        if queries is None:
+            self.reply(opt, c.NBD_REP_ERR_INVALID, b"malformed meta context request")
+            return None
+        name, wanted = queries
+        if opt == c.NBD_OPT_SET_META_CONTEXT and not self.structured:
+            self.reply(opt, c.NBD_REP_ERR_INVALID, b"SET_META_CONTEXT needs STRUCTURED_REPLY first")
+            return None
+        if name not in self.server.exports:
+            self.reply(opt, c.NBD_REP_ERR_UNKNOWN, f"no export named {name!r}".encode())
+            return None
+        if opt == c.NBD_OPT_LIST_META_CONTEXT:
+            match = not wanted or any(q in (b"base:", c.BASE_ALLOCATION) for q in wanted)
+        else:
+            match = c.BASE_ALLOCATION in wanted
+            self.meta_export = name if match else None
+        if match:
+            ctx_id = META_CONTEXT_ID if opt == c.NBD_OPT_SET_META_CONTEXT else 0
+            self.reply(opt, c.NBD_REP_META_CONTEXT, c.c_u32.pack(ctx_id) + c.BASE_ALLOCATION)
+        self.reply(opt, c.NBD_REP_ACK)
+        return None
+
+    # --- transmission -----------------------------------------------------------------------------
+    def transmission(self, name: str) -> None:
+        source = self.source = self.server.exports[name]
+        self.can_status = self.structured and self.meta_export == name
+        self.buf = bytearray(min(PIECE, max(source.size, 1)))
+        size = source.size
+        while True:
+            magic, flags, cmd, cookie, offset, length = c.c_request.unpack(self.recv(c.c_request.size))
+            if magic != c.NBD_REQUEST_MAGIC:
+                raise Disconnect(f"bad request magic {magic:#x}")
+            if cmd == c.NBD_CMD_WRITE:
+                self.drain(length)
+            if self.server.closing:
+                self.error(cookie, c.NBD_ESHUTDOWN, "server is shutting down")
+                raise Disconnect("server shutdown")
+            in_range = offset + length <= size
+            if cmd == c.NBD_CMD_DISC:
+                return
+            if cmd == c.NBD_CMD_READ:
+                self.read(cookie, flags, offset, length, in_range)
+            elif cmd == c.NBD_CMD_BLOCK_STATUS:
+                self.block_status(cookie, flags, offset, length, in_range)
+            elif cmd in (c.NBD_CMD_WRITE, c.NBD_CMD_TRIM, c.NBD_CMD_WRITE_ZEROES):
+                self.error(cookie, c.NBD_EPERM, "export is read-only")
+            elif cmd in (c.NBD_CMD_FLUSH, c.NBD_CMD_CACHE):
+                if flags & ~c.NBD_CMD_FLAG_FUA or (cmd == c.NBD_CMD_CACHE and not in_range):
+                    self.error(cookie, c.NBD_EINVAL, "bad flags or range")
+                else:
+                    self.send(c.c_simple_reply.pack(c.NBD_SIMPLE_REPLY_MAGIC, 0, cookie))
+            else:
+                self.error(cookie, c.NBD_EINVAL, f"unknown command {cmd}")
+
+    def drain(self, length: int) -> None:
+        while length:
+            length -= len(self.recv(min(length, 64 * 1024)))
+
+    def chunk(self, cookie: int, ctype: int, done: bool, *payload: bytes | bytearray | memoryview) -> None:
+        hdr = c.c_structured_reply.pack(c.NBD_STRUCTURED_REPLY_MAGIC, c.NBD_REPLY_FLAG_DONE if done else 0,
+                                        ctype, cookie, sum(len(p) for p in payload))
+        self.send(hdr, *payload)
+
+    def error(self, cookie: int, err: int, message: str, offset: int | None = None) -> None:
+        if not self.structured:
+            return self.send(c.c_simple_reply.pack(c.NBD_SIMPLE_REPLY_MAGIC, err, cookie))
+        msg = message.encode()[:4096]
+        if offset is None:
+            return self.chunk(cookie, c.NBD_REPLY_TYPE_ERROR, True, c.c_error_chunk.pack(err, len(msg)), msg)
+        return self.chunk(cookie, c.NBD_REPLY_TYPE_ERROR_OFFSET, True,
+                          c.c_error_chunk.pack(err, len(msg)), msg, c.c_offset.pack(offset))
+
+    def fill(self, offset: int, view: memoryview) -> str | None:
+        """Read into ``view``; returns an error message instead of raising for a source failure."""
+        assert self.source is not None
+        try:
+            self.source.readinto_at(offset, view)
+        except (CorruptImageError, OSError) as e:
+            log.warning("NBD read of %d bytes at %d failed: %s", len(view), offset, e)
+            return str(e) or type(e).__name__
+        return None
+
+    def read(self, cookie: int, flags: int, offset: int, length: int, in_range: bool) -> None:
+        df = bool(flags & c.NBD_CMD_FLAG_DF)
+        if flags & ~(c.NBD_CMD_FLAG_FUA | c.NBD_CMD_FLAG_DF) or (df and not self.structured):
+            return self.error(cookie, c.NBD_EINVAL, f"unsupported READ flags {flags:#x}")
+        if length > c.MAX_PAYLOAD:
+            return self.error(cookie, c.NBD_EINVAL, f"READ of {length} bytes exceeds {c.MAX_PAYLOAD}")
+        if not in_range:
+            return self.error(cookie, c.NBD_EINVAL, "READ beyond the end of the export")
+        if df and length > len(self.buf):
+            return self.error(cookie, c.NBD_EOVERFLOW, f"DF READ larger than {len(self.buf)} bytes")
+        if not self.structured:
+            return self.read_simple(cookie, offset, length)
+        if length == 0:
+            return self.chunk(cookie, c.NBD_REPLY_TYPE_NONE, True)
+        extents = [(offset, length, ExtentKind.DATA)] if df else self.extents(offset, length)
+        if extents is None:
+            return self.error(cookie, c.NBD_EIO, "reading the allocation map failed")
+        end = offset + length
+        for start, n, kind in extents:
+            if kind in HOLE_KINDS:
+                self.chunk(cookie, c.NBD_REPLY_TYPE_OFFSET_HOLE, start + n == end,
+                           c.c_offset_hole.pack(start, n))
+                continue
+            pos = start
+            while pos < start + n:
+                view = memoryview(self.buf)[:min(len(self.buf), start + n - pos)]
+                failed = self.fill(pos, view)
+                if failed:
+                    return self.error(cookie, c.NBD_EIO, failed, offset=pos)
+                self.chunk(cookie, c.NBD_REPLY_TYPE_OFFSET_DATA, pos + len(view) == end,
+                           c.c_offset.pack(pos), view)
+                pos += len(view)
+        return None
+
+    def read_simple(self, cookie: int, offset: int, length: int) -> None:
+        view = memoryview(self.buf)[:min(length, len(self.buf))]
+        if self.fill(offset, view):
+            return self.error(cookie, c.NBD_EIO, "read failed")
+        self.send(c.c_simple_reply.pack(c.NBD_SIMPLE_REPLY_MAGIC, 0, cookie), view)
+        pos = offset + len(view)
+        while pos < offset + length:
+            view = memoryview(self.buf)[:min(len(self.buf), offset + length - pos)]
+            if self.fill(pos, view):
+                raise Disconnect(f"read failed at {pos} after a simple reply header was sent")
+            self.send(view)
+            pos += len(view)
+        return None
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, ExtentKind]] | None:
+        """``source.extents`` clipped to the range with gaps filled as DATA; None if the source failed."""
+        assert self.source is not None
+        try:
+            reported = self.source.extents(offset, length)
+        except (CorruptImageError, OSError, ValueError) as e:
+            log.warning("NBD extents of [%d, +%d) failed: %s", offset, length, e)
+            return None
+        out: list[tuple[int, int, ExtentKind]] = []
+        pos, end = offset, offset + length
+        for ext in reported:
+            start, stop = max(ext.offset, pos), min(ext.offset + ext.length, end)
+            if stop <= start:
+                continue
+            if start > pos:
+                out.append((pos, start - pos, ExtentKind.DATA))
+            if out and out[-1][2] is ext.kind:
+                out[-1] = (out[-1][0], out[-1][1] + stop - start, ext.kind)
+            else:
+                out.append((start, stop - start, ext.kind))
+            pos = stop
+        if pos < end:
+            out.append((pos, end - pos, ExtentKind.DATA))
+        return out
+
+    def block_status(self, cookie: int, flags: int, offset: int, length: int, in_range: bool) -> None:
+        if not self.can_status:
+            return self.error(cookie, c.NBD_EINVAL, "base:allocation was not negotiated for this export")
+        if flags & ~(c.NBD_CMD_FLAG_REQ_ONE | c.NBD_CMD_FLAG_FUA) or not length or not in_range:
+            return self.error(cookie, c.NBD_EINVAL, "bad BLOCK_STATUS flags or range")
+        extents = self.extents(offset, length)
+        if extents is None:
+            return self.error(cookie, c.NBD_EIO, "reading the allocation map failed")
+        pairs: list[tuple[int, int]] = []
+        for _start, n, kind in extents:
+            status = STATUS_FLAGS[kind]
+            if pairs and pairs[-1][1] == status and pairs[-1][0] + n <= c.MAX_EXTENT:
+                pairs[-1] = (pairs[-1][0] + n, status)
+                continue
+            while n > c.MAX_EXTENT:
+                pairs.append((c.MAX_EXTENT, status))
+                n -= c.MAX_EXTENT
+            pairs.append((n, status))
+        limit = 1 if flags & c.NBD_CMD_FLAG_REQ_ONE else MAX_STATUS_EXTENTS
+        pairs = pairs[:limit]
+        payload = bytearray(4 + 8 * len(pairs))
+        c.c_u32.pack_into(payload, 0, META_CONTEXT_ID)
+        for i, (n, status) in enumerate(pairs):
+            c.c_block_status_extent.pack_into(payload, 4 + 8 * i, n, status)
+        return self.chunk(cookie, c.NBD_REPLY_TYPE_BLOCK_STATUS, True, payload)
+
+
+def _parse_meta_request(data: bytes) -> tuple[str, list[bytes]] | None:
+    """(export name, queries) from LIST/SET_META_CONTEXT data, or None if the lengths do not add up."""
+    try:
+        (namelen,) = c.c_u32.unpack_from(data)
+        name = data[4:4 + namelen].decode("utf-8", "replace")
+        pos = 4 + namelen
+        (count,) = c.c_u32.unpack_from(data, pos)
+        pos += 4
+        queries: list[bytes] = []
+        for _ in range(count):
+            (qlen,) = c.c_u32.unpack_from(data, pos)
+            if pos + 4 + qlen > len(data):
+                return None
+            queries.append(data[pos + 4:pos + 4 + qlen])
+            pos += 4 + qlen
+    except struct.error:  # truncated data
+        return None
+    return (name, queries) if pos == len(data) and 4 + namelen <= len(data) else None

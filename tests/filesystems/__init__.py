@@ -1,0 +1,1 @@
+"""Tests of imaging_utility.filesystems (allocation maps for used-only imaging)."""

@@ -1,0 +1,280 @@
+"""Unknown, truncated, damaged or untrustworthy volumes: one clear ``UnsupportedError``, never a map.
+
+Damage is done in memory (``BytesSource``) to freshly built small volumes.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fsbuild
+from conftest import need_tools
+from imaging_utility.blocks import BytesSource, WindowSource
+from imaging_utility.errors import EXIT_NOT_FOUND, UnsupportedError
+from imaging_utility.extents import AllocationMap
+from imaging_utility.filesystems import allocation_map, detect, exfat, ext, fat, ntfs
+
+HINT = "image it in full without --used-only"
+
+
+def mkfs(kind: str, size_mib: int, *cmd: str) -> Callable[[Path], bytes]:
+    """A builder for an empty volume of ``size_mib`` MiB over random bytes (no root needed)."""
+
+    def build(tmp: Path) -> bytes:
+        need_tools(cmd[0])
+        path = tmp / f"{kind}.img"
+        fsbuild.random_image(path, size_mib)
+        subprocess.run([*cmd, str(path)], check=True, capture_output=True)
+        return path.read_bytes()
+
+    return build
+
+
+BUILDERS = {
+    "ntfs": mkfs("ntfs", 4, "mkntfs", "-F", "-Q"),
+    "ext4": mkfs("ext4", 4, "mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard"),
+    "ext4-4k": mkfs("ext4-4k", 16, "mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard", "-b", "4096", "-g", "1024"),
+    "fat12": mkfs("fat12", 2, "mkfs.vfat", "-F", "12"),
+    "fat16": mkfs("fat16", 16, "mkfs.vfat", "-F", "16"),
+    "fat32": mkfs("fat32", 34, "mkfs.vfat", "-F", "32"),
+    "exfat": mkfs("exfat", 4, "mkfs.exfat"),
+}
+_built: dict[str, bytes] = {}
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], bytearray]:
+    """``image(name)``: a fresh mutable copy of a small empty volume, built once per module."""
+    tmp = tmp_path_factory.mktemp("fserr")
+
+    def get(name: str) -> bytearray:
+        if name not in _built:
+            _built[name] = BUILDERS[name](tmp)
+        return bytearray(_built[name])
+
+    return get
+
+
+def refused(data: bytes | bytearray, *needles: str) -> str:
+    with pytest.raises(UnsupportedError) as exc:
+        allocation_map(BytesSource(bytes(data)))
+    msg = str(exc.value)
+    assert exc.value.exit_code == EXIT_NOT_FOUND
+    assert "\n" not in msg and HINT in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+    return msg
+
+
+def test_random_bytes() -> None:
+    data = random.Random(11).randbytes(1 << 20)
+    assert detect(BytesSource(data)) is None
+    refused(data, "no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0", "first bytes:")
+
+
+def test_zeros() -> None:
+    assert detect(BytesSource(bytes(1 << 20))) is None
+    refused(bytes(1 << 20), "only zero bytes")
+
+
+def test_tiny_source() -> None:
+    refused(b"\xeb", "no NTFS")
+    refused(b"", "no NTFS")
+
+
+def test_gpt_disk(tmp_path: Path) -> None:
+    need_tools("sgdisk")
+    disk = tmp_path / "disk.img"
+    fsbuild.random_image(disk, 4)
+    subprocess.run(["sgdisk", "-o", "-n", "1:2048:0", str(disk)], check=True, capture_output=True)
+    refused(disk.read_bytes(), "GPT partition table", "'EFI PART' at offset 512")
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_truncated_volume(name: str, image: Callable[[str], bytearray]) -> None:
+    data = image(name)
+    source = BytesSource(bytes(data))
+    info = detect(source)
+    assert info is not None and info.volume_size == len(data)
+    with pytest.raises(UnsupportedError, match=r"spans \d+ bytes but the source ends at \d+ \(truncated\?\)"):
+        allocation_map(WindowSource(source, 0, len(data) // 2))
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_larger_source_keeps_the_tail(name: str, image: Callable[[str], bytearray]) -> None:
+    """Bytes past the filesystem's end are mapped as used, and the rest of the map is unchanged."""
+    data = image(name)
+    info, amap = allocation_map(BytesSource(bytes(data)))
+    _, bigger = allocation_map(BytesSource(bytes(data) + b"\x01" * 12345))
+    assert bigger.size == len(data) + 12345
+    assert bigger.used_in(len(data), 12345) == [(len(data), 12345)]
+    assert [e for e in bigger if e.offset < len(data)][:-1] == list(amap)[:-1]
+    assert info.volume_size == len(data)
+
+
+def test_ntfs_bitmap_record_zeroed(image: Callable[[str], bytearray]) -> None:
+    data = image("ntfs")
+    boot = ntfs.NtfsBoot.from_bytes(bytes(data[:512]))
+    assert boot is not None
+    rec = boot.mft_lcn * boot.cluster_size + ntfs.FILE_BITMAP * boot.record_size
+    data[rec : rec + boot.record_size] = bytes(boot.record_size)
+    refused(data, "NTFS boot sector found but $Bitmap is unreadable", f"{rec:#x}", "signature")
+
+
+def test_ntfs_bitmap_zeroed(image: Callable[[str], bytearray]) -> None:
+    """A $Bitmap whose contents were wiped marks $MFT free: refused, not an empty map."""
+    data = image("ntfs")
+    source = BytesSource(bytes(data))
+    boot = ntfs.probe(source)
+    assert boot is not None
+    attr, _ = ntfs._bitmap_attr(source, boot)
+    for lcn, count in attr.runs:
+        assert lcn is not None
+        data[lcn * boot.cluster_size : (lcn + count) * boot.cluster_size] = bytes(count * boot.cluster_size)
+    refused(data, "marks $MFT's cluster")
+
+
+def test_ntfs_boot_sector_damaged(image: Callable[[str], bytearray]) -> None:
+    data = image("ntfs")
+    data[0x0D] = 3  # SectorsPerCluster not a power of two
+    refused(data, "NTFS boot sector at offset 0 is damaged")
+
+
+@pytest.mark.parametrize("name", ["ext4", "ext4-4k"])
+def test_ext_group_descriptors_zeroed(name: str, image: Callable[[str], bytearray]) -> None:
+    data = image(name)
+    sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
+    assert sb is not None
+    gdt = sb.desc_block(0) * sb.block_size
+    data[gdt : gdt + sb.block_size] = bytes(sb.block_size)
+    refused(data, "ext superblock found but group descriptor 0", f"{gdt:#x}", "damaged")
+
+
+@pytest.mark.parametrize(("field", "needle"), [
+    (ext.INCOMPAT_RECOVER, "journal needs recovery"),
+    (ext.RO_COMPAT_BIGALLOC, "bigalloc"),
+])
+def test_ext_untrustworthy_states(field: int, needle: str, image: Callable[[str], bytearray]) -> None:
+    data = image("ext4")
+    at = 1024 + (0x60 if field == ext.INCOMPAT_RECOVER else 0x64)
+    data[at : at + 4] = (int.from_bytes(data[at : at + 4], "little") | field).to_bytes(4, "little")
+    refused(data, needle)
+
+
+def test_ext_superblock_damaged(image: Callable[[str], bytearray]) -> None:
+    data = image("ext4")
+    data[1024 + 0x18] = 40  # s_log_block_size
+    refused(data, "ext superblock at offset 1024 is damaged")
+
+
+@pytest.mark.parametrize("name", ["fat12", "fat16", "fat32"])
+def test_fat_first_fat_zeroed(name: str, image: Callable[[str], bytearray]) -> None:
+    data = image(name)
+    boot = fat.FatBoot.from_bytes(bytes(data[:512]))
+    assert boot is not None
+    at = boot.reserved_sectors * boot.bytes_per_sector
+    data[at : at + boot.bytes_per_sector] = bytes(boot.bytes_per_sector)
+    refused(data, "FAT copy 0", f"{at:#x}", "media byte")
+
+
+def test_fat32_root_cluster_free(image: Callable[[str], bytearray]) -> None:
+    data = image("fat32")
+    boot = fat.FatBoot.from_bytes(bytes(data[:512]))
+    assert boot is not None
+    for copy in range(boot.num_fats):
+        at = (boot.reserved_sectors + copy * boot.fat_sectors) * boot.bytes_per_sector + 4 * boot.root_cluster
+        data[at : at + 4] = bytes(4)
+    refused(data, "root directory's cluster")
+
+
+def test_exfat_root_directory_zeroed(image: Callable[[str], bytearray]) -> None:
+    data = image("exfat")
+    boot = exfat.ExfatBoot.from_bytes(bytes(data[:512]))
+    assert boot is not None
+    at = boot.cluster_offset(boot.root_cluster)
+    data[at : at + boot.cluster_size] = bytes(boot.cluster_size)
+    refused(data, "no Allocation Bitmap entry")
+
+
+def test_exfat_bitmap_zeroed(image: Callable[[str], bytearray]) -> None:
+    data = image("exfat")
+    source = BytesSource(bytes(data))
+    boot = exfat.probe(source)
+    assert boot is not None
+    vol = exfat._Volume(source, boot)
+    for _, etype, entry in vol.root_entries():
+        if etype == exfat.ENTRY_BITMAP:
+            _, first, length = exfat.DIR_ENTRY.unpack(entry)
+            at = boot.cluster_offset(first)
+            data[at : at + length] = bytes(length)
+    refused(data, "Allocation Bitmap", "free")
+
+
+def test_exfat_boot_checksum(image: Callable[[str], bytearray]) -> None:
+    data = image("exfat")
+    data[0x1F0] ^= 0xFF  # boot code: only the checksum notices
+    refused(data, "boot checksum")
+
+
+def test_two_signatures_are_ambiguous(image: Callable[[str], bytearray]) -> None:
+    data = image("fat16")
+    data[1024:2048] = image("ext4")[1024:2048]
+    with pytest.raises(UnsupportedError, match=r"both (fat16 and ext4|ext4 and fat16) signatures"):
+        detect(BytesSource(bytes(data)))
+    refused(data, "cannot tell which is real")
+
+
+def metadata_areas(name: str, vol: bytes) -> list[tuple[int, int]]:
+    """Where the structures the map is built from live: the first 64 KiB, plus the MFT (NTFS)
+    or the start of the cluster heap (exFAT: bitmap, up-case table, root directory)."""
+    areas = [(0, min(len(vol), 64 * 1024))]
+    source = BytesSource(vol)
+    if name == "ntfs":
+        nboot = ntfs.probe(source)
+        assert nboot is not None
+        areas.append((nboot.mft_lcn * nboot.cluster_size, 16 * nboot.record_size))
+    elif name == "exfat":
+        xboot = exfat.probe(source)
+        assert xboot is not None
+        areas.append((xboot.heap, 8 * xboot.cluster_size))
+    return areas
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzzed_metadata_gives_a_map_or_unsupported(
+    name: str, image: Callable[[str], bytearray], data: st.DataObject
+) -> None:
+    """Random byte changes in the metadata: a map or ``UnsupportedError``, never another exception."""
+    vol = image(name)
+    areas = metadata_areas(name, bytes(vol))
+    for _ in range(data.draw(st.integers(1, 40))):
+        start, length = data.draw(st.sampled_from(areas))
+        vol[data.draw(st.integers(start, start + length - 1))] = data.draw(st.integers(0, 255))
+    try:
+        info, amap = allocation_map(BytesSource(bytes(vol)))
+    except UnsupportedError as e:
+        assert "\n" not in str(e) and HINT in str(e)
+    else:
+        assert isinstance(amap, AllocationMap) and amap.size == len(vol)
+        assert info.volume_size <= len(vol)
+
+
+@pytest.mark.parametrize("opts", [(), ("-O", "^metadata_csum,uninit_bg")], ids=["metadata_csum", "uninit_bg"])
+def test_ext_descriptor_checksum_mismatch(opts: tuple[str, ...], tmp_path: Path) -> None:
+    """A descriptor whose fields still look plausible but fail their checksum is refused."""
+    data = bytearray(mkfs("ext4", 4, "mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard", *opts)(tmp_path))
+    sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
+    assert sb is not None and sb.desc_checksum(0, bytes(sb.desc_size)) is not None
+    allocation_map(BytesSource(bytes(data)))  # intact: fine
+    at = sb.desc_block(0) * sb.block_size + 0x0C  # group 0's bg_free_blocks_count_lo
+    data[at] ^= 0x01
+    refused(data, "group descriptor 0", "checksum")

@@ -1,0 +1,177 @@
+"""``serve-proxy`` and ``mount`` as real processes; FUSE + loop mounts of NTFS (ntfs-3g) and ext4."""
+
+# ruff: noqa: F811  (pytest fixtures are imported from serve_helpers and requested by name)
+from __future__ import annotations
+
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serve_helpers import gpt_disk, part_bytes  # noqa: F401  (fixtures)
+
+from conftest import need_root, need_tools
+
+FAKE_CLI = str(Path(__file__).with_name("fake_cli.py"))
+
+
+def _cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, FAKE_CLI, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def _serving(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r" at (\S+) ", line)
+    assert match, (line, proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+    return match.group(1)
+
+
+def test_serve_proxy_nbd_exports_partitions_and_stops_on_sigint(gpt_disk, procs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    need_tools("nbdinfo", "nbdcopy")
+    proc = _cli("serve-proxy", gpt_disk.path, "--port", "0")
+    procs.append(proc)
+    uri = _serving(proc)
+    listing = subprocess.run(["nbdinfo", "--list", uri], capture_output=True, text=True, check=True).stdout
+    assert all(f'export="{n}"' in listing for n in ("", "p1", "p2"))
+    subprocess.run(["nbdcopy", uri + "p2", tmp_path / "p2.raw"], check=True)
+    assert (tmp_path / "p2.raw").read_bytes() == part_bytes(gpt_disk, 2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0
+
+
+def test_serve_proxy_partition_window_warning_and_errors(gpt_disk, procs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    need_tools("nbdcopy")
+    proc = _cli("serve-proxy", gpt_disk.path, "--partition", "1", "--host", "0.0.0.0", "--port", "0")
+    procs.append(proc)
+    uri = _serving(proc).replace("0.0.0.0", "127.0.0.1")
+    subprocess.run(["nbdcopy", uri, tmp_path / "p1.raw"], check=True, timeout=60)
+    assert (tmp_path / "p1.raw").read_bytes() == part_bytes(gpt_disk, 1)
+    proc.terminate()
+    proc.wait(10)
+    assert proc.stderr is not None and "not loopback" in proc.stderr.read()
+
+    sock = tmp_path / "w.sock"
+    proc = _cli("serve-proxy", gpt_disk.path, "--offset", "1M", "--length", "64K", "--socket", sock)
+    procs.append(proc)
+    assert _serving(proc) == f"nbd+unix:///?socket={sock}"
+    subprocess.run(["nbdcopy", f"nbd+unix:///?socket={sock}", tmp_path / "w.raw"], check=True)
+    assert (tmp_path / "w.raw").read_bytes() == gpt_disk.path.read_bytes()[1 << 20:(1 << 20) + 65536]
+    proc.terminate()
+    proc.wait(10)
+
+    bad = _cli("serve-proxy", gpt_disk.path, "--partition", "9", "--port", "0")
+    _out, err = bad.communicate(timeout=30)
+    assert bad.returncode == 4 and err.count("\n") == 1 and "available: 1: " in err, err
+    bad = _cli("serve-proxy", gpt_disk.path, "--offset", "1G", "--port", "0")
+    _out, err = bad.communicate(timeout=30)
+    assert bad.returncode == 2, err
+
+
+def test_serve_proxy_imdproxy(gpt_disk, procs) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    proc = _cli("serve-proxy", gpt_disk.path, "--protocol", "imdproxy", "--port", "0")
+    procs.append(proc)
+    host, port = _serving(proc).rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(struct.pack("<Q", 1))
+        size, _align, flags = struct.unpack("<QQQ", s.recv(24, socket.MSG_WAITALL))
+        assert (size, flags) == (gpt_disk.path.stat().st_size, 1)
+        s.sendall(struct.pack("<QQQ", 2, 512, 512))
+        assert struct.unpack("<QQ", s.recv(16, socket.MSG_WAITALL)) == (0, 512)
+        assert s.recv(512, socket.MSG_WAITALL) == gpt_disk.path.read_bytes()[512:1024]  # GPT header
+    proc.terminate()
+    assert proc.wait(10) == 0
+
+
+def _wait_mount(path: Path, proc: subprocess.Popen[str] | None = None, present: bool = True) -> None:
+    deadline = time.monotonic() + 20
+    while os.path.ismount(path) != present:
+        if proc is not None and proc.poll() is not None and present:
+            raise AssertionError(f"mount process exited {proc.returncode}: {proc.stderr and proc.stderr.read()}")
+        assert time.monotonic() < deadline, f"{path} mounted={not present} after 20 s"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def mounts() -> Iterator[list[Path]]:
+    """Mount points to clean up (innermost last): loop mounts are umounted, FUSE ones fusermount3 -u."""
+    made: list[Path] = []
+    yield made
+    for path in reversed(made):
+        if os.path.ismount(path):
+            subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False, capture_output=True)
+
+
+def test_fuse_mount_and_loop_mount_ntfs_and_ext4(gpt_disk, mounts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    need_root()
+    need_tools("fusermount3", "ntfs-3g", "mount", "umount")
+    fuse_dir, ntfs_dir, ext_dir = tmp_path / "fuse", tmp_path / "ntfs", tmp_path / "ext"
+    for d in (fuse_dir, ntfs_dir, ext_dir):
+        d.mkdir()
+    mounts.append(fuse_dir)
+    bg = _cli("mount", gpt_disk.path, fuse_dir)  # background: returns once the mount is live
+    out, err = bg.communicate(timeout=60)
+    assert bg.returncode == 0, err
+    assert "mounted at" in out and os.path.ismount(fuse_dir)
+    assert sorted(os.listdir(fuse_dir)) == ["disk.raw", "p1.raw", "p2.raw"]
+    assert (fuse_dir / "disk.raw").read_bytes() == gpt_disk.path.read_bytes()
+    assert (fuse_dir / "p2.raw").read_bytes() == part_bytes(gpt_disk, 2)
+    with pytest.raises(OSError):
+        open(fuse_dir / "disk.raw", "r+b")  # noqa: SIM115
+    mounts.append(ntfs_dir)
+    subprocess.run(["mount", "-t", "ntfs-3g", "-o", "ro,loop", str(fuse_dir / "p1.raw"), str(ntfs_dir)],
+                   check=True, capture_output=True)
+    mounts.append(ext_dir)
+    subprocess.run(["mount", "-o", "ro,loop", str(fuse_dir / "p2.raw"), str(ext_dir)], check=True,
+                   capture_output=True)
+    for d in (ntfs_dir, ext_dir):
+        for name, content in gpt_disk.files.items():
+            assert (d / name).read_bytes() == content, f"{d / name} differs"
+    subprocess.run(["umount", str(ext_dir)], check=True)
+    subprocess.run(["umount", str(ntfs_dir)], check=True)
+    subprocess.run(["fusermount3", "-u", str(fuse_dir)], check=True)
+    _wait_mount(fuse_dir, present=False)
+
+
+def test_fuse_foreground_sigterm_unmounts_and_eio(gpt_disk, procs, mounts, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    need_root()
+    need_tools("fusermount3")
+    mnt = tmp_path / "fg"
+    mnt.mkdir()
+    mounts.append(mnt)
+    proc = _cli("mount", gpt_disk.path, mnt, "-f", "--partition", "2",
+                env={"IU_TEST_CORRUPT": f"{4 << 20}:65536"})
+    procs.append(proc)
+    _wait_mount(mnt, proc)
+    assert sorted(os.listdir(mnt)) == ["disk.raw", "p2.raw"]
+    with open(mnt / "disk.raw", "rb") as f:
+        assert f.read(65536) == gpt_disk.path.read_bytes()[:65536]
+        f.seek(4 << 20)
+        with pytest.raises(OSError) as info:
+            f.read(4096)
+        assert info.value.errno == 5  # EIO for the corrupt chunk only
+        f.seek(8 << 20)
+        assert len(f.read(4096)) == 4096
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert not os.path.ismount(mnt)
