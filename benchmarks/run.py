@@ -96,8 +96,8 @@ def bench_core(src: Path, work: Path, reps: int, level: int) -> None:
     print(row(f"`zstd -T0 -{level} -c SRC > OUT`", n, peer, size_of(zst), None))
     ours = median_run([*TOOL, "image", "--force", "--level", str(level), str(src), str(img)], reps)
     ours_size = size_of(img)
-    print(row("`imaging-utility image` (default digests sha256+blake3)", n, ours, ours_size, peer))
-    for hashes in ("sha256", "none"):
+    print(row("`imaging-utility image` (default digests)", n, ours, ours_size, peer))
+    for hashes in ("sha256", "blake3", "sha256,blake3", "md5", "none"):
         r = median_run([*TOOL, "image", "--force", "--hash", hashes, "--level", str(level), str(src), str(img)], reps)
         print(row(f"`imaging-utility image --hash {hashes}`", n, r, size_of(img), peer))
     print(f"\nimage size vs zstd: {ours_size / size_of(zst) * 100 - 100:+.2f}%\n")
@@ -120,7 +120,7 @@ def bench_core(src: Path, work: Path, reps: int, level: int) -> None:
     pipe = median_run(f"zstd -q -dc {shlex.quote(str(zst))} | sha256sum", reps, shell=True)
     print(row("`zstd -dc OUT | sha256sum` (pipeline, both cores)", n, pipe, None, seq))
     r = median_run([*TOOL, "verify", str(img)], reps)
-    print(row("`imaging-utility verify IMAGE` (sha256+blake3)", n, r, None, seq))
+    print(row("`imaging-utility verify IMAGE` (default digests)", n, r, None, seq))
     print(f"\nverify vs the pipeline: {pipe.wall / r.wall:.2f}×")
 
 
@@ -175,13 +175,122 @@ def bench_rss(src: Path, work: Path) -> None:
     sparse.unlink()
 
 
+def bench_used(corpus: Path, work: Path, reps: int, level: int) -> None:
+    """Used-only imaging of the NTFS and ext4 corpus volumes vs partclone/ntfsclone piped into zstd."""
+    for tool in ("partclone.ntfs", "partclone.extfs", "ntfsclone"):
+        if subprocess.run(["which", tool], capture_output=True).returncode:
+            raise SystemExit(f"used-only benchmark needs {tool}")
+    out = work / "used.out"
+    q = shlex.quote
+    print(f"\n## used-only imaging — corpus volumes, level {level}, median of {reps}\n")
+    print("| volume | used | command | wall | source MiB/s | output | CPU | speed vs fastest peer | size vs smallest |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, peers in (
+        ("ntfs.raw", {"partclone.ntfs -c -a0 \\| zstd -T0": "partclone.ntfs -c -a0 -L /dev/null -s {src} -o -",
+                      "ntfsclone --save-image \\| zstd -T0": "ntfsclone -f --save-image -o - {src}"}),
+        ("ext4.raw", {"partclone.extfs -c -a0 \\| zstd -T0": "partclone.extfs -c -a0 -L /dev/null -s {src} -o -"}),
+        ("ext4-2x.raw", {"partclone.extfs -c -a0 \\| zstd -T0": "partclone.extfs -c -a0 -L /dev/null -s {src} -o -"}),
+    ):
+        src = corpus / name
+        if not src.exists():
+            print(f"| {name} | — | missing: build it with make_corpus.py | | | | | | |")
+            continue
+        warm(src)
+        n = size_of(src)
+        info = json.loads(subprocess.run([*TOOL, "image", "--force", "--json", "--used-only", str(src), str(out)],
+                                         capture_output=True, text=True, check=True).stdout)
+        used = info["used_bytes"]
+        results = []
+        for label, cmd in peers.items():
+            r = median_run(f"{cmd.format(src=q(str(src)))} 2>/dev/null | zstd -q -T0 -{level} -c > {q(str(out))}",
+                           reps, shell=True)
+            results.append((label, r, size_of(out)))
+        ours = median_run([*TOOL, "image", "--force", "--used-only", "--level", str(level), str(src), str(out)],
+                          reps)
+        results.append(("imaging-utility image --used-only", ours, size_of(out)))
+        fastest = min(r.wall for _, r, _ in results[:-1])
+        smallest = min(sz for _, _, sz in results[:-1])
+        for label, r, sz in results:
+            print(f"| {name} | {used / MiB:,.0f} MiB | `{label}` | {r.wall:.2f} s | {n / r.wall / MiB:,.0f} | "
+                  f"{sz / MiB:,.1f} MiB | {r.cpu:.1f} s | {fastest / r.wall:.2f}× | "
+                  f"{sz / smallest * 100 - 100:+.1f}% |")
+
+
+def _fio(uri: str, rw: str, bs: str, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}", "--iodepth=16",
+         "--size=2G", "--time_based", f"--runtime={seconds}", "--output-format=json", "--readonly"],
+        capture_output=True, text=True, check=True).stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
+    return {"iops": job["iops"], "mib_s": job["bw_bytes"] / MiB,
+            "p99_ms": job["clat_ns"]["percentile"]["99.000000"] / 1e6}
+
+
+def _serve(cmd: list[str], port: int) -> subprocess.Popen[bytes]:
+    import socket
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"server did not start: {cmd}")
+
+
+def bench_serve(src: Path, work: Path, seconds: int) -> None:
+    for tool in ("fio", "qemu-nbd", "qemu-img", "nbdkit"):
+        if subprocess.run(["which", tool], capture_output=True).returncode:
+            raise SystemExit(f"serve benchmark needs {tool}")
+    qcow = work / "mixed.qcow2"
+    if not qcow.exists():
+        subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", str(src),
+                        str(qcow)], check=True)
+    images = {}
+    for chunk in ("1M", "256K", "64K"):
+        img = work / f"serve-{chunk}.img"
+        if not img.exists():
+            subprocess.run([*TOOL, "image", "--force", "--chunk-size", chunk, str(src), str(img)], check=True,
+                           stdout=subprocess.DEVNULL)
+        images[chunk] = img
+    servers = {
+        "`qemu-nbd -r` on compressed qcow2 (zstd)": ["qemu-nbd", "-r", "-f", "qcow2", "-p", "{port}", "-t",
+                                                     str(qcow)],
+        "`nbdkit file` on the raw file": ["nbdkit", "-f", "-r", "-p", "{port}", "file", str(src)],
+        **{f"`imaging-utility serve-proxy` ({c} chunks)": [*TOOL, "serve-proxy", "--port", "{port}", str(i)]
+           for c, i in images.items()},
+    }
+    print(f"\n## serve: fio --ioengine=nbd, iodepth 16, {seconds} s each — {src.name}\n")
+    print("| server | 4 KiB random read IOPS | p99 latency | 1 MiB sequential read | IOPS vs qemu-nbd "
+          "| seq vs qemu-nbd |")
+    print("|---|---|---|---|---|---|")
+    base: dict[str, float] | None = None
+    for port, (name, cmd) in enumerate(servers.items(), start=10900):
+        proc = _serve([c.replace("{port}", str(port)) for c in cmd], port)
+        try:
+            uri = f"nbd://127.0.0.1:{port}/"
+            rnd = _fio(uri, "randread", "4k", seconds)
+            seq = _fio(uri, "read", "1m", seconds)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        if base is None:
+            base = {"iops": rnd["iops"], "mib_s": seq["mib_s"]}
+        print(f"| {name} | {rnd['iops']:,.0f} | {rnd['p99_ms']:.2f} ms | {seq['mib_s']:,.0f} MiB/s | "
+              f"{rnd['iops'] / base['iops']:.2f}× | {seq['mib_s'] / base['mib_s']:.2f}× |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=Path("/var/tmp/iu-corpus"))
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/iu-bench"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
-    ap.add_argument("--only", default="core,chunks,rss")
+    ap.add_argument("--only", default="core,chunks,rss,used,serve")
+    ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
         if subprocess.run(["which", tool], capture_output=True).returncode:
@@ -201,6 +310,10 @@ def main() -> int:
         bench_chunks(src, args.work, args.level)
     if "rss" in only:
         bench_rss(src, args.work)
+    if "used" in only:
+        bench_used(args.corpus, args.work, args.reps, args.level)
+    if "serve" in only:
+        bench_serve(src, args.work, args.seconds)
     return 0
 
 

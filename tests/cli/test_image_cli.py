@@ -206,3 +206,14 @@ def test_loop_device_image_and_restore(tmp_path: Path, source: Path, loopdev: ob
         fh.truncate(1 << 20)
     small_dev = loopdev(small)  # type: ignore[operator]
     assert "larger device" in _one_line_error(cli("restore", "--yes", img, small_dev, check=9))
+
+
+def test_verbose_traceback_and_log_file(tmp_path: Path) -> None:
+    proc = cli("--version", check=0)
+    assert proc.stdout.startswith("imaging-utility ")
+    log = tmp_path / "run.log"
+    proc = cli("image", "--verbose", "--log-file", log, tmp_path / "missing", tmp_path / "x.img", check=4)
+    assert "Traceback" in proc.stderr and "source not found" in proc.stderr
+    assert "source not found" in log.read_text()
+    quiet = cli("image", tmp_path / "missing", tmp_path / "x.img", check=4)
+    assert "Traceback" not in quiet.stderr

@@ -18,12 +18,37 @@ from serve_helpers import gpt_disk, part_bytes  # noqa: F401  (fixtures)
 
 from conftest import need_root, need_tools
 
-FAKE_CLI = str(Path(__file__).with_name("fake_cli.py"))
+_IMAGES: dict[tuple[str, bool], Path] = {}
+
+
+def _image(disk_path: Path, corrupt_at: int | None = None) -> Path:
+    """A real image of the test disk (64 KiB chunks), made once; optionally with the chunk holding
+    byte ``corrupt_at`` damaged (one flipped byte inside its frame)."""
+    key = (str(disk_path), corrupt_at is not None)
+    if key not in _IMAGES:
+        img = disk_path.with_name("disk.img" if corrupt_at is None else "corrupt.img")
+        subprocess.run([sys.executable, "-m", "imaging_utility", "image", "--force", "--chunk-size", "64K",
+                        str(disk_path), str(img)], check=True, capture_output=True)
+        if corrupt_at is not None:
+            from imaging_utility.image.reader import open_image
+
+            with open_image(str(img)) as reader:
+                index = corrupt_at // reader.chunk_size
+                pos = reader.chunk_offsets[index] + reader.chunk_csizes[index] // 2
+            raw = bytearray(img.read_bytes())
+            raw[pos] ^= 0xFF
+            img.write_bytes(raw)
+        _IMAGES[key] = img
+    return _IMAGES[key]
 
 
 def _cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, FAKE_CLI, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    """The real CLI; a test disk's raw path is replaced by a real image of it."""
+    corrupt = (env or {}).get("IU_TEST_CORRUPT")
+    argv = [str(_image(a, int(corrupt.split(":")[0]) if corrupt else None))
+            if isinstance(a, Path) and a.name == "disk.raw" else str(a) for a in args]
+    return subprocess.Popen([sys.executable, "-m", "imaging_utility", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture
@@ -83,6 +108,35 @@ def test_serve_proxy_partition_window_warning_and_errors(gpt_disk, procs, tmp_pa
     bad = _cli("serve-proxy", gpt_disk.path, "--offset", "1G", "--port", "0")
     _out, err = bad.communicate(timeout=30)
     assert bad.returncode == 2, err
+
+
+def test_serve_proxy_used_only_image_shows_holes(gpt_disk, procs, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    need_tools("nbdinfo", "nbdcopy", "qemu-img")
+    part = tmp_path / "p2.raw"
+    part.write_bytes(part_bytes(gpt_disk, 2))
+    img = tmp_path / "p2.img"
+    subprocess.run([sys.executable, "-m", "imaging_utility", "image", "--used-only", "--chunk-size", "64K",
+                    str(part), str(img)], check=True, capture_output=True)
+    proc = _cli("serve-proxy", img, "--port", "0")
+    procs.append(proc)
+    uri = _serving(proc)
+    listing = subprocess.run(["nbdinfo", "--list", uri], capture_output=True, text=True, check=True).stdout
+    assert 'export=""' in listing
+    nbd_map = subprocess.run(["nbdinfo", "--map", uri], capture_output=True, text=True, check=True).stdout
+    assert "hole,zero" in nbd_map and "data" in nbd_map
+    subprocess.run(["nbdcopy", uri, tmp_path / "copy.raw"], check=True, timeout=60)
+    restored = tmp_path / "restored.raw"
+    subprocess.run([sys.executable, "-m", "imaging_utility", "restore", str(img), str(restored)], check=True,
+                   capture_output=True)
+    subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(tmp_path / "copy.raw"), str(restored)],
+                   check=True, capture_output=True)
+    # the holes are the filesystem's free space: the mounted-back volume has the same files
+    for name, content in gpt_disk.files.items():
+        out = subprocess.run(["debugfs", "-R", f"cat /{name}", str(tmp_path / "copy.raw")], capture_output=True,
+                             check=True).stdout
+        assert out == content
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 0
 
 
 def test_serve_proxy_imdproxy(gpt_disk, procs) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,426 @@
+"""Read-only file trees inside a filesystem: list, stat, open and map files without mounting.
+
+``open_tree(source)`` detects NTFS, ext2/3/4, FAT12/16/32 or exFAT at offset 0 of a ``BlockSource``
+and returns a ``FileTree`` over dissect.ntfs / dissect.extfs / dissect.fat (the per-filesystem
+adapters are ``tree_ntfs.py``, ``tree_ext.py`` and ``tree_fat.py``).
+
+Paths are POSIX-style and absolute (``/dir/file``); ``..`` is resolved lexically.  A name on disk
+that cannot be a path component is shown escaped: ``/`` as ``%2F``, NUL as ``%00``, the empty
+name as ``%``; the on-disk ``.`` and ``..`` entries are never listed.  NTFS and FAT lookups fall
+back to a case-insensitive match, as Windows does.
+
+Thread-safety: a ``FileTree`` may be shared by threads.  Metadata (dissect) calls run under one
+lock; file data of plain (non-resident, uncompressed) files is read straight from the source with
+``readinto_at``, outside the lock, so several streams read in parallel.  A stream object itself
+is for one thread.
+
+Errors: a missing path is ``NotFoundError``; metadata that cannot be parsed (a damaged MFT record,
+inode or directory) is ``CorruptImageError`` naming the path and record; read errors of the source
+(``SourceIOError``, ``ChunkCorruptError``) pass through unchanged.  In a listing, an entry whose own
+record is damaged is returned with ``type == "damaged"`` and ``error`` set, so the rest still lists.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import datetime as dt
+import io
+import posixpath
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import IO, Any, Protocol
+
+from ..blocks import BlockSource
+from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError
+
+__all__ = ["Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
+
+Run = tuple[int, int, int]  # (file_offset, disk_offset, length)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One directory entry.  ``type`` is file, dir, symlink, reparse, other or damaged."""
+
+    name: str
+    path: str
+    type: str
+    size: int = 0
+    mtime_ns: int | None = None
+    mode: int | None = None
+    target: str | None = None  # symlink / reparse-point target as stored, never followed
+    inode: int | None = None  # ext inode, NTFS MFT record number, FAT/exFAT first cluster
+    nlink: int | None = None
+    streams: tuple[str, ...] = ()  # NTFS alternate data stream names
+    error: str | None = None  # set when type == "damaged"
+
+    @property
+    def mtime(self) -> dt.datetime | None:
+        if self.mtime_ns is None:
+            return None
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=self.mtime_ns // 1000)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "path": self.path, "type": self.type, "size": self.size,
+                               "mtime": self.mtime.isoformat() if self.mtime else None, "inode": self.inode}
+        for key in ("mode", "target", "nlink", "error"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.streams:
+            out["streams"] = list(self.streams)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a file's bytes are: ``runs`` ((file_offset, disk_offset or None for a hole, length), covering
+    ``[0, size)`` in order) when they can be read straight from the source, else ``opener`` (a dissect
+    stream for resident, inline or compressed data, read under the tree lock)."""
+
+    size: int
+    runs: list[tuple[int, int | None, int]] | None
+    opener: Callable[[], IO[bytes]] | None = None
+
+
+class Backend(Protocol):
+    """What a filesystem adapter provides.  Nodes and refs are the adapter's own objects."""
+
+    fs_type: str
+    case_insensitive: bool
+
+    def root(self) -> Any: ...
+    def children(self, node: Any) -> list[tuple[str, Any]]: ...
+    def load(self, ref: Any) -> Any: ...
+    def describe(self, node: Any, name: str, path: str) -> Entry: ...
+    def layout(self, node: Any, stream: str | None) -> Layout: ...
+    def key(self, node: Any) -> int | None: ...
+    def label(self, node: Any) -> str: ...
+
+
+class BlockFile(io.RawIOBase):
+    """A seekable binary file over ``BlockSource.readinto_at`` for dissect; not thread-safe (the tree's lock is)."""
+
+    def __init__(self, source: BlockSource) -> None:
+        super().__init__()
+        self.source = source
+        self.size = source.size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        n = max(0, min(len(view), self.size - self._pos))
+        if n:
+            self.source.readinto_at(self._pos, view[:n])
+            self._pos += n
+        return n
+
+
+class FileStream(io.RawIOBase):
+    """A readable, seekable stream of one file's data; reads never load more than asked for."""
+
+    def __init__(self, tree: FileTree, layout: Layout, label: str) -> None:
+        super().__init__()
+        self.size = layout.size
+        self._tree = tree
+        self._runs = layout.runs
+        self._starts = [r[0] for r in layout.runs] if layout.runs is not None else []
+        self._fallback: IO[bytes] | None = None
+        if layout.runs is None and layout.opener is not None:
+            with tree._guard(label):
+                self._fallback = layout.opener()
+        self._label = label
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buf: Any) -> int:
+        view = memoryview(buf).cast("B")
+        want = max(0, min(len(view), self.size - self._pos))
+        if not want:
+            return 0
+        if self._runs is None:
+            return self._read_fallback(view[:want])
+        done = 0
+        i = bisect.bisect_right(self._starts, self._pos) - 1
+        while done < want:
+            if i < 0 or i >= len(self._runs):
+                raise CorruptImageError(f"{self._label}: no data run maps file offset {self._pos}")
+            start, disk, length = self._runs[i]
+            rel = self._pos - start
+            take = min(want - done, length - rel)
+            if take <= 0:
+                i += 1
+                continue
+            part = view[done : done + take]
+            if disk is None:
+                part[:] = bytes(take)
+            else:
+                self._tree.source.readinto_at(disk + rel, part)
+            done += take
+            self._pos += take
+            i += 1
+        return done
+
+    def _read_fallback(self, view: memoryview) -> int:
+        assert self._fallback is not None
+        with self._tree._guard(self._label):
+            self._fallback.seek(self._pos)
+            data = self._fallback.read(len(view))
+        if len(data) != len(view):
+            raise CorruptImageError(f"{self._label}: data ends at {self._pos + len(data)}, size says {self.size}")
+        view[:] = data
+        self._pos += len(data)
+        return len(data)
+
+    def holes(self) -> list[tuple[int, int]]:
+        """``(file_offset, length)`` ranges that are sparse holes (read as zeros, not stored)."""
+        return [(s, n) for s, d, n in self._runs or [] if d is None]
+
+
+def escape_name(raw: str) -> str:
+    """A name as a path component: ``/`` → ``%2F``, NUL → ``%00``, empty → ``%``."""
+    if not raw:
+        return "%"
+    return raw.replace("/", "%2F").replace("\0", "%00")
+
+
+class FileTree:
+    """The file tree of one filesystem; see the module docstring for paths, threads and errors."""
+
+    def __init__(self, backend: Backend, source: BlockSource) -> None:
+        self.backend = backend
+        self.source = source
+        self.fs_type = backend.fs_type
+        self._lock = threading.RLock()
+        self._dirs: OrderedDict[str, list[tuple[str, Any]]] = OrderedDict()
+        self._nodes: OrderedDict[str, Any] = OrderedDict()
+        self._root = backend.root()
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Hold the lock; turn parser failures into one clear ``CorruptImageError`` about ``what``."""
+        with self._lock:
+            try:
+                yield
+            except Error:
+                raise
+            except RecursionError:
+                raise CorruptImageError(f"{self.fs_type}: {what}: directory structure nests too deep "
+                                        "(a loop?)") from None
+            except (ValueError, KeyError, IndexError, EOFError, OverflowError, struct.error, TypeError,
+                    AttributeError, UnicodeError, OSError) as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise CorruptImageError(f"{self.fs_type}: {what} is unreadable: {msg}") from None
+            except Exception as e:  # dissect's own exception classes
+                if type(e).__module__.startswith("dissect."):
+                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise CorruptImageError(f"{self.fs_type}: {what} is unreadable: {msg}") from None
+                raise
+
+    @staticmethod
+    def normalize(path: str) -> str:
+        norm = posixpath.normpath("/" + path.strip())
+        return "/" + norm.lstrip("/")
+
+    def _children(self, path: str, node: Any) -> list[tuple[str, Any]]:
+        cached = self._dirs.get(path)
+        if cached is not None:
+            self._dirs.move_to_end(path)
+            return cached
+        with self._guard(f"directory {path} ({self.backend.label(node)})"):
+            kids = [(escape_name(n), ref) for n, ref in self.backend.children(node) if n not in (".", "..")]
+        self._dirs[path] = kids
+        if len(self._dirs) > 256:
+            self._dirs.popitem(last=False)
+        return kids
+
+    def _node(self, path: str) -> Any:
+        path = self.normalize(path)
+        if path == "/":
+            return self._root
+        with self._lock:
+            hit = self._nodes.get(path)
+            if hit is not None:
+                return hit
+            parent_path, name = posixpath.split(path)
+            parent = self._node(parent_path)
+            if self.stat(parent_path).type != "dir":
+                raise NotFoundError(f"{parent_path} in the {self.fs_type} filesystem is not a directory")
+            kids = self._children(parent_path, parent)
+            ref = next((r for n, r in kids if n == name), None)
+            if ref is None and self.backend.case_insensitive:
+                ref = next((r for n, r in kids if n.casefold() == name.casefold()), None)
+            if ref is None:
+                raise NotFoundError(f"{path}: no such file or directory in the {self.fs_type} filesystem")
+            with self._guard(path):
+                node = self.backend.load(ref)
+            self._nodes[path] = node
+            if len(self._nodes) > 4096:
+                self._nodes.popitem(last=False)
+            return node
+
+    def stat(self, path: str) -> Entry:
+        path = self.normalize(path)
+        node = self._node(path)
+        name = posixpath.basename(path)
+        with self._guard(f"{path}"):
+            return self.backend.describe(node, name, path)
+
+    def list(self, path: str = "/") -> list[Entry]:
+        """The entries of directory ``path`` in on-disk order; damaged children come back as ``damaged``."""
+        path = self.normalize(path)
+        with self._lock:
+            if self.stat(path).type != "dir":
+                raise NotFoundError(f"{path} in the {self.fs_type} filesystem is not a directory")
+            kids = self._children(path, self._node(path))
+            out: list[Entry] = []
+            for name, ref in kids:
+                child = posixpath.join(path, name)
+                try:
+                    with self._guard(child):
+                        node = self.backend.load(ref)
+                        out.append(self.backend.describe(node, name, child))
+                except CorruptImageError as e:
+                    out.append(Entry(name, child, "damaged", error=str(e)))
+            return out
+
+    def walk(self, path: str = "/") -> Iterator[Entry]:
+        """Every entry below ``path`` (depth first, directories before their contents).
+
+        A directory that cannot be listed or that loops back to one of its ancestors is yielded
+        again with ``type == "damaged"`` and ``error`` set, and not descended into.
+        """
+        top = self.stat(path)
+        yield from self._walk(top, (self.backend.key(self._node(top.path)),))
+
+    def _walk(self, directory: Entry, ancestors: tuple[int | None, ...]) -> Iterator[Entry]:
+        try:
+            entries = self.list(directory.path)
+        except CorruptImageError as e:
+            yield replace(directory, type="damaged", error=str(e))
+            return
+        for entry in entries:
+            yield entry
+            if entry.type != "dir":
+                continue
+            key = self.backend.key(self._node(entry.path))
+            if key is not None and key in ancestors:
+                yield replace(entry, type="damaged",
+                              error=f"{self.fs_type}: {entry.path} loops back to a parent directory; not followed")
+                continue
+            if len(ancestors) > 512:
+                yield replace(entry, type="damaged", error=f"{entry.path}: directories nest deeper than 512")
+                continue
+            yield from self._walk(entry, (*ancestors, key))
+
+    def layout(self, path: str, stream: str | None = None) -> Layout:
+        path = self.normalize(path)
+        entry = self.stat(path)
+        if entry.type == "dir" and stream is None:
+            raise NotFoundError(f"{path} is a directory in the {self.fs_type} filesystem, not a file")
+        if stream and stream not in entry.streams:
+            raise NotFoundError(f"{path} has no stream {stream!r} in the {self.fs_type} filesystem")
+        with self._guard(f"data of {path}" + (f":{stream}" if stream else "")):
+            return self.backend.layout(self._node(path), stream)
+
+    def open(self, path: str, stream: str | None = None) -> FileStream:
+        """A stream over the file's data (or its NTFS alternate data stream ``stream``)."""
+        label = self.normalize(path) + (f":{stream}" if stream else "")
+        return FileStream(self, self.layout(path, stream), label)
+
+    def data_runs(self, path: str, stream: str | None = None) -> list[Run]:
+        """``(file_offset, disk_offset, length)`` of the file's data on the source; holes left out.
+
+        Data stored inside metadata (NTFS resident, ext inline) or compressed has no plain runs: ``[]``.
+        """
+        return [(f, d, n) for f, d, n in self.layout(path, stream).runs or [] if d is not None]
+
+
+def runs_from_clusters(runs: list[tuple[int | None, int]], cluster: int, base: int, size: int,
+                       label: str) -> list[tuple[int, int | None, int]]:
+    """``(cluster or None, count)`` runs → byte runs clipped to ``size``; a short chain is an error."""
+    out: list[tuple[int, int | None, int]] = []
+    pos = 0
+    for lcn, count in runs:
+        if pos >= size:
+            break
+        length = min(count * cluster, size - pos)
+        if length <= 0:
+            continue
+        out.append((pos, None if lcn is None else base + lcn * cluster, length))
+        pos += length
+    if pos < size:
+        raise CorruptImageError(f"{label}: its clusters hold {pos} bytes but its size is {size}")
+    return out
+
+
+def open_tree(source: BlockSource) -> FileTree:
+    """The file tree of the filesystem at offset 0 of ``source``.
+
+    Raises:
+        UnsupportedError: no NTFS, ext2/3/4, FAT or exFAT filesystem there.
+        CorruptImageError: the filesystem's root structures cannot be parsed.
+    """
+    from . import detect
+
+    info = detect(source)
+    if info is None:
+        raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 "
+                               "(whole disk? pick one with --partition N)")
+    fh = BlockFile(source)
+    backend: Backend
+    try:
+        if info.type == "ntfs":
+            from .tree_ntfs import NtfsBackend
+
+            backend = NtfsBackend(fh)
+        elif info.type.startswith("ext"):
+            from .tree_ext import ExtBackend
+
+            backend = ExtBackend(fh, info.type)
+        elif info.type == "exfat":
+            from .tree_fat import ExfatBackend
+
+            backend = ExfatBackend(fh)
+        else:
+            from .tree_fat import FatBackend
+
+            backend = FatBackend(fh, info.type)
+    except Error:
+        raise
+    except RecursionError:
+        raise CorruptImageError(f"{info.type}: directory structure nests too deep (a loop?)") from None
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CorruptImageError(f"{info.type} filesystem: cannot open its root structures: {msg}") from None
+    return FileTree(backend, source)
