@@ -122,3 +122,24 @@ def test_split_part_missing_is_reported(tmp_path: Path) -> None:
     shutil.move(tmp_path / "s.img.002", tmp_path / "elsewhere")
     with pytest.raises(CorruptImageError):
         open_image(str(tmp_path / "s.img"))
+
+
+def test_flip_that_decodes_identically_is_still_caught(tmp_path: Path, pristine: tuple[Path, bytes]) -> None:
+    """zstd decoders ignore the frame header's unused bit (FHD bit 4): the content checksum alone would
+    pass. The per-frame CRC-32 in the trailer catches it."""
+    img, data = pristine
+    raw = bytearray(img.read_bytes())
+    with open_image(str(img)) as good:
+        index = next(i for i in range(good.chunk_count) if not good.is_zero_chunk(i))
+        raw[good.chunk_offsets[index] + 4] ^= 0x10
+    bad = tmp_path / "img"
+    bad.write_bytes(raw)
+    import zstandard
+
+    frame = bytes(raw[good.chunk_offsets[index] : good.chunk_offsets[index] + good.chunk_csizes[index]])
+    assert zstandard.ZstdDecompressor().decompress(frame) == data[index * CHUNK : (index + 1) * CHUNK]
+    with open_image(str(bad)) as reader:
+        report = reader.verify()
+        assert not report.ok and report.failures[0]["chunk"] == index
+        with pytest.raises(ChunkCorruptError, match="CRC-32"):
+            reader.read(index * CHUNK, 1)

@@ -54,6 +54,7 @@ TRAILER_FLAG_BAD_RANGES = 0x1
 SECTION_META = b"META"  # UTF-8 JSON object
 SECTION_ALLOCATION = b"AMAP"  # allocation map: (start u64, end u64) pairs, sorted, non-overlapping
 SECTION_BAD_RANGES = b"BADR"  # unreadable ranges: (start u64, end u64) pairs
+SECTION_FRAME_CRCS = b"FCRC"  # u32 CRC-32 of each data frame's compressed bytes, in chunk order
 RANGE_PAIR = struct.Struct("<QQ")
 
 # --- limits -------------------------------------------------------------------

@@ -139,9 +139,12 @@ class Trailer:
     chunk_count: int
     meta: dict[str, Any] = field(default_factory=dict)
     bad_ranges: list[tuple[int, int]] = field(default_factory=list)  # (offset, length)
+    frame_crcs: bytes | None = None  # u32 LE per data frame: CRC-32 of its compressed bytes
 
     def encode(self) -> bytes:
         sections = [(c.SECTION_META, json.dumps(self.meta, sort_keys=True).encode())]
+        if self.frame_crcs is not None:
+            sections.append((c.SECTION_FRAME_CRCS, self.frame_crcs))
         flags = 0
         if self.bad_ranges:
             flags |= c.TRAILER_FLAG_BAD_RANGES
@@ -164,7 +167,10 @@ class Trailer:
         _check_version(major, minor, what)
         sections = _sections_decode(body, c.TRAILER_FIXED.size, count, what, offset)
         meta = _json(sections.get(c.SECTION_META, b"{}"), what)
-        return cls(size, chunks, meta, _pairs(sections.get(c.SECTION_BAD_RANGES, b""), what))
+        crcs = sections.get(c.SECTION_FRAME_CRCS)
+        if crcs is not None and len(crcs) != 4 * chunks:
+            raise CorruptImageError(f"{what}: frame CRC list holds {len(crcs) // 4} entries for {chunks} chunks")
+        return cls(size, chunks, meta, _pairs(sections.get(c.SECTION_BAD_RANGES, b""), what), crcs)
 
 
 @dataclass

@@ -12,7 +12,9 @@ wrong bytes.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
+import zlib
 from array import array
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,6 +106,11 @@ class ImageReader:
             raise CorruptImageError("image has no trailer frame")
         if self.trailer.source_size != self.size or self.trailer.chunk_count != self.chunk_count:
             raise CorruptImageError("trailer disagrees with the header about the image size")
+        self.frame_crcs: array[int] | None = None
+        if self.trailer.frame_crcs is not None:
+            self.frame_crcs = array("I", self.trailer.frame_crcs)
+            if sys.byteorder == "big":
+                self.frame_crcs.byteswap()
         self.table_offset = table_off
         self.bad_ranges: list[tuple[int, int]] = self.trailer.bad_ranges or sorted(event_ranges)
         self.allocation: AllocationMap | None = None
@@ -141,6 +148,11 @@ class ImageReader:
         offset = index * self.chunk_size
         if frame is None:
             frame = self.read_frame(index)
+        if self.frame_crcs is not None and zlib.crc32(frame) != self.frame_crcs[index]:
+            raise ChunkCorruptError(
+                f"chunk {index} (image byte offset {offset}): its frame's bytes fail their CRC-32 check",
+                index, offset,
+            )
         if frame_checksum(frame) != self.chunk_sums[index]:
             raise ChunkCorruptError(
                 f"chunk {index} (image byte offset {offset}): frame checksum {frame_checksum(frame):#010x} "

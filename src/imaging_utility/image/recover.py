@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import ChunkCorruptError, CorruptImageError, ResumeMismatchError
+from ..extents import AllocationMap
 from ..format import c_image as c
 from ..format.codec import Codec
 from ..format.index import SeekTable, walk_frames
@@ -98,26 +101,31 @@ def _recover(
     chunk_size, size = header.chunk_size, header.source_size
     n_chunks = -(-size // chunk_size)
     digests = Digests(digest_names)
+    allocation = (AllocationMap.decode(header.allocation, size)
+                  if header.used_only and header.allocation is not None else None)
     bad: list[tuple[int, int]] = []
     kept = first.length
     chunk = 0
 
-    def decode(off: int, length: int, expected: int, index: int) -> bytes:
-        return codec.decompress(reader.read_at(off, length), expected, index, index * chunk_size)
+    def decode(off: int, length: int, expected: int, index: int) -> tuple[bytes, int]:
+        frame = reader.read_at(off, length)
+        return codec.decompress(frame, expected, index, index * chunk_size), zlib.crc32(frame)
 
-    pending: deque[tuple[Future[bytes], int, int, int]] = deque()
+    crcs: array[int] = array("I")
+    pending: deque[tuple[Future[tuple[bytes, int]], int, int, int]] = deque()
 
     def drain(limit: int) -> bool:
         nonlocal kept, chunk
         while len(pending) > limit:
             fut, length, dsize, checksum = pending.popleft()
             try:
-                data = fut.result()
+                data, crc = fut.result()
             except ChunkCorruptError:
                 pending.clear()
                 return False
-            digests.update(data)
+            digests.update_chunk(data, chunk * chunk_size, allocation)
             table.append(length, dsize, checksum)
+            crcs.append(crc)
             kept += length
             chunk += 1
             if progress:
@@ -160,7 +168,7 @@ def _recover(
     part_sizes = PartWriter.sizes(reader.paths)
     parts = PartWriter(dest, split_size)
     parts.reopen_at(kept, part_sizes)
-    writer = ImageWriter(parts, header, table, chunk)
+    writer = ImageWriter(parts, header, table, crcs)
     return Recovered(header, writer, digests, chunk, kept, reader.size - kept, bad)
 
 

@@ -130,7 +130,7 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
             try:
                 data = fut.result()
                 if hashing:
-                    digests.update(data)
+                    digests.update_chunk(data, index * reader.chunk_size, reader.allocation)
             except ChunkCorruptError as e:
                 hashing = False
                 if len(report.failures) < MAX_REPORTED_FAILURES:

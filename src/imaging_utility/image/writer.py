@@ -7,6 +7,9 @@ file is a valid prefix that ``recover`` can continue.
 
 from __future__ import annotations
 
+import sys
+from array import array
+
 from ..format import c_image as c
 from ..format.codec import frame_checksum
 from ..format.index import SeekTable
@@ -15,11 +18,15 @@ from .parts import PartWriter
 
 
 class ImageWriter:
-    def __init__(self, parts: PartWriter, header: Header, table: SeekTable, chunks_written: int) -> None:
+    def __init__(self, parts: PartWriter, header: Header, table: SeekTable, frame_crcs: array[int]) -> None:
         self.parts = parts
         self.header = header
         self.table = table
-        self.chunks_written = chunks_written
+        self.frame_crcs = frame_crcs  # CRC-32 of each data frame written so far (the trailer's FCRC)
+
+    @property
+    def chunks_written(self) -> int:
+        return len(self.frame_crcs)
 
     @classmethod
     def create(cls, dest: str, split_size: int | None, header: Header) -> ImageWriter:
@@ -29,17 +36,17 @@ class ImageWriter:
         parts.write_frame(frame)
         table = SeekTable()
         table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
-        return cls(parts, header, table, 0)
+        return cls(parts, header, table, array("I"))
 
     @property
     def bytes_written(self) -> int:
         return self.parts.total
 
-    def add_chunk(self, frame: bytes | memoryview, length: int) -> None:
-        """Append the data frame of the next chunk (``length`` raw bytes)."""
+    def add_chunk(self, frame: bytes | memoryview, length: int, crc: int) -> None:
+        """Append the data frame of the next chunk (``length`` raw bytes; ``crc`` = CRC-32 of ``frame``)."""
         self.parts.write_frame(frame)
         self.table.append(len(frame), length, frame_checksum(frame))
-        self.chunks_written += 1
+        self.frame_crcs.append(crc)
 
     def add_event(self, event: Event) -> None:
         frame = event.encode()
@@ -48,6 +55,10 @@ class ImageWriter:
 
     def finish(self, trailer: Trailer) -> list[str]:
         """Write the trailer and the seek table, fsync, close; returns the image's file(s)."""
+        crcs = array("I", self.frame_crcs)
+        if sys.byteorder == "big":
+            crcs.byteswap()
+        trailer.frame_crcs = crcs.tobytes()
         frame = trailer.encode()
         self.parts.write_frame(frame)
         self.table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)

@@ -15,6 +15,7 @@ import platform
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,8 @@ from ..image.parts import existing_outputs
 from ..image.recover import read_header, recover, remove_outputs
 from ..image.writer import ImageWriter
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+
+Framed = tuple[bytes, int]  # a data frame and the CRC-32 of its bytes
 
 # A reader of one chunk: fills ``buf`` for source bytes [offset, offset+len(buf)) and
 # returns the (offset, length) ranges that could not be read (zero-filled).
@@ -205,15 +208,27 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
     ev = ProgressEvent("image", min(size, first_chunk * cs), size, writer.bytes_written, started=started)
     zero_chunks = 0
     read_bytes = 0
-    # Each pending entry: (frame future or frame bytes, digest future, buffer or None, length, bad ranges)
-    pending: deque[tuple[Future[bytes] | bytes, Future[None], bytearray | None, int, list[tuple[int, int]]]]
+    zero_crcs: dict[int, int] = {}
+
+    def zero_framed(length: int) -> Framed:
+        frame = codec.zero_frame(length)
+        crc = zero_crcs.get(length)
+        if crc is None:
+            crc = zero_crcs[length] = zlib.crc32(frame)
+        return frame, crc
+
+    def compress(view: memoryview) -> Framed:
+        frame = codec.compress(view)
+        return frame, zlib.crc32(frame)
+    # Each pending entry: ((frame, crc) or its future, digest future, buffer or None, length, bad ranges)
+    pending: deque[tuple[Future[Framed] | Framed, Future[None], bytearray | None, int, list[tuple[int, int]]]]
     pending = deque()
 
     def retire_one() -> None:
         frame_or_fut, hashed, buf, length, bad_here = pending.popleft()
-        frame = frame_or_fut if isinstance(frame_or_fut, bytes) else frame_or_fut.result()
+        frame, crc = frame_or_fut if isinstance(frame_or_fut, tuple) else frame_or_fut.result()
         hashed.result()
-        writer.add_chunk(frame, length)
+        writer.add_chunk(frame, length, crc)
         if bad_here:
             writer.add_event(Event(writer.chunks_written - 1, bad_here))
         if buf is not None:
@@ -232,7 +247,8 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
                 used = [(off, length)] if amap is None else amap.used_in(off, length)
                 if not used:
                     zero_chunks += 1
-                    pending.append((codec.zero_frame(length), hasher.submit(digests.update, zeros[:length]),
+                    pending.append((zero_framed(length),
+                                    hasher.submit(digests.update_chunk, zeros[:length], off, amap),
                                     None, length, []))
                 else:
                     while not free:
@@ -244,10 +260,12 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
                     bad.extend(bad_here)
                     if (buf == zero_bytes) if length == cs else (bytes(view) == zero_bytes[:length]):
                         zero_chunks += 1
-                        pending.append((codec.zero_frame(length), hasher.submit(digests.update, view),
+                        pending.append((zero_framed(length),
+                                        hasher.submit(digests.update_chunk, view, off, amap),
                                         buf, length, bad_here))
                     else:
-                        pending.append((pool.submit(codec.compress, view), hasher.submit(digests.update, view),
+                        pending.append((pool.submit(compress, view),
+                                        hasher.submit(digests.update_chunk, view, off, amap),
                                         buf, length, bad_here))
                 while pending and (len(pending) > n_buffers or _done(pending[0][0])):
                     retire_one()
@@ -266,7 +284,7 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
     trailer_meta = {
         "finished": utc_now(),
         "digests": digests.hexdigests(),
-        "digest_covers": "image bytes (the source; for used-only images, unallocated space as zeros)",
+        "digest_covers": "allocated bytes in volume order" if amap is not None else "all image bytes",
         "stats": {"chunks": n_chunks, "zero_chunks_this_run": zero_chunks, "read_bytes_this_run": read_bytes},
     }
     paths = writer.finish(Trailer(size, n_chunks, trailer_meta, sorted(bad)))
@@ -279,8 +297,8 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
     )
 
 
-def _done(item: Future[bytes] | bytes) -> bool:
-    return isinstance(item, bytes) or item.done()
+def _done(item: Future[Framed] | Framed) -> bool:
+    return isinstance(item, tuple) or item.done()
 
 
 def _abandon(pending: deque[Any]) -> None:

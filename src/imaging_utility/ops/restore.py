@@ -103,6 +103,7 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
     expected = dict((reader.trailer.meta if reader.trailer else {}).get("digests", {}))
     digests = Digests([n for n in expected if n in SUPPORTED] if verify else [])
     ev = ProgressEvent("restore", 0, reader.size)
+    zeros = memoryview(bytes(reader.chunk_size))
     written = holes = 0
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
@@ -116,11 +117,11 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                 if fut is None:
                     holes += 1
                     if verify:
-                        digests.update(bytes(n))
+                        digests.update_chunk(zeros[:n], offset, reader.allocation)
                 else:
                     data = fut.result()
                     if verify:
-                        digests.update(data)
+                        digests.update_chunk(data, offset, reader.allocation)
                     try:
                         view = memoryview(data)
                         done = 0
