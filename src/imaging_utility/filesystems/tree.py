@@ -40,6 +40,7 @@ from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError
 __all__ = ["Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
 
 Run = tuple[int, int, int]  # (file_offset, disk_offset, length)
+RunList = list[Run]  # an alias: inside FileTree, ``list`` is the method
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,11 @@ class FileStream(io.RawIOBase):
         return [(s, n) for s, d, n in self._runs or [] if d is None]
 
 
+def _about(path: str, e: Exception) -> str:
+    """``e``'s message, naming ``path`` once."""
+    return str(e) if path in str(e) else f"{path}: {e}"
+
+
 def escape_name(raw: str) -> str:
     """A name as a path component: ``/`` → ``%2F``, NUL → ``%00``, empty → ``%``."""
     if not raw:
@@ -257,8 +263,11 @@ class FileTree:
         if cached is not None:
             self._dirs.move_to_end(path)
             return cached
-        with self._guard(f"directory {path} ({self.backend.label(node)})"):
-            kids = [(escape_name(n), ref) for n, ref in self.backend.children(node) if n not in (".", "..")]
+        try:
+            with self._guard(f"directory {path} ({self.backend.label(node)})"):
+                kids = [(escape_name(n), ref) for n, ref in self.backend.children(node) if n not in (".", "..")]
+        except CorruptImageError as e:
+            raise CorruptImageError(_about(f"directory {path}", e)) from None
         self._dirs[path] = kids
         if len(self._dirs) > 256:
             self._dirs.popitem(last=False)
@@ -282,8 +291,11 @@ class FileTree:
                 ref = next((r for n, r in kids if n.casefold() == name.casefold()), None)
             if ref is None:
                 raise NotFoundError(f"{path}: no such file or directory in the {self.fs_type} filesystem")
-            with self._guard(path):
-                node = self.backend.load(ref)
+            try:
+                with self._guard(path):
+                    node = self.backend.load(ref)
+            except CorruptImageError as e:
+                raise CorruptImageError(_about(path, e)) from None
             self._nodes[path] = node
             if len(self._nodes) > 4096:
                 self._nodes.popitem(last=False)
@@ -311,7 +323,7 @@ class FileTree:
                         node = self.backend.load(ref)
                         out.append(self.backend.describe(node, name, child))
                 except CorruptImageError as e:
-                    out.append(Entry(name, child, "damaged", error=str(e)))
+                    out.append(Entry(name, child, "damaged", error=_about(child, e)))
             return out
 
     def walk(self, path: str = "/") -> Iterator[Entry]:
@@ -358,7 +370,7 @@ class FileTree:
         label = self.normalize(path) + (f":{stream}" if stream else "")
         return FileStream(self, self.layout(path, stream), label)
 
-    def data_runs(self, path: str, stream: str | None = None) -> list[Run]:
+    def data_runs(self, path: str, stream: str | None = None) -> RunList:
         """``(file_offset, disk_offset, length)`` of the file's data on the source; holes left out.
 
         Data stored inside metadata (NTFS resident, ext inline) or compressed has no plain runs: ``[]``.

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import stat
 import struct
-from typing import IO, Any
+from typing import Any
 
 from dissect.extfs import ExtFS
 from dissect.extfs.c_ext import c_ext
 from dissect.extfs.extfs import INode
 
 from ..errors import CorruptImageError
-from .tree import Entry, Layout, runs_from_clusters
+from .tree import BlockFile, Entry, Layout, runs_from_clusters
 
 DIRENT = struct.Struct("<IHBB")
 ROOT_INO = 2
@@ -29,7 +29,7 @@ FAST_SYMLINK_MAX = 60
 class ExtBackend:
     case_insensitive = False
 
-    def __init__(self, fh: IO[bytes], kind: str) -> None:
+    def __init__(self, fh: BlockFile, kind: str) -> None:
         self.fs = ExtFS(fh)
         self.fs_type = kind
 

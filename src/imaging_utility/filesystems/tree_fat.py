@@ -10,13 +10,13 @@ file system specification.
 from __future__ import annotations
 
 import calendar
-from typing import IO, Any
+from typing import Any
 
 from dissect.fat import exfat as dexfat
 from dissect.fat.fat import FATFS, DirectoryEntry, RootDirectory
 
 from ..errors import CorruptImageError
-from .tree import Entry, Layout, runs_from_clusters
+from .tree import BlockFile, Entry, Layout, runs_from_clusters
 
 FAT_EOC = {"fat12": 0xFF8, "fat16": 0xFFF8, "fat32": 0x0FFFFFF8}
 FAT_BAD = {"fat12": 0xFF7, "fat16": 0xFFF7, "fat32": 0x0FFFFFF7}
@@ -57,7 +57,7 @@ def _chain_runs(first: int, next_of: Any, eoc: int, bad: int, limit: int, label:
         value = next_of(cluster)
         if value >= eoc:
             return runs
-        if value == bad or value == 0:
+        if value in (bad, 0):
             raise CorruptImageError(f"{label}: cluster chain reaches a {'bad' if value else 'free'} cluster "
                                     f"after cluster {cluster:#x}")
         cluster = value
@@ -65,7 +65,7 @@ def _chain_runs(first: int, next_of: Any, eoc: int, bad: int, limit: int, label:
 
 def _fat_name(e: DirectoryEntry) -> str:
     """The long name, else the 8.3 name with the Windows NT case bits (DIR_NTRes 0x08 base, 0x10 ext)."""
-    if e.ldirents:
+    if e.ldirents or e.short_name in (".", ".."):
         return str(e.name)
     base, _, ext = str(e.short_name).partition(".")
     nt = int(e.dirent.DIR_NTRes)
@@ -77,7 +77,7 @@ def _fat_name(e: DirectoryEntry) -> str:
 class FatBackend:
     case_insensitive = True
 
-    def __init__(self, fh: IO[bytes], kind: str) -> None:
+    def __init__(self, fh: BlockFile, kind: str) -> None:
         self.fs = FATFS(fh)
         self.fs_type = kind
         self._data = self.fs.first_data_sector * self.fs.sector_size
@@ -96,9 +96,8 @@ class FatBackend:
         return f"directory starting at cluster {node.cluster}" if node.cluster else "root directory"
 
     def children(self, node: DirectoryEntry) -> list[tuple[str, Any]]:
-        if not isinstance(node, RootDirectory) or self.fs_type == "fat32":
-            if node._runlist is None:
-                node._runlist = self._runs(node.cluster, f"directory {node.name!r}") if node.cluster else []
+        if (not isinstance(node, RootDirectory) or self.fs_type == "fat32") and node._runlist is None:
+            node._runlist = self._runs(node.cluster, f"directory {node.name!r}") if node.cluster else []
         return [(_fat_name(e), e) for e in node.iterdir() if not e.is_volume_id()]
 
     def load(self, ref: DirectoryEntry) -> DirectoryEntry:
@@ -131,7 +130,7 @@ class ExfatBackend:
     fs_type = "exfat"
     case_insensitive = True
 
-    def __init__(self, fh: IO[bytes]) -> None:
+    def __init__(self, fh: BlockFile) -> None:
         self.fs = dexfat.ExFAT(fh)
         self._heap = self.fs.cluster_heap_sector * self.fs.sector_size
         self._limit = self.fs.cluster_count + 2

@@ -9,7 +9,7 @@ compressed data is read through dissect's streams instead.
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import Any
 
 from dissect.ntfs import NTFS
 from dissect.ntfs.c_ntfs import ATTRIBUTE_FLAG_COMPRESSION_MASK, ATTRIBUTE_TYPE_CODE, FILE_NAME_DOS
@@ -18,7 +18,7 @@ from dissect.ntfs.mft import MftRecord
 from dissect.ntfs.util import segment_reference
 
 from ..errors import CorruptImageError
-from .tree import Entry, Layout, runs_from_clusters
+from .tree import BlockFile, Entry, Layout, runs_from_clusters
 
 FIRST_USER_RECORD = 24  # records 0-23 are reserved for metafiles
 RECORD_IN_USE = 0x0001
@@ -28,7 +28,7 @@ class NtfsBackend:
     fs_type = "ntfs"
     case_insensitive = True
 
-    def __init__(self, fh: IO[bytes]) -> None:
+    def __init__(self, fh: BlockFile) -> None:
         self.fs = NTFS(fh)
         if self.fs.mft is None:
             raise CorruptImageError("ntfs: the $MFT could not be opened")

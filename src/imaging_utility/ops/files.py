@@ -10,6 +10,7 @@ recorded in the report, never created.  A file that cannot be read is reported a
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import hashlib
 import os
@@ -215,7 +216,11 @@ class _Extractor:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
         except OSError as e:
-            self._dest_error(entry.path, e)
+            err = e
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+                    err = OSError(errno.ELOOP, "symlink")
+            self._dest_error(entry.path, err)
             return
         try:
             try:

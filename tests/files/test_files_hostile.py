@@ -1,0 +1,215 @@
+"""Hostile and damaged filesystems: names edited in real images at test time, bad sectors mapped onto files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import fsbuild
+from conftest import cli, need_tools
+from devices.devhelpers import eio_fuse
+from files.filehelpers import MiB, curl, inside, need, status, webdav
+from imaging_utility.devices.source import FileSource
+from imaging_utility.filesystems.tree import open_tree
+
+# ext4 names created as placeholders, then rewritten in the directory block to what an attacker would write
+EXT_HOSTILE = {
+    "AAAAAAAAAAAAAAAAAAAAAAAA01": b"..",
+    "AAAAAAAAAAAAAAAAAAAAAAAA02": b"../../../../tmp/escape",
+    "AAAAAAAAAAAAAAAAAAAAAAAA03": b"ctl\x01\x1b[31mred\x7f",
+    "AAAAAAAAAAAAAAAAAAAAAAAA04": b"bad\xff\xfeutf8",
+    "AAAAAAAAAAAAAAAAAAAAAAAA05": b"/abs",
+    "B" * 255: "€".encode() * 85,
+}
+
+
+def _rewrite_ext_name(vol: Path, old: str, new: bytes) -> None:
+    """Overwrite a directory entry's name (and name_len) in place; ext4_dir_entry_2 = inode, rec_len, len, type."""
+    data = vol.read_bytes()
+    pos = data.find(old.encode())
+    assert pos > 0 and data.find(old.encode(), pos + 1) == -1, old
+    with open(vol, "r+b") as f:
+        f.seek(pos - 2)
+        f.write(bytes([len(new)]))
+        f.seek(pos)
+        f.write(new.ljust(len(old), b"\0"))
+
+
+def _hostile_ext(tmp: Path) -> Path:
+    need("ext")
+    src = tmp / "src"
+    (src / "d1" / "d2").mkdir(parents=True)
+    for i, name in enumerate(EXT_HOSTILE):
+        (src / name).write_bytes(f"payload {i}\n".encode())
+    (src / "d1" / "LOOPLOOPLOOPLOOP").mkdir()
+    (src / "d1" / "ok.txt").write_text("fine\n")
+    vol = tmp / "hostile-ext.raw"
+    fsbuild.random_image(vol, 16)
+    fsbuild._run("mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard", "-d", src, vol)
+    fsbuild._run("debugfs", "-w", "-f", "-", vol,
+                 stdin=b"symlink /abs-link /etc/passwd\nsymlink /rel-link ../../../../etc/shadow\n")
+    for old, new in EXT_HOSTILE.items():
+        _rewrite_ext_name(vol, old, new)
+    # d1/LOOPLOOPLOOPLOOP now points at d1 itself: a directory loop
+    with FileSource(str(vol)) as source:
+        d1 = open_tree(source).stat("/d1").inode
+    assert d1 is not None
+    data = vol.read_bytes()
+    pos = data.find(b"LOOPLOOPLOOPLOOP")
+    with open(vol, "r+b") as f:
+        f.seek(pos - 8)
+        f.write(d1.to_bytes(4, "little"))
+    return vol
+
+
+def test_hostile_ext_names_never_escape(tmp_path: Path) -> None:
+    vol = _hostile_ext(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "d1")  # a symlink already in DEST must not redirect writes
+    proc = cli("extract", "--json", vol, "/", dest, check=3)
+    report = json.loads(proc.stdout)
+    assert list(outside.iterdir()) == []
+    assert not Path("/tmp/escape").exists()
+    for p in inside(dest):
+        assert os.path.realpath(p).startswith(str(dest) + "/") or p.is_symlink()
+        assert len(os.fsencode(p.name)) <= 255 and "\x01" not in p.name
+    assert any(f["path"] == "/d1" and "symlink" in f["error"] for f in report["failed"])
+    links = {x["path"]: x["target"] for x in report["links"]}
+    assert links["/abs-link"] == "/etc/passwd" and links["/rel-link"] == "../../../../etc/shadow"
+    written = {os.fsdecode(p.name) for p in dest.iterdir()}
+    assert "%" + "2F" + "abs" in written and "€" * 85 in written
+    assert "..%2F..%2F..%2F..%2Ftmp%2Fescape" in written
+    # the raw names are reported and every payload was written somewhere inside DEST
+    payloads = sorted(p.read_bytes() for p in dest.iterdir() if p.is_file())
+    assert len(payloads) == len(EXT_HOSTILE) - 1  # the one renamed '..' is not listed at all
+    # without the symlink in the way: the loop is cut and reported, the rest extracts
+    dest2 = tmp_path / "dest2"
+    report2 = json.loads(cli("extract", "--json", vol, "/d1", dest2, check=3).stdout)
+    assert (dest2 / "d1" / "ok.txt").read_text() == "fine\n"
+    assert any("loops back" in f["error"] for f in report2["failed"])
+    listing = cli("ls", "-R", vol, "/", check=3)
+    assert "\\x01\\x1b[31mred\\x7f" in listing.stdout and "\x1b" not in listing.stdout
+    assert "loops back" in listing.stderr
+
+
+def test_hostile_ext_over_webdav(tmp_path: Path) -> None:
+    vol = _hostile_ext(tmp_path)
+    with webdav(vol) as url:
+        page = curl(url).stdout.decode("utf-8", "replace")
+        assert "\x01" not in page and "\x1b" not in page and "<a href=\"/%25" in page
+        # the file named '../../../../tmp/escape' in the image is served as itself, from inside the tree
+        assert curl(f"{url}..%252F..%252F..%252F..%252Ftmp%252Fescape").stdout == b"payload 1\n"
+        assert status(f"{url}..%2F..%2F..%2F..%2Fetc%2Fpasswd") == 404
+        assert status(f"{url}../../../../etc/passwd", "--path-as-is") in (400, 404)
+        assert status(f"{url}%252Fabs") == 200
+        assert status(f"{url}abs-link") == 404  # symlinks are not served, never followed
+        assert status("-X", "PROPFIND", "-H", "Depth: 1", f"{url}d1/") == 207
+        assert status(f"{url}d1/ok.txt") == 200
+
+
+def test_hostile_fat_short_names(tmp_path: Path) -> None:
+    need("fat")
+    vol = tmp_path / "fat.raw"
+    fsbuild.random_image(vol, 40)
+    fsbuild._run("mkfs.vfat", "-F", "32", "-s", "1", vol)
+    with tempfile.TemporaryDirectory() as t:
+        for n in ("AAAA1", "AAAA2", "AAAA3"):
+            Path(t, n).write_text(f"{n}\n")
+            fsbuild._run("mcopy", "-i", vol, Path(t, n), f"::/{n}")
+    fsbuild._run("mmd", "-i", vol, "::/LOOPA")
+    fsbuild._run("mmd", "-i", vol, "::/LOOPA/LOOPB")
+    data = bytearray(vol.read_bytes())
+    for old, new in ((b"AAAA1      ", b"..         "), (b"AAAA2      ", b"A/B\x01    TXT"),
+                     (b"AAAA3      ", b"\x05X\x7f     EXE")):
+        pos = data.find(old)
+        data[pos : pos + 11] = new
+    a = data.find(b"LOOPA      ")
+    b = data.find(b"LOOPB      ")
+    data[b + 20 : b + 22] = data[a + 20 : a + 22]  # LOOPB's first cluster := LOOPA's
+    data[b + 26 : b + 28] = data[a + 26 : a + 28]
+    vol.write_bytes(bytes(data))
+    dest = tmp_path / "dest"
+    report = json.loads(cli("extract", "--json", vol, "/", dest, check=3).stdout)
+    names = sorted(os.fsdecode(p.name) for p in dest.iterdir())
+    assert "LOOPA" in names and all("/" not in n and "\x01" not in n for n in names)
+    assert any("loops back" in f["error"] for f in report["failed"])
+    assert all(os.path.realpath(p).startswith(str(dest) + "/") for p in inside(dest))
+    assert {p.read_text() for p in dest.iterdir() if p.is_file()} == {"AAAA2\n", "AAAA3\n"}
+
+
+def _ext_with_large_file(tmp: Path) -> tuple[Path, str]:
+    src = tmp / "src"
+    src.mkdir(parents=True)
+    (src / "large.bin").write_bytes(os.urandom(3 * MiB))
+    (src / "small.txt").write_text("small\n")
+    vol = tmp / "vol.raw"
+    fsbuild.random_image(vol, 16)
+    fsbuild._run("mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard", "-d", src, vol)
+    return vol, "/large.bin"
+
+
+def test_bad_sectors_name_the_damaged_file(tmp_path: Path) -> None:
+    need("ext")
+    need_tools("fusermount3")
+    vol, path = _ext_with_large_file(tmp_path)
+    with FileSource(str(vol)) as src:
+        runs = open_tree(src).data_runs(path)
+    foff, disk, _ = runs[0]
+    bad = {(disk + 64 * 1024) // 512, (disk + 64 * 1024) // 512 + 1}
+    img = tmp_path / "rescued.img"
+    with eio_fuse(vol, tmp_path / "mnt", bad) as failing:
+        cli("image", "--rescue", "--retries", "1", "--chunk-size", "256K", failing, img, check=3)
+    found = json.loads(cli("ls", "--damaged", "--json", img).stdout)
+    assert found == [{"path": path, "lost": [{"offset": foff + 64 * 1024, "length": 1024}], "lost_bytes": 1024}]
+    human = cli("ls", "--damaged", img).stdout
+    assert human.startswith(f"{path}\t1024 bytes lost at file offsets {foff + 64 * 1024}+1024")
+    assert "no file data" in cli("ls", "--damaged", vol).stderr
+
+
+def test_damaged_ntfs_record_and_ext_directory(tmp_path: Path) -> None:
+    need("ntfs")
+    vol = tmp_path / "ntfs.raw"
+    files = tmp_path / "files"
+    (files / "keep").mkdir(parents=True)
+    (files / "victim.txt").write_text("x")
+    (files / "keep" / "a.txt").write_text("a")
+    fsbuild.make_ntfs(vol, 16, files)
+    with FileSource(str(vol)) as src:
+        record = open_tree(src).stat("/victim.txt").inode
+    boot = vol.read_bytes()[:512]
+    cluster = int.from_bytes(boot[11:13], "little") * boot[13]
+    mft = int.from_bytes(boot[0x30:0x38], "little") * cluster
+    with open(vol, "r+b") as f:
+        f.seek(mft + record * 1024)
+        f.write(bytes(1024))
+    proc = cli("ls", vol, "/", check=3)
+    assert "keep/" in proc.stdout.split() and "hello.txt" in proc.stdout.split()
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 1 and f"MFT record {record}" in errors[0] and "victim.txt" in errors[0]
+    one = cli("ls", vol, "/victim.txt", check=8).stderr.strip().splitlines()
+    assert len(one) == 1 and f"MFT record {record}" in one[0] and "Traceback" not in one[0]
+    assert cli("extract", vol, "/keep", tmp_path / "out").returncode == 0
+    # ext: zero the block of one directory
+    need("ext")
+    evol, _ = _ext_with_large_file(tmp_path / "e")
+    fsbuild._run("debugfs", "-w", "-R", "mkdir /broken", evol)
+    block = int(fsbuild._run("debugfs", "-R", "blocks /broken", evol).split()[0])
+    with open(evol, "r+b") as f:
+        f.seek(block * 1024 if evol.stat().st_size < 32 * MiB and _bs(evol) == 1024 else block * 4096)
+        f.write(bytes(_bs(evol)))
+    rec = cli("ls", "-R", evol, "/", check=3)
+    assert "/large.bin" in rec.stdout and "/small.txt" in rec.stdout
+    assert rec.stderr.count("error") == 1 and "directory /broken" in rec.stderr
+    bad = cli("ls", evol, "/broken", check=8).stderr.strip().splitlines()
+    assert len(bad) == 1 and "/broken" in bad[0]
+
+
+def _bs(vol: Path) -> int:
+    out = subprocess.run(["dumpe2fs", "-h", str(vol)], capture_output=True, text=True).stdout
+    return int(out.split("Block size:")[1].split()[0])
