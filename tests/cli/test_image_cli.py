@@ -190,7 +190,7 @@ def test_loop_device_image_and_restore(tmp_path: Path, source: Path, loopdev: ob
     need_root()
     dev = loopdev(source)  # type: ignore[operator]
     img = tmp_path / "loop.img"
-    out = json.loads(cli("image", "--json", dev, img).stdout)
+    out = json.loads(cli("image", "--json", "--hash", "sha256", dev, img).stdout)
     assert out["digests"]["sha256"] == file_sha256(source)
     info = json.loads(cli("info", "--json", img).stdout)
     assert info["source"]["kind"] == "block-device"
@@ -217,3 +217,17 @@ def test_verbose_traceback_and_log_file(tmp_path: Path) -> None:
     assert "source not found" in log.read_text()
     quiet = cli("image", tmp_path / "missing", tmp_path / "x.img", check=4)
     assert "Traceback" not in quiet.stderr
+
+
+def test_default_digest_and_sha256_computed_later(tmp_path: Path, source: Path) -> None:
+    import blake3
+
+    img = tmp_path / "d.img"
+    out = json.loads(cli("image", "--json", source, img).stdout)
+    assert out["digests"] == {"blake3": blake3.blake3(source.read_bytes()).hexdigest()}
+    rep = json.loads(cli("verify", "--json", "--hash", "sha256", img).stdout)
+    assert rep["ok"] and rep["digests"]["sha256"]["actual"] == file_sha256(source)
+    assert rep["digests"]["sha256"]["expected"] is None and rep["digests"]["blake3"]["ok"]
+    human = cli("verify", "--hash", "sha256,md5", img).stdout
+    assert file_sha256(source) in human and "not stored" in human
+    cli("verify", "--quick", "--hash", "sha256", img, check=2)

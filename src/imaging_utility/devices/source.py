@@ -233,8 +233,36 @@ class FileSource:
                 pass
 
     def extents(self, offset: int, length: int) -> list[Extent]:
+        """DATA, except the holes of a sparse regular file (``SEEK_DATA``/``SEEK_HOLE``), reported as ZERO
+        so they need not be read.  Thread-safe: the lseek position is never used for reading."""
         check_range(self._size, offset, length)
-        return [Extent(offset, length, ExtentKind.DATA)] if length else []
+        if not length:
+            return []
+        whole = [Extent(offset, length, ExtentKind.DATA)]
+        if self.is_block_device:
+            return whole
+        out: list[Extent] = []
+        pos, end = offset, offset + length
+        try:
+            while pos < end:
+                try:
+                    data = os.lseek(self.fd, pos, os.SEEK_DATA)
+                except OSError as e:
+                    # No data after pos: a trailing hole, unless the file shrank (then let the read fail).
+                    if e.errno != errno.ENXIO or os.fstat(self.fd).st_size < end:
+                        return whole
+                    data = end
+                if data > pos:
+                    out.append(Extent(pos, min(data, end) - pos, ExtentKind.ZERO))
+                    pos = min(data, end)
+                    if pos >= end:
+                        break
+                hole = os.lseek(self.fd, pos, os.SEEK_HOLE)
+                out.append(Extent(pos, min(hole, end) - pos, ExtentKind.DATA))
+                pos = min(hole, end)
+        except OSError:
+            return whole  # a filesystem without SEEK_DATA support: read everything
+        return out
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -62,8 +62,10 @@ class SeekTable:
             raise _no_table(magic, file_size)
         if descriptor & c.SEEK_DESCRIPTOR_RESERVED:
             raise CorruptImageError(f"seek table descriptor {descriptor:#x} has reserved bits set")
-        if not descriptor & c.SEEK_DESCRIPTOR_CHECKSUM:
-            raise CorruptImageError("seek table has no checksums (not written by imaging-utility)")
+        if descriptor != c.SEEK_DESCRIPTOR_CHECKSUM:
+            # The seekable format lets readers ignore bits 1-0; our writer always writes 0x80, so any
+            # other value is damage (and checksums are required).
+            raise CorruptImageError(f"seek table descriptor {descriptor:#04x} is not 0x80 (checksums, no other bits)")
         frame_size = n * c.SEEK_ENTRY.size + c.SEEK_FOOTER.size
         table_off = file_size - frame_size - c.SKIPPABLE_HEADER.size
         if table_off < 0:

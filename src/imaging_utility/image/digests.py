@@ -21,12 +21,12 @@ from ..errors import UsageError
 from ..extents import AllocationMap
 
 SUPPORTED = ("sha256", "blake3", "md5")
-# Chosen by measurement (docs/performance.md, 2 cores, 2 GiB mixed corpus): SHA-256
-# (OpenSSL, SHA-NI) costs ~1.2 CPU-s per 2 GiB and keeps imaging at ≥ 1.0x `zstd -T0`;
-# adding BLAKE3 costs another ~0.5 CPU-s (~10% wall) for a digest few tools compare
-# against; MD5 is 2x slower than SHA-256 and kept for old evidence workflows.  Every
-# chunk also carries its own XXH64 checksum, so integrity never depends on this set.
-DEFAULT = ("sha256",)
+# Chosen by measurement (docs/performance.md; 2 cores, 2 GiB mixed corpus, median of 3):
+# with BLAKE3 imaging runs at 1.12x `zstd -T0 -3`, with SHA-256 (OpenSSL, SHA-NI) at 0.96x,
+# with MD5 at 0.89x.  SHA-256 stays one option away (`--hash sha256`) and can be computed
+# later from any image with `verify --hash sha256`, which equals `sha256sum` of the source.
+# Every chunk also carries its own checksums, so integrity never depends on this set.
+DEFAULT = ("blake3",)
 
 
 def parse_hash_names(spec: str) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ class ImageReader:
         read_at, file_size = self._parts.read_at, self._parts.size
         table, table_off = SeekTable.load(read_at, file_size)
         self.image_bytes = file_size
-        if len(table) < 2 or table.dsizes[0] != 0:
+        if len(table) < 2 or table.dsizes[0] != 0 or table.checksums[0] != c.XXH64_EMPTY_LOW32:
             raise CorruptImageError("seek table does not start with the image header frame")
         offsets = array("Q", itertools.accumulate(table.csizes, initial=0))
         magic, hsize = c.SKIPPABLE_HEADER.unpack(read_at(0, c.SKIPPABLE_HEADER.size))
@@ -89,8 +89,11 @@ class ImageReader:
                 self.chunk_csizes.append(csize)
                 self.chunk_sums.append(table.checksums[i])
                 continue
-            if csize < 8:
-                raise CorruptImageError(f"seek table entry {i}: skippable frame of {csize} bytes at offset {off:#x}")
+            if csize < 8 or table.checksums[i] != c.XXH64_EMPTY_LOW32:
+                raise CorruptImageError(
+                    f"seek table entry {i}: skippable frame of {csize} bytes at offset {off:#x} "
+                    f"with checksum {table.checksums[i]:#010x} (expected {c.XXH64_EMPTY_LOW32:#010x})"
+                )
             fmagic, fsize = c.SKIPPABLE_HEADER.unpack(read_at(off, 8))
             if fmagic & c.SKIPPABLE_MASK != c.SKIPPABLE_BASE or fsize + 8 != csize:
                 raise CorruptImageError(f"frame {i} at offset {off:#x} is not the skippable frame the seek table says")

@@ -25,7 +25,7 @@ from typing import Any
 from .. import __version__
 from ..blocks import BlockSource
 from ..errors import Interrupted, RefusedError, ResumeMismatchError, UsageError
-from ..extents import AllocationMap
+from ..extents import AllocationMap, ExtentKind
 from ..format import c_image as c
 from ..format.codec import Codec, zstd_library_version
 from ..format.metaframe import Event, Header, Trailer
@@ -245,6 +245,8 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
                 off = i * cs
                 length = min(cs, size - off)
                 used = [(off, length)] if amap is None else amap.used_in(off, length)
+                if used and amap is None and _is_hole(source, off, length):
+                    used = []  # a hole of a sparse file: zeros, without reading them
                 if not used:
                     zero_chunks += 1
                     pending.append((zero_framed(length),
@@ -295,6 +297,10 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
         elapsed=time.monotonic() - started, resumed_at=min(size, first_chunk * cs), bad_ranges=sorted(bad),
         used_bytes=amap.used_bytes if amap is not None else None,
     )
+
+
+def _is_hole(source: BlockSource, offset: int, length: int) -> bool:
+    return all(e.kind is ExtentKind.ZERO for e in source.extents(offset, length))
 
 
 def _done(item: Future[Framed] | Framed) -> bool:
