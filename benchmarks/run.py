@@ -67,6 +67,20 @@ def median_run(cmd: list[str] | str, reps: int, *, shell: bool = False, before: 
                max(r.rss_mib for r in runs))
 
 
+def interleaved(cmds: dict[str, tuple[list[str] | str, bool]], reps: int, before: str | None = None,
+                ) -> dict[str, Run]:
+    """Run every command once per round, ``reps`` rounds (A B C A B C …), so slow drift of the machine
+    (page cache, the VM's memory) hits every command alike; medians per command."""
+    runs: dict[str, list[Run]] = {name: [] for name in cmds}
+    for _ in range(reps):
+        for name, (cmd, shell) in cmds.items():
+            if before:
+                subprocess.run(before, shell=True, check=True)
+            runs[name].append(timed(cmd, shell=shell))
+    return {name: Run(statistics.median(r.wall for r in rs), statistics.median(r.cpu for r in rs),
+                      max(r.rss_mib for r in rs)) for name, rs in runs.items()}
+
+
 def warm(path: Path) -> None:
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)
 
@@ -92,25 +106,37 @@ def bench_core(src: Path, work: Path, reps: int, level: int) -> None:
     print(f"\n## image / restore / verify — {src.name}, {n / MiB:,.0f} MiB, level {level}, "
           f"{os.cpu_count()} CPUs, median of {reps}\n")
     print(HEAD)
-    peer = median_run(f"zstd -q -T0 -{level} -c {shlex.quote(str(src))} > {shlex.quote(str(zst))}", reps, shell=True)
+    variants: dict[str, tuple[list[str] | str, bool]] = {
+        "zstd": (f"zstd -q -T0 -{level} -c {shlex.quote(str(src))} > {shlex.quote(str(zst))}", True),
+        "default": ([*TOOL, "image", "--force", "--level", str(level), str(src), str(img)], False),
+    }
+    for hashes in ("sha256", "sha256,blake3", "md5", "none"):
+        variants[hashes] = ([*TOOL, "image", "--force", "--hash", hashes, "--level", str(level), str(src),
+                             str(img)], False)
+    res = interleaved(variants, reps)
+    peer = res["zstd"]
     print(row(f"`zstd -T0 -{level} -c SRC > OUT`", n, peer, size_of(zst), None))
-    ours = median_run([*TOOL, "image", "--force", "--level", str(level), str(src), str(img)], reps)
+    print(row("`imaging-utility image` (default digest: blake3)", n, res["default"], size_of(img), peer))
+    for hashes in ("sha256", "sha256,blake3", "md5", "none"):
+        print(row(f"`imaging-utility image --hash {hashes}`", n, res[hashes], size_of(img), peer))
     ours_size = size_of(img)
-    print(row("`imaging-utility image` (default digest: sha256)", n, ours, ours_size, peer))
-    for hashes in ("blake3", "sha256,blake3", "md5", "none"):
-        r = median_run([*TOOL, "image", "--force", "--hash", hashes, "--level", str(level), str(src), str(img)], reps)
-        print(row(f"`imaging-utility image --hash {hashes}`", n, r, size_of(img), peer))
     print(f"\nimage size vs zstd: {ours_size / size_of(zst) * 100 - 100:+.2f}%\n")
     subprocess.run([*TOOL, "image", "--force", "--level", str(level), str(src), str(img)], check=True,
                    stdout=subprocess.DEVNULL)
     print(HEAD)
-    rm = f"rm -f {shlex.quote(str(raw))}"
-    peer = median_run(f"zstd -q -dc {shlex.quote(str(zst))} > {shlex.quote(str(raw))}", reps, shell=True, before=rm)
+    # Remove the previous output, flush, and let the machine settle: on a VM that hands freed memory back
+    # to the host, the first writer after a large delete pays for re-faulting it; settling makes every
+    # command start from the same state.
+    rm = f"rm -f {shlex.quote(str(raw))}; sync; sleep 3"
+    res = interleaved({
+        "zstd": (f"zstd -q -dc {shlex.quote(str(zst))} > {shlex.quote(str(raw))}", True),
+        "restore": ([*TOOL, "restore", str(img), str(raw)], False),
+        "restore-verify": ([*TOOL, "restore", "--verify", str(img), str(raw)], False),
+    }, reps, before=rm)
+    peer = res["zstd"]
     print(row("`zstd -dc OUT > RAW`", n, peer, None, None))
-    r = median_run([*TOOL, "restore", str(img), str(raw)], reps, before=rm)
-    print(row("`imaging-utility restore IMAGE RAW` (sparse file)", n, r, None, peer))
-    r = median_run([*TOOL, "restore", "--verify", str(img), str(raw)], reps, before=rm)
-    print(row("`imaging-utility restore --verify IMAGE RAW`", n, r, None, peer))
+    print(row("`imaging-utility restore IMAGE RAW` (sparse file)", n, res["restore"], None, peer))
+    print(row("`imaging-utility restore --verify IMAGE RAW`", n, res["restore-verify"], None, peer))
     print()
     print(HEAD)
     t = median_run(f"zstd -q -t {shlex.quote(str(zst))}", reps, shell=True)
@@ -120,7 +146,9 @@ def bench_core(src: Path, work: Path, reps: int, level: int) -> None:
     pipe = median_run(f"zstd -q -dc {shlex.quote(str(zst))} | sha256sum", reps, shell=True)
     print(row("`zstd -dc OUT | sha256sum` (pipeline, both cores)", n, pipe, None, seq))
     r = median_run([*TOOL, "verify", str(img)], reps)
-    print(row("`imaging-utility verify IMAGE` (default digests)", n, r, None, seq))
+    print(row("`imaging-utility verify IMAGE` (stored digest: blake3)", n, r, None, seq))
+    r = median_run([*TOOL, "verify", "--hash", "sha256", str(img)], reps)
+    print(row("`imaging-utility verify --hash sha256 IMAGE` (blake3 + sha256)", n, r, None, seq))
     print(f"\nverify vs the pipeline: {pipe.wall / r.wall:.2f}×")
 
 
@@ -200,14 +228,15 @@ def bench_used(corpus: Path, work: Path, reps: int, level: int) -> None:
         info = json.loads(subprocess.run([*TOOL, "image", "--force", "--json", "--used-only", str(src), str(out)],
                                          capture_output=True, text=True, check=True).stdout)
         used = info["used_bytes"]
-        results = []
-        for label, cmd in peers.items():
-            r = median_run(f"{cmd.format(src=q(str(src)))} 2>/dev/null | zstd -q -T0 -{level} -c > {q(str(out))}",
-                           reps, shell=True)
-            results.append((label, r, size_of(out)))
-        ours = median_run([*TOOL, "image", "--force", "--used-only", "--level", str(level), str(src), str(out)],
-                          reps)
-        results.append(("imaging-utility image --used-only", ours, size_of(out)))
+        cmds: dict[str, tuple[list[str] | str, bool]] = {
+            label: (f"{cmd.format(src=q(str(src)))} 2>/dev/null | zstd -q -T0 -{level} -c > {q(str(out))}-{i}",
+                    True) for i, (label, cmd) in enumerate(peers.items())}
+        cmds["imaging-utility image --used-only"] = (
+            [*TOOL, "image", "--force", "--used-only", "--level", str(level), str(src), f"{out}-ours"], False)
+        res = interleaved(cmds, reps)
+        results = [(label, res[label], size_of(Path(f"{out}-{i}"))) for i, label in enumerate(peers)]
+        results.append(("imaging-utility image --used-only", res["imaging-utility image --used-only"],
+                        size_of(Path(f"{out}-ours"))))
         fastest = min(r.wall for _, r, _ in results[:-1])
         smallest = min(sz for _, _, sz in results[:-1])
         for label, r, sz in results:

@@ -15,6 +15,7 @@ import re
 import threading
 from pathlib import Path
 
+from .._io import PIECE
 from ..errors import (
     CorruptImageError,
     Error,
@@ -240,7 +241,7 @@ class PartWriter:
         view = memoryview(frame)
         try:
             while view:
-                n = os.write(self.fd, view)
+                n = os.write(self.fd, view[:PIECE])
                 view = view[n:]
                 self.part_len += n
                 self.total += n

@@ -18,6 +18,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .._io import pwrite_all
 from ..blocks import BlockSource, WindowSource
 from ..errors import CorruptImageError, Error, NoSpaceError, NotFoundError, TargetIOError, UsageError
 from ..filesystems import detect
@@ -290,9 +291,7 @@ class _Extractor:
 
     def _write(self, fd: int, pos: int, data: memoryview, label: str) -> None:
         try:
-            done = 0
-            while done < len(data):
-                done += os.pwrite(fd, data[done:], pos + done)
+            pwrite_all(fd, data, pos)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise NoSpaceError(f"no space left writing {label} into the destination") from None

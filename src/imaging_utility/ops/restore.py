@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .._io import pwrite_all
 from ..devices.source import BLKGETSIZE64, _ioctl_int
 from ..errors import (
     NoSpaceError,
@@ -123,10 +124,7 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                     if verify:
                         digests.update_chunk(data, offset, reader.allocation)
                     try:
-                        view = memoryview(data)
-                        done = 0
-                        while done < n:
-                            done += os.pwrite(fd, view[done:], offset + done)
+                        pwrite_all(fd, data, offset)
                     except OSError as e:
                         raise _write_error(e, target, offset) from None
                     written += n
