@@ -144,7 +144,7 @@ def bench_core(src: Path, work: Path, reps: int, level: int) -> None:
     seq = Run(t.wall + s.wall, t.cpu + s.cpu, max(t.rss_mib, s.rss_mib))
     print(row("`zstd -t OUT` then `sha256sum SRC`", n, seq, None, None))
     pipe = median_run(f"zstd -q -dc {shlex.quote(str(zst))} | sha256sum", reps, shell=True)
-    print(row("`zstd -dc OUT | sha256sum` (pipeline, both cores)", n, pipe, None, seq))
+    print(row("`zstd -dc OUT \\| sha256sum` (pipeline, both cores)", n, pipe, None, seq))
     r = median_run([*TOOL, "verify", str(img)], reps)
     print(row("`imaging-utility verify IMAGE` (stored digest: blake3)", n, r, None, seq))
     r = median_run([*TOOL, "verify", "--hash", "sha256", str(img)], reps)
