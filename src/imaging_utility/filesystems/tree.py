@@ -102,13 +102,12 @@ class Backend(Protocol):
     def label(self, node: Any) -> str: ...
 
 
-class BlockFile(io.RawIOBase):
-    """A seekable binary file over ``BlockSource.readinto_at`` for dissect; not thread-safe (the tree's lock is)."""
+class _Seekable(io.RawIOBase):
+    """Position bookkeeping shared by the raw streams below: ``size`` bytes, seekable, read-only."""
 
-    def __init__(self, source: BlockSource) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self.source = source
-        self.size = source.size
+        self.size = size
         self._pos = 0
 
     def readable(self) -> bool:
@@ -124,6 +123,14 @@ class BlockFile(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
+
+
+class BlockFile(_Seekable):
+    """A seekable binary file over ``BlockSource.readinto_at`` for dissect; not thread-safe (the tree's lock is)."""
+
+    def __init__(self, source: BlockSource) -> None:
+        super().__init__(source.size)
+        self.source = source
 
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")
@@ -134,12 +141,11 @@ class BlockFile(io.RawIOBase):
         return n
 
 
-class FileStream(io.RawIOBase):
+class FileStream(_Seekable):
     """A readable, seekable stream of one file's data; reads never load more than asked for."""
 
     def __init__(self, tree: FileTree, layout: Layout, label: str) -> None:
-        super().__init__()
-        self.size = layout.size
+        super().__init__(layout.size)
         self._tree = tree
         self._runs = layout.runs
         self._starts = [r[0] for r in layout.runs] if layout.runs is not None else []
@@ -148,21 +154,6 @@ class FileStream(io.RawIOBase):
             with tree._guard(label):
                 self._fallback = layout.opener()
         self._label = label
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def readinto(self, buf: Any) -> int:
         view = memoryview(buf).cast("B")

@@ -8,6 +8,7 @@ accepting and shuts down every open connection.
 
 from __future__ import annotations
 
+import abc
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ SEND_TIMEOUT = 120  # seconds a blocked send may wait for a client that stopped 
 _TIMEVAL = struct.Struct("ll")
 
 
-class Listener:
+class Listener(abc.ABC):
     """Subclasses implement ``handle(sock)``; it runs in its own thread and must not raise."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, unix_path: str | None = None,
@@ -87,8 +88,9 @@ class Listener:
         with self._lock:
             return len(self._conns)
 
+    @abc.abstractmethod
     def handle(self, sock: socket.socket) -> None:
-        raise NotImplementedError
+        """Serve one client connection until it ends."""
 
     def serve_forever(self) -> None:
         """Accept connections until ``shutdown()``; each runs ``handle`` in a daemon thread."""
