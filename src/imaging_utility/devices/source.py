@@ -57,6 +57,11 @@ def _ioctl_int(fd: int, request: int, fmt: str) -> int:
     return int(struct.unpack(fmt, buf)[0])
 
 
+def block_device_size(fd: int) -> int:
+    """Size in bytes of the block device open as ``fd`` (``BLKGETSIZE64``)."""
+    return _ioctl_int(fd, BLKGETSIZE64, "Q")
+
+
 def aligned_buffer(size: int) -> mmap.mmap:
     """A zeroed, page-aligned, writable buffer of ``size`` bytes, usable for ``O_DIRECT`` reads.
 

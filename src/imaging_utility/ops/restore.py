@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .._io import pwrite_all
-from ..devices.source import BLKGETSIZE64, _ioctl_int
+from ..devices.source import block_device_size
 from ..errors import (
     NoSpaceError,
     NotFoundError,
@@ -77,7 +77,7 @@ def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool
     try:
         if kind == "device":
             fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
-            dev_size = _ioctl_int(fd, BLKGETSIZE64, "Q")
+            dev_size = block_device_size(fd)
             if dev_size < size:
                 os.close(fd)
                 raise RefusedError(f"{target} holds {dev_size} bytes, the image needs {size}; choose a larger device")
