@@ -6,6 +6,7 @@ and in-process servers on port 0 that are always shut down.  Test modules import
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import shutil
@@ -86,14 +87,14 @@ def _start(server: Listener) -> threading.Thread:
     return thread
 
 
-@pytest.fixture
-def serve_nbd() -> Iterator[Callable[..., NbdServer]]:
-    """Factory: ``serve_nbd(exports, **kw)`` → a running NbdServer on 127.0.0.1:0 (shut down after)."""
+@contextlib.contextmanager
+def _running(factory: Callable[..., Listener]) -> Iterator[Callable[..., Listener]]:
+    """Start servers made by ``factory`` (on port 0 unless told) and shut every one down afterwards."""
     started: list[tuple[Listener, threading.Thread]] = []
 
-    def start(exports: dict[str, object], **kw: object) -> NbdServer:
+    def start(*args: object, **kw: object) -> Listener:
         kw.setdefault("port", 0)
-        server = NbdServer(exports, **kw)  # type: ignore[arg-type]
+        server = factory(*args, **kw)
         started.append((server, _start(server)))
         return server
 
@@ -105,20 +106,35 @@ def serve_nbd() -> Iterator[Callable[..., NbdServer]]:
 
 
 @pytest.fixture
+def serve_nbd() -> Iterator[Callable[..., NbdServer]]:
+    """Factory: ``serve_nbd(exports, **kw)`` → a running NbdServer on 127.0.0.1:0 (shut down after)."""
+    with _running(NbdServer) as start:
+        yield start  # type: ignore[misc]
+
+
+@pytest.fixture
 def serve_imdproxy() -> Iterator[Callable[..., ImdproxyServer]]:
-    started: list[tuple[Listener, threading.Thread]] = []
+    """Factory: ``serve_imdproxy(source, **kw)`` → a running ImdproxyServer (shut down after)."""
+    with _running(ImdproxyServer) as start:
+        yield start  # type: ignore[misc]
 
-    def start(source: object, **kw: object) -> ImdproxyServer:
-        kw.setdefault("port", 0)
-        server = ImdproxyServer(source, **kw)  # type: ignore[arg-type]
-        started.append((server, _start(server)))
-        return server
 
-    yield start
-    for server, thread in started:
-        server.shutdown()
-        thread.join(5)
-        assert not thread.is_alive()
+def run_clients(worker: Callable[[int], None], count: int = 32, timeout: float = 60) -> None:
+    """Run ``worker(i)`` for ``i`` in ``range(count)`` on concurrent threads; re-raise the first failure."""
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            worker(i)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors, errors[0]
 
 
 @dataclass

@@ -7,9 +7,8 @@ import errno
 import os
 import socket
 import struct
-import threading
 
-from serve_helpers import MiB, holey, serve_imdproxy  # noqa: F401  (fixtures)
+from serve_helpers import MiB, holey, run_clients, serve_imdproxy  # noqa: F401  (fixtures)
 
 from imaging_utility.blocks import BytesSource
 from imaging_utility.serve.imdproxy import IMDPROXY_FLAG_RO
@@ -85,25 +84,16 @@ def test_unix_socket_and_many_clients(serve_imdproxy, tmp_path) -> None:  # type
     data = os.urandom(2 * MiB)
     path = str(tmp_path / "imd.sock")
     server = serve_imdproxy(BytesSource(data), unix_path=path)
-    errors: list[BaseException] = []
 
     def worker(i: int) -> None:
-        try:
-            cl = ImdClient(path)
-            assert cl.info()[0] == len(data)
-            for k in range(10):
-                off = (i * 7919 + k * 104729) % (len(data) - 65536)
-                assert cl.read(off, 65536) == (0, data[off:off + 65536])
-            cl.close()
-        except BaseException as e:
-            errors.append(e)
+        cl = ImdClient(path)
+        assert cl.info()[0] == len(data)
+        for k in range(10):
+            off = (i * 7919 + k * 104729) % (len(data) - 65536)
+            assert cl.read(off, 65536) == (0, data[off:off + 65536])
+        cl.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors[0]
+    run_clients(worker)
     server.shutdown()
     assert not os.path.exists(path)
 

@@ -7,12 +7,11 @@ import os
 import random
 import socket
 import struct
-import threading
 import time
 import tracemalloc
 
 from nbd_client import Closed, RawClient
-from serve_helpers import MiB, holey, serve_nbd  # noqa: F401  (fixtures)
+from serve_helpers import MiB, holey, run_clients, serve_nbd  # noqa: F401  (fixtures)
 
 from imaging_utility.blocks import BytesSource
 from imaging_utility.serve.nbd import c_nbd as c
@@ -217,28 +216,19 @@ def test_client_vanishing_mid_reply(serve_nbd) -> None:  # type: ignore[no-untyp
 
 def test_32_concurrent_clients(serve_nbd) -> None:  # type: ignore[no-untyped-def]
     server = serve_nbd({"": BytesSource(DATA)})
-    errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
-        try:
-            rng = random.Random(seed)
-            cl = RawClient(server.address)
-            cl.go("", structured=bool(seed % 2))
-            for _ in range(20):
-                off = rng.randrange(len(DATA) - 1)
-                n = rng.randrange(1, min(256 * 1024, len(DATA) - off))
-                assert cl.read(off, n) == (0, DATA[off:off + n])
-            cl.request(c.NBD_CMD_DISC)
-            cl.close()
-        except BaseException as e:
-            errors.append(e)
+        rng = random.Random(seed)
+        cl = RawClient(server.address)
+        cl.go("", structured=bool(seed % 2))
+        for _ in range(20):
+            off = rng.randrange(len(DATA) - 1)
+            n = rng.randrange(1, min(256 * 1024, len(DATA) - off))
+            assert cl.read(off, n) == (0, DATA[off:off + n])
+        cl.request(c.NBD_CMD_DISC)
+        cl.close()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors[0]
+    run_clients(worker)
 
 
 def test_memory_flat_over_100k_requests(serve_nbd) -> None:  # type: ignore[no-untyped-def]
