@@ -6,7 +6,8 @@ adapters are ``tree_ntfs.py``, ``tree_ext.py`` and ``tree_fat.py``).
 
 Paths are POSIX-style and absolute (``/dir/file``); ``..`` is resolved lexically.  A name on disk
 that cannot be a path component is shown escaped: ``/`` as ``%2F``, NUL as ``%00``, the empty
-name as ``%``; the on-disk ``.`` and ``..`` entries are never listed.  NTFS and FAT lookups fall
+name as ``%``, a file named ``.`` or ``..`` as ``%2E`` or ``%2E%2E``; a directory's own ``.`` and ``..``
+entries (ext and FAT: the first of each) are never listed.  NTFS and FAT lookups fall
 back to a case-insensitive match, as Windows does.
 
 Thread-safety: a ``FileTree`` may be shared by threads.  Metadata (dissect) calls run under one
@@ -92,6 +93,7 @@ class Backend(Protocol):
 
     fs_type: str
     case_insensitive: bool
+    dot_entries: bool  # directories hold their own "." and ".." entries (ext, FAT), to be left out
 
     def root(self) -> Any: ...
     def children(self, node: Any) -> list[tuple[str, Any]]: ...
@@ -205,9 +207,11 @@ def _about(path: str, e: Exception) -> str:
 
 
 def escape_name(raw: str) -> str:
-    """A name as a path component: ``/`` → ``%2F``, NUL → ``%00``, empty → ``%``."""
+    """A name as a path component: ``/`` → ``%2F``, NUL → ``%00``, empty → ``%``, ``..`` → ``%2E%2E``."""
     if not raw:
         return "%"
+    if raw in (".", ".."):
+        return "%2E" * len(raw)
     return raw.replace("/", "%2F").replace("\0", "%00")
 
 
@@ -219,7 +223,7 @@ class FileTree:
         self.source = source
         self.fs_type = backend.fs_type
         self._lock = threading.RLock()
-        self._dirs: OrderedDict[str, list[tuple[str, Any]]] = OrderedDict()
+        self._dirs: OrderedDict[str, tuple[list[tuple[str, Any]], dict[str, Any]]] = OrderedDict()
         self._nodes: OrderedDict[str, Any] = OrderedDict()
         self._root = backend.root()
 
@@ -250,19 +254,33 @@ class FileTree:
         return "/" + norm.lstrip("/")
 
     def _children(self, path: str, node: Any) -> list[tuple[str, Any]]:
+        return self._listing(path, node)[0]
+
+    def _listing(self, path: str, node: Any) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+        """A directory's (name, ref) pairs in on-disk order, and the first ref of each name."""
         cached = self._dirs.get(path)
         if cached is not None:
             self._dirs.move_to_end(path)
             return cached
         try:
             with self._guard(f"directory {path} ({self.backend.label(node)})"):
-                kids = [(escape_name(n), ref) for n, ref in self.backend.children(node) if n not in (".", "..")]
+                raw = self.backend.children(node)
         except CorruptImageError as e:
             raise CorruptImageError(_about(f"directory {path}", e)) from None
-        self._dirs[path] = kids
+        kids: list[tuple[str, Any]] = []
+        dots = {".", ".."} if self.backend.dot_entries else set()
+        for n, ref in raw:
+            if n in dots:  # the directory's own entry; a second one is a hostile name, shown escaped
+                dots.discard(n)
+                continue
+            kids.append((escape_name(n), ref))
+        index: dict[str, Any] = {}
+        for n, ref in kids:
+            index.setdefault(n, ref)
+        self._dirs[path] = (kids, index)
         if len(self._dirs) > 256:
             self._dirs.popitem(last=False)
-        return kids
+        return kids, index
 
     def _node(self, path: str) -> Any:
         path = self.normalize(path)
@@ -276,8 +294,8 @@ class FileTree:
             parent = self._node(parent_path)
             if self.stat(parent_path).type != "dir":
                 raise NotFoundError(f"{parent_path} in the {self.fs_type} filesystem is not a directory")
-            kids = self._children(parent_path, parent)
-            ref = next((r for n, r in kids if n == name), None)
+            kids, index = self._listing(parent_path, parent)
+            ref = index.get(name)
             if ref is None and self.backend.case_insensitive:
                 ref = next((r for n, r in kids if n.casefold() == name.casefold()), None)
             if ref is None:

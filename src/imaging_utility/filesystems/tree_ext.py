@@ -27,6 +27,7 @@ FAST_SYMLINK_MAX = 60
 
 
 class ExtBackend:
+    dot_entries = True
     case_insensitive = False
 
     def __init__(self, fh: BlockFile, kind: str) -> None:

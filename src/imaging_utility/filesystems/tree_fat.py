@@ -75,6 +75,7 @@ def _fat_name(e: DirectoryEntry) -> str:
 
 
 class FatBackend:
+    dot_entries = True
     case_insensitive = True
 
     def __init__(self, fh: BlockFile, kind: str) -> None:
@@ -128,6 +129,7 @@ class ExfatBackend:
     """exFAT: dissect.fat parses the whole directory tree when the volume is opened."""
 
     fs_type = "exfat"
+    dot_entries = False
     case_insensitive = True
 
     def __init__(self, fh: BlockFile) -> None:

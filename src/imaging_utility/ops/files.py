@@ -5,6 +5,12 @@ sanitized (NUL and control characters, ``/``, ``.``/``..``, names over 255 bytes
 directories are created relative to directory file descriptors with ``O_NOFOLLOW``/``O_EXCL``, so a
 symlink already in DEST cannot redirect a write, and symlinks or reparse points in the image are
 recorded in the report, never created.  A file that cannot be read is reported and the rest goes on.
+
+Files are written in the order their data lies in the volume, not in directory order: the tree is
+walked (directories created) and files queued in batches of up to ``BATCH`` files, each batch sorted by
+the disk offset of its first data run, so the image's chunks are read front to back and each decoded
+about once (a name-ordered walk decoded the 1 GiB benchmark tree's chunks 7 times over).  A directory's
+descriptor stays open until its queued files are written, then it gets its modification time.
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ import errno
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .._io import pwrite_all
 from ..blocks import BlockSource, WindowSource
 from ..errors import CorruptImageError, Error, NoSpaceError, NotFoundError, TargetIOError, UsageError
 from ..filesystems import detect
-from ..filesystems.tree import Entry, FileTree, open_tree
+from ..filesystems.tree import Entry, FileStream, FileTree, Layout, open_tree
 from ..format import c_image
 from ..progress import ProgressCallback, ProgressEvent, Throttled
 
@@ -30,6 +38,9 @@ __all__ = ["ExtractReport", "damaged_files", "extract", "open_image_tree", "sani
 
 BLOCK = 1 << 20
 NAME_MAX = 255
+BATCH = 20_000  # files queued before a sorted batch is written
+MAX_OPEN_DIRS = 512  # finished directories kept open for their queued files before a batch is forced
+WRITERS = 3  # threads writing a batch: creating and writing files is mostly kernel time, without the GIL
 
 
 def _open_source(path: str) -> BlockSource:
@@ -166,16 +177,37 @@ class ExtractReport:
         return not self.failed
 
 
+class _Dir:
+    """A directory created in DEST: its descriptor, kept open while files queued for it are pending."""
+
+    __slots__ = ("fd", "mtime_ns", "pending", "walked")
+
+    def __init__(self, fd: int, mtime_ns: int | None) -> None:
+        self.fd, self.mtime_ns, self.pending, self.walked = fd, mtime_ns, 0, False
+
+
+class _Job(NamedTuple):
+    key: int  # disk offset of the first data run (-1: no runs, e.g. resident data)
+    seq: int
+    parent: _Dir | None  # None: DEST itself
+    name: str
+    entry: Entry
+    stream: str | None
+    layout: Layout
+
+
 class _Extractor:
-    def __init__(self, tree: FileTree, report: ExtractReport, streams: bool, progress: ProgressCallback | None,
-                 total: int) -> None:
-        self.tree, self.report, self.streams = tree, report, streams
+    def __init__(self, tree: FileTree, dest_fd: int, report: ExtractReport, streams: bool,
+                 progress: ProgressCallback | None, total: int) -> None:
+        self.tree, self.dest_fd, self.report, self.streams = tree, dest_fd, report, streams
         self.progress = Throttled(progress) if progress else None
         self.total = total
-        self.buf = bytearray(BLOCK)
         self.event = ProgressEvent("extract", 0, total)
+        self.jobs: list[_Job] = []
+        self.dirs: list[_Dir] = []  # open directories, in creation order
+        self.lock = threading.Lock()  # guards the report, the progress event and _Dir.pending in a batch
 
-    def _name(self, parent_fd: int, path: str, name: str, used: set[str]) -> str:
+    def _name(self, path: str, name: str, used: set[str]) -> str:
         safe = sanitize_name(name)
         base, n = safe, 1
         while safe.casefold() in used:
@@ -186,27 +218,31 @@ class _Extractor:
             self.report.renamed.append((path, safe))
         return safe
 
-    def entry(self, entry: Entry, parent_fd: int, used: set[str], ancestors: frozenset[int]) -> None:
+    def entry(self, entry: Entry, parent: _Dir | None, used: set[str], ancestors: frozenset[int]) -> None:
         if entry.type == "damaged":
             self.report.failed.append((entry.path, entry.error or "damaged"))
             return
         if entry.type in ("symlink", "reparse", "other"):
             self.report.links.append({"path": entry.path, "type": entry.type, "target": entry.target or ""})
             return
-        name = self._name(parent_fd, entry.path, entry.name, used)
+        name = self._name(entry.path, entry.name, used)
         if entry.type == "dir":
-            self.directory(entry, parent_fd, name, ancestors)
+            self.directory(entry, parent, name, ancestors)
             return
-        self.file(entry, parent_fd, name, None)
+        self.queue(entry, parent, name, None)
         if self.streams:
             for s in entry.streams:
-                sname = self._name(parent_fd, f"{entry.path}:{s}", f"{entry.name}:{s}", used)
-                self.file(entry, parent_fd, sname, s)
+                sname = self._name(f"{entry.path}:{s}", f"{entry.name}:{s}", used)
+                self.queue(entry, parent, sname, s)
 
-    def directory(self, entry: Entry, parent_fd: int, name: str, ancestors: frozenset[int]) -> None:
+    def fd_of(self, parent: _Dir | None) -> int:
+        return self.dest_fd if parent is None else parent.fd
+
+    def directory(self, entry: Entry, parent: _Dir | None, name: str, ancestors: frozenset[int]) -> None:
         if entry.inode is not None and entry.inode in ancestors:
             self.report.failed.append((entry.path, "directory loops back to a parent directory; not followed"))
             return
+        parent_fd = self.fd_of(parent)
         try:
             os.mkdir(name, 0o755, dir_fd=parent_fd)
         except FileExistsError:
@@ -223,44 +259,116 @@ class _Extractor:
                     err = OSError(errno.ELOOP, "symlink")
             self._dest_error(entry.path, err)
             return
+        d = _Dir(fd, entry.mtime_ns)
+        self.dirs.append(d)
         try:
-            try:
-                children = self.tree.list(entry.path)
-            except Error as e:
-                self.report.failed.append((entry.path, str(e)))
-                return
+            children = self.tree.list(entry.path)
+        except Error as e:
+            self.report.failed.append((entry.path, str(e)))
+            children = []
+        else:
             self.report.dirs += 1
-            used: set[str] = set()
-            inner = ancestors | {entry.inode} if entry.inode is not None else ancestors
-            for child in children:
-                self.entry(child, fd, used, inner)
-            if entry.mtime_ns is not None:
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        finally:
-            os.close(fd)
+        used: set[str] = set()
+        inner = ancestors | {entry.inode} if entry.inode is not None else ancestors
+        for child in children:
+            self.entry(child, d, used, inner)
+        d.walked = True
+        if len(self.dirs) > MAX_OPEN_DIRS:
+            self.flush()
 
-    def file(self, entry: Entry, parent_fd: int, name: str, stream: str | None) -> None:
+    def queue(self, entry: Entry, parent: _Dir | None, name: str, stream: str | None) -> None:
         label = entry.path + (f":{stream}" if stream else "")
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644,
-                         dir_fd=parent_fd)
+            layout = self.tree.layout(entry.path, stream)
+        except Error as e:
+            self.report.failed.append((label, str(e)))
+            return
+        key = next((d for _f, d, _n in layout.runs or [] if d is not None), -1)
+        self.jobs.append(_Job(key, len(self.jobs), parent, name, entry, stream, layout))
+        if parent is not None:
+            parent.pending += 1
+        if len(self.jobs) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued files in disk order, then finish the directories that wait for nothing.
+
+        ``WRITERS`` threads take the sorted jobs in turn, so reads stay in disk order.  The first
+        ``NoSpaceError`` (or other exception) stops all writers and is raised here."""
+        jobs, self.jobs = iter(sorted(self.jobs)), []
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            buf = memoryview(bytearray(BLOCK))
+            while not failure:
+                with self.lock:
+                    job = next(jobs, None)
+                if job is None:
+                    return
+                try:
+                    self.file(job, buf)
+                except BaseException as e:
+                    failure.append(e)
+                    return
+                finally:
+                    if job.parent is not None:
+                        with self.lock:
+                            job.parent.pending -= 1
+
+        threads = [threading.Thread(target=writer, name="extract-writer") for _ in range(WRITERS - 1)]
+        for t in threads:
+            t.start()
+        try:
+            writer()
+        finally:
+            for t in threads:
+                t.join()
+        if failure:
+            raise failure[0]
+        keep: list[_Dir] = []
+        for d in self.dirs:
+            if d.walked and not d.pending:
+                self._finish(d)
+            else:
+                keep.append(d)
+        self.dirs = keep
+
+    def _finish(self, d: _Dir) -> None:
+        try:
+            if d.mtime_ns is not None:
+                os.utime(d.fd, ns=(d.mtime_ns, d.mtime_ns))
+        finally:
+            os.close(d.fd)
+
+    def close(self) -> None:
+        """Close every directory still open (after an error)."""
+        for d in self.dirs:
+            with contextlib.suppress(OSError):
+                os.close(d.fd)
+        self.dirs = []
+
+    def file(self, job: _Job, buf: memoryview) -> None:
+        label = job.entry.path + (f":{job.stream}" if job.stream else "")
+        try:
+            fd = os.open(job.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644,
+                         dir_fd=self.fd_of(job.parent))
         except OSError as e:
             self._dest_error(label, e)
             return
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                self.report.failed.append((label, f"{name} in DEST exists and is not a regular file; not written"))
+                self.report.failed.append((label, f"{job.name} in DEST exists and is not a regular file; "
+                                                  "not written"))
                 return
             os.set_blocking(fd, True)
-            self._copy(label, entry, stream, fd)
+            self._copy(label, job, fd, buf)
         finally:
             os.close(fd)
 
-    def _copy(self, label: str, entry: Entry, stream: str | None, fd: int) -> None:
+    def _copy(self, label: str, job: _Job, fd: int, view: memoryview) -> None:
         try:
-            src = self.tree.open(entry.path, stream)
+            src = FileStream(self.tree, job.layout, label)
             holes = src.holes()
-            view = memoryview(self.buf)
             pos, h = 0, 0
             while pos < src.size:
                 while h < len(holes) and holes[h][0] + holes[h][1] <= pos:
@@ -276,18 +384,21 @@ class _Extractor:
                     raise CorruptImageError(f"{label}: data ended at byte {pos + got} of {src.size}")
                 self._write(fd, pos, view[:n], label)
                 pos += n
-                self.event.done += n
                 if self.progress:
-                    self.progress(self.event)
+                    with self.lock:
+                        self.event.done += n
+                        self.progress(self.event)
             os.ftruncate(fd, src.size)
-            if entry.mtime_ns is not None:
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-            self.report.files += 1
-            self.report.bytes += src.size
+            if job.entry.mtime_ns is not None:
+                os.utime(fd, ns=(job.entry.mtime_ns, job.entry.mtime_ns))
+            with self.lock:
+                self.report.files += 1
+                self.report.bytes += src.size
         except Error as e:
             if isinstance(e, NoSpaceError):
                 raise
-            self.report.failed.append((label, f"{e} (partial file kept)"))
+            with self.lock:
+                self.report.failed.append((label, f"{e} (partial file kept)"))
 
     def _write(self, fd: int, pos: int, data: memoryview, label: str) -> None:
         try:
@@ -334,16 +445,18 @@ def extract(tree: FileTree, paths: list[str], dest: str, *, streams: bool = Fals
         raise TargetIOError(f"cannot use {dest} as the destination directory: {e.strerror}") from None
     report = ExtractReport()
     total = _sizes(tree, norm, streams) if progress else 0
-    ex = _Extractor(tree, report, streams, progress, total)
+    ex = _Extractor(tree, dest_fd, report, streams, progress, total)
     used: set[str] = set()
     try:
         for top in tops:
             if top.path == "/":
                 for child in tree.list("/"):
-                    ex.entry(child, dest_fd, used, frozenset({top.inode} if top.inode is not None else ()))
+                    ex.entry(child, None, used, frozenset({top.inode} if top.inode is not None else ()))
             else:
-                ex.entry(top, dest_fd, used, frozenset())
+                ex.entry(top, None, used, frozenset())
+        ex.flush()
     finally:
+        ex.close()
         os.close(dest_fd)
         if ex.progress:
             ex.progress.flush()
