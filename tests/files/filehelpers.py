@@ -24,7 +24,7 @@ def need(family: str) -> None:
 
 
 def build(kind: str, vol: Path, files: Path) -> dict[str, str]:
-    """A real volume of ``kind`` (ntfs, ext4, fat32) with the standard tree plus a hard link; ``{relpath: sha256}``."""
+    """A real volume of ``kind`` (ntfs, ext4, fat32, exfat) with the standard tree plus a hard link; ``{relpath: sha256}``."""
     if kind == "ext4":
         expected = fsbuild.make_ext(vol, 32, files)
         fsbuild._run("debugfs", "-w", "-f", "-", vol,
@@ -37,6 +37,8 @@ def build(kind: str, vol: Path, files: Path) -> dict[str, str]:
         expected["level0/large-link.bin"] = expected["large.bin"]
     elif kind == "fat32":
         expected = fsbuild.make_fat(vol, 40, files, fat_bits=32, mkfs_opts=("-s", "1"))
+    elif kind == "exfat":
+        expected = fsbuild.make_exfat(vol, 40, files)
     else:
         raise ValueError(kind)
     return expected

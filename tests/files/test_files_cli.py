@@ -16,8 +16,8 @@ import fsbuild
 from conftest import cli, need_tools
 from files.filehelpers import MiB, build, curl, need, sha256, status, webdav
 
-KINDS = ["ntfs", "ext4", "fat32"]
-FAMILY = {"ntfs": "ntfs", "ext4": "ext", "fat32": "fat"}
+KINDS = ["ntfs", "ext4", "fat32", "exfat"]
+FAMILY = {"ntfs": "ntfs", "ext4": "ext", "fat32": "fat", "exfat": "exfat"}
 
 
 @pytest.fixture(scope="module")
