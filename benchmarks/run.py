@@ -343,10 +343,9 @@ def bench_serve(src: Path, work: Path, seconds: int) -> None:
                         str(qcow)], check=True)
     images = {}
     for chunk in ("1M", "256K", "64K"):
-        img = work / f"serve-{chunk}.img"
-        if not img.exists():
-            subprocess.run([*TOOL, "image", "--force", "--chunk-size", chunk, str(src), str(img)], check=True,
-                           stdout=subprocess.DEVNULL)
+        img = work / f"serve-{chunk}.img"  # always rebuilt: the reader's fast paths depend on the image version
+        subprocess.run([*TOOL, "image", "--force", "--chunk-size", chunk, str(src), str(img)], check=True,
+                       stdout=subprocess.DEVNULL)
         images[chunk] = img
     servers = {
         "`qemu-nbd -r` on compressed qcow2 (zstd)": ["qemu-nbd", "-r", "-f", "qcow2", "-p", "{port}", "-t",

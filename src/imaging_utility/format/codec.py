@@ -74,6 +74,33 @@ class Codec:
         return bytes(data)
 
 
+    def decompress_prefix(self, frame: bytes | memoryview, need: int, chunk: int, offset: int) -> bytes:
+        """The first ``need`` bytes of a frame, decoding no further than the block that holds them.
+
+        The frame's content checksum covers all of it and is not checked here: callers check the
+        frame's bytes first (the trailer's CRC-32 of every frame).  Raises ``ChunkCorruptError``."""
+        parts: list[bytes] = []
+        got = 0
+        try:
+            with self._dctx().stream_reader(frame, read_size=len(frame)) as reader:
+                while got < need:
+                    part = reader.read(need - got)
+                    if not part:
+                        break
+                    parts.append(part)
+                    got += len(part)
+        except zstandard.ZstdError as e:
+            raise ChunkCorruptError(
+                f"chunk {chunk} (image byte offset {offset}) is corrupt: {e}", chunk, offset
+            ) from None
+        if got < need:
+            raise ChunkCorruptError(
+                f"chunk {chunk} (image byte offset {offset}) decodes to {got} bytes, expected at least {need}",
+                chunk, offset,
+            )
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def frame_checksum(frame: bytes | memoryview) -> int:
     """A frame's Content_Checksum field (its last 4 bytes): low 32 bits of XXH64 of its content."""
     return int.from_bytes(bytes(frame[-4:]), "little")

@@ -7,6 +7,14 @@ of the next chunks on a small background pool.  Every chunk is checked as it
 is decoded (its frame checksum against the seek table, its content checksum and
 its size), so a corrupt chunk raises ``ChunkCorruptError`` and never returns
 wrong bytes.
+
+A random read (the first touch of a chunk that does not follow the previous one)
+of a chunk of 256 KiB or more decodes only the frame's blocks up to the bytes it
+needs: on average about 60% of the work for a 1 MiB chunk.  Such a prefix cannot
+be checked by the frame's content checksum (it covers the whole content), so it
+is only done when the trailer holds the CRC-32 of every frame, which is checked
+over the whole compressed frame first.  The next read of that chunk decodes it
+in full.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from ..format.metaframe import Event, Header, Trailer
 from .parts import PartReader, resolve_parts
 
 DEFAULT_CACHE_BYTES = 64 << 20
+PREFIX_MIN_CHUNK = 256 << 10  # smaller chunks are a single zstd block: nothing to save
+ZSTD_BLOCK = 128 << 10
 
 
 class ImageReader:
@@ -52,6 +62,7 @@ class ImageReader:
         self._recent: list[int] = []
         self._readahead = readahead
         self._pool: ThreadPoolExecutor | None = None
+        self._prefix_ok = self.frame_crcs is not None and self.chunk_size >= PREFIX_MIN_CHUNK
 
     # --- loading and validation ---------------------------------------------------------
     def _load(self) -> None:
@@ -145,8 +156,9 @@ class ImageReader:
     def read_frame(self, index: int) -> bytes:
         return self._parts.read_at(self.chunk_offsets[index], self.chunk_csizes[index])
 
-    def decode_chunk(self, index: int, frame: bytes | None = None) -> bytes:
-        """Decode and check chunk ``index`` (bypassing the cache)."""
+    def decode_chunk(self, index: int, frame: bytes | None = None, need: int | None = None) -> bytes:
+        """Decode and check chunk ``index`` (bypassing the cache); with ``need``, possibly only a prefix
+        of at least ``need`` bytes (when the trailer has frame CRCs)."""
         n = self.chunk_len(index)
         offset = index * self.chunk_size
         if frame is None:
@@ -163,24 +175,33 @@ class ImageReader:
             )
         if frame == self._zero_frames[n]:
             return self._zero_data[n]
+        if need is not None and self.frame_crcs is not None and need < n:
+            return self._codec.decompress_prefix(frame, need, index, offset)
         return self._codec.decompress(frame, n, index, offset)
 
-    def chunk(self, index: int) -> bytes:
-        """Chunk ``index``'s bytes, through the cache (thread-safe)."""
-        with self._lock:
-            data = self._cache.get(index)
-            if data is not None:
-                self._cache.move_to_end(index)
+    def chunk(self, index: int, need: int | None = None) -> bytes:
+        """Chunk ``index``'s bytes, through the cache (thread-safe).  With ``need``, a prefix of at least
+        ``need`` bytes may come back instead of the whole chunk."""
+        want = self.chunk_len(index) if need is None else need
+        while True:
+            with self._lock:
+                data = self._cache.get(index)
+                if data is not None and len(data) >= want:
+                    self._cache.move_to_end(index)
+                    return data
+                fut = self._inflight.get(index)
+                owner = fut is None
+                if fut is None:
+                    fut = Future()
+                    self._inflight[index] = fut
+            if owner:
+                break
+            data = fut.result()
+            if len(data) >= want:
                 return data
-            fut = self._inflight.get(index)
-            owner = fut is None
-            if fut is None:
-                fut = Future()
-                self._inflight[index] = fut
-        if not owner:
-            return fut.result()
+            # another thread decoded a shorter prefix: try again (and decode it ourselves)
         try:
-            data = self.decode_chunk(index)
+            data = self.decode_chunk(index, need=need)
         except BaseException as e:
             with self._lock:
                 del self._inflight[index]
@@ -189,27 +210,30 @@ class ImageReader:
         with self._lock:
             del self._inflight[index]
             if data is not self._zero_data.get(len(data)):
-                self._cache[index] = data
+                old = self._cache.get(index)
+                if old is None or len(old) < len(data):
+                    self._cache[index] = data
+                    self._cache.move_to_end(index)
                 if len(self._cache) > self._cache_slots:
                     self._cache.popitem(last=False)
         fut.set_result(data)
         return data
 
-    def _note_access(self, index: int) -> None:
-        if not self._readahead:
-            return
+    def _note_access(self, index: int) -> bool:
+        """Record an access; True when it continues a sequential read (or re-reads the last chunks)."""
         with self._lock:
-            sequential = index - 1 in self._recent
+            sequential = index - 1 in self._recent or index in self._recent
             self._recent.append(index)
             del self._recent[:-16]
-            if not sequential:
-                return
+            if not sequential or not self._readahead or index - 1 not in self._recent:
+                return sequential
             todo = [j for j in range(index + 1, min(index + 1 + self._readahead, self.chunk_count))
                     if j not in self._cache and j not in self._inflight]
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(2, thread_name_prefix="readahead")
         for j in todo:
             self._pool.submit(self._prefetch, j)
+        return True
 
     def _prefetch(self, index: int) -> None:
         try:
@@ -223,9 +247,11 @@ class ImageReader:
         pos = 0
         while pos < len(view):
             index, rel = divmod(offset + pos, self.chunk_size)
-            self._note_access(index)
-            data = self.chunk(index)
-            take = min(len(view) - pos, len(data) - rel)
+            take = min(len(view) - pos, self.chunk_len(index) - rel)
+            need = None
+            if not self._note_access(index) and self._prefix_ok:
+                need = min(self.chunk_len(index), -(-(rel + take) // ZSTD_BLOCK) * ZSTD_BLOCK)
+            data = self.chunk(index, need)
             view[pos : pos + take] = data[rel : rel + take]
             pos += take
 
