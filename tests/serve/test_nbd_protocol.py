@@ -260,3 +260,66 @@ def test_memory_flat_over_100k_requests(serve_nbd) -> None:  # type: ignore[no-u
         cl.request(c.NBD_CMD_DISC)
     except Closed:
         pass
+
+
+def _pipelined_requests(size: int, seed: int) -> dict[int, tuple[int, int]]:
+    """64 READs (cookie -> (offset, length)): small and multi-piece, some into the corrupt chunk at 7 MiB."""
+    rng = random.Random(seed)
+    out = {}
+    for cookie in range(1, 65):
+        length = rng.choice([1, 4096, 65536, 3 * MiB // 2])
+        out[cookie] = (rng.randrange(0, size - length + 1), length)
+    return out
+
+
+def _corrupt(offset: int, length: int) -> bool:
+    return offset < 7 * MiB + 64 * 1024 and 7 * MiB < offset + length
+
+
+def test_pipelined_structured_reads_come_back_out_of_order_and_whole(serve_nbd, holey) -> None:  # type: ignore[no-untyped-def]
+    """64 requests sent before reading any reply: each cookie gets exactly its bytes (or EIO), chunks of
+    different replies may interleave, and the connection stays usable."""
+    server = serve_nbd({"": holey}, threads=4)
+    cl = RawClient(server.address)
+    cl.go("", structured=True)
+    requests = _pipelined_requests(holey.size, 1)
+    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                             for k, (off, n) in requests.items()))
+    bufs = {k: bytearray(n) for k, (_o, n) in requests.items()}
+    errors: dict[int, int] = {}
+    done: list[int] = []
+    while len(done) < len(requests):
+        magic, flags, ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
+        assert magic == c.NBD_STRUCTURED_REPLY_MAGIC and cookie in requests and cookie not in done
+        payload = cl.recv(length)
+        offset = requests[cookie][0]
+        if ctype == c.NBD_REPLY_TYPE_OFFSET_DATA:
+            (at,) = struct.unpack_from(">Q", payload)
+            bufs[cookie][at - offset:at - offset + length - 8] = payload[8:]
+        elif ctype & (1 << 15):
+            errors[cookie] = struct.unpack_from(">I", payload)[0]
+        if flags & c.NBD_REPLY_FLAG_DONE:
+            done.append(cookie)
+    assert done != sorted(done)  # replies really overtook each other
+    for cookie, (offset, n) in requests.items():
+        if _corrupt(offset, n):
+            assert errors.get(cookie) == c.NBD_EIO, cookie
+        else:
+            assert cookie not in errors and bytes(bufs[cookie]) == holey.data[offset:offset + n], cookie
+    assert cl.read(0, 4096) == (0, holey.data[:4096])
+
+
+def test_pipelined_simple_replies_are_never_interleaved(serve_nbd, holey) -> None:  # type: ignore[no-untyped-def]
+    server = serve_nbd({"": holey}, threads=4)
+    cl = RawClient(server.address)
+    cl.go("")
+    requests = {k: v for k, v in _pipelined_requests(holey.size, 2).items() if not _corrupt(*v)}
+    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                             for k, (off, n) in requests.items()))
+    seen = []
+    for _ in requests:
+        err, cookie, _ = cl.simple_reply()
+        offset, n = requests[cookie]
+        assert err == 0 and cl.recv(n) == holey.data[offset:offset + n], cookie
+        seen.append(cookie)
+    assert sorted(seen) == sorted(requests)
