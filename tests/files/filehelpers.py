@@ -24,7 +24,8 @@ def need(family: str) -> None:
 
 
 def build(kind: str, vol: Path, files: Path) -> dict[str, str]:
-    """A real volume of ``kind`` (ntfs, ext4, fat32, exfat) with the standard tree plus a hard link; ``{relpath: sha256}``."""
+    """A real volume of ``kind`` (ntfs, ext4, fat32, exfat) with the standard tree plus a hard link
+    (not on FAT/exFAT); returns ``{relpath: sha256}``."""
     if kind == "ext4":
         expected = fsbuild.make_ext(vol, 32, files)
         fsbuild._run("debugfs", "-w", "-f", "-", vol,
