@@ -33,7 +33,7 @@ from . import c_nbd as c
 log = logging.getLogger(__name__)
 
 PIECE = 1024 * 1024  # largest read buffer per thread; also the largest DF read
-THREADS = max(2, os.cpu_count() or 1)  # threads serving one connection
+THREADS = min(4, max(2, os.cpu_count() or 1))  # threads serving one connection (more only wait on the GIL)
 MAX_OPTION_LENGTH = 64 * 1024
 MAX_OPTIONS = 4096
 MAX_STATUS_EXTENTS = 64 * 1024
