@@ -1,4 +1,5 @@
-"""A minimal NBD client written from proto.md, for probing the server byte by byte."""
+"""A minimal NBD client written from proto.md, for probing the server byte by byte; ``StreamClient`` is the
+socket part, shared with the IMDPROXY test client."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ class Closed(Exception):
     pass
 
 
-class RawClient:
+class StreamClient:
+    """A connected TCP (``(host, port)``) or Unix (path) socket with an exact-length ``recv``."""
+
     def __init__(self, address: tuple[str, int] | str, timeout: float = 10) -> None:
         family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         self.sock.connect(address)
-        self.structured = False
 
     def close(self) -> None:
         self.sock.close()
@@ -31,6 +33,12 @@ class RawClient:
                 raise Closed(f"closed after {len(out)} of {n} bytes")
             out += chunk
         return bytes(out)
+
+
+class RawClient(StreamClient):
+    def __init__(self, address: tuple[str, int] | str, timeout: float = 10) -> None:
+        super().__init__(address, timeout)
+        self.structured = False
 
     def is_closed(self) -> bool:
         """True when the server has closed the connection (EOF or reset)."""

@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 
+from nbd_client import StreamClient
 from serve_helpers import MiB, holey, run_clients, serve_imdproxy  # noqa: F401  (fixtures)
 
 from imaging_utility.blocks import BytesSource
@@ -18,22 +19,7 @@ QQ = struct.Struct("<QQ")
 QQQ = struct.Struct("<QQQ")
 
 
-class ImdClient:
-    def __init__(self, address: tuple[str, int] | str) -> None:
-        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(10)
-        self.sock.connect(address)
-
-    def recv(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            chunk = self.sock.recv(n - len(out))
-            if not chunk:
-                raise EOFError(f"closed after {len(out)} of {n} bytes")
-            out += chunk
-        return bytes(out)
-
+class ImdClient(StreamClient):
     def info(self) -> tuple[int, int, int]:
         self.sock.sendall(Q.pack(1))
         return QQQ.unpack(self.recv(24))  # type: ignore[return-value]

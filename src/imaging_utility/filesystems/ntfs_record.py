@@ -36,6 +36,7 @@ from .ntfs import (
     _decode_runlist,
     _read_record,
     _unnamed_data,
+    _vcn_to_offset,
 )
 
 ATTR_STANDARD_INFORMATION = 0x10
@@ -144,27 +145,20 @@ class MftRecords:
         self.record_size = boot.record_size
         mft_off = boot.mft_lcn * boot.cluster_size
         try:
-            data = _unnamed_data(_read_record(source, boot, mft_off), mft_off)
+            self.mft = _unnamed_data(_read_record(source, boot, mft_off), mft_off)
         except _Damaged as e:
             raise UnsupportedError(f"ntfs: $MFT (record {FILE_MFT}) is unreadable: {e}") from None
-        # (first byte of the MFT, byte length, disk offset) of each mapped run of its first extent
-        self.extents: list[tuple[int, int, int]] = []
-        vpos = data.start_vcn * boot.cluster_size
-        for lcn, count in data.runs:
-            n = count * boot.cluster_size
-            if lcn is not None:
-                self.extents.append((vpos, n, lcn * boot.cluster_size))
-            vpos += n
 
     def offset(self, number: int) -> int | None:
-        """Disk offset of record ``number`` when it lies in one mapped run of ``$MFT``, else ``None``."""
-        start = number * self.record_size
-        for vpos, n, disk in self.extents:
-            if vpos <= start < vpos + n:
-                if start + self.record_size > vpos + n:
-                    return None  # split across runs: leave it to dissect
-                return disk + start - vpos
-        return None
+        """Disk offset of record ``number`` when ``$MFT``'s first extent maps it contiguously, else ``None``
+        (an unmapped record, or one split across runs, is left to dissect)."""
+        cs = self.boot.cluster_size
+        first, within = divmod(number * self.record_size, cs)
+        last = (number * self.record_size + self.record_size - 1) // cs
+        start = _vcn_to_offset(self.mft.runs, self.mft.start_vcn, first, cs)
+        if start is None or _vcn_to_offset(self.mft.runs, self.mft.start_vcn, last, cs) != start + (last - first) * cs:
+            return None
+        return start + within
 
     def get(self, number: int) -> Record | None:
         """Record ``number`` parsed, or ``None`` when it is unusual or fails a check."""

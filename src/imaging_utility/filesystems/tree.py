@@ -253,9 +253,6 @@ class FileTree:
         norm = posixpath.normpath("/" + path.strip())
         return "/" + norm.lstrip("/")
 
-    def _children(self, path: str, node: Any) -> list[tuple[str, Any]]:
-        return self._listing(path, node)[0]
-
     def _listing(self, path: str, node: Any) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
         """A directory's (name, ref) pairs in on-disk order, and the first ref of each name."""
         cached = self._dirs.get(path)
@@ -323,7 +320,7 @@ class FileTree:
         with self._lock:
             if self.stat(path).type != "dir":
                 raise NotFoundError(f"{path} in the {self.fs_type} filesystem is not a directory")
-            kids = self._children(path, self._node(path))
+            kids, _index = self._listing(path, self._node(path))
             out: list[Entry] = []
             for name, ref in kids:
                 child = posixpath.join(path, name)

@@ -22,7 +22,7 @@ from dissect.ntfs.mft import MftRecord
 from dissect.ntfs.util import segment_reference
 
 from ..errors import CorruptImageError
-from .ntfs import NtfsBoot
+from .ntfs import probe
 from .ntfs_record import MftRecords, Record
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
 
@@ -40,8 +40,7 @@ class NtfsBackend:
         self.fs = NTFS(fh)
         if self.fs.mft is None:
             raise CorruptImageError("ntfs: the $MFT could not be opened")
-        fh.seek(0)
-        boot = NtfsBoot.from_bytes(fh.read(512))
+        boot = probe(fh.source)
         self.records = MftRecords(fh.source, boot) if boot is not None else None
 
     def root(self) -> MftRecord:

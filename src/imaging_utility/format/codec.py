@@ -73,7 +73,6 @@ class Codec:
             )
         return bytes(data)
 
-
     def decompress_prefix(self, frame: bytes | memoryview, need: int, chunk: int, offset: int) -> bytes:
         """The first ``need`` bytes of a frame, decoding no further than the block that holds them.
 

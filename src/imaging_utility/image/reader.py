@@ -222,10 +222,11 @@ class ImageReader:
     def _note_access(self, index: int) -> bool:
         """Record an access; True when it continues a sequential read (or re-reads the last chunks)."""
         with self._lock:
-            sequential = index - 1 in self._recent or index in self._recent
+            follows = index - 1 in self._recent
+            sequential = follows or index in self._recent
             self._recent.append(index)
             del self._recent[:-16]
-            if not sequential or not self._readahead or index - 1 not in self._recent:
+            if not follows or not self._readahead:
                 return sequential
             todo = [j for j in range(index + 1, min(index + 1 + self._readahead, self.chunk_count))
                     if j not in self._cache and j not in self._inflight]
