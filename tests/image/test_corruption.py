@@ -126,7 +126,8 @@ def test_split_part_missing_is_reported(tmp_path: Path) -> None:
 
 def test_flip_that_decodes_identically_is_still_caught(tmp_path: Path, pristine: tuple[Path, bytes]) -> None:
     """zstd decoders ignore the frame header's unused bit (FHD bit 4): the content checksum alone would
-    pass. The per-frame CRC-32 in the trailer catches it."""
+    pass. ``verify`` checks the per-frame CRC-32 in the trailer and catches it; a read, whose bytes the
+    content checksum proves right, returns them."""
     img, data = pristine
     raw = bytearray(img.read_bytes())
     with open_image(str(img)) as good:
@@ -141,5 +142,7 @@ def test_flip_that_decodes_identically_is_still_caught(tmp_path: Path, pristine:
     with open_image(str(bad)) as reader:
         report = reader.verify()
         assert not report.ok and report.failures[0]["chunk"] == index
+        assert "CRC-32" in report.failures[0]["error"]
+        assert reader.read(index * CHUNK, CHUNK) == data[index * CHUNK : (index + 1) * CHUNK]
         with pytest.raises(ChunkCorruptError, match="CRC-32"):
-            reader.read(index * CHUNK, 1)
+            reader.decode_chunk(index, check_frame=True)

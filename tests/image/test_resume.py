@@ -61,6 +61,17 @@ def test_truncation_anywhere_resumes_identically(tmp_path_factory: pytest.TempPa
     assert result.digests == b.trailer.meta["digests"]
 
 
+@pytest.mark.parametrize("cut", range(0, 17))
+def test_cut_inside_the_first_frame_header_restarts(tmp_path: Path, reference: tuple[Path, Path, bytes],
+                                                    cut: int) -> None:
+    """A cut inside the header frame's magic or size field (found by the soak run: cuts of 5..7 bytes were
+    refused as "not an imaging-utility image") starts the image over."""
+    src, full, data = reference
+    (tmp_path / "img").write_bytes(full.read_bytes()[:cut])
+    image_file(src, tmp_path / "img", chunk_size=CHUNK, resume=True)
+    assert data_frames(tmp_path / "img") == data_frames(full)
+
+
 @settings(max_examples=25)
 @given(where=st.floats(min_value=0, max_value=1, exclude_max=True))
 def test_split_truncation_resumes_identically(tmp_path_factory: pytest.TempPathFactory,

@@ -47,7 +47,8 @@ def read_header(dest: str, split: bool) -> Header | None:
         with open(first, "rb") as fh:
             head = fh.read(c.SKIPPABLE_HEADER.size)
             if len(head) < c.SKIPPABLE_HEADER.size:
-                if c.SKIPPABLE_HEADER.pack(c.HEADER_MAGIC, 0)[: len(head)] == head:
+                magic = c.SKIPPABLE_HEADER.pack(c.HEADER_MAGIC, 0)[:4]
+                if magic[: len(head)] == head[:4]:  # cut inside the magic or the size field
                     return None
                 raise ResumeMismatchError(f"{first} is not an imaging-utility image; refusing to continue it")
             magic, size = c.SKIPPABLE_HEADER.unpack(head)

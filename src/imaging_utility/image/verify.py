@@ -101,7 +101,7 @@ def _quick(reader: ImageReader, report: VerifyReport, samples: int, seed: int | 
     ev = ProgressEvent("verify", 0, n)
     for index in picks:
         try:
-            reader.decode_chunk(index)
+            reader.decode_chunk(index, check_frame=True)
         except ChunkCorruptError as e:
             report.failures.append(_failure(e))
         report.chunks_checked += 1
@@ -146,7 +146,7 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
             progress(ev)
 
         for index in range(reader.chunk_count):
-            pending.append((index, pool.submit(reader.decode_chunk, index)))
+            pending.append((index, pool.submit(reader.decode_chunk, index, check_frame=True)))
             if len(pending) > window:
                 take()
         while pending:
