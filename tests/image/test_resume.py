@@ -70,6 +70,8 @@ def test_cut_inside_the_first_frame_header_restarts(tmp_path: Path, reference: t
     (tmp_path / "img").write_bytes(full.read_bytes()[:cut])
     image_file(src, tmp_path / "img", chunk_size=CHUNK, resume=True)
     assert data_frames(tmp_path / "img") == data_frames(full)
+    with open_image(str(tmp_path / "img")) as reader:
+        assert reader.read(0, len(data)) == data
 
 
 @settings(max_examples=25)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from typing import Any
 
@@ -31,6 +32,15 @@ examples:
 """
 
 DEFAULT_PORTS = {"nbd": 10809, "imdproxy": 9000}
+MAX_PROCESSES = 5
+
+
+def default_processes() -> int:
+    """One process per CPU, plus one to run while the others wait in system calls (measured best on
+    2 cores: 2 processes 19,600 random 4 KiB reads/s, 3 processes 24,200, 4 processes 24,200)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cpus <= 1 else min(MAX_PROCESSES, cpus + 1)
+
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -62,6 +72,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--partition", type=int, metavar="N", help="serve only partition N (Linux numbering)")
     p.add_argument("--offset", type=parse_size, metavar="N", help="serve a window starting at byte N")
     p.add_argument("--length", type=parse_size, metavar="N", help="window length (default: to the end)")
+    p.add_argument("--processes", type=int, metavar="N", default=None,
+                   help=f"NBD: processes serving each connection (default: CPUs + 1, at most "
+                        f"{MAX_PROCESSES}; here {default_processes()}); 1 = threads of one process")
     return ["serve-proxy"]
 
 
@@ -96,16 +109,25 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..image.reader import open_image
+    from ..image.reader import DEFAULT_CACHE_BYTES, open_image
     from ..serve.imdproxy import ImdproxyServer
     from ..serve.nbd import NbdServer
 
     port = args.port if args.port is not None else DEFAULT_PORTS[args.protocol]
-    with open_image(args.image) as image:
+    processes = args.processes if args.processes is not None else default_processes()
+    if processes < 1 or processes > 64:
+        raise UsageError(f"--processes {processes}: use 1 to 64")
+    if args.protocol != "nbd":
+        processes = 1
+    # With several processes each decodes what it serves: a read-ahead would decode chunks another
+    # process serves (measured: 1 MiB sequential reads 940 MiB/s with it, 1,469 MiB/s without).
+    # The chunk cache is divided among the processes: memory stays what one process would use.
+    with open_image(args.image, readahead=0 if processes > 1 else 4,
+                    cache_bytes=max(8 << 20, DEFAULT_CACHE_BYTES // processes)) as image:
         exports = select_exports(image, args)
         server: NbdServer | ImdproxyServer
         if args.protocol == "nbd":
-            server = NbdServer(exports, host=args.host, port=port, unix_path=args.socket)
+            server = NbdServer(exports, host=args.host, port=port, unix_path=args.socket, processes=processes)
         else:
             server = ImdproxyServer(exports[""], host=args.host, port=port, unix_path=args.socket)
         with server:

@@ -25,7 +25,7 @@ import threading
 import zlib
 from array import array
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..blocks import check_range
@@ -57,7 +57,7 @@ class ImageReader:
         self._zero_data = {n: bytes(n) for n in self._zero_frames}
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_slots = max(2, cache_bytes // self.chunk_size)
-        self._inflight: dict[int, Future[bytes]] = {}
+        self._inflight: dict[int, _Pending] = {}
         self._lock = threading.Lock()
         self._recent: list[int] = []
         self._readahead = readahead
@@ -196,23 +196,22 @@ class ImageReader:
                 if data is not None and len(data) >= want:
                     self._cache.move_to_end(index)
                     return data
-                fut = self._inflight.get(index)
-                owner = fut is None
-                if fut is None:
-                    fut = Future()
-                    self._inflight[index] = fut
-            if owner:
-                break
-            data = fut.result()
-            if len(data) >= want:
-                return data
+                pending = self._inflight.get(index)
+                if pending is None:
+                    pending = self._inflight[index] = _Pending()
+                    break
+            pending.wait()
+            if pending.error is not None:
+                raise pending.error
+            if len(pending.data) >= want:
+                return pending.data
             # another thread decoded a shorter prefix: try again (and decode it ourselves)
         try:
             data = self.decode_chunk(index, need=need)
         except BaseException as e:
             with self._lock:
                 del self._inflight[index]
-            fut.set_exception(e)
+            pending.finish(b"", e)
             raise
         with self._lock:
             del self._inflight[index]
@@ -223,7 +222,7 @@ class ImageReader:
                     self._cache.move_to_end(index)
                 if len(self._cache) > self._cache_slots:
                     self._cache.popitem(last=False)
-        fut.set_result(data)
+        pending.finish(data, None)
         return data
 
     def _note_access(self, index: int) -> bool:
@@ -274,8 +273,10 @@ class ImageReader:
         check_range(self.size, offset, length)
         if not length:
             return []
-        out: list[Extent] = []
         first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+        if first == last and self.allocation is None and not self.bad_ranges:  # the common small read
+            return [Extent(offset, length, ExtentKind.ZERO if self.is_zero_chunk(first) else ExtentKind.DATA)]
+        out: list[Extent] = []
         for i in range(first, last + 1):
             s = max(offset, i * self.chunk_size)
             e = min(offset + length, i * self.chunk_size + self.chunk_len(i))
@@ -313,6 +314,26 @@ class ImageReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Pending:
+    """A chunk being decoded by one thread; others ``wait()`` for it.  Lighter than a ``Future``."""
+
+    __slots__ = ("_done", "data", "error")
+
+    def __init__(self) -> None:
+        self._done = threading.Lock()
+        self._done.acquire()
+        self.data = b""
+        self.error: BaseException | None = None
+
+    def finish(self, data: bytes, error: BaseException | None) -> None:
+        self.data, self.error = data, error
+        self._done.release()
+
+    def wait(self) -> None:
+        with self._done:
+            pass
 
 
 def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Extent]:

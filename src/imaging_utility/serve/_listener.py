@@ -79,6 +79,10 @@ class Listener(abc.ABC):
             raise UsageError(f"cannot listen on Unix socket {path}: {e.strerror}") from None
         return sock
 
+    def fileno(self) -> int:
+        """The listening socket's descriptor (helper processes close their copy)."""
+        return self._sock.fileno()
+
     @property
     def closing(self) -> bool:
         return self._closing.is_set()

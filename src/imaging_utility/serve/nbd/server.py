@@ -23,15 +23,20 @@ import os
 import socket
 import struct
 import threading
+from typing import Any, Protocol
 
 from ...blocks import BlockSource
 from ...errors import CorruptImageError, UsageError
 from ...extents import ExtentKind
 from .._listener import Listener
 from . import c_nbd as c
+from .helpers import HelperPool, Slot
 
 log = logging.getLogger(__name__)
 
+BATCH_BYTES = 4 * 28  # at most this many bytes of requests per recv: 4 READs (a cut request is completed)
+HOLD_BYTES = 64 * 1024  # replies up to this size are held and sent together at the end of their batch
+LOCK_POLL = 1.0  # seconds between checks of "ended" while waiting for a connection lock
 PIECE = 1024 * 1024  # largest read buffer per thread; also the largest DF read
 THREADS = min(4, max(2, os.cpu_count() or 1))  # threads serving one connection (more only wait on the GIL)
 MAX_OPTION_LENGTH = 64 * 1024
@@ -49,6 +54,26 @@ STATUS_FLAGS = {
 }
 
 
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+    def set(self) -> None: ...
+
+
+class LocalFlag:
+    """A connection's "ended" flag shared by its threads (``threading.Event`` without the condition)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def is_set(self) -> bool:
+        return self.value
+
+    def set(self) -> None:
+        self.value = True
+
+
 class Disconnect(Exception):
     """End this connection (EOF, protocol violation, or a reply that cannot be completed)."""
 
@@ -63,7 +88,8 @@ class NbdServer(Listener):
 
     def __init__(self, exports: dict[str, BlockSource], *, host: str = "127.0.0.1", port: int = 10809,
                  unix_path: str | None = None, descriptions: dict[str, str] | None = None,
-                 max_connections: int = 128, handshake_timeout: float = 30.0, threads: int | None = None) -> None:
+                 max_connections: int = 128, handshake_timeout: float = 30.0, threads: int | None = None,
+                 processes: int = 1) -> None:
         if not exports:
             raise UsageError("NBD server needs at least one export")
         for name in exports:
@@ -73,10 +99,27 @@ class NbdServer(Listener):
         self.descriptions = dict(descriptions or {})
         self.handshake_timeout = handshake_timeout
         super().__init__(host=host, port=port, unix_path=unix_path, max_connections=max_connections)
-        self.threads = threads or THREADS
+        self.threads = threads or (THREADS if processes <= 1 else 1)
+        self.helpers: HelperPool | None = None
+        if processes > 1:
+            self.helpers = HelperPool(processes - 1, max_connections, self._serve_share,
+                                      close_in_child=[self.fileno()])
 
     def handle(self, sock: socket.socket) -> None:
         _Connection(self, sock).run()
+
+    def _serve_share(self, sock: socket.socket, state: dict[str, Any], slot: Slot) -> None:
+        """In a helper process: serve a share of a connection the main process negotiated."""
+        conn = _Connection(self, sock)
+        conn.structured, conn.can_status = bool(state["structured"]), bool(state["can_status"])
+        conn.source = self.exports[state["export"]]
+        conn.recv_lock, conn.send_lock, conn.ended = slot.recv_lock, slot.send_lock, slot.ended
+        conn.participate()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        super().shutdown(timeout)
+        if self.helpers is not None:
+            self.helpers.close()
 
     def transmission_flags(self, structured: bool) -> int:
         flags = (c.NBD_FLAG_HAS_FLAGS | c.NBD_FLAG_READ_ONLY | c.NBD_FLAG_SEND_FLUSH
@@ -88,14 +131,13 @@ class _Connection:
     def __init__(self, server: NbdServer, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
-        self.rfile = sock.makefile("rb", buffering=64 * 1024)
         self.structured = False
         self.meta_export: str | None = None  # export the base:allocation context was selected for
         self.source: BlockSource | None = None
         self.can_status = False
-        self.send_lock = threading.Lock()
-        self.recv_lock = threading.Lock()
-        self.ended = False  # set once DISC was read or the connection failed; every thread then stops
+        self.send_lock: Any = threading.Lock()  # or a process-shared one (helpers.py)
+        self.recv_lock: Any = threading.Lock()
+        self.ended: Flag = LocalFlag()  # set once DISC was read or the connection failed; every thread stops
         self.local = threading.local()
 
     def run(self) -> None:
@@ -108,19 +150,46 @@ class _Connection:
             self.transmission(name)
         except (Disconnect, OSError) as e:
             log.debug("NBD connection closed: %s", e or type(e).__name__)
-        finally:
-            self.rfile.close()
 
     # --- socket helpers ---------------------------------------------------------------------------
     def recv(self, n: int) -> bytes:
-        data: bytes | None = self.rfile.read(n)
-        if data is None or len(data) != n:
-            raise Disconnect("client closed the connection")
-        return data
+        """Exactly ``n`` bytes.  Unbuffered on purpose: a byte read ahead would belong to no thread."""
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = self.sock.recv_into(view[got:])
+            if not k:
+                raise Disconnect("client closed the connection")
+            got += k
+        return bytes(buf)
 
     def send(self, *parts: bytes | bytearray | memoryview) -> None:
-        with self.send_lock:
+        held: list[bytes] | None = getattr(self.local, "held", None)
+        if held is not None:
+            if sum(len(p) for p in parts) <= HOLD_BYTES:
+                held.append(b"".join(parts))  # sent with the batch's other replies: one system call
+                return
+            parts = (*self.take_held(), *parts)  # what was held goes first: a reply's chunks stay in order
+        self.take(self.send_lock)
+        try:
             self.send_unlocked(*parts)
+        finally:
+            self.send_lock.release()
+
+    def take_held(self) -> list[bytes]:
+        held: list[bytes] | None = getattr(self.local, "held", None)
+        if not held:
+            return []
+        self.local.held = []
+        return held
+
+    def take(self, lock: Any) -> None:
+        """Acquire one of the connection's locks; give up when the connection ended meanwhile (a helper
+        process that died holding it)."""
+        while not lock.acquire(timeout=LOCK_POLL):
+            if self.ended.is_set():
+                raise Disconnect("connection ended")
 
     def send_unlocked(self, *parts: bytes | bytearray | memoryview) -> None:
         sent = self.sock.sendmsg(parts)
@@ -256,6 +325,21 @@ class _Connection:
     def transmission(self, name: str) -> None:
         self.source = self.server.exports[name]
         self.can_status = self.structured and self.meta_export == name
+        pool = self.server.helpers
+        slot = pool.share(self.sock, {"export": name, "structured": self.structured,
+                                      "can_status": self.can_status}) if pool else None
+        if slot is None:
+            return self.participate()
+        assert pool is not None
+        self.recv_lock, self.send_lock, self.ended = slot.recv_lock, slot.send_lock, slot.ended
+        try:
+            self.participate()
+        finally:
+            pool.release(slot)
+        return None
+
+    def participate(self) -> None:
+        """Serve this connection with ``server.threads`` threads of this process."""
         followers = [threading.Thread(target=self.serve_requests, daemon=True, name="nbd-conn-follower")
                      for _ in range(self.server.threads - 1)]
         for t in followers:
@@ -267,19 +351,30 @@ class _Connection:
                 t.join()
 
     def serve_requests(self) -> None:
-        """Take turns reading a request, then handle it; return at DISC or when the connection ends."""
+        """Take turns reading a batch of requests, then handle them; return at DISC or when the
+        connection ends.  A batch is what one ``recv`` brings, completed to whole requests, so no bytes of
+        a request stay behind for another thread (or process) to misread."""
         try:
             while True:
-                with self.recv_lock:
-                    if self.ended:
+                self.take(self.recv_lock)
+                try:
+                    if self.ended.is_set():
                         return
-                    request = self.next_request()
-                    if request is None:
-                        self.ended = True
-                        return
-                self.handle(*request)
+                    batch = self.next_batch()
+                finally:
+                    self.recv_lock.release()
+                self.local.held = [] if len(batch) > 1 else None
+                try:
+                    for request in batch:
+                        self.handle(*request)
+                finally:
+                    held, self.local.held = self.local.held, None
+                    if held:
+                        self.send(*held)
+                if self.ended.is_set():
+                    return
         except (Disconnect, OSError) as e:
-            if not self.ended:
+            if not self.ended.is_set():
                 log.debug("NBD connection closed: %s", e or type(e).__name__)
             self.end()
         except Exception:  # a bug in one request must not leave the other threads waiting
@@ -288,23 +383,41 @@ class _Connection:
 
     def end(self) -> None:
         """Stop every thread of this connection: the one blocked in recv wakes up on the shut socket."""
-        self.ended = True
+        self.ended.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
-    def next_request(self) -> tuple[int, int, int, int, int] | None:
-        """(flags, cmd, cookie, offset, length) of the next request, or None at DISC."""
-        magic, flags, cmd, cookie, offset, length = c.c_request.unpack(self.recv(c.c_request.size))
-        if magic != c.NBD_REQUEST_MAGIC:
-            raise Disconnect(f"bad request magic {magic:#x}")
-        if cmd == c.NBD_CMD_WRITE:
-            self.drain(length)
-        if self.server.closing:
-            self.error(cookie, c.NBD_ESHUTDOWN, "server is shutting down")
-            raise Disconnect("server shutdown")
-        return None if cmd == c.NBD_CMD_DISC else (flags, cmd, cookie, offset, length)
+    def next_batch(self) -> list[tuple[int, int, int, int, int]]:
+        """The requests (flags, cmd, cookie, offset, length) of the next ``recv``, up to DISC (which sets
+        ``ended``).  WRITE payloads are read and dropped here."""
+        data = self.sock.recv(BATCH_BYTES)
+        if not data:
+            raise Disconnect("client closed the connection")
+        out: list[tuple[int, int, int, int, int]] = []
+        pos = 0
+        size = c.c_request.size
+        while pos < len(data):
+            if len(data) - pos < size:  # finish the request the recv cut
+                data = data[pos:] + self.recv(size - (len(data) - pos))
+                pos = 0
+            magic, flags, cmd, cookie, offset, length = c.c_request.unpack_from(data, pos)
+            pos += size
+            if magic != c.NBD_REQUEST_MAGIC:
+                raise Disconnect(f"bad request magic {magic:#x}")
+            if cmd == c.NBD_CMD_WRITE:
+                have = min(length, len(data) - pos)
+                pos += have
+                self.drain(length - have)
+            if self.server.closing:
+                self.error(cookie, c.NBD_ESHUTDOWN, "server is shutting down")
+                raise Disconnect("server shutdown")
+            if cmd == c.NBD_CMD_DISC:
+                self.ended.set()
+                break
+            out.append((flags, cmd, cookie, offset, length))
+        return out
 
     def handle(self, flags: int, cmd: int, cookie: int, offset: int, length: int) -> None:
         assert self.source is not None
@@ -401,8 +514,10 @@ class _Connection:
             return self.error(cookie, c.NBD_EIO, "read failed")
         if length <= PIECE:
             return self.send(c.c_simple_reply.pack(c.NBD_SIMPLE_REPLY_MAGIC, 0, cookie), view)
-        with self.send_lock:  # a simple reply's data cannot be interleaved with any other reply
-            self.send_unlocked(c.c_simple_reply.pack(c.NBD_SIMPLE_REPLY_MAGIC, 0, cookie), view)
+        self.take(self.send_lock)  # a simple reply's data cannot be interleaved with any other reply
+        try:
+            self.send_unlocked(*self.take_held(), c.c_simple_reply.pack(c.NBD_SIMPLE_REPLY_MAGIC, 0, cookie),
+                               view)
             pos = offset + len(view)
             while pos < offset + length:
                 view = buf[:min(PIECE, offset + length - pos)]
@@ -410,6 +525,8 @@ class _Connection:
                     raise Disconnect(f"read failed at {pos} after a simple reply header was sent")
                 self.send_unlocked(view)
                 pos += len(view)
+        finally:
+            self.send_lock.release()
         return None
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, ExtentKind]] | None:
@@ -420,6 +537,8 @@ class _Connection:
         except (CorruptImageError, OSError, ValueError) as e:
             log.warning("NBD extents of [%d, +%d) failed: %s", offset, length, e)
             return None
+        if len(reported) == 1 and reported[0].offset <= offset and reported[0].end >= offset + length:
+            return [(offset, length, reported[0].kind)]
         out: list[tuple[int, int, ExtentKind]] = []
         pos, end = offset, offset + length
         for ext in reported:

@@ -1,0 +1,222 @@
+"""``serve-proxy --processes N``: helper processes sharing each NBD connection, as real processes.
+
+The image is real (64 KiB chunks, one chunk's frame damaged); the checks are the protocol ones: every
+pipelined request gets exactly its bytes or EIO, replies are whole, helpers really serve requests, and a
+helper that dies takes down only its connections, never the server or the other clients."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nbd_client import RawClient
+from serve_helpers import MiB, run_clients
+
+from imaging_utility.serve.nbd import c_nbd as c
+
+CHUNK = 64 * 1024
+CORRUPT = 7 * MiB  # the chunk starting here has a damaged frame
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
+    d = tmp_path_factory.mktemp("procs")
+    data = bytearray(random.Random(5).randbytes(8 * MiB))
+    data[2 * MiB:4 * MiB] = bytes(2 * MiB)
+    (d / "src.raw").write_bytes(data)
+    img = d / "src.img"
+    subprocess.run([sys.executable, "-m", "imaging_utility", "image", "--chunk-size", "64K",
+                    str(d / "src.raw"), str(img)], check=True, capture_output=True)
+    from imaging_utility.image.reader import open_image
+
+    with open_image(str(img)) as reader:
+        index = CORRUPT // CHUNK
+        pos = reader.chunk_offsets[index] + reader.chunk_csizes[index] // 2
+    raw = bytearray(img.read_bytes())
+    raw[pos] ^= 0xFF
+    img.write_bytes(raw)
+    return img, bytes(data)
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[str], address: tuple[str, int]) -> None:
+        self.proc = proc
+        self.address = address
+
+    def helpers(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+
+@pytest.fixture
+def served(image: tuple[Path, bytes]) -> Iterator[Served]:
+    proc = subprocess.Popen([sys.executable, "-m", "imaging_utility", "serve-proxy", "--processes", "3",
+                             "--port", "0", str(image[0])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    port = int(line.split("nbd://127.0.0.1:")[1].split("/")[0])
+    server = Served(proc, ("127.0.0.1", port))
+    yield server
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    assert not server.helpers()
+
+
+def _bad(offset: int, length: int) -> bool:
+    return offset < CORRUPT + CHUNK and offset + length > CORRUPT
+
+
+def _requests(size: int, seed: int, count: int = 64) -> dict[int, tuple[int, int]]:
+    rng = random.Random(seed)
+    out = {}
+    for cookie in range(1, count + 1):
+        length = rng.choice([1, 4096, 65536, 3 * MiB // 2])
+        out[cookie] = (rng.randrange(0, size - length + 1), length)
+    return out
+
+
+def _read_bytes(pid: int) -> int:
+    """Bytes this process has read with read/pread/recv (``rchar``)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar")
+
+
+def test_helpers_serve_pipelined_structured_reads(served: Served, image: tuple[Path, bytes]) -> None:
+    data = image[1]
+    helpers = served.helpers()
+    assert len(helpers) == 2
+    before = {pid: _read_bytes(pid) for pid in helpers}
+    cl = RawClient(served.address)
+    assert cl.go("", structured=True) == len(data)
+    for round_ in range(20):
+        requests = _requests(len(data), round_)
+        cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                                 for k, (off, n) in requests.items()))
+        bufs = {k: bytearray(n) for k, (_o, n) in requests.items()}
+        errors: dict[int, int] = {}
+        done: set[int] = set()
+        while len(done) < len(requests):
+            magic, flags, ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
+            assert magic == c.NBD_STRUCTURED_REPLY_MAGIC and cookie in requests and cookie not in done
+            payload = cl.recv(length)
+            offset = requests[cookie][0]
+            if ctype == c.NBD_REPLY_TYPE_OFFSET_DATA:
+                (at,) = struct.unpack_from(">Q", payload)
+                bufs[cookie][at - offset:at - offset + length - 8] = payload[8:]
+            elif ctype & (1 << 15):
+                errors[cookie] = struct.unpack_from(">I", payload)[0]
+            if flags & c.NBD_REPLY_FLAG_DONE:
+                done.add(cookie)
+        for cookie, (offset, n) in requests.items():
+            if _bad(offset, n):
+                assert errors.get(cookie) == c.NBD_EIO, cookie
+            else:
+                assert cookie not in errors and bytes(bufs[cookie]) == data[offset:offset + n], cookie
+    assert cl.read(0, 4096) == (0, data[:4096])
+    cl.close()
+    # every helper read image data for this one connection
+    assert all(_read_bytes(pid) - before[pid] > MiB for pid in helpers), before
+
+
+def test_helpers_never_interleave_simple_replies(served: Served, image: tuple[Path, bytes]) -> None:
+    data = image[1]
+    cl = RawClient(served.address)
+    cl.go("")
+    for round_ in range(10):
+        requests = {k: v for k, v in _requests(len(data), 100 + round_).items() if not _bad(*v)}
+        cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                                 for k, (off, n) in requests.items()))
+        seen = []
+        for _ in requests:
+            err, cookie, _ = cl.simple_reply()
+            offset, n = requests[cookie]
+            assert err == 0 and cl.recv(n) == data[offset:offset + n], cookie
+            seen.append(cookie)
+        assert sorted(seen) == sorted(requests)
+    assert cl.read(CORRUPT, 10)[0] == c.NBD_EIO
+    assert cl.read(CORRUPT - 10, 10) == (0, data[CORRUPT - 10:CORRUPT])
+
+
+def test_helpers_with_32_concurrent_clients(served: Served, image: tuple[Path, bytes]) -> None:
+    data = image[1]
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        cl = RawClient(served.address, timeout=30)
+        cl.go("", structured=bool(i % 2))
+        for _ in range(40):
+            n = rng.choice([512, 4096, 65536, 300000])
+            off = rng.randrange(0, len(data) - n)
+            err, got = cl.read(off, n)
+            assert (err, got if not err else b"") == ((c.NBD_EIO, b"") if _bad(off, n) else (0, data[off:off + n]))
+        cl.request(c.NBD_CMD_DISC)
+        assert cl.is_closed()
+        cl.close()
+
+    run_clients(client, 32)
+
+
+def test_a_dead_helper_drops_only_its_connections(served: Served, image: tuple[Path, bytes]) -> None:
+    data = image[1]
+    busy = RawClient(served.address)
+    busy.go("", structured=True)
+    assert busy.read(0, 4096) == (0, data[:4096])
+    victim = served.helpers()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while victim in served.helpers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the connection the helper shared is dropped (its locks may have died with it) ...
+    try:
+        busy.sock.settimeout(10)
+        outcome = busy.read(4096, 4096)
+    except Exception:  # dropped: EOF, reset or a short reply
+        outcome = None
+    assert outcome is None or outcome == (0, data[4096:8192])
+    busy.close()
+    # ... the server lives on, with the other helper and the main process
+    for _ in range(3):
+        cl = RawClient(served.address)
+        cl.go("", structured=True)
+        for off in range(0, 6 * MiB, 512 * 1024):
+            assert cl.read(off, 65536) == (0, data[off:off + 65536])
+        cl.close()
+    assert served.proc.poll() is None
+    assert len(served.helpers()) == 1
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(20) == 0
+    assert served.proc.stderr is not None
+    assert "helper process" in served.proc.stderr.read()
+
+
+def test_disc_after_pipelined_reads_gets_every_reply_first(served: Served, image: tuple[Path, bytes]) -> None:
+    """NBD_CMD_DISC right behind 64 READs: whichever process reads DISC, the others still answer."""
+    data = image[1]
+    cl = RawClient(served.address)
+    cl.go("", structured=True)
+    requests = {k: v for k, v in _requests(len(data), 7).items() if not _bad(*v)}
+    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                             for k, (off, n) in requests.items())
+                    + c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_DISC, 0, 0, 0))
+    cl.sock.shutdown(socket.SHUT_WR)
+    done = set()
+    while len(done) < len(requests):
+        _magic, flags, _ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
+        cl.recv(length)
+        if flags & c.NBD_REPLY_FLAG_DONE:
+            done.add(cookie)
+    assert done == set(requests)
+    assert cl.is_closed()
