@@ -86,6 +86,14 @@ def _requests(size: int, seed: int, count: int = 64) -> dict[int, tuple[int, int
     return out
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's zombie may wait for a PID 1 that never reaps)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _read_bytes(pid: int) -> int:
     """Bytes this process has read with read/pread/recv (``rchar``)."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
@@ -220,3 +228,17 @@ def test_disc_after_pipelined_reads_gets_every_reply_first(served: Served, image
             done.add(cookie)
     assert done == set(requests)
     assert cl.is_closed()
+
+
+def test_helpers_exit_when_the_main_process_is_killed(served: Served, image: tuple[Path, bytes]) -> None:
+    helpers = served.helpers()
+    cl = RawClient(served.address)
+    cl.go("", structured=True)
+    assert cl.read(0, 4096) == (0, image[1][:4096])
+    served.proc.kill()
+    served.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while any(map(_running, helpers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_running, helpers))
+    cl.close()

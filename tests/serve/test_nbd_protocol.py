@@ -12,9 +12,10 @@ import time
 import tracemalloc
 
 from nbd_client import Closed, RawClient
-from serve_helpers import MiB, holey, run_clients, serve_nbd  # noqa: F401  (fixtures)
+from serve_helpers import HoleySource, MiB, holey, run_clients, serve_nbd  # noqa: F401  (fixtures)
 
 from imaging_utility.blocks import BytesSource
+from imaging_utility.extents import ExtentKind
 from imaging_utility.serve.nbd import c_nbd as c
 
 DATA = os.urandom(4 * MiB)
@@ -325,3 +326,35 @@ def test_pipelined_simple_replies_are_never_interleaved(serve_nbd, holey) -> Non
         assert err == 0 and cl.recv(n) == holey.data[offset:offset + n], cookie
         seen.append(cookie)
     assert sorted(seen) == sorted(requests)
+
+
+def test_reads_of_many_small_extents_are_answered_whole(serve_nbd) -> None:  # type: ignore[no-untyped-def]
+    """Two pipelined 4 MiB READs of alternating 4 KiB data and zero extents: 2,048 small reply chunks in
+    one batch.  Holding them all for one ``sendmsg`` would pass IOV_MAX (1024); they go out in bounded
+    groups, each reply's chunks in order."""
+    data = bytearray(os.urandom(8 * MiB))
+    kinds = []
+    for off in range(0, 8 * MiB, 8192):
+        data[off:off + 4096] = bytes(4096)
+        kinds.append((off, 4096, ExtentKind.ZERO))
+    src = HoleySource(bytes(data), kinds)
+    server = serve_nbd({"": src})
+    cl = RawClient(server.address)
+    cl.go("", structured=True)
+    requests = {1: (0, 4 * MiB), 2: (4 * MiB + 512, 4 * MiB - 512)}
+    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                             for k, (off, n) in requests.items()))
+    bufs = {k: bytearray(n) for k, (_o, n) in requests.items()}
+    done: set[int] = set()
+    while len(done) < 2:
+        magic, flags, ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
+        assert magic == c.NBD_STRUCTURED_REPLY_MAGIC and cookie in requests and cookie not in done
+        payload = cl.recv(length)
+        assert ctype in (c.NBD_REPLY_TYPE_OFFSET_DATA, c.NBD_REPLY_TYPE_OFFSET_HOLE), ctype
+        if ctype == c.NBD_REPLY_TYPE_OFFSET_DATA:
+            (at,) = struct.unpack_from(">Q", payload)
+            bufs[cookie][at - requests[cookie][0]:at - requests[cookie][0] + length - 8] = payload[8:]
+        if flags & c.NBD_REPLY_FLAG_DONE:
+            done.add(cookie)
+    for cookie, (offset, n) in requests.items():
+        assert bytes(bufs[cookie]) == data[offset:offset + n]

@@ -6,7 +6,9 @@ misses on the same chunk decode it once; sequential readers trigger read-ahead
 of the next chunks on a small background pool.  Every chunk is checked as it
 is decoded (its frame checksum against the seek table, its content checksum and
 its size), so a corrupt chunk raises ``ChunkCorruptError`` and never returns
-wrong bytes.
+wrong bytes.  The trailer's CRC-32 of the compressed frame is checked by
+``verify`` (``check_frame``) and before a prefix decode; a whole decode does not
+need it to return right bytes.
 
 A random read (the first touch of a chunk that does not follow the previous one)
 of a chunk of 256 KiB or more decodes only the frame's blocks up to the bytes it

@@ -1,15 +1,18 @@
 """A read-only NBD server for ``BlockSource`` exports: fixed newstyle, structured replies, base:allocation.
 
 Spec: NetworkBlockDevice/nbd ``doc/proto.md`` (commit 89ba7b5); digest and client notes in
-``reference/nbd-protocol.md``.  Each connection is served by ``THREADS`` threads taking turns
-("leader/followers"): one reads the next request under the receive lock, then handles it and writes the
-reply while another reads the following request.  A client that pipelines (``fio`` at iodepth 16,
-``nbdcopy``, the kernel) so gets chunks decoded in parallel and replies out of order, as the protocol
-allows (replies carry the request's cookie).  A hand-off queue to a worker pool measured slower for small
-reads: its wake-ups cost more than decoding a 64 KiB chunk.  Replies are written under a per-connection
-lock: a structured reply chunk, or a whole simple reply, is never interleaved with another.  Memory is
-bounded: each thread has one read buffer of at most ``PIECE`` bytes (larger READs go out in pieces), and a
-connection reads no new request until one of its threads is free.
+``reference/nbd-protocol.md``.  Each connection is served by participants taking turns: ``threads`` threads
+of this process and, with ``processes`` > 1, one thread in each helper process (``helpers.py``).  A
+participant takes the receive lock, reads one batch (what a ``recv`` of up to ``BATCH_BYTES`` brings,
+completed to whole requests, so no byte of a request is left for another participant to misread),
+releases the lock and handles the batch while another participant reads the next one.  A client that
+pipelines (``fio`` at iodepth 16, ``nbdcopy``, the kernel) so gets chunks decoded in parallel and replies
+out of order, as the protocol allows (replies carry the request's cookie).  The small replies of a batch
+are held and written together with one ``sendmsg``; a large one first flushes those held, so the chunks
+of one structured reply never change order.  Replies are written under the connection's send lock: a
+structured reply chunk, or a whole simple reply, is never interleaved with another.  Memory is bounded:
+each participant has one read buffer of at most ``PIECE`` bytes (larger READs go out in pieces) and holds
+at most ``HOLD_LIMIT`` bytes of replies.
 
 Error policy: a ``CorruptImageError`` or ``OSError`` from the source fails that one request with EIO and
 the connection stays up; the only exception is a simple-reply READ larger than ``PIECE`` whose later piece
@@ -35,7 +38,9 @@ from .helpers import HelperPool, Slot
 log = logging.getLogger(__name__)
 
 BATCH_BYTES = 4 * 28  # at most this many bytes of requests per recv: 4 READs (a cut request is completed)
-HOLD_BYTES = 64 * 1024  # replies up to this size are held and sent together at the end of their batch
+HOLD_BYTES = 64 * 1024  # replies up to this size are held and sent together at the end of their batch...
+HOLD_LIMIT = 256 * 1024  # ...unless this much is held already (many small chunks of one large READ)
+HOLD_COUNT = 256  # ...or this many pieces (sendmsg takes at most IOV_MAX = 1024)
 LOCK_POLL = 1.0  # seconds between checks of "ended" while waiting for a connection lock
 PIECE = 1024 * 1024  # largest read buffer per thread; also the largest DF read
 THREADS = min(4, max(2, os.cpu_count() or 1))  # threads serving one connection (more only wait on the GIL)
@@ -167,8 +172,10 @@ class _Connection:
     def send(self, *parts: bytes | bytearray | memoryview) -> None:
         held: list[bytes] | None = getattr(self.local, "held", None)
         if held is not None:
-            if sum(len(p) for p in parts) <= HOLD_BYTES:
+            n = sum(len(p) for p in parts)
+            if n <= HOLD_BYTES and self.local.held_bytes + n <= HOLD_LIMIT and len(held) < HOLD_COUNT:
                 held.append(b"".join(parts))  # sent with the batch's other replies: one system call
+                self.local.held_bytes += n
                 return
             parts = (*self.take_held(), *parts)  # what was held goes first: a reply's chunks stay in order
         self.take(self.send_lock)
@@ -182,6 +189,7 @@ class _Connection:
         if not held:
             return []
         self.local.held = []
+        self.local.held_bytes = 0
         return held
 
     def take(self, lock: Any) -> None:
@@ -364,6 +372,7 @@ class _Connection:
                 finally:
                     self.recv_lock.release()
                 self.local.held = [] if len(batch) > 1 else None
+                self.local.held_bytes = 0
                 try:
                     for request in batch:
                         self.handle(*request)
