@@ -242,3 +242,39 @@ def test_helpers_exit_when_the_main_process_is_killed(served: Served, image: tup
         time.sleep(0.05)
     assert not any(map(_running, helpers))
     cl.close()
+
+
+def test_vanishing_clients_leave_no_slot_behind(served: Served, image: tuple[Path, bytes]) -> None:
+    """150 clients (more than the 128 connection slots) pipeline large READs and vanish mid-reply; each
+    slot must come back, or later connections would silently lose their helpers."""
+    data = image[1]
+
+    def vanish(i: int) -> None:
+        cl = RawClient(served.address)
+        cl.go("", structured=bool(i % 2))
+        cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, k * MiB // 2, MiB)
+                                 for k in range(8)))
+        cl.recv(20)
+        cl.close()
+
+    for _ in range(5):
+        run_clients(vanish, 30)
+    helpers = served.helpers()
+    assert len(helpers) == 2
+    time.sleep(0.5)  # the last connections' helpers finish their replies
+    before = {pid: _read_bytes(pid) for pid in helpers}
+    cl = RawClient(served.address)
+    cl.go("", structured=True)
+    for k in range(4):
+        requests = _requests(len(data), 200 + k)
+        cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, key, off, n)
+                                 for key, (off, n) in requests.items()))
+        done: set[int] = set()
+        while len(done) < len(requests):
+            _magic, flags, _ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
+            cl.recv(length)
+            if flags & c.NBD_REPLY_FLAG_DONE:
+                done.add(cookie)
+    assert cl.read(5 * MiB, 4096) == (0, data[5 * MiB:5 * MiB + 4096])
+    assert all(_read_bytes(pid) - before[pid] > MiB for pid in helpers), before
+    assert served.proc.poll() is None
