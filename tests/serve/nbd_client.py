@@ -124,3 +124,40 @@ class RawClient(StreamClient):
             elif ctype & (1 << 15):
                 return struct.unpack_from(">I", payload)[0], b""
         return 0, bytes(buf)
+
+    def read_pipelined(self, requests: dict[int, tuple[int, int]],
+                       trailer: bytes = b"") -> tuple[dict[int, bytes], dict[int, int], list[int]]:
+        """Send every READ (cookie -> (offset, length)) before reading any reply, plus ``trailer`` (more
+        raw requests); collect the structured replies: (bytes per cookie, holes as zeros; error per
+        cookie; cookies in the order they were done).  Checks that no chunk comes for an unknown or
+        finished cookie."""
+        self.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                                   for k, (off, n) in requests.items()) + trailer)
+        bufs = {k: bytearray(n) for k, (_o, n) in requests.items()}
+        errors: dict[int, int] = {}
+        done: list[int] = []
+        while len(done) < len(requests):
+            magic, flags, ctype, cookie, length = c.c_structured_reply.unpack(self.recv(20))
+            assert magic == c.NBD_STRUCTURED_REPLY_MAGIC and cookie in requests and cookie not in done
+            payload = self.recv(length)
+            offset = requests[cookie][0]
+            if ctype == c.NBD_REPLY_TYPE_OFFSET_DATA:
+                (at,) = struct.unpack_from(">Q", payload)
+                bufs[cookie][at - offset:at - offset + length - 8] = payload[8:]
+            elif ctype & (1 << 15):
+                errors[cookie] = struct.unpack_from(">I", payload)[0]
+            if flags & c.NBD_REPLY_FLAG_DONE:
+                done.append(cookie)
+        return {k: bytes(b) for k, b in bufs.items()}, errors, done
+
+    def read_pipelined_simple(self, requests: dict[int, tuple[int, int]]) -> dict[int, bytes]:
+        """Like ``read_pipelined`` without structured replies (and without errors expected): the bytes
+        of each cookie, which also proves that no two simple replies were interleaved."""
+        self.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
+                                   for k, (off, n) in requests.items()))
+        got: dict[int, bytes] = {}
+        for _ in requests:
+            err, cookie, _ = self.simple_reply()
+            assert err == 0 and cookie in requests and cookie not in got, (err, cookie)
+            got[cookie] = self.recv(requests[cookie][1])
+        return got

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -48,9 +46,10 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 
 
 class Served:
-    def __init__(self, proc: subprocess.Popen[str], address: tuple[str, int]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], address: tuple[str, int], log: Path) -> None:
         self.proc = proc
         self.address = address
+        self.log = log  # the server's stderr (a file: a pipe nobody reads would fill up and stall it)
 
     def helpers(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
@@ -58,14 +57,15 @@ class Served:
 
 
 @pytest.fixture
-def served(image: tuple[Path, bytes]) -> Iterator[Served]:
-    proc = subprocess.Popen([sys.executable, "-m", "imaging_utility", "serve-proxy", "--processes", "3",
-                             "--port", "0", str(image[0])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+def served(image: tuple[Path, bytes], tmp_path: Path) -> Iterator[Served]:
+    log = tmp_path / "server.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "imaging_utility", "serve-proxy", "--processes", "3",
+                                 "--port", "0", str(image[0])], stdout=subprocess.PIPE, stderr=err, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     port = int(line.split("nbd://127.0.0.1:")[1].split("/")[0])
-    server = Served(proc, ("127.0.0.1", port))
+    server = Served(proc, ("127.0.0.1", port), log)
     yield server
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -111,28 +111,12 @@ def test_helpers_serve_pipelined_structured_reads(served: Served, image: tuple[P
     assert cl.go("", structured=True) == len(data)
     for round_ in range(20):
         requests = _requests(len(data), round_)
-        cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
-                                 for k, (off, n) in requests.items()))
-        bufs = {k: bytearray(n) for k, (_o, n) in requests.items()}
-        errors: dict[int, int] = {}
-        done: set[int] = set()
-        while len(done) < len(requests):
-            magic, flags, ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
-            assert magic == c.NBD_STRUCTURED_REPLY_MAGIC and cookie in requests and cookie not in done
-            payload = cl.recv(length)
-            offset = requests[cookie][0]
-            if ctype == c.NBD_REPLY_TYPE_OFFSET_DATA:
-                (at,) = struct.unpack_from(">Q", payload)
-                bufs[cookie][at - offset:at - offset + length - 8] = payload[8:]
-            elif ctype & (1 << 15):
-                errors[cookie] = struct.unpack_from(">I", payload)[0]
-            if flags & c.NBD_REPLY_FLAG_DONE:
-                done.add(cookie)
+        got, errors, _done = cl.read_pipelined(requests)
         for cookie, (offset, n) in requests.items():
             if _bad(offset, n):
                 assert errors.get(cookie) == c.NBD_EIO, cookie
             else:
-                assert cookie not in errors and bytes(bufs[cookie]) == data[offset:offset + n], cookie
+                assert cookie not in errors and got[cookie] == data[offset:offset + n], cookie
     assert cl.read(0, 4096) == (0, data[:4096])
     cl.close()
     # every helper read image data for this one connection
@@ -145,15 +129,8 @@ def test_helpers_never_interleave_simple_replies(served: Served, image: tuple[Pa
     cl.go("")
     for round_ in range(10):
         requests = {k: v for k, v in _requests(len(data), 100 + round_).items() if not _bad(*v)}
-        cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
-                                 for k, (off, n) in requests.items()))
-        seen = []
-        for _ in requests:
-            err, cookie, _ = cl.simple_reply()
-            offset, n = requests[cookie]
-            assert err == 0 and cl.recv(n) == data[offset:offset + n], cookie
-            seen.append(cookie)
-        assert sorted(seen) == sorted(requests)
+        got = cl.read_pipelined_simple(requests)
+        assert got == {k: data[o:o + n] for k, (o, n) in requests.items()}
     assert cl.read(CORRUPT, 10)[0] == c.NBD_EIO
     assert cl.read(CORRUPT - 10, 10) == (0, data[CORRUPT - 10:CORRUPT])
 
@@ -206,8 +183,7 @@ def test_a_dead_helper_drops_only_its_connections(served: Served, image: tuple[P
     assert len(served.helpers()) == 1
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(20) == 0
-    assert served.proc.stderr is not None
-    assert "helper process" in served.proc.stderr.read()
+    assert "helper process" in served.log.read_text()
 
 
 def test_disc_after_pipelined_reads_gets_every_reply_first(served: Served, image: tuple[Path, bytes]) -> None:
@@ -216,17 +192,10 @@ def test_disc_after_pipelined_reads_gets_every_reply_first(served: Served, image
     cl = RawClient(served.address)
     cl.go("", structured=True)
     requests = {k: v for k, v in _requests(len(data), 7).items() if not _bad(*v)}
-    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
-                             for k, (off, n) in requests.items())
-                    + c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_DISC, 0, 0, 0))
-    cl.sock.shutdown(socket.SHUT_WR)
-    done = set()
-    while len(done) < len(requests):
-        _magic, flags, _ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
-        cl.recv(length)
-        if flags & c.NBD_REPLY_FLAG_DONE:
-            done.add(cookie)
-    assert done == set(requests)
+    got, errors, done = cl.read_pipelined(requests, trailer=c.c_request.pack(c.NBD_REQUEST_MAGIC, 0,
+                                                                            c.NBD_CMD_DISC, 0, 0, 0))
+    assert not errors and all(got[k] == data[o:o + n] for k, (o, n) in requests.items())
+    assert sorted(done) == sorted(requests)
     assert cl.is_closed()
 
 
@@ -267,14 +236,40 @@ def test_vanishing_clients_leave_no_slot_behind(served: Served, image: tuple[Pat
     cl.go("", structured=True)
     for k in range(4):
         requests = _requests(len(data), 200 + k)
-        cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, key, off, n)
-                                 for key, (off, n) in requests.items()))
-        done: set[int] = set()
-        while len(done) < len(requests):
-            _magic, flags, _ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
-            cl.recv(length)
-            if flags & c.NBD_REPLY_FLAG_DONE:
-                done.add(cookie)
+        got, errors, _done = cl.read_pipelined(requests)
+        assert all(got[key] == data[o:o + n] for key, (o, n) in requests.items() if key not in errors)
     assert cl.read(5 * MiB, 4096) == (0, data[5 * MiB:5 * MiB + 4096])
     assert all(_read_bytes(pid) - before[pid] > MiB for pid in helpers), before
     assert served.proc.poll() is None
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_of_every_process_stays_flat_over_100k_requests(served: Served, image: tuple[Path, bytes]) -> None:
+    data = image[1]
+    rng = random.Random(9)
+    cl = RawClient(served.address, timeout=30)
+    cl.go("", structured=True)
+    pids = [served.proc.pid, *served.helpers()]
+
+    def burst() -> None:
+        requests = {}
+        for k in range(1, 65):
+            n = rng.choice([512, 4096, 65536])
+            requests[k] = (rng.randrange(0, len(data) - n), n)
+        got, errors, _done = cl.read_pipelined(requests)
+        for k, (o, n) in requests.items():
+            assert (errors[k] == c.NBD_EIO) if _bad(o, n) else got[k] == data[o:o + n]
+
+    for _ in range(10_000 // 64):
+        burst()
+    before = {pid: _rss(pid) for pid in pids}
+    for _ in range(100_000 // 64):
+        burst()
+    after = {pid: _rss(pid) for pid in pids}
+    assert all(after[p] - before[p] < 8 * MiB for p in pids), (before, after)

@@ -286,29 +286,13 @@ def test_pipelined_structured_reads_come_back_out_of_order_and_whole(serve_nbd, 
     cl = RawClient(server.address)
     cl.go("", structured=True)
     requests = _pipelined_requests(holey.size, 1)
-    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
-                             for k, (off, n) in requests.items()))
-    bufs = {k: bytearray(n) for k, (_o, n) in requests.items()}
-    errors: dict[int, int] = {}
-    done: list[int] = []
-    while len(done) < len(requests):
-        magic, flags, ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
-        assert magic == c.NBD_STRUCTURED_REPLY_MAGIC and cookie in requests and cookie not in done
-        payload = cl.recv(length)
-        offset = requests[cookie][0]
-        if ctype == c.NBD_REPLY_TYPE_OFFSET_DATA:
-            (at,) = struct.unpack_from(">Q", payload)
-            bufs[cookie][at - offset:at - offset + length - 8] = payload[8:]
-        elif ctype & (1 << 15):
-            errors[cookie] = struct.unpack_from(">I", payload)[0]
-        if flags & c.NBD_REPLY_FLAG_DONE:
-            done.append(cookie)
+    got, errors, done = cl.read_pipelined(requests)
     assert done != sorted(done)  # replies really overtook each other
     for cookie, (offset, n) in requests.items():
         if _corrupt(offset, n):
             assert errors.get(cookie) == c.NBD_EIO, cookie
         else:
-            assert cookie not in errors and bytes(bufs[cookie]) == holey.data[offset:offset + n], cookie
+            assert cookie not in errors and got[cookie] == holey.data[offset:offset + n], cookie
     assert cl.read(0, 4096) == (0, holey.data[:4096])
 
 
@@ -317,15 +301,8 @@ def test_pipelined_simple_replies_are_never_interleaved(serve_nbd, holey) -> Non
     cl = RawClient(server.address)
     cl.go("")
     requests = {k: v for k, v in _pipelined_requests(holey.size, 2).items() if not _corrupt(*v)}
-    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
-                             for k, (off, n) in requests.items()))
-    seen = []
-    for _ in requests:
-        err, cookie, _ = cl.simple_reply()
-        offset, n = requests[cookie]
-        assert err == 0 and cl.recv(n) == holey.data[offset:offset + n], cookie
-        seen.append(cookie)
-    assert sorted(seen) == sorted(requests)
+    got = cl.read_pipelined_simple(requests)
+    assert got == {k: holey.data[o:o + n] for k, (o, n) in requests.items()}
 
 
 def test_reads_of_many_small_extents_are_answered_whole(serve_nbd) -> None:  # type: ignore[no-untyped-def]
@@ -342,19 +319,7 @@ def test_reads_of_many_small_extents_are_answered_whole(serve_nbd) -> None:  # t
     cl = RawClient(server.address)
     cl.go("", structured=True)
     requests = {1: (0, 4 * MiB), 2: (4 * MiB + 512, 4 * MiB - 512)}
-    cl.sock.sendall(b"".join(c.c_request.pack(c.NBD_REQUEST_MAGIC, 0, c.NBD_CMD_READ, k, off, n)
-                             for k, (off, n) in requests.items()))
-    bufs = {k: bytearray(n) for k, (_o, n) in requests.items()}
-    done: set[int] = set()
-    while len(done) < 2:
-        magic, flags, ctype, cookie, length = c.c_structured_reply.unpack(cl.recv(20))
-        assert magic == c.NBD_STRUCTURED_REPLY_MAGIC and cookie in requests and cookie not in done
-        payload = cl.recv(length)
-        assert ctype in (c.NBD_REPLY_TYPE_OFFSET_DATA, c.NBD_REPLY_TYPE_OFFSET_HOLE), ctype
-        if ctype == c.NBD_REPLY_TYPE_OFFSET_DATA:
-            (at,) = struct.unpack_from(">Q", payload)
-            bufs[cookie][at - requests[cookie][0]:at - requests[cookie][0] + length - 8] = payload[8:]
-        if flags & c.NBD_REPLY_FLAG_DONE:
-            done.add(cookie)
+    got, errors, _done = cl.read_pipelined(requests)
+    assert not errors
     for cookie, (offset, n) in requests.items():
-        assert bytes(bufs[cookie]) == data[offset:offset + n]
+        assert got[cookie] == data[offset:offset + n]
