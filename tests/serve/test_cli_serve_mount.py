@@ -108,6 +108,10 @@ def test_serve_proxy_partition_window_warning_and_errors(gpt_disk, procs, tmp_pa
     bad = _cli("serve-proxy", gpt_disk.path, "--offset", "1G", "--port", "0")
     _out, err = bad.communicate(timeout=30)
     assert bad.returncode == 2, err
+    for args in (["--processes", "0"], ["--processes", "65"], ["--protocol", "imdproxy", "--processes", "2"]):
+        bad = _cli("serve-proxy", gpt_disk.path, "--port", "0", *args)
+        _out, err = bad.communicate(timeout=30)
+        assert bad.returncode == 2 and err.count("\n") == 1 and "--processes" in err, (args, err)
 
 
 def test_serve_proxy_used_only_image_shows_holes(gpt_disk, procs, tmp_path) -> None:  # type: ignore[no-untyped-def]

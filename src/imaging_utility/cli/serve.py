@@ -29,6 +29,8 @@ examples:
       on Windows: aim_cli --mount --readonly --connect=HOST:9000
                   (or imdisk -a -t proxy -o ip,ro -f HOST:9000 -m X:)
   imaging-utility serve-proxy disk.img.zst --offset 1M --length 512M
+  imaging-utility serve-proxy disk.img.zst --processes 1
+      serve each connection with threads of one process (default: one process per CPU)
 """
 
 DEFAULT_PORTS = {"nbd": 10809, "imdproxy": 9000}
