@@ -105,11 +105,6 @@ class HelperPool:
             threading.Thread(target=self._listen, args=(number, channel), daemon=True,
                              name=f"nbd-helper-{number}").start()
 
-    @property
-    def alive(self) -> int:
-        with self._cond:
-            return len(self._channels)
-
     def share(self, sock: socket.socket, state: dict[str, Any]) -> Slot | None:
         """Give the connection to every live helper; None when no slot or helper is free."""
         with self._cond:
@@ -154,13 +149,13 @@ class HelperPool:
             if self._channels.pop(number, None) is None:
                 return  # closed by us
             pid = self._pids.pop(number)
-            try:
-                _pid, status = os.waitpid(pid, 0)
-                how = f"exit status {os.waitstatus_to_exitcode(status)}"
-            except ChildProcessError:
-                how = "already reaped"
-            log.error("NBD helper process %d (pid %d) died (%s); its connections are dropped",
-                      number, pid, how)
+        try:
+            _pid, status = os.waitpid(pid, 0)
+            how = f"exit status {os.waitstatus_to_exitcode(status)}"
+        except ChildProcessError:
+            how = "already reaped"
+        log.error("NBD helper process %d (pid %d) died (%s); its connections are dropped", number, pid, how)
+        with self._cond:
             for slot in self.slots:
                 if number in slot.waiting:
                     slot.waiting.discard(number)
@@ -187,7 +182,7 @@ class HelperPool:
             except OSError:
                 pass
             channel.close()
-        for pid in self._pids.values():
+        for pid in list(self._pids.values()):
             try:
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
