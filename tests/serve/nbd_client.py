@@ -3,10 +3,22 @@ socket part, shared with the IMDPROXY test client."""
 
 from __future__ import annotations
 
+import random
 import socket
 import struct
 
 from imaging_utility.serve.nbd import c_nbd as c
+
+
+def pipelined_requests(size: int, seed: int, count: int = 64) -> dict[int, tuple[int, int]]:
+    """``count`` READs (cookie -> (offset, length)) within ``size`` bytes: 1 byte, 4 KiB, 64 KiB and
+    1.5 MiB (more than one reply piece), at seeded random offsets."""
+    rng = random.Random(seed)
+    out = {}
+    for cookie in range(1, count + 1):
+        length = rng.choice([1, 4096, 65536, 3 * 1024 * 1024 // 2])
+        out[cookie] = (rng.randrange(0, size - length + 1), length)
+    return out
 
 
 class Closed(Exception):

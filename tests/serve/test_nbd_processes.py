@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nbd_client import RawClient
+from nbd_client import RawClient, pipelined_requests
 from serve_helpers import MiB, run_clients
 
 from imaging_utility.serve.nbd import c_nbd as c
@@ -77,15 +77,6 @@ def _bad(offset: int, length: int) -> bool:
     return offset < CORRUPT + CHUNK and offset + length > CORRUPT
 
 
-def _requests(size: int, seed: int, count: int = 64) -> dict[int, tuple[int, int]]:
-    rng = random.Random(seed)
-    out = {}
-    for cookie in range(1, count + 1):
-        length = rng.choice([1, 4096, 65536, 3 * MiB // 2])
-        out[cookie] = (rng.randrange(0, size - length + 1), length)
-    return out
-
-
 def _running(pid: int) -> bool:
     """The process exists and is not a zombie (an orphan's zombie may wait for a PID 1 that never reaps)."""
     try:
@@ -94,12 +85,17 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _read_bytes(pid: int) -> int:
-    """Bytes this process has read with read/pread/recv (``rchar``)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("rchar:"):
+def _proc_number(path: str, key: str) -> int:
+    """The first number after ``key`` in a ``/proc`` file (``io``'s ``rchar:``, ``status``'s ``VmRSS:``)."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(key):
             return int(line.split()[1])
-    raise AssertionError("no rchar")
+    raise AssertionError(f"no {key} in {path}")
+
+
+def _read_bytes(pid: int) -> int:
+    """Bytes this process has read with read/pread/recv."""
+    return _proc_number(f"/proc/{pid}/io", "rchar:")
 
 
 def test_helpers_serve_pipelined_structured_reads(served: Served, image: tuple[Path, bytes]) -> None:
@@ -110,7 +106,7 @@ def test_helpers_serve_pipelined_structured_reads(served: Served, image: tuple[P
     cl = RawClient(served.address)
     assert cl.go("", structured=True) == len(data)
     for round_ in range(20):
-        requests = _requests(len(data), round_)
+        requests = pipelined_requests(len(data), round_)
         got, errors, _done = cl.read_pipelined(requests)
         for cookie, (offset, n) in requests.items():
             if _bad(offset, n):
@@ -128,7 +124,7 @@ def test_helpers_never_interleave_simple_replies(served: Served, image: tuple[Pa
     cl = RawClient(served.address)
     cl.go("")
     for round_ in range(10):
-        requests = {k: v for k, v in _requests(len(data), 100 + round_).items() if not _bad(*v)}
+        requests = {k: v for k, v in pipelined_requests(len(data), 100 + round_).items() if not _bad(*v)}
         got = cl.read_pipelined_simple(requests)
         assert got == {k: data[o:o + n] for k, (o, n) in requests.items()}
     assert cl.read(CORRUPT, 10)[0] == c.NBD_EIO
@@ -191,7 +187,7 @@ def test_disc_after_pipelined_reads_gets_every_reply_first(served: Served, image
     data = image[1]
     cl = RawClient(served.address)
     cl.go("", structured=True)
-    requests = {k: v for k, v in _requests(len(data), 7).items() if not _bad(*v)}
+    requests = {k: v for k, v in pipelined_requests(len(data), 7).items() if not _bad(*v)}
     got, errors, done = cl.read_pipelined(requests, trailer=c.c_request.pack(c.NBD_REQUEST_MAGIC, 0,
                                                                             c.NBD_CMD_DISC, 0, 0, 0))
     assert not errors and all(got[k] == data[o:o + n] for k, (o, n) in requests.items())
@@ -235,7 +231,7 @@ def test_vanishing_clients_leave_no_slot_behind(served: Served, image: tuple[Pat
     cl = RawClient(served.address)
     cl.go("", structured=True)
     for k in range(4):
-        requests = _requests(len(data), 200 + k)
+        requests = pipelined_requests(len(data), 200 + k)
         got, errors, _done = cl.read_pipelined(requests)
         assert all(got[key] == data[o:o + n] for key, (o, n) in requests.items() if key not in errors)
     assert cl.read(5 * MiB, 4096) == (0, data[5 * MiB:5 * MiB + 4096])
@@ -244,10 +240,7 @@ def test_vanishing_clients_leave_no_slot_behind(served: Served, image: tuple[Pat
 
 
 def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    return _proc_number(f"/proc/{pid}/status", "VmRSS:") * 1024
 
 
 def test_memory_of_every_process_stays_flat_over_100k_requests(served: Served, image: tuple[Path, bytes]) -> None:

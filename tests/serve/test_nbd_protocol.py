@@ -11,7 +11,7 @@ import struct
 import time
 import tracemalloc
 
-from nbd_client import Closed, RawClient
+from nbd_client import Closed, RawClient, pipelined_requests
 from serve_helpers import HoleySource, MiB, holey, run_clients, serve_nbd  # noqa: F401  (fixtures)
 
 from imaging_utility.blocks import BytesSource
@@ -265,16 +265,6 @@ def test_memory_flat_over_100k_requests(serve_nbd) -> None:  # type: ignore[no-u
         pass
 
 
-def _pipelined_requests(size: int, seed: int) -> dict[int, tuple[int, int]]:
-    """64 READs (cookie -> (offset, length)): small and multi-piece, some into the corrupt chunk at 7 MiB."""
-    rng = random.Random(seed)
-    out = {}
-    for cookie in range(1, 65):
-        length = rng.choice([1, 4096, 65536, 3 * MiB // 2])
-        out[cookie] = (rng.randrange(0, size - length + 1), length)
-    return out
-
-
 def _corrupt(offset: int, length: int) -> bool:
     return offset < 7 * MiB + 64 * 1024 and 7 * MiB < offset + length
 
@@ -285,7 +275,7 @@ def test_pipelined_structured_reads_come_back_out_of_order_and_whole(serve_nbd, 
     server = serve_nbd({"": holey}, threads=4)
     cl = RawClient(server.address)
     cl.go("", structured=True)
-    requests = _pipelined_requests(holey.size, 1)
+    requests = pipelined_requests(holey.size, 1)
     got, errors, done = cl.read_pipelined(requests)
     assert done != sorted(done)  # replies really overtook each other
     for cookie, (offset, n) in requests.items():
@@ -300,7 +290,7 @@ def test_pipelined_simple_replies_are_never_interleaved(serve_nbd, holey) -> Non
     server = serve_nbd({"": holey}, threads=4)
     cl = RawClient(server.address)
     cl.go("")
-    requests = {k: v for k, v in _pipelined_requests(holey.size, 2).items() if not _corrupt(*v)}
+    requests = {k: v for k, v in pipelined_requests(holey.size, 2).items() if not _corrupt(*v)}
     got = cl.read_pipelined_simple(requests)
     assert got == {k: holey.data[o:o + n] for k, (o, n) in requests.items()}
 

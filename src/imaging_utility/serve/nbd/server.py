@@ -60,23 +60,10 @@ STATUS_FLAGS = {
 
 
 class Flag(Protocol):
+    """A connection's "ended" flag: a ``threading.Event``, or ``helpers.SharedFlag`` across processes."""
+
     def is_set(self) -> bool: ...
     def set(self) -> None: ...
-
-
-class LocalFlag:
-    """A connection's "ended" flag shared by its threads (``threading.Event`` without the condition)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = False
-
-    def is_set(self) -> bool:
-        return self.value
-
-    def set(self) -> None:
-        self.value = True
 
 
 class Disconnect(Exception):
@@ -142,7 +129,7 @@ class _Connection:
         self.can_status = False
         self.send_lock: Any = threading.Lock()  # or a process-shared one (helpers.py)
         self.recv_lock: Any = threading.Lock()
-        self.ended: Flag = LocalFlag()  # set once DISC was read or the connection failed; every thread stops
+        self.ended: Flag = threading.Event()  # set once DISC was read or the connection failed; every thread stops
         self.local = threading.local()
 
     def run(self) -> None:
@@ -546,8 +533,6 @@ class _Connection:
         except (CorruptImageError, OSError, ValueError) as e:
             log.warning("NBD extents of [%d, +%d) failed: %s", offset, length, e)
             return None
-        if len(reported) == 1 and reported[0].offset <= offset and reported[0].end >= offset + length:
-            return [(offset, length, reported[0].kind)]
         out: list[tuple[int, int, ExtentKind]] = []
         pos, end = offset, offset + length
         for ext in reported:
