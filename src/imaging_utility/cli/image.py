@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 from typing import Any
 
-from ..blocks import BlockSource, WindowSource
-from ..devices.identity import identity_mismatch, source_identity
-from ..devices.mounts import check_source_mounts
-from ..devices.rescue import RescueReader
-from ..devices.source import FileSource
-from ..devices.throttle import Throttle, parse_rate
-from ..errors import EXIT_PARTIAL, SourceIOError, UnsupportedError, UsageError
-from ..filesystems import allocation_map
+from ..devices.throttle import parse_rate
+from ..errors import EXIT_PARTIAL
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..ops.capture import CaptureOptions, CaptureResult, ChunkReader, capture
+from ..ops.capture import CaptureResult
+from ..ops.imaging import ImageRequest, capture_summary, run_image
 from ..progress import Throttled
 from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
 
@@ -31,6 +25,7 @@ examples:
   imaging-utility image --used-only /dev/sdb2 windows.img.zst          # NTFS/ext/FAT/exFAT: used clusters only
   imaging-utility image --rescue --retries 3 --direct /dev/sdc failing.img.zst   # keep going past bad sectors
   imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
+  imaging-utility image --adaptive-rate-limit /dev/sda prod.img.zst    # yield when others wait on I/O
   imaging-utility image --used-only=auto --offset 1M --length 20G disk.raw p1.img.zst
   zstd -dc sdb.img.zst > sdb.raw                              # the image is a plain zstd stream too
 """
@@ -74,6 +69,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                    help="with --rescue: extra attempts per failed sector (default 1)")
     p.add_argument("--max-throughput", metavar="RATE",
                    help="cap the source read rate, e.g. 100M (bytes/s, K/M/G 1024-based)")
+    p.add_argument("--adaptive-rate-limit", action="store_true",
+                   help="read more slowly while other programs wait on I/O (/proc/pressure/io, the source's "
+                   "latency), faster again when they stop; with --max-throughput, that stays the ceiling")
     p.add_argument("--allow-mounted", action="store_true",
                    help="image a source mounted read-write anyway (the image may be inconsistent)")
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -81,21 +79,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def summary(result: CaptureResult) -> dict[str, Any]:
-    return {
-        "image": result.paths,
-        "source_size": result.source_size,
-        "image_bytes": result.image_bytes,
-        "ratio": round(result.image_bytes / result.source_size, 4) if result.source_size else None,
-        "chunks": result.chunks,
-        "zero_chunks": result.zero_chunks,
-        "read_bytes": result.read_bytes,
-        "used_bytes": result.used_bytes,
-        "digests": result.digests,
-        "seconds": round(result.elapsed, 3),
-        "throughput_mib_s": round((result.source_size - result.resumed_at) / max(result.elapsed, 1e-9) / 2**20, 1),
-        "resumed_at": result.resumed_at,
-        "bad_ranges": [{"offset": o, "length": n} for o, n in result.bad_ranges],
-    }
+    return capture_summary(result)
 
 
 def print_summary(result: CaptureResult) -> None:
@@ -106,58 +90,37 @@ def print_summary(result: CaptureResult) -> None:
     stdout.print(f"size       {human_bytes(result.source_size)} → {human_bytes(result.image_bytes)}{ratio}")
     if result.resumed_at:
         stdout.print(f"resumed at {human_bytes(result.resumed_at)}")
-    stdout.print(f"time       {result.elapsed:.1f} s, {s['throughput_mib_s']} MiB/s")
+    paused = f", {s['paused_seconds']:.1f} s of it paused" if s["paused_seconds"] else ""
+    stdout.print(f"time       {result.elapsed:.1f} s{paused}, {s['throughput_mib_s']} MiB/s")
     stdout.print(f"chunks     {result.chunks} ({result.zero_chunks} zero or unused this run)")
     if result.used_bytes is not None:
         stdout.print(f"used-only  {human_bytes(result.used_bytes)} allocated, "
                      f"{human_bytes(result.read_bytes)} read this run")
+    if s["zero_bytes"] or s["unallocated_bytes"]:
+        stdout.print(f"skipped    {human_bytes(s['zero_bytes'])} zeros, "
+                     f"{human_bytes(s['unallocated_bytes'])} unallocated")
+    pacing = result.pacing
+    if pacing is not None:
+        stdout.print(f"pacing     {pacing_text(pacing)}")
     for name, digest in result.digests.items():
         stdout.print(f"{name:<10} {digest}")
 
 
-def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
-                  throttle: Throttle | None) -> ChunkReader:
-    rescuer = RescueReader(source, retries=retries) if rescue else None
-    locate = RescueReader(source, retries=0)
-
-    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
-        if throttle is not None:
-            throttle.consume(len(buf))
-        if rescuer is not None:
-            return rescuer.read_chunk(offset, buf)
-        try:
-            source.readinto_at(offset, buf)
-        except SourceIOError:
-            # Name the first unreadable sector, not just the start of the failed chunk.
-            bad = locate.read_chunk(offset, buf)
-            if not bad:
-                return []  # the retry read everything: a transient error
-            sector = bad[0][0] // source.sector_size
-            raise SourceIOError(
-                f"read error on {label} at byte {bad[0][0]} (sector {sector}): input/output error; "
-                "add --rescue to image past unreadable sectors (the partial image continues with --resume)",
-                offset=bad[0][0],
-            ) from None
-        return []
-
-    return read
-
-
-def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool) -> None:
-    try:
-        info, amap = allocation_map(source)
-    except UnsupportedError as e:
-        if not fallback:
-            raise
-        warn(f"{e}; imaging in full (--used-only=auto)")
-        return
-    opts.allocation = amap
-    opts.filesystem = dataclasses.asdict(info)
+def pacing_text(pacing: dict[str, Any]) -> str:
+    if pacing["mode"] == "fixed":
+        return f"held to {human_bytes(pacing['rate'])}/s (--max-throughput)"
+    text = "adaptive: "
+    if not pacing["reductions"]:
+        return text + "never slowed down (no other program waited on I/O)"
+    text += (f"slowed down {pacing['reductions']} times, {pacing['limited_seconds']} s limited, "
+             f"lowest {human_bytes(pacing['lowest'])}/s; last because {pacing['last_reason']}")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # file-size limit: get EFBIG (exit 7), not a kill
-    opts = CaptureOptions(
+    req = ImageRequest(
+        args.source, args.dest,
         chunk_size=parse_size(args.chunk_size, "--chunk-size"),
         level=args.level,
         threads=args.threads,
@@ -165,32 +128,21 @@ def run(args: argparse.Namespace) -> int:
         digests=parse_hash_names(args.hash),
         force=args.force,
         resume=args.resume,
+        used_only=args.used_only,
+        offset=parse_size(args.offset, "--offset"),
+        length=parse_size(args.length, "--length") if args.length else None,
+        direct=args.direct,
+        rescue=args.rescue,
+        retries=args.retries,
+        max_throughput=parse_rate(args.max_throughput) if args.max_throughput else None,
+        adaptive_rate_limit=args.adaptive_rate_limit,
+        allow_mounted=args.allow_mounted,
     )
-    opts.validate()
-    if args.retries < 0:
-        raise UsageError("--retries must be 0 or more")
-    throttle = Throttle(parse_rate(args.max_throughput)) if args.max_throughput else None
-    with FileSource(args.source, direct=args.direct) as file_source:
-        for message in check_source_mounts(args.source, args.allow_mounted):
-            warn(message)
-        source: BlockSource = file_source
-        opts.identity = source_identity(args.source, file_source)
-        opts.identity_check = identity_mismatch
-        offset = parse_size(args.offset, "--offset")
-        if offset or args.length:
-            length = parse_size(args.length, "--length") if args.length else file_source.size - offset
-            if offset < 0 or length <= 0 or offset + length > file_source.size:
-                raise UsageError(f"--offset {offset} / --length {length} lie outside {args.source} "
-                                 f"({file_source.size} bytes)")
-            source = WindowSource(file_source, offset, length)
-            opts.identity.update(window_offset=offset, window_length=length)
-        if args.used_only:
-            _use_allocation_map(source, opts, fallback=args.used_only == "auto")
-        opts.chunk_reader = _chunk_reader(source, args.source, args.rescue, args.retries, throttle)
-        with ProgressBar() as bar:
-            throttled = Throttled(bar)
-            result = capture(source, args.dest, opts, throttled)
-            throttled.flush()
+    req.options()
+    with ProgressBar() as bar:
+        throttled = Throttled(bar)
+        result = run_image(req, throttled, warn=warn)
+        throttled.flush()
     if args.json:
         print_json(summary(result))
     else:

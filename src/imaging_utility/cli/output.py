@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Any
 
@@ -20,37 +19,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ..errors import UsageError
 from ..progress import ProgressEvent
+from ..units import human_bytes, parse_size
+
+__all__ = ["ProgressBar", "human_bytes", "parse_size", "print_json", "stderr", "stdout", "warn"]
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
-_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
-
-
-def parse_size(text: str, what: str = "size") -> int:
-    """``"4G"``, ``"4GiB"``, ``"650M"``, ``"1.5T"``, ``"4096"`` → bytes.  K/M/G/T/P are powers of 1024
-    (with or without ``iB``); ``kB``/``MB``/``GB``/``TB`` are powers of 1000."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise UsageError(f"invalid {what} {text!r}: use a number with an optional K/M/G/T suffix, e.g. 4G")
-    number, unit, suffix = m.groups()
-    decimal = suffix.lower() == "b" and unit != ""
-    value = float(number) * (1000 if decimal else 1024) ** _POWERS[unit.lower()]
-    if value != int(value):
-        raise UsageError(f"invalid {what} {text!r}: not a whole number of bytes")
-    return int(value)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} PiB"
-
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -78,6 +53,23 @@ class _BytesColumn(ProgressColumn):
         return Text(text)
 
 
+class _StateColumn(ProgressColumn):
+    """Paused, and what the job waits on: the same fields the GUI's dashboard shows."""
+
+    def render(self, task: Task) -> Text:
+        ev: ProgressEvent | None = task.fields.get("event")
+        if ev is None:
+            return Text("")
+        if ev.paused:
+            return Text("paused", style="bold yellow")
+        parts = []
+        if ev.bottleneck:
+            parts.append(f"{ev.bottleneck}-bound")
+        if ev.rate_limit:
+            parts.append(f"limit {human_bytes(ev.rate_limit)}/s")
+        return Text(", ".join(parts), style="dim")
+
+
 class ProgressBar:
     """Consumes ``ProgressEvent``s; a rich bar on a TTY, nothing otherwise."""
 
@@ -91,7 +83,7 @@ class ProgressBar:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _BytesColumn(),
-                _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), _StateColumn(),
                 console=stderr, transient=False,
             )
             self._progress.start()
@@ -105,7 +97,7 @@ class ProgressBar:
             task = self._progress.add_task(ev.operation, total=ev.total, completed=ev.done,
                                            output_label=self.output_label)
             self._tasks[ev.operation] = task
-        self._progress.update(task, completed=ev.done, total=ev.total, output=ev.output_bytes)
+        self._progress.update(task, completed=ev.done, total=ev.total, output=ev.output_bytes, event=ev)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

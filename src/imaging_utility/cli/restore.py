@@ -10,6 +10,7 @@ from ..devices.mounts import check_target_safe
 from ..errors import RefusedError
 from ..image.reader import open_image
 from ..ops.restore import restore
+from ..ops.restore_target import RestoreTarget, inspect_target
 from ..progress import Throttled
 from .output import ProgressBar, human_bytes, print_json, stdout, warn
 
@@ -36,10 +37,12 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     return ["restore"]
 
 
-def _confirm(target: str, size: int) -> bool:
+def _confirm(target: RestoreTarget, size: int) -> bool:
     if not sys.stdin.isatty():
-        raise RefusedError(f"refusing to overwrite block device {target} without confirmation; add --yes")
-    sys.stderr.write(f"This overwrites {target} with {human_bytes(size)}. Type 'yes' to continue: ")
+        raise RefusedError(f"refusing to overwrite block device {target.path} without confirmation; add --yes")
+    for line in target.lines:
+        sys.stderr.write(line + "\n")
+    sys.stderr.write(f"This overwrites {target.path} with {human_bytes(size)}. Type 'yes' to continue: ")
     sys.stderr.flush()
     return sys.stdin.readline().strip().lower() == "yes"
 
@@ -47,6 +50,7 @@ def _confirm(target: str, size: int) -> bool:
 def run(args: argparse.Namespace) -> int:
     check_target_safe(args.target)
     with open_image(args.image) as reader:
+        target = inspect_target(args.target, reader.size, force=args.force)
         if reader.bad_ranges:
             total = sum(n for _, n in reader.bad_ranges)
             warn(f"the image has {len(reader.bad_ranges)} unreadable source ranges ({total} bytes); "
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         with ProgressBar(output_label="written") as bar:
             throttled = Throttled(bar)
             result = restore(reader, args.target, force=args.force,
-                             confirm=lambda: args.yes or _confirm(args.target, reader.size),
+                             confirm=lambda: args.yes or _confirm(target, reader.size),
                              threads=args.threads, verify=args.verify, progress=throttled)
             throttled.flush()
     summary = {

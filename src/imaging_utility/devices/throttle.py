@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import UsageError
 
@@ -48,8 +49,11 @@ class Throttle:
     A token bucket that starts empty and holds at most ``BURST_SECONDS`` of
     tokens.  A caller that takes more than is there goes into debt and sleeps until
     the debt is paid, outside the lock, so concurrent callers queue up behind each
-    other's debt and together get the rate.  Thread-safe.
+    other's debt and together get the rate.  Thread-safe.  ``set_rate`` changes the rate
+    of a running bucket (the adaptive limiter does).
     """
+
+    mode = "fixed"
 
     def __init__(
         self,
@@ -79,3 +83,19 @@ class Throttle:
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait > 0:
             self._sleep(wait)
+
+    def observe(self, nbytes: int, seconds: float) -> None:
+        """A read of ``nbytes`` took ``seconds``: a fixed limit does not care."""
+
+    def set_rate(self, rate_bytes_per_sec: int) -> None:
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self.rate = max(1, rate_bytes_per_sec)
+            self.burst = self.rate * BURST_SECONDS
+            # A debt run up at a higher rate would otherwise be paid at the new, lower one.
+            self._tokens = max(self._tokens, -self.burst)
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.mode, "rate": self.rate}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ChunkCorruptError, CorruptImageError
-from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from .digests import SUPPORTED, Digests
 
 if TYPE_CHECKING:
@@ -72,15 +72,16 @@ def _failure(e: ChunkCorruptError) -> dict[str, Any]:
 
 def verify_image(reader: ImageReader, *, quick: bool = False, samples: int = 64, seed: int | None = None,
                  threads: int | None = None, progress: ProgressCallback = no_progress,
-                 extra_digests: tuple[str, ...] = ()) -> VerifyReport:
-    """``extra_digests``: also compute these (full verify), e.g. SHA-256 of an image made without it."""
+                 extra_digests: tuple[str, ...] = (), control: JobControl | None = None) -> VerifyReport:
+    """``extra_digests``: also compute these (full verify), e.g. SHA-256 of an image made without it.
+    ``control`` pauses or cancels (``Interrupted``) between chunks."""
     threads = threads or os.cpu_count() or 2
     report = VerifyReport("quick" if quick else "full", reader.chunk_count, bad_ranges=list(reader.bad_ranges))
     _check_allocation(reader, report)
     if quick:
-        _quick(reader, report, samples, seed, progress)
+        _quick(reader, report, samples, seed, progress, control)
     else:
-        _full(reader, report, threads, progress, extra_digests)
+        _full(reader, report, threads, progress, extra_digests, control)
     return report
 
 
@@ -93,13 +94,15 @@ def _check_allocation(reader: ImageReader, report: VerifyReport) -> None:
 
 
 def _quick(reader: ImageReader, report: VerifyReport, samples: int, seed: int | None,
-           progress: ProgressCallback) -> None:
+           progress: ProgressCallback, control: JobControl | None) -> None:
     report.seed = seed if seed is not None else random.SystemRandom().randrange(1 << 32)
     rng = random.Random(report.seed)
     n = min(samples, reader.chunk_count)
     picks = sorted(rng.sample(range(reader.chunk_count), n))
     ev = ProgressEvent("verify", 0, n)
     for index in picks:
+        if control is not None:
+            control.checkpoint(ev, progress, "verify cancelled")
         try:
             reader.decode_chunk(index, check_frame=True)
         except ChunkCorruptError as e:
@@ -116,13 +119,14 @@ def _quick(reader: ImageReader, report: VerifyReport, samples: int, seed: int | 
 
 
 def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: ProgressCallback,
-          extra: tuple[str, ...]) -> None:
+          extra: tuple[str, ...], control: JobControl | None) -> None:
     trailer = reader.trailer.meta if reader.trailer else {}
     expected: dict[str, str] = dict(trailer.get("digests", {}))
     names = list(dict.fromkeys([n for n in expected if n in SUPPORTED] + [n for n in extra if n in SUPPORTED]))
     digests = Digests(names)
-    ev = ProgressEvent("verify", 0, reader.size)
     window = 2 * threads + 2
+    ev = ProgressEvent("verify", 0, reader.size, chunk_size=reader.chunk_size, max_workers=threads,
+                       max_depth=window + 1)
     hashing = True
     with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
         pending: deque[tuple[int, Future[bytes]]] = deque()
@@ -143,9 +147,14 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
                 report.failures.append({"chunk": index, "offset": index * reader.chunk_size, "error": str(e)})
             report.chunks_checked += 1
             ev.done = min(reader.size, ev.done + reader.chunk_len(index))
+            ev.depth = len(pending)
             progress(ev)
 
         for index in range(reader.chunk_count):
+            if control is not None and control.stop_requested:
+                while pending:
+                    take()
+                control.checkpoint(ev, progress, f"verify cancelled at byte {ev.done} of {reader.size}")
             pending.append((index, pool.submit(reader.decode_chunk, index, check_frame=True)))
             if len(pending) > window:
                 take()

@@ -1,49 +1,54 @@
 """Image a ``BlockSource`` into an image file: the ``image`` command's engine.
 
-Pipeline (DESIGN §4): this thread reads chunk *i* into a reused buffer and
-hands it to the compression pool and to the single digest thread; finished
-frames are written strictly in chunk order.  Memory is bounded by
-``(2 × threads + 4) × chunk_size``.  All-zero chunks, and chunks the allocation
-map says are unused, become one precomputed frame with no compression work.
+This module sets a capture up: options, the header, a fresh or resumed writer.
+The pipeline that reads, compresses, hashes and writes the chunks (and pauses,
+cancels and paces) is ``_pipeline.run_chunks``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import platform
 import sys
 import threading
 import time
-import zlib
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .. import __version__
 from ..blocks import BlockSource
-from ..errors import Interrupted, RefusedError, ResumeMismatchError, UsageError
-from ..extents import AllocationMap, ExtentKind
+from ..errors import RefusedError, ResumeMismatchError, UsageError
+from ..extents import AllocationMap
 from ..format import c_image as c
 from ..format.codec import Codec, zstd_library_version
-from ..format.metaframe import Event, Header, Trailer
+from ..format.metaframe import Header
 from ..image.digests import DEFAULT, Digests
 from ..image.parts import existing_outputs
 from ..image.recover import read_header, recover, remove_outputs
 from ..image.writer import ImageWriter
-from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
+from ._pipeline import run_chunks, utc_now
 
-Framed = tuple[bytes, int]  # a data frame and the CRC-32 of its bytes
+
+class Pacer(Protocol):
+    """A source read-rate limit (``devices.throttle.Throttle``, ``devices.pacing.AdaptiveThrottle``)."""
+
+    mode: str
+
+    @property
+    def rate(self) -> int: ...
+
+    def consume(self, nbytes: int) -> None: ...
+
+    def observe(self, nbytes: int, seconds: float) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
 
 # A reader of one chunk: fills ``buf`` for source bytes [offset, offset+len(buf)) and
 # returns the (offset, length) ranges that could not be read (zero-filled).
 ChunkReader = Callable[[int, memoryview], list[tuple[int, int]]]
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -60,6 +65,7 @@ class CaptureOptions:
     filesystem: dict[str, Any] | None = None
     chunk_reader: ChunkReader | None = None  # e.g. rescue reading; default: source.readinto_at
     identity_check: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
+    throttle: Pacer | None = None  # --max-throughput / --adaptive-rate-limit
 
     def validate(self) -> None:
         cs = self.chunk_size
@@ -88,6 +94,8 @@ class CaptureResult:
     resumed_at: int  # source byte offset the capture continued from (0 if fresh)
     bad_ranges: list[tuple[int, int]]
     used_bytes: int | None
+    event: ProgressEvent | None = None  # the last progress event: skipped bytes, pauses, pipeline
+    pacing: dict[str, Any] | None = None  # what the rate limit did
 
 
 def build_header(source: BlockSource, opts: CaptureOptions) -> Header:
@@ -177,7 +185,10 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
 
 
 def capture(source: BlockSource, dest: str, opts: CaptureOptions,
-            progress: ProgressCallback = no_progress) -> CaptureResult:
+            progress: ProgressCallback = no_progress, control: JobControl | None = None) -> CaptureResult:
+    """Image ``source`` into ``dest``.  ``control`` pauses (between chunks, every frame before it
+    written and synced, nothing read while paused) or cancels (``Interrupted``, the partial image
+    kept for ``--resume``) from another thread."""
     opts.validate()
     started = time.monotonic()
     codec = Codec(opts.level)
@@ -185,152 +196,19 @@ def capture(source: BlockSource, dest: str, opts: CaptureOptions,
     try:
         writer, digests, first_chunk, bad = _open_writer(source, dest, opts, codec, progress, discards)
         try:
-            return _run(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started)
+            out = run_chunks(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started,
+                             control)
         finally:
             writer.close()
     finally:
         for thread in discards:
             if thread is not None:
                 thread.join()
-
-
-def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, writer: ImageWriter,
-         digests: Digests, first_chunk: int, bad: list[tuple[int, int]], progress: ProgressCallback,
-         started: float) -> CaptureResult:
-    size, cs = source.size, opts.chunk_size
-    n_chunks = -(-size // cs)
     amap = opts.allocation
-    zero_bytes = bytes(cs)
-    zeros = memoryview(zero_bytes)
-    n_buffers = int(os.environ.get("IU_NBUF", 2 * opts.threads + 4))
-    free: deque[bytearray] = deque(bytearray(cs) for _ in range(n_buffers))
-    read_chunk = opts.chunk_reader or _plain_reader(source)
-    ev = ProgressEvent("image", min(size, first_chunk * cs), size, writer.bytes_written, started=started)
-    zero_chunks = 0
-    read_bytes = 0
-    zero_crcs: dict[int, int] = {}
-
-    def zero_framed(length: int) -> Framed:
-        frame = codec.zero_frame(length)
-        crc = zero_crcs.get(length)
-        if crc is None:
-            crc = zero_crcs[length] = zlib.crc32(frame)
-        return frame, crc
-
-    def compress(view: memoryview) -> Framed:
-        frame = codec.compress(view)
-        return frame, zlib.crc32(frame)
-    # Each pending entry: ((frame, crc) or its future, digest future, buffer or None, length, bad ranges)
-    pending: deque[tuple[Future[Framed] | Framed, Future[None], bytearray | None, int, list[tuple[int, int]]]]
-    pending = deque()
-
-    def retire_one() -> None:
-        frame_or_fut, hashed, buf, length, bad_here = pending.popleft()
-        frame, crc = frame_or_fut if isinstance(frame_or_fut, tuple) else frame_or_fut.result()
-        hashed.result()
-        writer.add_chunk(frame, length, crc)
-        if bad_here:
-            writer.add_event(Event(writer.chunks_written - 1, bad_here))
-        if buf is not None:
-            free.append(buf)
-        ev.done = min(size, ev.done + length)
-        ev.output_bytes = writer.bytes_written
-        ev.read_bytes = read_bytes
-        progress(ev)
-
-    with ThreadPoolExecutor(opts.threads, thread_name_prefix="compress") as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher:
-        try:
-            for i in range(first_chunk, n_chunks):
-                off = i * cs
-                length = min(cs, size - off)
-                used = [(off, length)] if amap is None else amap.used_in(off, length)
-                if used and amap is None and _is_hole(source, off, length):
-                    used = []  # a hole of a sparse file: zeros, without reading them
-                if not used:
-                    zero_chunks += 1
-                    pending.append((zero_framed(length),
-                                    hasher.submit(digests.update_chunk, zeros[:length], off, amap),
-                                    None, length, []))
-                else:
-                    while not free:
-                        retire_one()
-                    buf = free.popleft()
-                    view = memoryview(buf)[:length]
-                    bad_here = _fill(view, off, used, read_chunk, zeros)
-                    read_bytes += sum(n for _, n in used)
-                    bad.extend(bad_here)
-                    if (buf == zero_bytes) if length == cs else (bytes(view) == zero_bytes[:length]):
-                        zero_chunks += 1
-                        pending.append((zero_framed(length),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
-                                        buf, length, bad_here))
-                    else:
-                        pending.append((pool.submit(compress, view),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
-                                        buf, length, bad_here))
-                while pending and (len(pending) > n_buffers or _done(pending[0][0])):
-                    retire_one()
-            while pending:
-                retire_one()
-        except KeyboardInterrupt:
-            _abandon(pending)
-            writer.sync()
-            raise Interrupted(
-                f"interrupted at {ev.done} of {size} bytes; the partial image {dest} is kept: "
-                "resume with --resume (same source, DEST and options)"
-            ) from None
-        except BaseException:
-            _abandon(pending)
-            raise
-    trailer_meta = {
-        "finished": utc_now(),
-        "digests": digests.hexdigests(),
-        "digest_covers": "allocated bytes in volume order" if amap is not None else "all image bytes",
-        "stats": {"chunks": n_chunks, "zero_chunks_this_run": zero_chunks, "read_bytes_this_run": read_bytes},
-    }
-    paths = writer.finish(Trailer(size, n_chunks, trailer_meta, sorted(bad)))
-    progress(ev)
     return CaptureResult(
-        paths=paths, source_size=size, image_bytes=writer.bytes_written, chunks=n_chunks,
-        zero_chunks=zero_chunks, read_bytes=read_bytes, digests=digests.hexdigests(),
-        elapsed=time.monotonic() - started, resumed_at=min(size, first_chunk * cs), bad_ranges=sorted(bad),
-        used_bytes=amap.used_bytes if amap is not None else None,
+        paths=out.paths, source_size=source.size, image_bytes=writer.bytes_written,
+        chunks=-(-source.size // opts.chunk_size), zero_chunks=out.zero_chunks, read_bytes=out.read_bytes,
+        digests=digests.hexdigests(), elapsed=time.monotonic() - started, resumed_at=out.event.start_done,
+        bad_ranges=out.bad_ranges, used_bytes=amap.used_bytes if amap is not None else None, event=out.event,
+        pacing=opts.throttle.stats() if opts.throttle is not None else None,
     )
-
-
-def _is_hole(source: BlockSource, offset: int, length: int) -> bool:
-    return all(e.kind is ExtentKind.ZERO for e in source.extents(offset, length))
-
-
-def _done(item: Future[Framed] | Framed) -> bool:
-    return isinstance(item, tuple) or item.done()
-
-
-def _abandon(pending: deque[Any]) -> None:
-    for frame_or_fut, hashed, *_ in pending:
-        if isinstance(frame_or_fut, Future):
-            frame_or_fut.cancel()
-        hashed.cancel()
-    pending.clear()
-
-
-def _plain_reader(source: BlockSource) -> ChunkReader:
-    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
-        source.readinto_at(offset, buf)
-        return []
-
-    return read
-
-
-def _fill(view: memoryview, off: int, used: list[tuple[int, int]], read_chunk: ChunkReader,
-          zeros: memoryview) -> list[tuple[int, int]]:
-    """Read the used ranges of one chunk into ``view``; everything else becomes zeros."""
-    length = len(view)
-    if used == [(off, length)]:
-        return read_chunk(off, view)
-    view[:] = zeros[:length]
-    bad: list[tuple[int, int]] = []
-    for o, n in used:
-        bad.extend(read_chunk(o, view[o - off : o - off + n]))
-    return bad

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..image.digests import SUPPORTED, Digests
 from ..image.reader import ImageReader
-from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..progress import COMPRESSION, TARGET, JobControl, ProgressCallback, ProgressEvent, StageClock, no_progress
 
 
 @dataclass
@@ -93,8 +93,10 @@ def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool
 
 def restore(reader: ImageReader, target: str, *, force: bool = False,
             confirm: Callable[[], bool] | None = None, threads: int | None = None, verify: bool = False,
-            progress: ProgressCallback = no_progress) -> RestoreResult:
-    """Write the image's bytes to ``target``; a block device is written only if ``confirm()`` says yes."""
+            progress: ProgressCallback = no_progress, control: JobControl | None = None) -> RestoreResult:
+    """Write the image's bytes to ``target``; a block device is written only if ``confirm()`` says yes.
+    ``control`` pauses between chunks (every chunk before it written) or cancels (``Interrupted``;
+    the target is then incomplete)."""
     started = time.monotonic()
     threads = threads or os.cpu_count() or 2
     kind = target_kind(target)
@@ -103,7 +105,10 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
     device = kind == "device"
     expected = dict((reader.trailer.meta if reader.trailer else {}).get("digests", {}))
     digests = Digests([n for n in expected if n in SUPPORTED] if verify else [])
-    ev = ProgressEvent("restore", 0, reader.size)
+    window = 2 * threads + 2
+    ev = ProgressEvent("restore", 0, reader.size, chunk_size=reader.chunk_size, max_workers=threads,
+                       max_depth=window + 1)
+    clock = StageClock()
     zeros = memoryview(bytes(reader.chunk_size))
     written = holes = 0
     try:
@@ -120,22 +125,34 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                     if verify:
                         digests.update_chunk(zeros[:n], offset, reader.allocation)
                 else:
+                    t0 = clock.now()
                     data = fut.result()
                     if verify:
                         digests.update_chunk(data, offset, reader.allocation)
+                    t1 = clock.now()
                     try:
                         pwrite_all(fd, data, offset)
                     except OSError as e:
                         raise _write_error(e, target, offset) from None
+                    clock.add(COMPRESSION, t1 - t0)
+                    clock.add(TARGET, clock.now() - t1)
                     written += n
                 ev.done += n
                 ev.output_bytes = written
+                ev.depth = len(pending)
+                clock.fill(ev)
                 progress(ev)
 
             for index in range(reader.chunk_count):
+                if control is not None and control.stop_requested:
+                    while pending:
+                        take()
+                    control.checkpoint(ev, progress, f"restore cancelled at byte {ev.done} of {reader.size}; "
+                                       f"{target} is incomplete")
+                    clock.restart()
                 hole = not device and reader.is_zero_chunk(index)
                 pending.append((index, None if hole else pool.submit(reader.decode_chunk, index)))
-                if len(pending) > 2 * threads + 2:
+                if len(pending) > window:
                     take()
             while pending:
                 take()

@@ -1,0 +1,217 @@
+"""The ``image`` use case as the CLI and the GUI both run it: one request, the CLI's defaults and checks.
+
+``ImageRequest`` holds what a user asks for (already parsed into numbers);
+``run_image`` opens the source, checks its mounts, reads its identity, applies
+``--offset/--length``, ``--used-only``, ``--rescue`` and the rate limits, and
+calls ``capture``.  ``ImageRequest.command()`` is the equivalent command line,
+which the GUI shows so a job can be repeated in a script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..blocks import BlockSource, WindowSource
+from ..devices.identity import identity_mismatch, source_identity
+from ..devices.mounts import check_source_mounts
+from ..devices.pacing import AdaptiveThrottle, device_name
+from ..devices.rescue import RescueReader
+from ..devices.source import FileSource
+from ..devices.throttle import Throttle
+from ..errors import SourceIOError, UnsupportedError, UsageError
+from ..filesystems import allocation_map
+from ..format import c_image as c
+from ..image.digests import DEFAULT
+from ..progress import JobControl, ProgressCallback, no_progress
+from ..units import format_size
+from .capture import CaptureOptions, CaptureResult, ChunkReader, Pacer, capture
+
+PROGRAM = "imaging-utility"
+USED_ONLY_MODES = (None, "yes", "auto")
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 2
+
+
+@dataclass
+class ImageRequest:
+    """One ``image`` job.  Field defaults are the command line's defaults."""
+
+    source: str
+    dest: str
+    chunk_size: int = c.DEFAULT_CHUNK_SIZE
+    level: int = c.DEFAULT_LEVEL
+    threads: int = field(default_factory=default_threads)
+    split_size: int | None = None
+    digests: tuple[str, ...] = DEFAULT
+    force: bool = False
+    resume: bool = False
+    used_only: str | None = None  # None (full), "yes" (fail without a known filesystem) or "auto"
+    offset: int = 0
+    length: int | None = None
+    direct: bool = False
+    rescue: bool = False
+    retries: int = 1
+    max_throughput: int | None = None
+    adaptive_rate_limit: bool = False
+    allow_mounted: bool = False
+
+    def options(self) -> CaptureOptions:
+        """The capture options, validated (``UsageError`` names the bad option)."""
+        if not self.source or not self.dest:
+            raise UsageError("image needs a SOURCE and a DEST")
+        if self.force and self.resume:
+            raise UsageError("--force and --resume exclude each other")
+        if self.used_only not in USED_ONLY_MODES:
+            raise UsageError(f"--used-only must be one of yes, auto, not {self.used_only!r}")
+        if self.retries < 0:
+            raise UsageError("--retries must be 0 or more")
+        if self.offset < 0 or (self.length is not None and self.length <= 0):
+            raise UsageError("--offset must be 0 or more and --length more than 0")
+        if self.max_throughput is not None and self.max_throughput < 1:
+            raise UsageError("--max-throughput must be at least 1 byte per second")
+        opts = CaptureOptions(chunk_size=self.chunk_size, level=self.level, threads=self.threads,
+                              split_size=self.split_size, digests=self.digests, force=self.force,
+                              resume=self.resume)
+        opts.validate()
+        return opts
+
+    def command(self, *, resume: bool | None = None) -> list[str]:
+        """The equivalent command line (defaults left out); ``resume=True`` gives the one that continues it."""
+        d = ImageRequest(self.source, self.dest)
+        argv = [PROGRAM, "image"]
+        if self.used_only == "yes":
+            argv.append("--used-only")
+        elif self.used_only == "auto":
+            argv.append("--used-only=auto")
+        pairs: list[tuple[str, object, object, Callable[[Any], str]]] = [
+            ("--chunk-size", self.chunk_size, d.chunk_size, format_size),
+            ("--level", self.level, d.level, str),
+            ("--threads", self.threads, d.threads, str),
+            ("--split-size", self.split_size, None, format_size),
+            ("--hash", self.digests, d.digests, lambda v: ",".join(v) or "none"),
+            ("--offset", self.offset, 0, format_size),
+            ("--length", self.length, None, format_size),
+            ("--retries", self.retries if self.rescue else 1, 1, str),
+            ("--max-throughput", self.max_throughput, None, format_size),
+        ]
+        for flag, value, default, spell in pairs:
+            if value != default and value is not None:
+                argv += [flag, spell(value)]
+        for flag, on in (("--direct", self.direct), ("--rescue", self.rescue),
+                         ("--adaptive-rate-limit", self.adaptive_rate_limit),
+                         ("--allow-mounted", self.allow_mounted)):
+            if on:
+                argv.append(flag)
+        resume = self.resume if resume is None else resume
+        if resume:
+            argv.append("--resume")
+        elif self.force:
+            argv.append("--force")
+        return [*argv, self.source, self.dest]
+
+    def command_line(self, *, resume: bool | None = None) -> str:
+        return shlex.join(self.command(resume=resume))
+
+
+def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, control: JobControl | None = None,
+              warn: Callable[[str], None] = lambda message: None) -> CaptureResult:
+    """Image ``req.source`` into ``req.dest``; ``warn`` gets one line per thing the user should know."""
+    opts = req.options()
+    with FileSource(req.source, direct=req.direct) as file_source:
+        for message in check_source_mounts(req.source, req.allow_mounted):
+            warn(message)
+        source: BlockSource = file_source
+        opts.identity = source_identity(req.source, file_source)
+        opts.identity_check = identity_mismatch
+        if req.offset or req.length:
+            length = req.length if req.length is not None else file_source.size - req.offset
+            if req.offset < 0 or length <= 0 or req.offset + length > file_source.size:
+                raise UsageError(f"--offset {req.offset} / --length {length} lie outside {req.source} "
+                                 f"({file_source.size} bytes)")
+            source = WindowSource(file_source, req.offset, length)
+            opts.identity.update(window_offset=req.offset, window_length=length)
+        if req.used_only:
+            _use_allocation_map(source, opts, req.used_only == "auto", warn)
+        opts.chunk_reader = _chunk_reader(source, req.source, req.rescue, req.retries)
+        opts.throttle = _pacer(req)
+        return capture(source, req.dest, opts, progress, control)
+
+
+def _pacer(req: ImageRequest) -> Pacer | None:
+    if req.adaptive_rate_limit:
+        return AdaptiveThrottle(req.max_throughput, device_name(req.source))
+    if req.max_throughput:
+        return Throttle(req.max_throughput)
+    return None
+
+
+def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int) -> ChunkReader:
+    rescuer = RescueReader(source, retries=retries) if rescue else None
+    locate = RescueReader(source, retries=0)
+
+    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
+        if rescuer is not None:
+            return rescuer.read_chunk(offset, buf)
+        try:
+            source.readinto_at(offset, buf)
+        except SourceIOError:
+            # Name the first unreadable sector, not just the start of the failed chunk.
+            bad = locate.read_chunk(offset, buf)
+            if not bad:
+                return []  # the retry read everything: a transient error
+            sector = bad[0][0] // source.sector_size
+            raise SourceIOError(
+                f"read error on {label} at byte {bad[0][0]} (sector {sector}): input/output error; "
+                "add --rescue to image past unreadable sectors (the partial image continues with --resume)",
+                offset=bad[0][0],
+            ) from None
+        return []
+
+    return read
+
+
+def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool,
+                        warn: Callable[[str], None]) -> None:
+    try:
+        info, amap = allocation_map(source)
+    except UnsupportedError as e:
+        if not fallback:
+            raise
+        warn(f"{e}; imaging in full (--used-only=auto)")
+        return
+    opts.allocation = amap
+    opts.filesystem = dataclasses.asdict(info)
+
+
+def capture_summary(result: CaptureResult) -> dict[str, Any]:
+    """The JSON-able summary of a finished capture (``image --json``)."""
+    ev = result.event
+    paused = ev.paused_seconds if ev is not None else 0.0
+    active = max(result.elapsed - paused, 1e-9)
+    return {
+        "image": result.paths,
+        "source_size": result.source_size,
+        "image_bytes": result.image_bytes,
+        "ratio": round(result.image_bytes / result.source_size, 4) if result.source_size else None,
+        "chunks": result.chunks,
+        "zero_chunks": result.zero_chunks,
+        "read_bytes": result.read_bytes,
+        "used_bytes": result.used_bytes,
+        "digests": result.digests,
+        "seconds": round(result.elapsed, 3),
+        "paused_seconds": round(paused, 3),
+        "throughput_mib_s": round((result.source_size - result.resumed_at) / active / 2**20, 1),
+        "resumed_at": result.resumed_at,
+        "zero_bytes": ev.zero_bytes if ev is not None else 0,
+        "unallocated_bytes": ev.unallocated_bytes if ev is not None else 0,
+        "bad_sectors": ev.bad_sectors if ev is not None else 0,
+        "bad_ranges": [{"offset": o, "length": n} for o, n in result.bad_ranges],
+        "rate_limit": result.pacing,
+    }
