@@ -61,3 +61,30 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
+
+
+def fixed_volumes() -> list[Any]:
+    """A made-up machine for the snapshots: the same rows on every run."""
+    from imaging_utility.ops.inventory import Volume
+
+    gib = 1 << 30
+    sda = Volume("sda", "/dev/sda", 500 * gib, model="ATA Samsung SSD 870", serial="S5Y1NX0R123456",
+                 transport="sata", mounts=("rw /",), read_write=True)
+    sda.partitions = [
+        Volume("sda1", "/dev/sda1", 512 << 20, number=1, fs="fat32", label="EFI", used=34 << 20,
+               mounts=("rw /boot/efi",), read_write=True),
+        Volume("sda2", "/dev/sda2", 499 * gib, number=2, fs="ext4", label="root", used=212 * gib,
+               mounts=("rw /",), read_write=True),
+    ]
+    sdb = Volume("sdb", "/dev/sdb", 2000 * gib, model="WDC WD20EZRZ-00Z", serial="WD-WCC4M1234567",
+                 transport="usb")
+    sdb.partitions = [
+        Volume("sdb1", "/dev/sdb1", 1000 * gib, number=1, fs="ntfs", label="Windows", used=420 * gib),
+        Volume("sdb2", "/dev/sdb2", 1000 * gib, number=2, fs="exfat", label="Media", used=37 * gib,
+               mounts=("ro /mnt/media",)),
+    ]
+    loop = Volume("loop3", "/dev/loop3", 64 << 20, transport="loop")
+    loop.partitions = [Volume("loop3 #1", "/dev/loop3", 63 << 20, offset=1 << 20, number=1, fs="ext4",
+                              label="data", used=5 << 20,
+                              note="no /dev node: imaged as --offset 1048576 --length 66060288 of /dev/loop3")]
+    return [loop, sda, sdb]

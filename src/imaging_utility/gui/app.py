@@ -105,18 +105,8 @@ class ImagingApp(App[int]):
         self.push_screen(FormScreen(op, sel), callback=self._planned)
 
     def _planned(self, plan: Plan | None) -> None:
-        if plan is None:
-            return
-        if plan.confirmation is None:
+        if plan is not None:
             self.start(plan)
-            return
-
-        def answered(ok: bool | None) -> None:
-            if ok:
-                plan.confirmed = True
-                self.start(plan)
-
-        self.push_screen(ConfirmScreen(plan.confirmation), callback=answered)
 
     def start(self, plan: Plan, *, autostart: bool = True) -> DashboardScreen:
         self.dashboard = DashboardScreen(Job(plan), clock=self.clock, autostart=autostart)

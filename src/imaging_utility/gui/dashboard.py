@@ -78,7 +78,10 @@ class DashboardScreen(Screen[None]):
     DashboardScreen #stats { height: 6; padding: 0 1; }
     DashboardScreen Sparkline { height: 2; margin: 0 1; }
     DashboardScreen #command { height: auto; max-height: 3; padding: 0 1; color: $success; }
-    DashboardScreen RichLog { height: 1fr; min-height: 3; border-top: solid $primary; padding: 0 1; }
+    DashboardScreen RichLog {
+        height: 1fr; min-height: 3; border-top: solid $primary; padding: 0 1; overflow-x: hidden;
+        scrollbar-size-vertical: 1;
+    }
     """
     BINDINGS: ClassVar[list[BindingType]] = [Binding("p", "pause", "Pause/Resume"), Binding("c", "cancel", "Cancel"),
                 Binding("escape", "back", "Back")]

@@ -91,6 +91,11 @@ class ChooseScreen(ModalScreen[Operation | None]):
             yield Label(self.what, markup=False)
             yield OptionList(*(Option(op.title, id=op.key) for op in self.operations))
 
+    def on_mount(self) -> None:
+        options = self.query_one(OptionList)
+        options.highlighted = 0
+        options.focus()
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.operations[event.option_index])
 

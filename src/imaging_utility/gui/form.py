@@ -13,12 +13,14 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
 from ..errors import Error
+from .dialogs import ConfirmScreen
 from .job import Plan
 from .operation import Field, Operation, Selection, Values, describe
 
 
 class FormScreen(Screen[Plan | None]):
-    """Dismisses with the validated plan (Start) or None (Back)."""
+    """Dismisses with the validated, confirmed plan (Start) or None (Back); a declined
+    confirmation comes back here."""
 
     DEFAULT_CSS = """
     FormScreen #what { text-style: bold; padding: 0 1; }
@@ -126,7 +128,16 @@ class FormScreen(Screen[Plan | None]):
         except Error as e:
             self.query_one("#error", Static).update(f"✗ {e}")
             return
-        self.dismiss(plan)
+        if plan.confirmation is None:
+            self.dismiss(plan)
+            return
+
+        def answered(ok: bool | None) -> None:
+            if ok:
+                plan.confirmed = True
+                self.dismiss(plan)
+
+        self.app.push_screen(ConfirmScreen(plan.confirmation), callback=answered)
 
     def action_back(self) -> None:
         self.dismiss(None)
