@@ -19,6 +19,7 @@ from pathlib import Path
 from conftest import need_tools
 
 EIO_FUSE = Path(__file__).with_name("eio_fuse.py")
+SLOW_FUSE = Path(__file__).with_name("slow_fuse.py")
 
 
 def random_file(path: Path, size: int, seed: int = 1) -> bytes:
@@ -77,13 +78,23 @@ def mounted(dev: str, mountpoint: Path, read_only: bool = False) -> Iterator[Pat
 @contextmanager
 def eio_fuse(backing: Path, mountpoint: Path, bad_sectors: set[int], sector_size: int = 512) -> Iterator[str]:
     """Mount the test FUSE filesystem; yields the path of its file, which fails ``bad_sectors``."""
+    with _fuse([str(EIO_FUSE), str(backing), str(mountpoint), str(sector_size),
+                ",".join(map(str, sorted(bad_sectors)))], mountpoint) as disk:
+        yield disk
+
+
+@contextmanager
+def slow_fuse(mountpoint: Path, size: int, delay_file: Path) -> Iterator[str]:
+    """Mount a FUSE file of ``size`` bytes whose every read sleeps the seconds written in ``delay_file``."""
+    with _fuse([str(SLOW_FUSE), str(mountpoint), str(size), str(delay_file)], mountpoint) as disk:
+        yield disk
+
+
+@contextmanager
+def _fuse(args: list[str], mountpoint: Path) -> Iterator[str]:
     need_tools("fusermount3")
     mountpoint.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, str(EIO_FUSE), str(backing), str(mountpoint), str(sector_size),
-         ",".join(map(str, sorted(bad_sectors)))],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     disk = mountpoint / "disk"
     try:
         deadline = time.monotonic() + 10

@@ -10,10 +10,10 @@ limiter looks at two signals and adjusts a token bucket (``throttle.Throttle``):
 * **Read latency** of the source: from ``/proc/diskstats`` for a block device
   (milliseconds spent reading per byte read, over every reader of the device) or,
   for files and devices the kernel gives no statistics for, the time our own reads
-  took per byte.  Congestion is a latency more than ``LATENCY_FACTOR`` times the
-  lowest seen over the last ``BASELINE_SECONDS`` (the device's quiet latency; like
-  LEDBAT's base delay, it is forgotten slowly so a slower region of a disk is not
-  mistaken for contention for ever).
+  took per byte.  The quiet latency is the median of the intervals read at full
+  speed without congestion over the last ``BASELINE_SECONDS`` (a median, not the
+  minimum: a busy CPU alone moves single intervals by a factor of three or four).
+  Congestion is two intervals in a row more than ``LATENCY_FACTOR`` times that.
 
 Congested: the limit drops to ``DECREASE`` × the rate actually read (never below
 ``MIN_RATE``).  Clear: it rises by ``INCREASE``, and is lifted altogether once it no
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import stat
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +40,7 @@ DISKSTATS = "/proc/diskstats"
 
 INTERVAL = 0.5
 PRESSURE_LIMIT = 0.10
-LATENCY_FACTOR = 2.0
+LATENCY_FACTOR = 3.0
 #: Latency excess (seconds per MiB) below which a rise is noise, not contention.
 LATENCY_NOISE = 0.002
 BASELINE_SECONDS = 60.0
@@ -115,12 +116,14 @@ class AdaptiveThrottle:
         self._sleep = sleep
         self._bucket = Throttle(ceiling, clock=clock, sleep=sleep) if ceiling else None
         self._limit: float | None = None  # the adaptive limit, None while not congested
-        self._history: deque[tuple[float, float]] = deque()  # (time, latency s/MiB) per interval
+        self._history: deque[tuple[float, float]] = deque()  # (time, latency s/MiB) of quiet full-speed intervals
         self._since = clock()
         self._started = self._since
         self._bytes = 0
         self._read_seconds = 0.0
         self._read_bytes = 0
+        self._own_wait = 0.0
+        self._slow_before = False
         self._psi = pressure() if pressure else None
         self._disk = diskstats(device) if device else None
         # One latency source for the whole run: mixing the device's with our own (page-cache
@@ -143,6 +146,10 @@ class AdaptiveThrottle:
         self._read_bytes += nbytes
         self._read_seconds += seconds
 
+    def waited(self, seconds: float) -> None:
+        """Our own thread waited this long on other I/O (writing the image): not others' pressure."""
+        self._own_wait += seconds
+
     def consume(self, nbytes: int) -> None:
         """Account for ``nbytes`` about to be read; sleep as the current limit requires."""
         now = self._clock()
@@ -157,14 +164,18 @@ class AdaptiveThrottle:
         measured = self._bytes / span
         pressure = self._others_waiting(span)
         latency = self._latency()
-        if latency is not None:
-            self._history.append((now, latency))
-        while self._history and now - self._history[0][0] > BASELINE_SECONDS:
-            self._history.popleft()
-        baseline = min((lat for _, lat in self._history), default=None)
-        slow = (latency is not None and baseline is not None and latency > baseline * LATENCY_FACTOR
-                and latency - baseline > LATENCY_NOISE)
+        baseline = statistics.median(lat for _, lat in self._history) if len(self._history) >= 3 else None
+        slow_now = (latency is not None and baseline is not None and latency > baseline * LATENCY_FACTOR
+                    and latency - baseline > LATENCY_NOISE)
+        # One slow interval can be a hiccup (a page fault storm, a flush): two in a row are contention.
+        slow, self._slow_before = slow_now and self._slow_before, slow_now
         busy = pressure is not None and pressure > PRESSURE_LIMIT
+        if latency is not None and self._limit is None and not (slow_now or busy):
+            # The quiet latency is learnt only at full speed: throttled reads meet less of our own
+            # queueing, and would make a baseline that full speed could never match again.
+            self._history.append((now, latency))
+            while now - self._history[0][0] > BASELINE_SECONDS:
+                self._history.popleft()
         if self._limit is not None:
             self.limited_seconds += span
         if slow or busy:
@@ -175,7 +186,7 @@ class AdaptiveThrottle:
                 self.last_reason = f"others waited on I/O {pressure * 100:.0f}% of the time"
             elif latency is not None and baseline is not None:
                 self.last_reason = f"source latency {latency * 1000:.1f} ms/MiB, quiet {baseline * 1000:.1f} ms/MiB"
-        elif self._limit is not None:
+        elif self._limit is not None and not slow_now:
             raised = self._limit * INCREASE
             if (self.ceiling and raised >= self.ceiling) or raised > LIFT_FACTOR * max(measured, MIN_RATE):
                 self._set(None)
@@ -185,6 +196,7 @@ class AdaptiveThrottle:
         self._bytes = 0
         self._read_seconds = 0.0
         self._read_bytes = 0
+        self._own_wait = 0.0
 
     def _set(self, limit: float | None) -> None:
         self._limit = limit
@@ -206,7 +218,7 @@ class AdaptiveThrottle:
         before, self._psi = self._psi, total
         if total is None or before is None:
             return None
-        return (total - before) / 1e6 / span - self._read_seconds / span
+        return (total - before) / 1e6 / span - (self._read_seconds + self._own_wait) / span
 
     def _latency(self) -> float | None:
         """Seconds per MiB read in the last interval: the device's, else our own reads'."""

@@ -87,6 +87,9 @@ class Throttle:
     def observe(self, nbytes: int, seconds: float) -> None:
         """A read of ``nbytes`` took ``seconds``: a fixed limit does not care."""
 
+    def waited(self, seconds: float) -> None:
+        """The reader's thread waited on other I/O: a fixed limit does not care."""
+
     def set_rate(self, rate_bytes_per_sec: int) -> None:
         with self._lock:
             now = self._clock()

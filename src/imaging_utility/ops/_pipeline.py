@@ -115,7 +115,10 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         if bad_here:
             writer.add_event(Event(writer.chunks_written - 1, bad_here))
         clock.add(COMPRESSION, t1 - t0)
-        clock.add(TARGET, clock.now() - t1)
+        wrote = clock.now() - t1
+        clock.add(TARGET, wrote)
+        if throttle is not None:
+            throttle.waited(wrote)
         if buf is not None:
             free.append(buf)
         ev.done = min(size, ev.done + length)
