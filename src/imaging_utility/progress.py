@@ -198,10 +198,11 @@ class StageClock:
         self._busy = 0.0
         self._since = self._clock()
 
-    def fill(self, ev: ProgressEvent) -> None:
+    def fill(self, ev: ProgressEvent, *, final: bool = False) -> None:
+        """Every ``window`` seconds; ``final``: now, from whatever the window holds (a short job's last event)."""
         now = self._clock()
         span = now - self._since
-        if span < self.window:
+        if span < self.window and not (final and span > 0 and self._spent):
             return
         if self._spent:
             ev.bottleneck = max(self._spent.items(), key=lambda kv: kv[1])[0]

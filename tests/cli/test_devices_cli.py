@@ -29,7 +29,9 @@ def test_rescue_images_around_bad_sectors(tmp_path: Path, failing_disk: tuple[Pa
         proc = cli("image", "--chunk-size", "256K", disk, tmp_path / "plain.img", check=6)
         assert f"at byte {100 * SECTOR}" in proc.stderr and "sector 100" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
-        cli("image", "--rescue", "--retries", "2", "--chunk-size", "256K", disk, tmp_path / "r.img", check=3)
+        summary = cli("image", "--rescue", "--retries", "2", "--chunk-size", "256K", "--json", disk,
+                      tmp_path / "r.img", check=3)
+        assert json.loads(summary.stdout)["bad_sectors"] == len(bad)
     info = json.loads(cli("info", "--json", tmp_path / "r.img").stdout)
     expect = [{"offset": 100 * SECTOR, "length": 3 * SECTOR}, {"offset": 5000 * SECTOR, "length": SECTOR},
               {"offset": 9000 * SECTOR, "length": SECTOR}, {"offset": 12287 * SECTOR, "length": SECTOR}]

@@ -193,6 +193,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                     retire_one()
             while pending:
                 retire_one()
+            clock.fill(ev, final=not ev.bottleneck)
         except KeyboardInterrupt:
             _abandon(pending)
             writer.sync()
