@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -41,14 +40,11 @@ def rate(bps: float) -> str:
     return f"{human_bytes(bps)}/s" if bps > 0 else "--"
 
 
-def stats_table(ev: ProgressEvent | None, average: float, now: float, output_label: str) -> Table:
-    """The numbers, two label/value pairs a row (fits 80 columns)."""
-    grid = Table.grid(padding=(0, 1))
-    for style, width in (("bold", 11), ("", 26), ("bold", 11), ("", 24)):
-        grid.add_column(style=style, min_width=width, no_wrap=True)
+def stats_text(ev: ProgressEvent | None, average: float, now: float, output_label: str) -> Text:
+    """The numbers, two label/value pairs a line (fits 80 columns).  Plain text, not a table: it is
+    redrawn every second and must cost the engine nothing."""
     if ev is None:
-        grid.add_row("Status", "starting…", "", "")
-        return grid
+        return Text("starting…")
     elapsed = now - ev.started
     remaining = (ev.total - ev.done) / average if average > 0 and ev.total > ev.done else 0.0
     paused = f" ({duration(ev.paused_seconds)} paused)" if ev.paused_seconds >= 1 else ""
@@ -59,16 +55,27 @@ def stats_table(ev: ProgressEvent | None, average: float, now: float, output_lab
     limit = "none"
     if ev.rate_limit_mode:
         limit = f"{ev.rate_limit_mode} " + (rate(ev.rate_limit) if ev.rate_limit else "(not limiting)")
-    grid.add_row("Throughput", f"{rate(average)} (10 s avg)", "Elapsed", duration(elapsed) + paused)
-    grid.add_row("Done", f"{human_bytes(ev.done)} of {human_bytes(ev.total)}", "ETA",
-                 duration(remaining) if remaining else ("--" if ev.done < ev.total else "0:00:00"))
-    grid.add_row("Read", human_bytes(ev.read_bytes), output_label.capitalize() or "Written",
-                 human_bytes(ev.output_bytes) + ratio)
-    grid.add_row("Workers", f"{ev.workers:.1f} of {ev.max_workers}" if ev.max_workers else "-", "Pipeline", pipeline)
-    grid.add_row("Skipped", f"{human_bytes(ev.zero_bytes)} zero, {human_bytes(ev.unallocated_bytes)} unused",
-                 "Bad sectors", f"{ev.bad_sectors}" + (f" ({human_bytes(ev.bad_bytes)})" if ev.bad_bytes else ""))
-    grid.add_row("Bottleneck", ev.bottleneck or "-", "Rate limit", limit)
-    return grid
+    eta = duration(remaining) if remaining else ("--" if ev.done < ev.total else "0:00:00")
+    bad = f"{ev.bad_sectors}" + (f" ({human_bytes(ev.bad_bytes)})" if ev.bad_bytes else "")
+    rows = [
+        ("Throughput", f"{rate(average)} (10 s avg)", "Elapsed", duration(elapsed) + paused),
+        ("Done", f"{human_bytes(ev.done)} of {human_bytes(ev.total)}", "ETA", eta),
+        ("Read", human_bytes(ev.read_bytes), output_label.capitalize() or "Written",
+         human_bytes(ev.output_bytes) + ratio),
+        ("Workers", f"{ev.workers:.1f} of {ev.max_workers}" if ev.max_workers else "-", "Pipeline", pipeline),
+        ("Skipped", f"{human_bytes(ev.zero_bytes)} zero, {human_bytes(ev.unallocated_bytes)} unused",
+         "Bad sectors", bad),
+        ("Bottleneck", ev.bottleneck or "-", "Rate limit", limit),
+    ]
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for i, (k1, v1, k2, v2) in enumerate(rows):
+        if i:
+            text.append("\n")
+        text.append(f"{k1:<11} ", "bold")
+        text.append(f"{v1:<26} ")
+        text.append(f"{k2:<11} ", "bold")
+        text.append(v2)
+    return text
 
 
 class DashboardScreen(Screen[None]):
@@ -87,7 +94,7 @@ class DashboardScreen(Screen[None]):
                 Binding("escape", "back", "Back")]
 
     def __init__(self, job: Job, *, clock: Callable[[], float] = time.monotonic, autostart: bool = True,
-                 refresh_every: float = 0.5) -> None:
+                 refresh_every: float = 1.0) -> None:
         super().__init__()
         self.job = job
         self.clock = clock
@@ -96,6 +103,7 @@ class DashboardScreen(Screen[None]):
         self.state = "ready"
         self.error: str | None = None
         self.lines: list[str] = []
+        self._buckets_shown = -1
 
     def compose(self) -> ComposeResult:
         yield Static("", id="title")
@@ -140,13 +148,16 @@ class DashboardScreen(Screen[None]):
             else:
                 self.state = "running"
         title = Text.assemble((self.state.upper(), STATE_STYLE.get(self.state, "")), "  ", job.plan.title)
-        self.query_one("#title", Static).update(title)
+        self.query_one("#title", Static).update(title, layout=False)
         if ev is not None:
             bar = self.query_one(ProgressBar)
             bar.update(total=max(ev.total, 1), progress=ev.done)
         now = self.clock() if job.finished is None else job.finished
-        self.query_one("#stats", Static).update(stats_table(ev, job.history.average, now, job.plan.output_label))
-        self.query_one(Sparkline).data = list(job.history.buckets)
+        stats = stats_text(ev, job.history.average, now, job.plan.output_label)
+        self.query_one("#stats", Static).update(stats, layout=False)
+        if job.history.added != self._buckets_shown:
+            self._buckets_shown = job.history.added
+            self.query_one(Sparkline).data = list(job.history.buckets)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.name != "job":

@@ -53,6 +53,7 @@ class RateHistory:
         self._points: deque[tuple[float, int]] = deque()  # (active seconds, done)
         self.buckets: deque[float] = deque(maxlen=keep)  # MiB/s per ``bucket`` seconds, the last ``keep``
         self._bucket_start: tuple[float, int] | None = None
+        self.added = 0  # buckets ever added (``buckets`` keeps only the last ``keep``)
 
     def add(self, active: float, done: int) -> None:
         if self._points and active <= self._points[-1][0]:
@@ -65,6 +66,7 @@ class RateHistory:
         elif active - self._bucket_start[0] >= self.bucket:
             t0, d0 = self._bucket_start
             self.buckets.append((done - d0) / (active - t0) / (1 << 20))
+            self.added += 1
             self._bucket_start = (active, done)
 
     @property
