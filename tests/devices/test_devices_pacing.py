@@ -164,3 +164,13 @@ def test_engine_slows_down_while_the_source_is_slow_and_recovers(tmp_path: Path)
             control.cancel()
             thread.join(30)
     assert not errors, errors
+
+
+def test_a_latency_that_stays_high_is_learnt_again() -> None:
+    sim = Sim()
+    t = AdaptiveThrottle(pressure=None, clock=sim.clock, sleep=sim.sleep)
+    drive(t, sim, 10, read_time=0.004)
+    drive(t, sim, 5, read_time=0.040)
+    assert t.rate == MIN_RATE
+    drive(t, sim, 120, read_time=0.040)  # the disk is just slower from here on (an inner zone)
+    assert t.rate == 0, "after a minute the slower latency is the quiet one"

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..gui.app import ImagingApp
     except ImportError as e:
-        raise UsageError(f"gui needs the Textual package ({e}); install it with: pip install 'textual>=0.80'"
+        raise UsageError(f"gui needs the Textual package ({e}); install it with: pip install 'imaging-utility[gui]'"
                          ) from None
     app = ImagingApp(log_file=args.log_file, initial=args.path)
     code = app.run()

@@ -164,6 +164,8 @@ class AdaptiveThrottle:
         measured = self._bytes / span
         pressure = self._others_waiting(span)
         latency = self._latency()
+        while self._history and now - self._history[0][0] > BASELINE_SECONDS:
+            self._history.popleft()  # a latency that stays high becomes the new quiet one after a while
         baseline = statistics.median(lat for _, lat in self._history) if len(self._history) >= 3 else None
         slow_now = (latency is not None and baseline is not None and latency > baseline * LATENCY_FACTOR
                     and latency - baseline > LATENCY_NOISE)
@@ -174,8 +176,6 @@ class AdaptiveThrottle:
             # The quiet latency is learnt only at full speed: throttled reads meet less of our own
             # queueing, and would make a baseline that full speed could never match again.
             self._history.append((now, latency))
-            while now - self._history[0][0] > BASELINE_SECONDS:
-                self._history.popleft()
         if self._limit is not None:
             self.limited_seconds += span
         if slow or busy:
