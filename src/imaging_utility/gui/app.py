@@ -5,13 +5,16 @@ Screens: ``PickerScreen`` (disks, partitions, or an image/backup set to open) �
 options, the equivalent command line) → a ``ConfirmScreen`` where the command
 would ask → ``DashboardScreen`` (live numbers, pause/resume/cancel, a log).
 Quitting while a job runs asks first, then cancels it cleanly (the partial
-image is kept for ``--resume``).  ``l`` toggles a log file.
+image is kept for ``--resume``); SIGTERM does the same without asking (exit 130).
+``l`` toggles a log file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import stat
 import time
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from typing import ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from ..errors import Error, NotFoundError
+from ..errors import EXIT_INTERRUPTED, Error, NotFoundError
 from ..ops.inventory import Volume, list_volumes, probe
 from .dashboard import DashboardScreen, JobFinished
 from .dialogs import ChooseScreen, ConfirmScreen
@@ -56,9 +59,11 @@ class ImagingApp(App[int]):
         self.clock = clock
         self.initial = initial
         self.dashboard: DashboardScreen | None = None
-        self._quit_when_done = False
+        self._exit_code_when_done: int | None = None
 
     def on_mount(self) -> None:
+        # SIGTERM (a shutdown, a kill) ends a job the way quitting does: cleanly, the image resumable.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop_and_exit, EXIT_INTERRUPTED)
         self.picker = PickerScreen(self._volumes, self._probe)
         self.push_screen(self.picker)
         if self.initial:
@@ -130,18 +135,26 @@ class ImagingApp(App[int]):
             return
 
         def answered(ok: bool | None) -> None:
-            if ok and self.dashboard is not None and self.dashboard.running:
-                self._quit_when_done = True
-                self.dashboard.action_cancel()
-            elif ok:
-                self.exit(0)
+            if ok:
+                self.stop_and_exit(0)
 
         self.push_screen(ConfirmScreen(Confirmation("Quit while a job runs?", lines, accept="Cancel job and quit")),
                          callback=answered)
 
+    def stop_and_exit(self, code: int) -> None:
+        """Cancel a running job (it stops after the chunks in flight, the image kept) and exit with ``code``."""
+        if self.dashboard is not None and self.dashboard.running:
+            self._exit_code_when_done = code
+            self.dashboard.action_cancel()
+        else:
+            self.exit(code)
+
     def on_job_finished(self, message: JobFinished) -> None:
-        if self._quit_when_done:
-            self.exit(0)
+        if self._exit_code_when_done is not None:
+            self.exit(self._exit_code_when_done)
+
+    def on_unmount(self) -> None:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
 
     # --- log file ----------------------------------------------------------------------------------
     def _file_handler(self) -> logging.FileHandler | None:

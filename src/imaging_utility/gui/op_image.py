@@ -32,7 +32,7 @@ class ImageOperation:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", sel.name).strip("-") or "disk"
         return [
             Field("dest", "Image file", os.path.abspath(f"{name}.img.zst"), help="DEST"),
-            Field("mode", "Mode", "auto" if sel.fs else "full", choices=MODES),
+            Field("mode", "Mode", "full", choices=MODES),
             Field("level", "zstd level", str(d.level), help="1..22"),
             Field("chunk_size", "Chunk size", format_size(d.chunk_size), help="64K..256M"),
             Field("threads", "Threads", str(default_threads())),
