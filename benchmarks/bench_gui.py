@@ -29,15 +29,20 @@ TOOL = [PY, "-m", "imaging_utility"]
 _SUMMARY = re.compile(r"time ([\d.]+) s \(([\d.]+) s paused\), ([\d.]+) MiB/s")
 
 
-def _rss_mib(path: str) -> float:
-    return int(Path(path).read_text().split()[-1]) / 1024
+Run = tuple[float, float, float]  # engine MiB/s, peak RSS MiB, CPU seconds (user + system, whole process)
 
 
-def _cli_run(dev: str, dest: Path) -> tuple[float, float]:
-    with tempfile.NamedTemporaryFile("r") as rss:
-        out = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *TOOL, "image", "--force", "--json",
-                              dev, str(dest)], check=True, capture_output=True, text=True).stdout
-        return float(json.loads(out)["throughput_mib_s"]), _rss_mib(rss.name)
+def _time_file(path: str) -> tuple[float, float]:
+    """(peak RSS MiB, CPU seconds) from GNU time's ``%M %U %S``."""
+    rss, user, system = Path(path).read_text().split()[-3:]
+    return int(rss) / 1024, float(user) + float(system)
+
+
+def _cli_run(dev: str, dest: Path) -> Run:
+    with tempfile.NamedTemporaryFile("r") as tf:
+        out = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", tf.name, *TOOL, "image", "--force",
+                              "--json", dev, str(dest)], check=True, capture_output=True, text=True).stdout
+        return (float(json.loads(out)["throughput_mib_s"]), *_time_file(tf.name))
 
 
 class _Tmux:
@@ -59,14 +64,14 @@ class _Tmux:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], check=False, capture_output=True)
 
 
-def _gui_run(dev: str, work: Path) -> tuple[float, float]:
+def _gui_run(dev: str, work: Path) -> Run:
     log = work / "gui.log"
     log.unlink(missing_ok=True)
     rss = work / "gui.rss"
     done = work / "gui.done"
     done.unlink(missing_ok=True)
     env = f"PYTHONPATH={shlex.quote(os.pathsep.join(sys.path))}"
-    cmd = (f"cd {shlex.quote(str(work))} && {env} /usr/bin/time -f %M -o {shlex.quote(str(rss))} "
+    cmd = (f"cd {shlex.quote(str(work))} && {env} /usr/bin/time -f '%M %U %S' -o {shlex.quote(str(rss))} "
            f"{shlex.quote(PY)} -m imaging_utility gui --log-file gui.log {dev}; touch {shlex.quote(str(done))}")
     tmux = _Tmux()
     try:
@@ -85,7 +90,7 @@ def _gui_run(dev: str, work: Path) -> tuple[float, float]:
     m = _SUMMARY.search(log.read_text())
     if m is None:
         raise SystemExit(f"gui benchmark: no summary in {log}")
-    return float(m.group(3)), _rss_mib(str(rss))
+    return (float(m.group(3)), *_time_file(str(rss)))
 
 
 def bench_gui(src: Path, work: Path, reps: int) -> None:
@@ -99,7 +104,7 @@ def bench_gui(src: Path, work: Path, reps: int) -> None:
     dest = work / f"{os.path.basename(dev)}.img.zst"  # the GUI form's default DEST in its working directory
     try:
         subprocess.run(["cat", dev], stdout=subprocess.DEVNULL, check=True)  # warm the device's page cache
-        runs: dict[str, list[tuple[float, float]]] = {"cli": [], "gui": []}
+        runs: dict[str, list[Run]] = {"cli": [], "gui": []}
         for _ in range(reps):
             for name in ("cli", "gui"):
                 dest.unlink(missing_ok=True)
@@ -111,13 +116,16 @@ def bench_gui(src: Path, work: Path, reps: int) -> None:
     n = src.stat().st_size
     print(f"\n## GUI dashboard cost — imaging {src.name} ({n / 2**20:,.0f} MiB) from a loop device, "
           f"{os.cpu_count()} CPUs, median of {reps}\n")
-    print("| run | engine throughput | peak RSS |\n|---|---|---|")
-    med = {k: statistics.median(t for t, _ in v) for k, v in runs.items()}
-    peak = {k: max(r for _, r in v) for k, v in runs.items()}
-    print(f"| `imaging-utility image DEV DEST` | {med['cli']:,.1f} MiB/s | {peak['cli']:,.0f} MiB |")
+    print("| run | engine throughput | peak RSS | CPU (whole process) |\n|---|---|---|---|")
+    med = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
+    peak = {k: max(r[1] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r[2] for r in v) for k, v in runs.items()}
+    print(f"| `imaging-utility image DEV DEST` | {med['cli']:,.1f} MiB/s | {peak['cli']:,.0f} MiB | "
+          f"{cpu['cli']:.1f} s |")
     print(f"| `imaging-utility gui DEV` (tmux, 120×40, dashboard live) | {med['gui']:,.1f} MiB/s | "
-          f"{peak['gui']:,.0f} MiB |")
+          f"{peak['gui']:,.0f} MiB | {cpu['gui']:.1f} s |")
     cost = (1 - med["gui"] / med["cli"]) * 100
     extra = peak["gui"] - peak["cli"]
-    print(f"\ndashboard cost: {cost:+.1f}% throughput (target ≤ 3%), {extra:+.0f} MiB peak RSS (target ≤ 30 MiB)"
-          f"; every run: cli {[round(t) for t, _ in runs['cli']]}, gui {[round(t) for t, _ in runs['gui']]} MiB/s")
+    print(f"\ndashboard cost: {cost:+.1f}% throughput (target ≤ 3%), {extra:+.0f} MiB peak RSS (target ≤ 30 MiB), "
+          f"{cpu['gui'] - cpu['cli']:+.1f} s CPU (start-up included); every run: "
+          f"cli {[round(r[0]) for r in runs['cli']]}, gui {[round(r[0]) for r in runs['gui']]} MiB/s")
