@@ -151,7 +151,7 @@ def test_quit_while_running_asks_then_cancels_cleanly(tmp_path: Path, source_dev
             # "Cancel job and quit" and SIGTERM end it the same way; SIGTERM says so in the exit code.
             os.kill(os.getpid(), signal.SIGTERM)
             await wait_for(pilot, lambda: not app.is_running, timeout=60, what="the app to exit")
-        assert app.return_code == 130
+        assert app.return_value == 130
 
     run(go())
     assert 0 < dest.stat().st_size < SIZE // 4

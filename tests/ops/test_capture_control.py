@@ -54,41 +54,36 @@ def test_pause_stops_reads_and_writes_then_resumes_identically(tmp_path: Path, s
     control = JobControl()
     seen: list[ProgressEvent] = []
     paused = threading.Event()
-    checked: dict[str, object] = {}
+    during: list[tuple[int, int]] = []  # (source reads, image size) at the start and the end of the pause
 
     def on_event(ev: ProgressEvent) -> None:
-        seen.append(ProgressEvent(**{**ev.__dict__}))
-        if ev.done >= 6 * MiB and not control.pause_requested and "reads" not in checked:
+        seen.append(ProgressEvent(**ev.__dict__))
+        if ev.done >= 6 * MiB and not during and not control.pause_requested:
             control.pause()
         if ev.paused:
             paused.set()
 
-    def watch() -> None:
-        assert paused.wait(60)
-        src_reads = source_holder[0].reads if source_holder else None
-        size = dest.stat().st_size
-        time.sleep(1.5)
-        checked["reads"] = (src_reads, source_holder[0].reads if source_holder else None)
-        checked["size"] = (size, dest.stat().st_size)
-        control.resume()
-
-    source_holder: list[CountingSource] = []
-    watcher = threading.Thread(target=watch)
-    watcher.start()
     with CountingSource(str(src)) as s:
-        source_holder.append(s)
+        def watch() -> None:
+            assert paused.wait(60)
+            during.append((s.reads, dest.stat().st_size))
+            time.sleep(1.5)
+            during.append((s.reads, dest.stat().st_size))
+            control.resume()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         opts = CaptureOptions(identity={"kind": "file", "size": s.size}, chunk_size=256 * 1024,
                               throttle=Throttle(8 * MiB))
         result = capture(s, str(dest), opts, on_event, control)
-    watcher.join()
-    reads, size = checked["reads"], checked["size"]
-    assert isinstance(reads, tuple) and reads[0] == reads[1], "the source was read while paused"
-    assert isinstance(size, tuple) and size[0] == size[1], "the image grew while paused"
+        watcher.join()
+    assert len(during) == 2 and during[0] == during[1], "the source was read or the image grew while paused"
     pauses = [ev for ev in seen if ev.paused]
     assert pauses and all(ev.depth == 0 for ev in pauses), "a pause leaves no chunk in flight"
     assert result.event is not None and result.event.paused_seconds >= 1.4
     assert data_frames(dest) == data_frames(ref)
-    assert result.digests == open_image(str(ref)).trailer.meta["digests"]  # type: ignore[union-attr]
+    with open_image(str(ref)) as reader:
+        assert reader.trailer is not None and result.digests == reader.trailer.meta["digests"]
 
 
 def test_cancel_keeps_a_resumable_image(tmp_path: Path, source: tuple[Path, Path]) -> None:
