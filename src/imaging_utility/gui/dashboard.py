@@ -104,6 +104,7 @@ class DashboardScreen(Screen[None]):
         self.error: str | None = None
         self.lines: list[str] = []
         self._buckets_shown = -1
+        self._title_state = ""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="title")
@@ -147,8 +148,10 @@ class DashboardScreen(Screen[None]):
                 self.state = "pausing"
             else:
                 self.state = "running"
-        title = Text.assemble((self.state.upper(), STATE_STYLE.get(self.state, "")), "  ", job.plan.title)
-        self.query_one("#title", Static).update(title, layout=False)
+        if self.state != self._title_state:
+            self._title_state = self.state
+            title = Text.assemble((self.state.upper(), STATE_STYLE.get(self.state, "")), "  ", job.plan.title)
+            self.query_one("#title", Static).update(title, layout=False)
         if ev is not None:
             bar = self.query_one(ProgressBar)
             bar.update(total=max(ev.total, 1), progress=ev.done)

@@ -81,6 +81,8 @@ class PickerScreen(Screen[None]):
         self._probe = probe
         self.volumes: list[Volume] = []
         self._rows: dict[str, Volume] = {}
+        self._probed_upto = 0
+        self._generation = 0
 
     def compose(self) -> ComposeResult:
         yield Static("Pick a source disk or partition, or open an image or backup set", id="title")
@@ -100,19 +102,34 @@ class PickerScreen(Screen[None]):
 
     def action_refresh(self) -> None:
         self.volumes = self._list()
+        self._probed_upto = 0
+        self._generation += 1
         self._fill()
-        if self._probe is not None:
+        self._probe_rest()
+
+    def on_screen_resume(self) -> None:
+        self._probe_rest()
+
+    def _probe_rest(self) -> None:
+        if self._probe is not None and self._probed_upto < len(self.volumes):
             self.run_worker(self._probe_all, thread=True, exclusive=True, group="probe", exit_on_error=False)
 
     def _probe_all(self) -> None:
+        """Fill in filesystems, labels and used space while this screen is shown: reading allocation
+        bitmaps must not compete with a job the user started meanwhile."""
         assert self._probe is not None
-        volumes = list(self.volumes)
-        for i, vol in enumerate(volumes):
-            volumes[i] = self._probe(vol)
-            self.app.call_from_thread(self._probed, list(volumes))
+        volumes, generation = list(self.volumes), self._generation
+        for i in range(self._probed_upto, len(volumes)):
+            if self.app.screen is not self or generation != self._generation:
+                return  # resumed by on_screen_resume, or a refresh started over
+            volumes[i] = self._probe(volumes[i])
+            self.app.call_from_thread(self._probed, list(volumes), i + 1, generation)
 
-    def _probed(self, volumes: list[Volume]) -> None:
+    def _probed(self, volumes: list[Volume], upto: int, generation: int) -> None:
+        if generation != self._generation:
+            return
         self.volumes = volumes
+        self._probed_upto = upto
         self._fill()
 
     def _fill(self) -> None:
