@@ -118,7 +118,6 @@ class AdaptiveThrottle:
         self._limit: float | None = None  # the adaptive limit, None while not congested
         self._history: deque[tuple[float, float]] = deque()  # (time, latency s/MiB) of quiet full-speed intervals
         self._since = clock()
-        self._started = self._since
         self._bytes = 0
         self._read_seconds = 0.0
         self._read_bytes = 0
@@ -192,6 +191,16 @@ class AdaptiveThrottle:
                 self._set(None)
             else:
                 self._set(raised)
+        self._reset(now)
+
+    def restart(self) -> None:
+        """Reads stopped for a while (a pause): start a fresh interval instead of judging that one."""
+        self._psi = self._pressure() if self._pressure else None
+        self._disk = self._diskstats(self.device) if self.device else None
+        self._slow_before = False
+        self._reset(self._clock())
+
+    def _reset(self, now: float) -> None:
         self._since = now
         self._bytes = 0
         self._read_seconds = 0.0

@@ -90,6 +90,9 @@ class Throttle:
     def waited(self, seconds: float) -> None:
         """The reader's thread waited on other I/O: a fixed limit does not care."""
 
+    def restart(self) -> None:
+        """Reads stopped for a while (a pause): the bucket's burst cap already covers it."""
+
     def set_rate(self, rate_bytes_per_sec: int) -> None:
         with self._lock:
             now = self._clock()

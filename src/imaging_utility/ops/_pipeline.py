@@ -139,6 +139,8 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         control.checkpoint(ev, progress, f"cancelled at {ev.done} of {size} bytes; the partial image {dest} "
                            "is kept: resume with --resume (same source, DEST and options)")
         clock.restart()
+        if throttle is not None:
+            throttle.restart()
 
     with ThreadPoolExecutor(opts.threads, thread_name_prefix="compress") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher:
