@@ -99,9 +99,10 @@ def _gui_run(dev: str, work: Path) -> Run:
 
 def _headless_run(dev: str, work: Path) -> tuple[float, float]:
     """(engine MiB/s, dashboard-thread CPU seconds per second of the job) from a headless GUI run."""
-    out = subprocess.run([PY, __file__, "--headless", dev, str(work)], check=True, capture_output=True,
-                         text=True).stdout
-    data = json.loads(out.strip().splitlines()[-1])
+    proc = subprocess.run([PY, __file__, "--headless", dev, str(work)], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"headless gui run failed:\n{proc.stderr[-3000:]}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
     return float(data["mib_s"]), float(data["ui_cpu_per_s"])
 
 
