@@ -64,7 +64,7 @@ class ImagingApp(App[int]):
     def on_mount(self) -> None:
         # SIGTERM (a shutdown, a kill) ends a job the way quitting does: cleanly, the image resumable.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop_and_exit, EXIT_INTERRUPTED)
-        self.picker = PickerScreen(self._volumes, self._probe)
+        self.picker = PickerScreen(self._volumes, self._probe, defer_probe=bool(self.initial))
         self.push_screen(self.picker)
         if self.initial:
             self.call_after_refresh(self._open_initial, self.initial)
@@ -74,6 +74,7 @@ class ImagingApp(App[int]):
             sel = self.selection_for(path)
         except Error as e:
             self.picker.show_error(str(e))
+            self.picker.probe_now()
             return
         self.choose(sel)
 

@@ -75,8 +75,12 @@ class PickerScreen(Screen[None]):
             super().__init__()
             self.selection = selection
 
-    def __init__(self, volumes: Callable[[], list[Volume]], probe: Callable[[Volume], Volume] | None) -> None:
+    def __init__(self, volumes: Callable[[], list[Volume]], probe: Callable[[Volume], Volume] | None, *,
+                 defer_probe: bool = False) -> None:
+        """``defer_probe``: the app opens straight onto something else (``gui PATH``), so reading every
+        filesystem waits until the user comes back to this screen."""
         super().__init__()
+        self._defer_probe = defer_probe
         self._list = volumes
         self._probe = probe
         self.volumes: list[Volume] = []
@@ -110,8 +114,15 @@ class PickerScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         self._probe_rest()
 
+    def on_screen_suspend(self) -> None:
+        self._defer_probe = False  # when we are shown again, probe
+
+    def probe_now(self) -> None:
+        self._defer_probe = False
+        self._probe_rest()
+
     def _probe_rest(self) -> None:
-        if self._probe is not None and self._probed_upto < len(self.volumes):
+        if self._probe is not None and not self._defer_probe and self._probed_upto < len(self.volumes):
             self.run_worker(self._probe_all, thread=True, exclusive=True, group="probe", exit_on_error=False)
 
     def _probe_all(self) -> None:
