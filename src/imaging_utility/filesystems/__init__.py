@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ..blocks import BlockSource, read_at
 from ..errors import Error, UnsupportedError
 from ..extents import AllocationMap
-from . import exfat, ext, fat, ntfs
+from . import btrfs, btrfs_map, exfat, ext, fat, ntfs, xfs
 
 __all__ = ["FilesystemInfo", "allocation_map", "detect"]
 
@@ -40,13 +40,13 @@ class FilesystemInfo:
     serial: str | None  # volume serial / UUID as text
 
 
-_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot
+_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot | xfs.XfsSuper | btrfs.BtrfsSuper
 
 
 def _probe(source: BlockSource) -> _Found | None:
     found: list[_Found] = []
     errors: list[UnsupportedError] = []
-    for probe in (ntfs.probe, exfat.probe, ext.probe, fat.probe):
+    for probe in (ntfs.probe, exfat.probe, ext.probe, fat.probe, xfs.probe, btrfs.probe):
         try:
             hit = probe(source)
         except UnsupportedError as e:
@@ -73,6 +73,10 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
                               fs.serial_text)
     if isinstance(fs, ext.ExtSuper):
         return FilesystemInfo(fs.kind, fs.block_size, fs.blocks_count * fs.block_size, fs.label, fs.serial)
+    if isinstance(fs, xfs.XfsSuper):
+        return FilesystemInfo("xfs", fs.blocksize, fs.volume_size, fs.label, fs.serial)
+    if isinstance(fs, btrfs.BtrfsSuper):
+        return FilesystemInfo("btrfs", fs.sectorsize, fs.dev_total_bytes, fs.label, fs.serial)
     return FilesystemInfo(fs.type, fs.cluster_size, fs.volume_size, fs.label, fs.serial_text)
 
 
@@ -120,6 +124,10 @@ def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
         return exfat.used_ranges(source, fs)
     if isinstance(fs, ext.ExtSuper):
         return ext.used_ranges(source, fs)
+    if isinstance(fs, xfs.XfsSuper):
+        return xfs.used_ranges(source, fs)
+    if isinstance(fs, btrfs.BtrfsSuper):
+        return btrfs_map.used_ranges(source, fs)
     return fat.used_ranges(source, fs)
 
 
