@@ -143,7 +143,7 @@ class ChunkMap:
     def add(self, logical: int, data: bytes | memoryview, where: str) -> int:
         """Add the chunk item in ``data``; returns its size in bytes."""
         length, _, _, ctype, _, _, _, num_stripes, _ = c.CHUNK.unpack_from(data)
-        size = c.CHUNK.size + num_stripes * c.STRIPE.size
+        size: int = c.CHUNK.size + num_stripes * c.STRIPE.size
         if not 1 <= num_stripes <= 16 or len(data) < size:
             raise fail(f"the chunk at logical {logical:#x} ({where}) has {num_stripes} stripes")
         profile = ctype & c.BLOCK_GROUP_PROFILES

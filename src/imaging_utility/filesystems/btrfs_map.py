@@ -98,7 +98,7 @@ def used_ranges(source: BlockSource, sb: BtrfsSuper) -> Iterator[tuple[int, int]
             if item.type == c.BLOCK_GROUP_ITEM:
                 groups[item.objectid] = (item.offset, int.from_bytes(item.data[:8], "little"))
     for ch in chunks.chunks:
-        length, used = groups.get(ch.logical, (None, None))
+        length, used = groups.get(ch.logical, (-1, -1))
         if length != ch.length:
             raise fail(f"the chunk at logical {ch.logical:#x} has no matching block group item")
         if counted.get(ch.logical, 0) != used:
