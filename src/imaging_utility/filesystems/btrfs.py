@@ -187,7 +187,8 @@ class Reader:
     def __init__(self, source: BlockSource, sb: BtrfsSuper, chunks: ChunkMap) -> None:
         self.source, self.sb, self.chunks = source, sb, chunks
 
-    def node(self, logical: int, level: int, generation: int | None) -> bytearray:
+    def node(self, logical: int, level: int | None, generation: int | None) -> bytearray:
+        """The tree block at ``logical``, checked (``level``/``generation``: what its parent expects)."""
         ns = self.sb.nodesize
         chunk = self.chunks.find(logical, ns)
         why = ""
@@ -201,11 +202,11 @@ class Reader:
             elif bytenr != logical or fsid != self.sb.metadata_uuid:
                 why = f"it names itself {bytenr:#x} of another filesystem" if fsid != self.sb.metadata_uuid \
                     else f"it names itself {bytenr:#x}"
-            elif got_level != level:
+            elif got_level != (got_level if level is None else level) or got_level > c.MAX_LEVEL:
                 why = f"level {got_level}, expected {level}"
             elif generation is not None and gen != generation:
                 why = f"generation {gen}, its parent expects {generation}"
-            elif nritems > (ns - c.HEADER.size) // (c.ITEM.size if level == 0 else c.KEY_PTR.size):
+            elif nritems > (ns - c.HEADER.size) // (c.ITEM.size if got_level == 0 else c.KEY_PTR.size):
                 why = f"{nritems} items"
             else:
                 return block

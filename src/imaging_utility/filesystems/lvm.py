@@ -377,3 +377,43 @@ class LvSource:
                 out.append(Extent(pos, offset + length - pos, ExtentKind.DATA))
                 break
         return out
+
+
+def open_lv(source: BlockSource, name: str) -> LvSource:
+    """Logical volume ``name`` (``VG/LV``, ``LV`` or ``VG-LV``) of the PV at offset 0 of ``source``.
+
+    Raises ``NotFoundError`` when ``source`` is no PV or has no such LV, ``UnsupportedError``
+    when the LV cannot be read from this PV alone (thin, snapshot, RAID, several PVs).
+    """
+    from ..errors import NotFoundError
+
+    label = probe(source)
+    if label is None:
+        raise NotFoundError(f"--lv {name}: there is no LVM2 physical volume here")
+    vg = read_vg(source, label)
+    return LvSource(source, vg, vg.get(name))
+
+
+def volume_names(source: BlockSource) -> str:
+    """The visible LVs of the PV in ``source`` as ``vg/a, vg/b`` (or why they cannot be listed)."""
+    label = probe(source)
+    if label is None:
+        return "none"
+    try:
+        vg = read_vg(source, label)
+    except UnsupportedError as e:
+        return f"unreadable: {str(e).split('; image it in full')[0]}"
+    return ", ".join(lv.full_name for lv in vg.lvs if "VISIBLE" in lv.status) or "none"
+
+
+def logical_volumes(source: BlockSource) -> dict[str, LvSource]:
+    """``{mapper name: LV}`` of every LV readable from the PV in ``source``; ``{}`` when it is no PV or
+    its metadata cannot be read (whoever serves the raw bytes still can)."""
+    try:
+        label = probe(source)
+        if label is None:
+            return {}
+        vg = read_vg(source, label)
+    except UnsupportedError:
+        return {}
+    return {lv.mapper_name: LvSource(source, vg, lv) for lv in vg.lvs if unreadable_reason(vg, lv) is None}
