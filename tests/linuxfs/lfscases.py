@@ -7,10 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import lfsbuild
 import pytest
 
 import fsbuild
-import lfsbuild
 from conftest import need_root, need_tools
 
 
@@ -55,22 +55,34 @@ def require(kind: str) -> None:
     need_tools(*lfsbuild.TOOLS[kind])
 
 
+# Built once per test process: each test module imports these fixtures, which pytest then treats as
+# separate (per-module) fixtures, so the volumes themselves are cached here.
+_BUILT: dict[str, object] = {}
+
+
+def _base(factory: pytest.TempPathFactory) -> Path:
+    base = factory.getbasetemp() / "lfsvolumes"
+    base.mkdir(exist_ok=True)
+    return base
+
+
 @pytest.fixture(scope="session")
 def tree_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tree = tmp_path_factory.mktemp("lfstree") / "tree"
-    fsbuild.make_tree(tree, large_mib=2)
-    os.symlink("hello.txt", tree / "link-to-hello")
-    return tree
+    if "tree" not in _BUILT:
+        tree = _base(tmp_path_factory) / "tree"
+        fsbuild.make_tree(tree, large_mib=2)
+        os.symlink("hello.txt", tree / "link-to-hello")
+        _BUILT["tree"] = tree
+    return _BUILT["tree"]  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")
 def volume(tmp_path_factory: pytest.TempPathFactory, tree_dir: Path) -> Callable[[str], Volume]:
-    """``volume(case_id)``: the case's aged volume, built once per session."""
-    root = tmp_path_factory.mktemp("lfsvolumes")
-    cache: dict[str, Volume] = {}
+    """``volume(case_id)``: the case's aged volume, built once per test process."""
+    root = _base(tmp_path_factory)
 
     def get(case_id: str) -> Volume:
-        if case_id not in cache:
+        if case_id not in _BUILT:
             case = BY_ID[case_id]
             require(case.kind)
             path = root / f"{case.id}.img"
@@ -79,13 +91,15 @@ def volume(tmp_path_factory: pytest.TempPathFactory, tree_dir: Path) -> Callable
             else:
                 build = lfsbuild.make_xfs if case.kind == "xfs" else lfsbuild.make_btrfs
                 expected = build(path, case.size_mib, tree_dir, case.opts, small=case.small)
-            cache[case_id] = Volume(path, expected, case)
-        return cache[case_id]
+            _BUILT[case_id] = Volume(path, expected, case)
+        return _BUILT[case_id]  # type: ignore[return-value]
 
     return get
 
 
 @pytest.fixture(scope="session")
 def lvm_volume(tmp_path_factory: pytest.TempPathFactory, tree_dir: Path) -> lfsbuild.LvmVolume:
-    require("lvm")
-    return lfsbuild.make_lvm(tmp_path_factory.mktemp("lfslvm") / "pv.img", 160, tree_dir)
+    if "lvm" not in _BUILT:
+        require("lvm")
+        _BUILT["lvm"] = lfsbuild.make_lvm(_base(tmp_path_factory) / "pv.img", 160, tree_dir)
+    return _BUILT["lvm"]  # type: ignore[return-value]

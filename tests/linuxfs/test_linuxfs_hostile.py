@@ -5,6 +5,7 @@ is a structure that checks out but lies), then asks for its allocation map.  ``-
 then images it in full.
 """
 
+# ruff: noqa: F811  (pytest fixtures are imported from lfscases and requested by name)
 from __future__ import annotations
 
 import json
@@ -16,16 +17,16 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import lfsbuild
+import pytest
+from lfscases import Volume, lvm_volume, tree_dir, volume  # noqa: F401
+
 from conftest import cli
 from imaging_utility.devices.source import FileSource
 from imaging_utility.errors import UnsupportedError
 from imaging_utility.filesystems import allocation_map, btrfs
 from imaging_utility.filesystems._crc import crc32c
 from imaging_utility.filesystems.c_lvm import calc_crc
-from lfscases import Volume, lvm_volume, tree_dir, volume  # noqa: F401
 
 
 def refused(path: Path) -> str:

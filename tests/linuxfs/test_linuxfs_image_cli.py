@@ -1,19 +1,20 @@
 """``image --used-only`` then ``restore`` of real XFS, Btrfs and LVM2 volumes, through the real CLI."""
 
+# ruff: noqa: F811  (pytest fixtures are imported from lfscases and requested by name)
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import lfsbuild
+import pytest
+from lfscases import Volume, lvm_volume, tree_dir, volume  # noqa: F401
+from test_linuxfs_maps import btrfs_tool_used, xfs_tool_used
+
 from conftest import cli
 from imaging_utility.devices.source import FileSource
 from imaging_utility.filesystems import allocation_map, lvm
-from lfscases import Volume, lvm_volume, tree_dir, volume  # noqa: F401
-from test_linuxfs_maps import btrfs_tool_used, xfs_tool_used
 
 
 def image_and_restore(src: Path, tmp: Path, *extra: str) -> tuple[dict[str, object], Path, str]:

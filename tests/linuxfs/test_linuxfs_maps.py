@@ -7,6 +7,7 @@ filesystem's own tools count as used.  The maps are also compared exactly with `
 space and with the extents ``btrfs inspect-internal dump-tree`` lists.
 """
 
+# ruff: noqa: F811  (pytest fixtures are imported from lfscases and requested by name)
 from __future__ import annotations
 
 import re
@@ -14,13 +15,13 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import lfsbuild
+import pytest
+from lfscases import CASES, Case, Volume, tree_dir, volume  # noqa: F401
+
 from imaging_utility.devices.source import FileSource
 from imaging_utility.extents import AllocationMap
 from imaging_utility.filesystems import FilesystemInfo, allocation_map, detect
-from lfscases import CASES, Case, Volume, tree_dir, volume  # noqa: F401
 
 XFS = [c for c in CASES if c.kind == "xfs"]
 BTRFS = [c for c in CASES if c.kind == "btrfs"]
@@ -108,7 +109,7 @@ def _dump_tree_used(path: Path, info: FilesystemInfo) -> AllocationMap:
     for start, kind, arg in re.findall(r"key \((\d+) (EXTENT_ITEM|METADATA_ITEM) (\d+)\)",
                                        out("btrfs", "inspect-internal", "dump-tree", "-t", "extent", path)):
         length = int(arg) if kind == "EXTENT_ITEM" else nodesize
-        logical, size, stripes = next(c for c in chunks if c[0] <= int(start) < c[0] + c[1])
+        logical, _size, stripes = next(c for c in chunks if c[0] <= int(start) < c[0] + c[1])
         ranges += [(s + int(start) - logical, length) for s in stripes]
     return AllocationMap(ranges, info.volume_size, info.cluster_size)
 

@@ -53,6 +53,17 @@ def _checked(tree: BTree) -> BTree:
     return tree
 
 
+class _EmptyDir:
+    """Where a snapshot holds a nested subvolume of its source: an empty directory, as the kernel shows it."""
+
+    def __init__(self, objectid: int) -> None:
+        self.objectid = objectid
+        self.inum = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID
+
+    def iterdir(self) -> list[tuple[str, Any]]:
+        return []
+
+
 class BtrfsBackend:
     dot_entries = True
     case_insensitive = False
@@ -108,20 +119,45 @@ class BtrfsBackend:
     def root(self) -> INode:
         return self.subvolume.root
 
-    def label(self, node: INode) -> str:
+    def label(self, node: INode | _EmptyDir) -> str:
+        if isinstance(node, _EmptyDir):
+            return f"the place of subvolume {node.objectid}"
         return f"inode {node.inum} of subvolume {node.subvolume.objectid}"
 
-    def key(self, node: INode) -> int | None:
+    def key(self, node: INode | _EmptyDir) -> int | None:
+        if isinstance(node, _EmptyDir):
+            return None
         return int(node.subvolume.objectid) << 64 | int(node.inum)
 
-    def load(self, ref: INode) -> INode:
-        ref.inode  # noqa: B018 - reads (and checks) the inode item
+    def load(self, ref: INode | _EmptyDir) -> INode | _EmptyDir:
+        if isinstance(ref, INode):
+            ref.inode  # noqa: B018 - reads (and checks) the inode item
         return ref
 
-    def children(self, node: INode) -> list[tuple[str, Any]]:
-        return list(node.iterdir())
+    def children(self, node: INode | _EmptyDir) -> list[tuple[str, Any]]:
+        if isinstance(node, _EmptyDir):
+            return []
+        out: list[tuple[str, Any]] = []
+        for name, child in node.iterdir():
+            nested = name not in (".", "..") and child.subvolume is not node.subvolume
+            if nested and not self._mounted_here(node, child):
+                child = _EmptyDir(child.subvolume.objectid)
+            out.append((name, child))
+        return out
 
-    def describe(self, node: INode, name: str, path: str) -> Entry:
+    def _mounted_here(self, parent: INode, root: INode) -> bool:
+        """Is subvolume ``root`` really attached at this directory?  A snapshot copies its source's entries
+        for nested subvolumes, but those stay attached to the source: the kernel shows an empty directory."""
+        try:
+            _, data = self.fs._root_tree.find(parent.subvolume.objectid, c_btrfs.BTRFS_ROOT_REF_KEY,
+                                              root.subvolume.objectid)
+        except KeyError:
+            return False
+        return int.from_bytes(bytes(data[:8]), "little") == parent.inum
+
+    def describe(self, node: INode | _EmptyDir, name: str, path: str) -> Entry:
+        if isinstance(node, _EmptyDir):
+            return Entry(name=name, path=path, type="dir", mode=0o755, inode=node.objectid << 48 | 2)
         mode = int(node.inode.mode)
         kind = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(stat.S_IFMT(mode), "other")
         target = None
