@@ -153,7 +153,7 @@ class BtrfsBackend:
                                               root.subvolume.objectid)
         except KeyError:
             return False
-        return int.from_bytes(bytes(data[:8]), "little") == parent.inum
+        return bool(int.from_bytes(bytes(data[:8]), "little") == parent.inum)
 
     def describe(self, node: INode | _EmptyDir, name: str, path: str) -> Entry:
         if isinstance(node, _EmptyDir):
