@@ -170,7 +170,8 @@ def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, 
         fs = _probe(source, nested)
         if fs is None:
             raise UnsupportedError(
-                f"no NTFS, ext2/3/4, FAT, exFAT, XFS, Btrfs or LVM2 found at offset 0 ({_describe(source)}); {_HINT}"
+                f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS, Btrfs"
+                f"{'' if nested else ' or an LVM2 physical volume'} ({_describe(source)}); {_HINT}"
             )
         info = _info(source, fs)
     if info.volume_size > source.size:

@@ -417,7 +417,7 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
 
     info = detect(source)
     if info is None:
-        raise UnsupportedError("no NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs filesystem found at offset 0 "
+        raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS or Btrfs "
                                "(whole disk? pick one with --partition N)")
     if info.type == "lvm2":
         from .lvm import volume_names
