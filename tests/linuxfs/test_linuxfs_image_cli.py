@@ -15,6 +15,7 @@ from test_linuxfs_maps import btrfs_tool_used, xfs_tool_used
 from conftest import cli
 from imaging_utility.devices.source import FileSource
 from imaging_utility.filesystems import allocation_map, lvm
+from imaging_utility.filesystems.lvm_source import LvSource
 
 
 def image_and_restore(src: Path, tmp: Path, *extra: str) -> tuple[dict[str, object], Path, str]:
@@ -94,7 +95,7 @@ def test_lvm_parse_agrees_with_lvs_and_dissect(lvm_volume: lfsbuild.LvmVolume) -
         for lv in theirs.vg.lv:
             ours = vg.get(lv.name)
             with FileSource(str(vol.path)) as src:
-                mine = lvm.LvSource(src, vg, ours) if lvm.unreadable_reason(vg, ours) is None else None
+                mine = LvSource(src, vg, ours) if lvm.unreadable_reason(vg, ours) is None else None
                 if mine is None:
                     continue
                 for off in (0, 4096 * 1000, ours.size - 8192):

@@ -59,7 +59,7 @@ def select_files(image: BlockSource, partitions: list[int] | None) -> dict[str, 
     if partitions:
         for number in partitions:
             table.get(number)  # NotFoundError listing the partitions that exist
-        from ..filesystems.lvm import logical_volumes
+        from ..filesystems.lvm_source import logical_volumes
 
         keep = {"disk.raw", *(f"p{n}.raw" for n in partitions)}
         keep |= {f"{lv}.raw" for n in partitions for lv in logical_volumes(files[f"p{n}.raw"])}

@@ -110,7 +110,7 @@ def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, Bl
 def lv_exports(volumes: dict[str, BlockSource]) -> dict[str, BlockSource]:
     """Each readable logical volume of an LVM2 physical volume among ``volumes``, by its device-mapper
     name (``vg0-root``)."""
-    from ..filesystems.lvm import logical_volumes
+    from ..filesystems.lvm_source import logical_volumes
 
     out: dict[str, BlockSource] = {}
     for source in volumes.values():

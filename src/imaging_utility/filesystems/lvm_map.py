@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from ..blocks import BlockSource
 from ..errors import UnsupportedError
 from ..extents import AllocationMap
-from .lvm import LogicalVolume, LvSource, PvLabel, VolumeGroup, pv_pieces, read_vg, unreadable_reason
+from .lvm import LogicalVolume, PvLabel, VolumeGroup, pv_pieces, read_vg, unreadable_reason
+from .lvm_source import LvSource
 
 
 @dataclass(frozen=True)

@@ -420,7 +420,7 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
         raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS or Btrfs "
                                "(whole disk? pick one with --partition N)")
     if info.type == "lvm2":
-        from .lvm import volume_names
+        from .lvm_source import volume_names
 
         raise UsageError(f"this is an LVM2 physical volume: choose a logical volume with --lv VG/LV "
                          f"(volumes: {volume_names(source)})")

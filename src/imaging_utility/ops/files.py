@@ -92,7 +92,7 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
                 raise UsageError(f"{path} holds a partitioned disk, not one filesystem: choose a partition "
                                  f"with --partition N (partitions: {listing})")
         if lv is not None:
-            from ..filesystems.lvm import open_lv
+            from ..filesystems.lvm_source import open_lv
 
             volume = open_lv(volume, lv)
         return open_tree(volume, subvolume), source

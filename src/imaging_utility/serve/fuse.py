@@ -20,7 +20,7 @@ from typing import Any
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, NotFoundError, UnsupportedError
-from ..filesystems.lvm import logical_volumes
+from ..filesystems.lvm_source import logical_volumes
 from ..partitions import PartitionTable, partition_source, read_partitions
 
 log = logging.getLogger(__name__)
