@@ -27,7 +27,7 @@ MDA_HEADER_SIZE = 512
 MDA_CRC_FROM = 4
 RAW_LOCN = struct.Struct("<QQII")  # offset (from the mda start), size, checksum, flags
 RAW_LOCN_IGNORED = 0x1
-MAX_METADATA_TEXT = 64 << 20  # lvm2 refuses metadata this large long before
+MAX_METADATA_TEXT = 16 << 20  # far above what lvm2 writes (half of a metadata area, 1 MiB by default)
 
 INITIAL_CRC = 0xF597A6CF
 

@@ -10,6 +10,7 @@ error names the line it is on.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["MetadataSyntaxError", "parse"]
@@ -27,8 +28,7 @@ class MetadataSyntaxError(ValueError):
     pass
 
 
-def _tokens(text: str) -> list[tuple[str, str, int]]:
-    out: list[tuple[str, str, int]] = []
+def _tokens(text: str) -> Iterator[tuple[str, str, int]]:
     pos, line = 0, 1
     while pos < len(text):
         m = _TOKEN.match(text, pos)
@@ -36,26 +36,34 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
             raise MetadataSyntaxError(f"unexpected character {text[pos]!r} on line {line}")
         kind = m.lastgroup or ""
         if kind not in ("space", "comment"):
-            out.append((kind, m.group(), line))
+            yield kind, m.group(), line
         line += m.group().count("\n")
         pos = m.end()
-    return out
 
 
 class _Parser:
+    """Recursive descent with one token of lookahead; tokens are produced as they are needed."""
+
     def __init__(self, text: str) -> None:
         self.toks = _tokens(text)
-        self.i = 0
+        self.line = 0
+        self.next: tuple[str, str, int] | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self.next = next(self.toks, None)
+        if self.next is not None:
+            self.line = self.next[2]
 
     def peek(self) -> tuple[str, str, int]:
-        return self.toks[self.i] if self.i < len(self.toks) else ("end", "", self.toks[-1][2] if self.toks else 0)
+        return self.next if self.next is not None else ("end", "", self.line)
 
     def take(self, value: str | None = None) -> tuple[str, str, int]:
         tok = self.peek()
         if tok[0] == "end" or (value is not None and tok[1] != value):
             want = repr(value) if value else "more"
             raise MetadataSyntaxError(f"expected {want} but found {tok[1]!r} on line {tok[2]}")
-        self.i += 1
+        self._advance()
         return tok
 
     def section(self, depth: int, closing: bool) -> dict[str, Any]:
@@ -69,11 +77,11 @@ class _Parser:
                     raise MetadataSyntaxError("a section is not closed before the end of the text")
                 return out
             if value == "}" and closing:
-                self.i += 1
+                self._advance()
                 return out
             if kind not in ("word", "str"):
                 raise MetadataSyntaxError(f"expected a name but found {value!r} on line {line}")
-            self.i += 1
+            self._advance()
             name = _unquote(value) if kind == "str" else value
             nxt = self.take()
             if nxt[1] == "{":
