@@ -163,3 +163,26 @@ def test_copy_missing_one_extent_is_caught(case_id: str, volume: Callable[[str],
     except (RuntimeError, OSError):  # a failed mount, or EIO from Btrfs data checksums
         files = {}
     assert lfsbuild.check(copy, vol.case.kind).returncode != 0 or files != vol.expected
+
+
+@pytest.mark.parametrize(("kind", "size_mib", "mkfs"), [
+    ("xfs", 64, ("mkfs.xfs", "-q", "-f", "--unsupported")),
+    ("btrfs", 128, ("mkfs.btrfs", "-q", "-f")),
+])
+def test_fresh_volume_maps_little_and_copies_clean(kind: str, size_mib: int, mkfs: tuple[str, ...],
+                                                   tmp_path: Path) -> None:
+    """Straight from mkfs over random bytes: only the metadata (and XFS's log) is mapped."""
+    from lfscases import require
+
+    import fsbuild
+
+    require(kind)
+    path = tmp_path / f"fresh-{kind}.img"
+    fsbuild.random_image(path, size_mib, 31)
+    lfsbuild.run(*mkfs, path)
+    _, amap = mapped(path)
+    assert amap.used_bytes < amap.size * (0.25 if kind == "xfs" else 0.1), amap
+    copy = tmp_path / "copy.img"
+    used_only_copy(path, copy, amap)
+    assert lfsbuild.check(copy, kind).returncode == 0
+    assert lfsbuild.read_tree(copy) == {}
