@@ -188,6 +188,9 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
         return
     opts.allocation = amap
     opts.filesystem = dataclasses.asdict(info)
+    for vol in info.volumes:  # LVM2: logical volumes imaged in full, and why
+        if vol.note:
+            warn(f"{vol.name}: {vol.note}")
 
 
 def capture_summary(result: CaptureResult) -> dict[str, Any]:
