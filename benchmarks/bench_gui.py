@@ -117,7 +117,7 @@ def _headless(dev: str, work: str) -> None:
         app = ImagingApp(volumes=lambda: [v for v in list_volumes() if v.path == dev], probe_volume=None,
                          initial=dev)
         async with app.run_test(size=(120, 40)) as pilot:
-            while not isinstance(app.screen, FormScreen):
+            while not (isinstance(app.screen, FormScreen) and app.screen.ready):
                 await pilot.pause(0.1)
             app.screen.set_values({"dest": os.path.join(work, "headless.img"), "force": True})
             await pilot.press("ctrl+s")

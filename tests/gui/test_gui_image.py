@@ -54,7 +54,7 @@ async def start_image(pilot: Any, app: ImagingApp, dest: Path, rate: str = RATE)
     await wait_for(pilot, lambda: bool(app.screen.query("DataTable")) and app.screen.query_one("DataTable").row_count
                    == 1, what="the device row")
     await pilot.press("enter")
-    await wait_for(pilot, lambda: isinstance(app.screen, FormScreen), what="the image form")
+    await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.ready, what="the image form")
     assert isinstance(app.screen, FormScreen)
     app.screen.set_values({"dest": str(dest), "max_throughput": rate})
     await pilot.press("ctrl+s")

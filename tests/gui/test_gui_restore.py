@@ -30,7 +30,7 @@ async def restore_form(pilot: Any, app: ImagingApp) -> FormScreen:
                    what="the operations of the image")
     assert "Verify:" in screen_text(app) and "Image:" not in screen_text(app)
     await pilot.press("down", "enter")  # verify is first, then restore
-    await wait_for(pilot, lambda: isinstance(app.screen, FormScreen), what="the restore form")
+    await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.ready, what="the restore form")
     assert isinstance(app.screen, FormScreen) and app.screen.operation.key == "restore"
     return app.screen
 

@@ -10,6 +10,7 @@ import pytest
 from gui.guihelpers import fixed_volumes, screen_text
 from imaging_utility.gui.app import ImagingApp
 from imaging_utility.gui.dialogs import ConfirmScreen
+from imaging_utility.gui.form import FormScreen
 from imaging_utility.gui.job import Confirmation, Plan
 from imaging_utility.gui.op_restore import RestoreOperation
 from imaging_utility.gui.operation import ImageFile
@@ -99,8 +100,9 @@ def test_restore_confirmation(snap_compare: Any, size: tuple[int, int]) -> None:
     async def before(pilot: Any) -> None:
         a: ImagingApp = pilot.app
         a.open_form(RestoreOperation(), image)
-        await pilot.pause(0.1)
-        a.screen.set_values({"target": "/dev/sdc", "verify": True})  # type: ignore[attr-defined]
+        while not (isinstance(a.screen, FormScreen) and a.screen.ready):
+            await pilot.pause(0.05)
+        a.screen.set_values({"target": "/dev/sdc", "verify": True})
         a.push_screen(ConfirmScreen(Confirmation("Overwrite /dev/sdc?", lines, typed="yes", accept="Restore")))
         await pilot.pause(0.1)
         await pilot.press("y", "e")

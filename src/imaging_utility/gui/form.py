@@ -42,6 +42,7 @@ class FormScreen(Screen[Plan | None]):
         self.operation = operation
         self.selection = selection
         self.fields = operation.fields(selection)
+        self.ready = False  # composed and mounted: ``set_values`` may run
 
     def compose(self) -> ComposeResult:
         yield Static(f"{self.operation.title}\n{describe(self.selection)}", id="what", markup=False)
@@ -70,6 +71,7 @@ class FormScreen(Screen[Plan | None]):
 
     def on_mount(self) -> None:
         self._update()
+        self.ready = True
 
     def values(self) -> Values:
         out: Values = {}
