@@ -15,8 +15,6 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-import blake3
-
 from ..errors import UsageError
 from ..extents import AllocationMap
 
@@ -42,6 +40,8 @@ def parse_hash_names(spec: str) -> tuple[str, ...]:
 
 def _new(name: str) -> Any:
     if name == "blake3":
+        import blake3  # imported here so that parsing --hash (every command's parser) stays light
+
         return blake3.blake3()
     return hashlib.new(name)
 
