@@ -22,4 +22,5 @@ def version_scheme(version: Any) -> str:
     return str(guess_next_dev_version(version))
 
 
-setup(use_scm_version={"version_scheme": version_scheme})
+if __name__ == "__main__":  # as setuptools runs it (the tests import version_scheme alone)
+    setup(use_scm_version={"version_scheme": version_scheme})

@@ -192,7 +192,7 @@ def man_page(parser: argparse.ArgumentParser) -> str:
 def _short(text: str) -> str:
     """The first clause of a help text, for completion menus."""
     text = re.sub(r"\s+", " ", text).strip()
-    text = re.split(r"(?<=[a-z0-9)])[.;:](?:\s|$)", text, maxsplit=1)[0]
+    text = re.split(r"(?<=[a-z0-9)])[.;](?:\s|$)", text, maxsplit=1)[0]
     return text if len(text) <= 70 else text[:67].rstrip() + "..."
 
 
@@ -274,7 +274,7 @@ def zsh_script(parser: argparse.ArgumentParser) -> str:
             lines.append(f"        '{_zsh_quote(name)}:{_zsh_quote(_short(help_text))}'")
     lines += ["    )", "    _arguments -C \\"]
     for opt in top_options(parser):
-        lines += [f"        '(- *)'{s[1:]} \\" for s in _zsh_spec(opt)]
+        lines += [f"        '(- *){s[1:]} \\" for s in _zsh_spec(opt)]
     lines += ["        '1: :->command' \\", "        '*:: :->args'", "    case $state in",
               "        command) _describe -t commands 'imaging-utility command' commands ;;",
               "        args)", "            case $words[1] in"]

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -38,12 +39,19 @@ def image_files(source: BlockSource, table: PartitionTable | None = None) -> dic
 
 
 def _load_mfusepy() -> Any:
+    bundled = os.path.join(getattr(sys, "_MEIPASS", ""), "libfuse3.so.3")
+    if getattr(sys, "frozen", False) and os.path.exists(bundled):
+        # the standalone build carries the libfuse3 it was tested with (a rescue system may lack it)
+        os.environ.setdefault("FUSE_LIBRARY_PATH", bundled)
     try:
         import mfusepy
     except ImportError:
-        raise UnsupportedError("FUSE support needs mfusepy: pip install 'imaging-utility[fuse]'") from None
-    except OSError as e:  # libfuse3 missing: mfusepy raises at import
-        raise UnsupportedError(f"FUSE is not available: {e} (install fuse3)") from None
+        raise UnsupportedError("FUSE support needs the Python module mfusepy, which is not installed: "
+                               "pip install mfusepy") from None
+    except OSError:  # mfusepy raises at import when it finds no libfuse
+        raise UnsupportedError("FUSE needs the libfuse3 library, which is not installed: "
+                               "apt-get install libfuse3-3 fuse3 (Debian/Ubuntu; dnf install fuse3-libs "
+                               "fuse3 on Fedora)") from None
     return mfusepy
 
 
