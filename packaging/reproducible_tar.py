@@ -35,7 +35,7 @@ def _write(out: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> No
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in sorted(members, key=lambda m: m[0].name):
             tar.addfile(_clean(info), io.BytesIO(data) if data is not None else None)
-    with open(out, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=9) as gz:
+    with open(out, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=6) as gz:
         gz.write(raw.getvalue())
 
 
