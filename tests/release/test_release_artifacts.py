@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import need_tools
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +71,8 @@ def _dist(tmp: Path) -> Path:
     return dist
 
 
-@pytest.mark.parametrize("password", [None, "correct horse"])
+# a password-protected key costs two scrypt derivations (tens of seconds on a busy machine): release tests
+@pytest.mark.parametrize("password", [None, pytest.param("correct horse", marks=pytest.mark.release)])
 def test_signed_checksums_verify_and_tampering_fails(tmp_path: Path, password: str | None) -> None:
     need_tools("minisign", "sha256sum")
     pub, key = _keypair(tmp_path, password)
@@ -104,6 +106,7 @@ def test_signed_checksums_verify_and_tampering_fails(tmp_path: Path, password: s
     assert verify() != 0
 
 
+@pytest.mark.release
 def test_sign_with_the_key_in_a_file_and_a_wrong_password(tmp_path: Path) -> None:
     need_tools("minisign")
     pub, key = _keypair(tmp_path, "right")
@@ -128,7 +131,9 @@ def test_refuses_to_sign_without_a_key(tmp_path: Path) -> None:
     assert not (tmp_path / "dist" / "SHA256SUMS").exists()
 
 
-def test_workflows_pass_actionlint() -> None:
+def test_workflows_pass_actionlint(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the test extra installs actionlint into the venv, which scripts/test does not put on PATH
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     need_tools("actionlint")
     workflows = sorted((REPO / ".github" / "workflows").glob("*.yml"))
     assert {p.name for p in workflows} >= {"ci.yml", "release.yml"}

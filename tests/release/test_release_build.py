@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import need_root, need_tools
 from fsbuild import hash_dir, make_ext, make_tree
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import cli, need_tools
 
+from conftest import cli, need_tools
 from imaging_utility.cli.docgen import commands, completion_script, man_page
 from imaging_utility.cli.main import build_parser
 
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def parser():  # type: ignore[no-untyped-def]
+def parser() -> argparse.ArgumentParser:
     return build_parser()[0]
 
 
@@ -24,7 +25,7 @@ def _render(page: Path) -> subprocess.CompletedProcess[str]:
                           env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
 
 
-def test_man_page_has_every_command_option_and_example(parser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_man_page_has_every_command_option_and_example(parser: argparse.ArgumentParser, tmp_path: Path) -> None:
     need_tools("man", "groff")
     page = tmp_path / "imaging-utility.1"
     page.write_text(man_page(parser))
@@ -44,14 +45,14 @@ def test_man_page_has_every_command_option_and_example(parser, tmp_path: Path) -
     assert "EXIT STATUS" in text and "130" in text
 
 
-def test_man_page_is_reproducible(parser, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_man_page_is_reproducible(parser: argparse.ArgumentParser, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     first = man_page(parser)
     assert '"2023-11-14"' in first.splitlines()[0]
     assert man_page(build_parser()[0]) == first
 
 
-def test_completion_command_prints_the_generated_scripts(parser) -> None:  # type: ignore[no-untyped-def]
+def test_completion_command_prints_the_generated_scripts(parser: argparse.ArgumentParser) -> None:
     for shell in ("bash", "zsh", "fish"):
         assert cli("completion", shell).stdout == completion_script(parser, shell)
     assert "invalid choice" in cli("completion", "tcsh", check=2).stderr
@@ -65,7 +66,7 @@ def _bash_complete(script: Path, *words: str) -> list[str]:
     return [w for w in proc.stdout.splitlines() if w]
 
 
-def test_bash_completion(parser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bash_completion(parser: argparse.ArgumentParser, tmp_path: Path) -> None:
     need_tools("bash")
     script = tmp_path / "c.bash"
     script.write_text(completion_script(parser, "bash"))
@@ -82,7 +83,7 @@ def test_bash_completion(parser, tmp_path: Path) -> None:  # type: ignore[no-unt
         assert {f for o in cmd.options for f in o.flags} <= offered, cmd.name
 
 
-def test_fish_completion(parser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fish_completion(parser: argparse.ArgumentParser, tmp_path: Path) -> None:
     need_tools("fish")
     script = tmp_path / "imaging-utility.fish"
     script.write_text(completion_script(parser, "fish"))
@@ -99,7 +100,7 @@ def test_fish_completion(parser, tmp_path: Path) -> None:  # type: ignore[no-unt
     assert set(complete("imaging-utility completion ")) == {"bash", "zsh", "fish"}
 
 
-def test_zsh_completion(parser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_zsh_completion(parser: argparse.ArgumentParser, tmp_path: Path) -> None:
     need_tools("zsh")
     fpath = tmp_path / "site-functions"
     fpath.mkdir()

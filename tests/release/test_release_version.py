@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import cli, need_tools
-from imagetools import mixed_bytes, write_source
 
 import imaging_utility
+from conftest import cli, need_tools
+from imagetools import mixed_bytes, write_source
 from imaging_utility.format import c_image
 
 # Third-party packages and our own layers that --help must not load (each costs tens of milliseconds).

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.foreground:
         return _run_background(args.mountpoint)
     from ..image.reader import open_image
-    from ..serve.fuse import mount
+    from ..serve.fuse import mount, require_fuse
 
+    require_fuse()
     with open_image(args.image) as image:
         files = select_files(image, args.partition)
         print(f"mounting {args.image} at {args.mountpoint} ({', '.join(files)}); "

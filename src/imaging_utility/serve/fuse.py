@@ -38,6 +38,11 @@ def image_files(source: BlockSource, table: PartitionTable | None = None) -> dic
     return files
 
 
+def require_fuse() -> None:
+    """Raise ``UnsupportedError`` naming what to install unless mfusepy and libfuse3 load."""
+    _load_mfusepy()
+
+
 def _load_mfusepy() -> Any:
     bundled = os.path.join(getattr(sys, "_MEIPASS", ""), "libfuse3.so.3")
     if getattr(sys, "frozen", False) and os.path.exists(bundled):
