@@ -112,8 +112,7 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
     files = work / "files"
     make_tree(files, large_mib=2)
     vol = work / "ext4.raw"
-    make_ext(vol, 48, files)
-    return vol, hash_dir(files)
+    return vol, make_ext(vol, 48, files)
 
 
 def test_standalone_runs_without_python(exe: Path) -> None:

@@ -22,7 +22,7 @@ from imaging_utility.format import c_image
 HEAVY = ("rich", "zstandard", "blake3", "dissect", "textual", "mfusepy", "wsgidav", "cheroot", "numpy",
          "imaging_utility.ops", "imaging_utility.serve", "imaging_utility.image.reader", "imaging_utility.gui",
          "imaging_utility.filesystems", "imaging_utility.devices.source", "imaging_utility.export",
-         "imaging_utility.storage", "concurrent.futures")
+         "imaging_utility.storage", "concurrent.futures", "hashlib", "subprocess")
 PEP440 = re.compile(r"^\d+\.\d+\.\d+((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[a-z0-9.]+)?$")
 
 

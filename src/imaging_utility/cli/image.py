@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -142,6 +141,8 @@ def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
 
 
 def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool) -> None:
+    import dataclasses
+
     from ..filesystems import allocation_map
 
     try:

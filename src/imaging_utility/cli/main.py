@@ -15,7 +15,6 @@ import importlib
 import logging
 import signal
 import sys
-import traceback
 from types import ModuleType
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, Error, Interrupted
@@ -113,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Error as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         log.debug("error", exc_info=True)
         print(f"imaging-utility: error: {e}", file=sys.stderr)
@@ -122,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         # A dependency left out of the installation (or of a standalone build): name what to install.
         if verbose:
+            import traceback
+
             traceback.print_exc()
         log.debug("missing module", exc_info=True)
         print(f"imaging-utility: error: {missing_module_message(e, args.command)}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except Exception as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         log.debug("internal error", exc_info=True)
         print(f"imaging-utility: internal error: {type(e).__name__}: {e} (rerun with --verbose)", file=sys.stderr)

@@ -6,7 +6,6 @@ Every command module imports this one to build the parser, so rich is imported o
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from typing import TYPE_CHECKING, Any, cast
@@ -68,6 +67,8 @@ def human_bytes(n: float) -> str:
 
 
 def print_json(obj: Any) -> None:
+    import json
+
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 

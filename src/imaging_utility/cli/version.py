@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +12,8 @@ from ..format import c_image
 
 
 def version_lines() -> list[str]:
+    import platform
+
     import zstandard
 
     zstd = ".".join(str(n) for n in zstandard.ZSTD_VERSION)
