@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 import imaging_utility
-from conftest import cli, need_tools
+from conftest import cli, need_root, need_tools
 from imagetools import mixed_bytes, write_source
 from imaging_utility.format import c_image
 
@@ -154,3 +154,24 @@ def test_every_feature_is_a_default_dependency() -> None:
     deps = {re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0].lower() for r in requires("imaging-utility") or []
             if "extra ==" not in r}
     assert {"mfusepy", "wsgidav", "cheroot", "textual", "zstandard", "blake3"} <= deps
+
+
+def test_mount_works_with_libfuse3(tmp_path: Path) -> None:
+    """mfusepy prefers libfuse 2 when both are installed; the standalone build and systems with only fuse3
+    use libfuse 3, which refuses a mount whose init() does not agree with the max_read option."""
+    need_root()
+    need_tools("fusermount3")
+    lib = next((p for p in (Path("/usr/lib/x86_64-linux-gnu/libfuse3.so.3"),
+                            Path("/usr/lib/aarch64-linux-gnu/libfuse3.so.3")) if p.exists()), None)
+    if lib is None:
+        need_tools("libfuse3.so.3")  # fails in CI, skips elsewhere
+    data = mixed_bytes(3 << 20)
+    src = write_source(tmp_path / "src.raw", data)
+    image, mnt = tmp_path / "a.img.zst", tmp_path / "mnt"
+    mnt.mkdir()
+    cli("image", src, image)
+    cli("mount", image, mnt, env={"FUSE_LIBRARY_PATH": str(lib)})
+    try:
+        assert (mnt / "disk.raw").read_bytes() == data
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)

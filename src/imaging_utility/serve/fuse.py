@@ -84,6 +84,10 @@ def make_operations(files: Mapping[str, BlockSource]) -> Any:
                 config.kernel_cache = 1
             if conn is not None and hasattr(conn, "max_readahead"):
                 conn.max_readahead = min(conn.max_readahead or READ_AHEAD, READ_AHEAD)
+            if conn is not None and hasattr(conn, "max_read"):
+                # libfuse 3 refuses the mount (EPROTO) unless init() agrees with the max_read option;
+                # libfuse 2, which mfusepy prefers when both are installed, has no such field
+                conn.max_read = MAX_READ
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
             base = {"st_uid": self.uid, "st_gid": self.gid, **self.times}
