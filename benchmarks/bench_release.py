@@ -28,14 +28,20 @@ MiB = 1 << 20
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
 
 
-def _startup_ms(argv: list[str], env: dict[str, str], runs: int = 20) -> float:
+def _startup_ms(argv: list[str], env: dict[str, str], runs: int = 20) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system, the process and its children) in ms; the CPU
+    figure holds up better than the wall time on a machine shared with other work."""
     subprocess.run(argv, capture_output=True, env=env, check=True)  # warm the page cache
-    times = []
+    walls, cpus = [], []
     for _ in range(runs):
+        before = os.times()
         start = time.perf_counter()
         subprocess.run(argv, stdout=subprocess.DEVNULL, env=env, check=True)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        walls.append((time.perf_counter() - start) * 1000)
+        after = os.times()
+        cpus.append((after.children_user - before.children_user + after.children_system
+                     - before.children_system) * 1000)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -70,18 +76,21 @@ def bench_release(src: Path, work: Path, reps: int, dist: Path | None = None) ->
           f"({_dir_bytes(folder_exe.parent) / MiB:.1f} MiB unpacked) |")
     print(f"| .deb | {deb.stat().st_size / MiB:.1f} MiB |")
 
-    print("\n### start-up, median of 20 (ms)\n")
-    print("| program | --version | --help | target |\n|---|---:|---:|---:|")
-    base = _startup_ms([sys.executable, "-c", "pass"], venv_env)
+    print("\n### start-up, median of 20: wall ms (CPU ms)\n")
+    print("| program | --version | --help | target (wall) |\n|---|---:|---:|---:|")
     rows = [("venv (console script)", [str(venv_script)], venv_env, 100),
             ("single-file executable", [str(exe)], CLEAN_ENV, 300),
-            ("one-folder build", [str(folder_exe)], CLEAN_ENV, 300)]
+            ("one-folder build", [str(folder_exe)], CLEAN_ENV, 300),
+            ("(bare `python -c pass`, for reference)", [sys.executable, "-c", "pass"], venv_env, 0)]
     for name, argv, env, target in rows:
-        version = _startup_ms([*argv, "--version"], env)
-        help_ms = _startup_ms([*argv, "--help"], env)
+        if not target:
+            wall, cpu = _startup_ms(argv, env)
+            print(f"| {name} | {wall:.0f} ({cpu:.0f}) | | |")
+            continue
+        version, version_cpu = _startup_ms([*argv, "--version"], env)
+        help_ms, help_cpu = _startup_ms([*argv, "--help"], env)
         ok = "ok" if max(version, help_ms) <= target else "MISSED"
-        print(f"| {name} | {version:.0f} | {help_ms:.0f} | ≤ {target} {ok} |")
-    print(f"| (bare `python -c pass`, for reference) | {base:.0f} | | |")
+        print(f"| {name} | {version:.0f} ({version_cpu:.0f}) | {help_ms:.0f} ({help_cpu:.0f}) | ≤ {target} {ok} |")
 
     print(f"\n### imaging {src.name} ({src.stat().st_size / MiB:.0f} MiB), level 3, median of {reps}, interleaved\n")
     cmds = {"venv": ([str(venv_script)], venv_env), "single-file executable": ([str(exe)], CLEAN_ENV),
