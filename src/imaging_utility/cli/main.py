@@ -3,8 +3,8 @@
 Each command lives in its own module with ``register(subparsers)`` and
 ``run(args) -> int``; ``COMMANDS`` lists them in ``--help`` order.  Building the parser imports every
 command module, so a command module imports at its top only what its arguments need (argparse,
-``errors``, ``output``) and everything else inside ``run``: ``--help`` and ``--version`` then start
-in a few tens of milliseconds (tests/cli/test_release_cli.py checks it).  The man page and the shell
+``errors``, ``output``) and everything else inside ``run``, so that ``--help`` and ``--version`` load
+no dependency (tests/release/test_release_version.py checks it).  The man page and the shell
 completions are generated from this parser (``docgen.py``).
 """
 
