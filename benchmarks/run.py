@@ -383,7 +383,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
-                    help="comma-separated: core,chunks,rss,used,serve,files,linuxfs,gui (linuxfs, gui: root)")
+                    help="core,chunks,rss,used,serve,files,linuxfs,release,gui (release: after "
+                    "scripts/build-release; gui: root and tmux)")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
@@ -414,6 +415,9 @@ def main() -> int:
         from bench_linuxfs import main_section
 
         main_section(args.corpus, args.work, args.reps, args.level, keep=False)
+    if "release" in only:
+        from bench_release import bench_release
+        bench_release(src, args.work, args.reps)
     if "gui" in only:
         from bench_gui import bench_gui
         bench_gui(src, args.work, args.reps)

@@ -34,11 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("gui needs an interactive terminal (stdin and stdout are not a TTY); "
                          "run it in a terminal or over 'ssh -t', or use the commands directly")
-    try:
-        from ..gui.app import ImagingApp
-    except ImportError as e:
-        raise UsageError(f"gui needs the Textual package ({e}); install it with: pip install 'imaging-utility[gui]'"
-                         ) from None
+    from ..gui.app import ImagingApp  # without Textual, main() names the package to install
     app = ImagingApp(log_file=args.log_file, initial=args.path)
     code = app.run()
     return int(code or 0)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..devices.throttle import parse_rate
 from ..errors import EXIT_PARTIAL
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..ops.capture import CaptureResult
-from ..ops.imaging import ImageRequest, capture_summary, run_image
-from ..progress import Throttled
 from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
+
+if TYPE_CHECKING:
+    from ..ops.capture import CaptureResult
 
 EXAMPLES = """
 examples:
@@ -81,6 +80,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def summary(result: CaptureResult) -> dict[str, Any]:
+    from ..ops.imaging import capture_summary
+
     return capture_summary(result)
 
 
@@ -120,6 +121,10 @@ def pacing_text(pacing: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..devices.throttle import parse_rate
+    from ..ops.imaging import ImageRequest, run_image
+    from ..progress import Throttled
+
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # file-size limit: get EFBIG (exit 7), not a kill
     req = ImageRequest(
         args.source, args.dest,

@@ -1,73 +1,54 @@
-"""Rendering shared by the commands: sizes, JSON, the progress bar (off when stderr is not a TTY)."""
+"""Rendering shared by the commands: sizes, JSON, the progress bar (off when stderr is not a TTY).
+
+Every command module imports this one to build the parser, so rich is imported only on first use:
+``--help`` and ``--version`` stay fast.
+"""
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
-
-from ..progress import ProgressEvent
 from ..units import human_bytes, parse_size
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..progress import ProgressEvent
+
+
+class _LazyConsole:
+    """A rich ``Console`` created on first use."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return cast("Console", self._console)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
 
 __all__ = ["ProgressBar", "human_bytes", "parse_size", "print_json", "stderr", "stdout", "warn"]
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+stderr = cast("Console", _LazyConsole(stderr=True, highlight=False, soft_wrap=True))
+stdout = cast("Console", _LazyConsole(highlight=False, soft_wrap=True))
 
 def print_json(obj: Any) -> None:
+    import json
+
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def warn(message: str) -> None:
     stderr.print(f"[yellow]warning:[/yellow] {message}", markup=True)
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{human_bytes(speed)}/s" if speed else "-- /s", style="cyan")
-
-
-class _BytesColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        out = task.fields.get("output", 0)
-        done = task.completed
-        text = f"{human_bytes(done)} / {human_bytes(task.total or 0)}"
-        if out:
-            label = task.fields.get("output_label", "out")
-            ratio = f" ({out / done * 100:.1f}%)" if done and label == "compressed" else ""
-            text += f" → {label} {human_bytes(out)}{ratio}"
-        return Text(text)
-
-
-class _StateColumn(ProgressColumn):
-    """Paused, and what the job waits on: the same fields the GUI's dashboard shows."""
-
-    def render(self, task: Task) -> Text:
-        ev: ProgressEvent | None = task.fields.get("event")
-        if ev is None:
-            return Text("")
-        if ev.paused:
-            return Text("paused", style="bold yellow")
-        parts = []
-        if ev.bottleneck:
-            parts.append(f"{ev.bottleneck}-bound")
-        if ev.rate_limit:
-            parts.append(f"limit {human_bytes(ev.rate_limit)}/s")
-        return Text(", ".join(parts), style="dim")
 
 
 class ProgressBar:
@@ -81,11 +62,7 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _BytesColumn(),
-                _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), _StateColumn(),
-                console=stderr, transient=False,
-            )
+            self._progress = _progress()
             self._progress.start()
         return self
 
@@ -102,3 +79,55 @@ class ProgressBar:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{human_bytes(speed)}/s" if speed else "-- /s", style="cyan")
+
+    class StateColumn(ProgressColumn):
+        """Paused, and what the job waits on: the same fields the GUI's dashboard shows."""
+
+        def render(self, task: Task) -> Text:
+            ev: ProgressEvent | None = task.fields.get("event")
+            if ev is None:
+                return Text("")
+            if ev.paused:
+                return Text("paused", style="bold yellow")
+            parts = []
+            if ev.bottleneck:
+                parts.append(f"{ev.bottleneck}-bound")
+            if ev.rate_limit:
+                parts.append(f"limit {human_bytes(ev.rate_limit)}/s")
+            return Text(", ".join(parts), style="dim")
+
+    class BytesColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            out = task.fields.get("output", 0)
+            done = task.completed
+            text = f"{human_bytes(done)} / {human_bytes(task.total or 0)}"
+            if out:
+                label = task.fields.get("output_label", "out")
+                ratio = f" ({out / done * 100:.1f}%)" if done and label == "compressed" else ""
+                text += f" → {label} {human_bytes(out)}{ratio}"
+            return Text(text)
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), BytesColumn(),
+        RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), StateColumn(),
+        console=cast(_LazyConsole, stderr).real(), transient=False,
+    )

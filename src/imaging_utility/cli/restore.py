@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..devices.mounts import check_target_safe
 from ..errors import RefusedError
-from ..image.reader import open_image
-from ..ops.restore import restore
-from ..ops.restore_target import RestoreTarget, inspect_target
-from ..progress import Throttled
 from .output import ProgressBar, human_bytes, print_json, stdout, warn
+
+if TYPE_CHECKING:
+    from ..ops.restore_target import RestoreTarget
 
 EXAMPLES = """
 examples:
@@ -48,6 +46,12 @@ def _confirm(target: RestoreTarget, size: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..devices.mounts import check_target_safe
+    from ..image.reader import open_image
+    from ..ops.restore import restore
+    from ..ops.restore_target import inspect_target
+    from ..progress import Throttled
+
     check_target_safe(args.target)
     with open_image(args.image) as reader:
         target = inspect_target(args.target, reader.size, force=args.force)
