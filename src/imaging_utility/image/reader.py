@@ -37,7 +37,7 @@ from ..format import c_image as c
 from ..format.codec import Codec, frame_checksum
 from ..format.index import SeekTable
 from ..format.metaframe import Event, Header, Trailer
-from .parts import PartReader, resolve_parts
+from ..storage import open_reader, resolve
 
 DEFAULT_CACHE_BYTES = 64 << 20
 # Below 1 MiB the CRC-32 of the whole frame costs what the prefix saves (measured per random 4 KiB read:
@@ -49,7 +49,7 @@ ZSTD_BLOCK = 128 << 10
 class ImageReader:
     def __init__(self, paths: list[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES, readahead: int = 4) -> None:
         self.paths = paths
-        self._parts = PartReader(paths)
+        self._parts = open_reader(paths)
         try:
             self._load()
         except BaseException:
@@ -360,5 +360,6 @@ def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Exte
 
 
 def open_image(path: str, **kwargs: Any) -> ImageReader:
-    """Open a finished image (a file, ``NAME.001`` or ``NAME`` of a split set) for random access."""
-    return ImageReader(resolve_parts(path), **kwargs)
+    """Open a finished image (a file, ``NAME.001`` or ``NAME`` of a split set, or the same as
+    ``s3://bucket/key``) for random access."""
+    return ImageReader(resolve(path), **kwargs)

@@ -30,10 +30,10 @@ from ..format import c_image as c
 from ..format.codec import Codec, zstd_library_version
 from ..format.metaframe import Event, Header, Trailer
 from ..image.digests import DEFAULT, Digests
-from ..image.parts import existing_outputs
-from ..image.recover import read_header, recover, remove_outputs
+from ..image.recover import read_header, recover
 from ..image.writer import ImageWriter
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..storage import discard, existing_outputs, open_partial
 
 Framed = tuple[bytes, int]  # a data frame and the CRC-32 of its bytes
 
@@ -151,28 +151,31 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
                  progress: ProgressCallback, discards: list[threading.Thread | None],
                  ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
-    split = opts.split_size is not None
     existing = existing_outputs(dest)
     if existing and opts.resume:
-        old = read_header(dest, split)
-        if old is not None:
-            reason = _mismatch(old, header, opts)
-            if reason:
-                raise ResumeMismatchError(f"cannot resume {dest}: {reason}; start over with --force")
-            total = source.size
-            ev = ProgressEvent("resume-scan", 0, total)
+        partial = open_partial(dest, opts.split_size)
+        try:
+            old = read_header(partial)
+            if old is not None:
+                reason = _mismatch(old, header, opts)
+                if reason:
+                    raise ResumeMismatchError(f"cannot resume {dest}: {reason}; start over with --force")
+                total = source.size
+                ev = ProgressEvent("resume-scan", 0, total)
 
-            def scanned(done: int) -> None:
-                ev.done = min(done, total)
-                progress(ev)
+                def scanned(done: int) -> None:
+                    ev.done = min(done, total)
+                    progress(ev)
 
-            rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned)
-            return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
-        discards.append(remove_outputs(dest))
+                rec = recover(partial, old, opts.digests, codec, opts.threads, scanned)
+                return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
+        finally:
+            partial.close()
+        discards.append(discard(dest))
     elif existing and not opts.force:
         raise RefusedError(f"{existing[0]} already exists; use --force to overwrite it or --resume to continue it")
     elif existing:
-        discards.append(remove_outputs(dest))
+        discards.append(discard(dest))
     return ImageWriter.create(dest, opts.split_size, header), Digests(opts.digests), 0, []
 
 

@@ -1,4 +1,5 @@
-"""An image as one file or a set of split parts ``NAME.001``, ``NAME.002``, … seen as one byte stream.
+"""Local storage: an image as one file or a set of split parts ``NAME.001``, ``NAME.002``, … seen as one
+byte stream (the ``base`` protocol for files).
 
 Parts are cut on frame boundaries (a frame never straddles two parts), so
 ``cat NAME.0* | zstd -dc`` works.  ``PartReader`` is thread-safe (positional
@@ -9,6 +10,7 @@ every call raises the same error.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import os
 import re
@@ -214,8 +216,10 @@ class PartWriter:
         os.lseek(self.fd, self.part_len, os.SEEK_SET)
         self.part_index = index
 
-    def create(self) -> None:
+    def create(self, header_frame: bytes | None = None) -> None:
         self._open(0)
+        if header_frame is not None:
+            self.write_frame(header_frame)
 
     def reopen_at(self, total: int, part_sizes: list[int]) -> None:
         """Continue after the first ``total`` bytes of the existing parts (sizes ``part_sizes``)."""
@@ -263,6 +267,11 @@ class PartWriter:
             except OSError as e:
                 raise _os_error(e, self._path(self.part_index), "flushing it to disk") from None
 
+    def finish(self) -> list[str]:
+        self.sync()
+        self.close()
+        return self.paths()
+
     def close(self) -> None:
         if self.fd >= 0:
             self._flusher.wait_idle()
@@ -275,3 +284,59 @@ class PartWriter:
     @staticmethod
     def sizes(paths: list[str]) -> list[int]:
         return [Path(p).stat().st_size for p in paths]
+
+
+HEADER_PROBE = 8  # a skippable frame's magic and size
+
+
+def first_frame(reader: PartReader) -> bytes:
+    """The first frame's bytes as far as they were written (up to the size its first 8 bytes declare)."""
+    head = reader.read_at(0, min(HEADER_PROBE, reader.size))
+    if len(head) < HEADER_PROBE:
+        return head
+    return reader.read_at(0, min(reader.size, HEADER_PROBE + int.from_bytes(head[4:8], "little")))
+
+
+class LocalPartial:
+    """The file(s) an interrupted image left at ``dest``: readable, so a resume keeps a checked prefix."""
+
+    def __init__(self, dest: str, split_size: int | None) -> None:
+        self.dest, self.split_size = dest, split_size
+        paths = [p for p in existing_outputs(dest) if split_size is None or p != dest]
+        self.reader: PartReader | None = PartReader(paths) if paths else None
+        self.head = first_frame(self.reader) if self.reader is not None else b""
+        self.name = paths[0] if paths else dest
+
+    def continue_at(self, kept: int) -> PartWriter:
+        assert self.reader is not None
+        parts = PartWriter(self.dest, self.split_size)
+        parts.reopen_at(kept, PartWriter.sizes(self.reader.paths))
+        return parts
+
+    def replay(self) -> PartWriter:
+        raise AssertionError("local partial images are read back, not replayed")
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+def remove_outputs(dest: str) -> threading.Thread | None:
+    """Remove an old image at ``dest`` (``--force``).  The files are renamed out of the way at once and
+    unlinked on a background thread (freeing a large file's blocks takes a while); join the thread."""
+    doomed = []
+    for i, p in enumerate(existing_outputs(dest)):
+        tmp = os.path.join(os.path.dirname(p) or ".", f".{os.path.basename(dest)}.{os.getpid()}.{i}.discard")
+        os.rename(p, tmp)
+        doomed.append(tmp)
+    if not doomed:
+        return None
+
+    def unlink_all() -> None:
+        for p in doomed:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+    thread = threading.Thread(target=unlink_all, name="discard-old-image", daemon=True)
+    thread.start()
+    return thread
