@@ -26,6 +26,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 IN_CI = bool(os.environ.get("CI"))
 
+pytest_plugins = ["storage.s3server"]  # the SeaweedFS S3 endpoint fixture (s3server)
+
 
 def _missing(reason: str) -> None:
     if IN_CI:

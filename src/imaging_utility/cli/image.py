@@ -34,6 +34,10 @@ examples:
   imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
   imaging-utility image --used-only=auto --offset 1M --length 20G disk.raw p1.img.zst
   zstd -dc sdb.img.zst > sdb.raw                              # the image is a plain zstd stream too
+  imaging-utility image --used-only /dev/sdb2 s3://backups/host1/sdb2.img.zst   # straight into a bucket
+  imaging-utility image --resume /dev/sdb2 s3://backups/host1/sdb2.img.zst      # continue an interrupted upload
+  imaging-utility image --abort /dev/sdb2 s3://backups/host1/sdb2.img.zst       # or discard it
+  AWS_PROFILE=backup imaging-utility image --endpoint-url http://seaweed:8333 /dev/sda s3://fleet/sda.img.zst
 """
 
 
@@ -57,6 +61,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
     g.add_argument("--resume", action="store_true", help="continue the partial image DEST")
+    g.add_argument("--abort", action="store_true",
+                   help="discard the partial image DEST (an interrupted s3:// upload: abort it) and exit")
     used = p.add_mutually_exclusive_group()
     used.add_argument("--used-only", dest="used_only", action="store_const", const="yes",
                       help="read only the allocated clusters of the NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs "
@@ -160,7 +166,21 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
             warn(f"{vol.name}: {vol.note}")
 
 
+def _abort(dest: str, as_json: bool) -> int:
+    from ..ops.discard import discard_partial
+
+    gone = discard_partial(dest)
+    if as_json:
+        print_json({"discarded": gone})
+    else:
+        for name in gone:
+            stdout.print(f"discarded  {name}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.abort:
+        return _abort(args.dest, args.json)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # file-size limit: get EFBIG (exit 7), not a kill
     opts = CaptureOptions(
         chunk_size=parse_size(args.chunk_size, "--chunk-size"),

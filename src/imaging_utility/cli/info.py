@@ -7,12 +7,15 @@ from typing import Any
 
 from ..extents import ExtentKind
 from ..image.reader import ImageReader, open_image
+from ..storage import is_listing
 from .output import human_bytes, print_json, stdout
 
 EXAMPLES = """
 examples:
   imaging-utility info sdb.img.zst
   imaging-utility info --json sdb.img.zst.001 | jq .digests
+  imaging-utility info s3://backups/host1/sdb.img.zst
+  imaging-utility info s3://backups/                  # every image, set and unfinished upload under a prefix
 """
 
 
@@ -20,7 +23,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     p = sub.add_parser("info", parents=[parent], help="show an image's metadata, layout and digests",
                        description="Show an image's metadata, layout, digests and bad ranges.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE", help="an image, or s3://bucket/prefix/ to list what is under it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return ["info"]
 
@@ -54,7 +57,36 @@ def describe(reader: ImageReader) -> dict[str, Any]:
     return info
 
 
+def _listing(location: str, as_json: bool) -> int:
+    from ..image.catalog import catalog
+
+    entries = catalog(location)
+    if as_json:
+        print_json({"location": location, "entries": entries})
+        return 0
+    if not entries:
+        stdout.print(f"no images under {location}")
+        return 0
+    for e in entries:
+        if e["kind"] == "upload":
+            stdout.print(f"{e['name']}  unfinished upload, {e['parts']} parts, {human_bytes(e['stored_bytes'])} "
+                         f"uploaded, started {e['modified']} (image --resume continues it, --abort discards it)")
+            continue
+        if e["kind"] == "set":
+            stdout.print(f"{e['name']}  backup set, manifest of {e['modified']}")
+            continue
+        src = e["source"]
+        what = src.get("model") or src.get("path") or src.get("kind") or "?"
+        parts = f", {e['parts']} parts" if e["parts"] > 1 else ""
+        used = ", used-only" if e["used_only"] else ""
+        stdout.print(f"{e['name']}  {human_bytes(e['stored_bytes'])} of {human_bytes(e['source_size'])}{parts}"
+                     f"{used}, source {what} on {e['hostname']}, created {e['created']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if is_listing(args.image):
+        return _listing(args.image, args.json)
     with open_image(args.image) as reader:
         info = describe(reader)
     if args.json:

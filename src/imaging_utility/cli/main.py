@@ -17,6 +17,7 @@ from types import ModuleType
 
 from .. import __version__
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Error, Interrupted
+from ..storage import configure_s3
 
 COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav"]
 
@@ -35,6 +36,10 @@ def common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug log on stderr")
     p.add_argument("--log-file", metavar="PATH", help="append a debug log to PATH")
+    s3 = p.add_argument_group("s3:// images (credentials from AWS_* variables or ~/.aws/credentials)")
+    s3.add_argument("--profile", metavar="NAME", help="AWS profile of ~/.aws/credentials and ~/.aws/config")
+    s3.add_argument("--endpoint-url", metavar="URL",
+                    help="S3 endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL or AWS)")
     return p
 
 
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose, getattr(args, "log_file", None))
+    configure_s3(getattr(args, "profile", None), getattr(args, "endpoint_url", None))
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(modules[args.command].run(args))

@@ -14,7 +14,7 @@ from .s3client import configure as configure_s3
 from .s3client import is_s3
 
 __all__ = ["BlobReader", "FrameSink", "Partial", "StoredImage", "abandoned_uploads", "configure_s3",
-           "create_sink", "discard", "existing_outputs", "is_remote", "list_images", "open_blob",
+           "create_sink", "discard", "existing_outputs", "is_listing", "is_remote", "list_images", "open_blob",
            "open_partial", "open_reader", "resolve"]
 
 
@@ -34,12 +34,21 @@ def resolve(name: str) -> list[str]:
     return resolve_parts(name)
 
 
-def open_reader(names: list[str], **kwargs: int) -> BlobReader:
-    """Positional reads over the parts ``names`` (from ``resolve``) joined."""
+def is_listing(name: str) -> bool:
+    """True for a name that stands for what is under it (``s3://bucket/`` or ``s3://bucket/prefix/``)."""
+    if not is_s3(name):
+        return False
+    key = name[len("s3://"):].partition("/")[2]
+    return not key or key.endswith("/")
+
+
+def open_reader(names: list[str], *, readahead: int | None = None) -> BlobReader:
+    """Positional reads over the parts ``names`` (from ``resolve``) joined; ``readahead``: blocks a
+    remote reader fetches ahead of a sequential client (0: none)."""
     if names and is_s3(names[0]):
         from .s3read import S3Reader
 
-        return S3Reader(names, **kwargs)
+        return S3Reader(names) if readahead is None else S3Reader(names, readahead=readahead)
     from .local import PartReader
 
     return PartReader(names)
@@ -60,13 +69,15 @@ def existing_outputs(dest: str) -> list[str]:
     return local_existing(dest)
 
 
-def discard(dest: str) -> threading.Thread | None:
-    """Remove an old or partial image at ``dest`` (``--force``, ``--abort``); local files are unlinked on
-    the returned thread (join it)."""
+def discard(dest: str, *, uploads_only: bool = False) -> threading.Thread | None:
+    """Remove an old or partial image at ``dest`` (``--force``, ``--abort``), or with ``uploads_only``
+    just abort its unfinished uploads; local files are unlinked on the returned thread (join it)."""
     if is_s3(dest):
         from .s3write import remove_outputs
 
-        remove_outputs(dest)
+        remove_outputs(dest, uploads_only=uploads_only)
+        return None
+    if uploads_only:
         return None
     from .local import remove_outputs as local_remove
 

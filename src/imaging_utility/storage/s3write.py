@@ -322,15 +322,16 @@ def abandoned_uploads(dest: str) -> list[dict[str, Any]]:
         raise translate(e, url, "listing the unfinished uploads of") from None
 
 
-def remove_outputs(dest: str) -> list[str]:
-    """Delete the image at ``dest`` (objects and resume record) and abort its unfinished uploads."""
+def remove_outputs(dest: str, *, uploads_only: bool = False) -> list[str]:
+    """Delete the image at ``dest`` (objects and resume record; not with ``uploads_only``) and abort its
+    unfinished uploads."""
     url = S3Url.parse(dest)
     gone: list[str] = []
     try:
         for upload in abandoned_uploads(dest):
             client().abort_multipart_upload(Bucket=url.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
             gone.append(f"{url.with_key(upload['Key'])} (unfinished upload {upload['UploadId']})")
-        for name in existing_outputs(dest):
+        for name in [] if uploads_only else existing_outputs(dest):
             client().delete_object(Bucket=url.bucket, Key=S3Url.parse(name).key)
             gone.append(name)
     except Error:
