@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 from imagetools import data_frames
-from storage.s3server import S3Server
-
 from imaging_utility.image.reader import open_image
+from storage.s3server import S3Server
 
 
 def iu(server: S3Server, *args: str | os.PathLike[str], check: int | None = 0, timeout: float = 300,

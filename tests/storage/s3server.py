@@ -143,17 +143,19 @@ class S3Server:
                     raise
                 time.sleep(0.5)
 
-    def bytes_sent(self, bucket: str) -> int:
-        """Bytes the S3 server sent in answers about ``bucket`` so far (its own metrics)."""
+    def _traffic(self, way: str, bucket: str) -> int:
         text = urllib.request.urlopen(self.metrics, timeout=30).read().decode()
-        m = re.search(r'SeaweedFS_s3_bucket_traffic_sent_bytes_total\{bucket="%s"\} (\S+)' % re.escape(bucket), text)
+        pattern = "SeaweedFS_s3_bucket_traffic_" + way + r'_bytes_total\{bucket="' + re.escape(bucket) + r'"\} (\S+)'
+        m = re.search(pattern, text)
         return int(float(m.group(1))) if m else 0
 
+    def bytes_sent(self, bucket: str) -> int:
+        """Bytes the S3 server sent in answers about ``bucket`` so far (its own metrics)."""
+        return self._traffic("sent", bucket)
+
     def bytes_received(self, bucket: str) -> int:
-        text = urllib.request.urlopen(self.metrics, timeout=30).read().decode()
-        m = re.search(r'SeaweedFS_s3_bucket_traffic_received_bytes_total\{bucket="%s"\} (\S+)' % re.escape(bucket),
-                      text)
-        return int(float(m.group(1))) if m else 0
+        """Bytes the S3 server received for ``bucket`` so far (its own metrics)."""
+        return self._traffic("received", bucket)
 
 
 @pytest.fixture(scope="session")

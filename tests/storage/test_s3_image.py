@@ -1,18 +1,17 @@
 """``image`` into S3 (full, used-only, split) against a real SeaweedFS; listing; one-line errors."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from conftest import need_tools
 from fsbuild import make_ext, make_tree
 from imagetools import mixed_bytes, write_source
 from storage.s3helpers import download, iu, one_line_error, same_image_content
 from storage.s3server import RO_ACCESS, RO_SECRET, S3Server
-
-from conftest import need_tools
 
 MiB = 1 << 20
 

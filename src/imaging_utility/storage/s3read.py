@@ -89,7 +89,8 @@ class S3Reader:
         first, last = rel // bs, (rel + n - 1) // bs
         blocks = self._blocks(i, first, last)
         with self._lock:
-            sequential = self._last_end.get(i, -1) in range(rel - bs, rel + 1)
+            previous = self._last_end.get(i)
+            sequential = previous is not None and rel - bs <= previous <= rel
             self._last_end[i] = rel + n
         if sequential and self._readahead:
             self._prefetch(i, last + 1, last + self._readahead)
