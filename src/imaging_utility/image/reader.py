@@ -238,7 +238,12 @@ class ImageReader:
             del self._recent[:-16]
             if not follows or not self._readahead:
                 return sequential
-            todo = [j for j in range(index + 1, min(index + 1 + self._readahead, self.chunk_count))
+            # as many chunks ahead as the run has read so far (up to the limit): a client reading two
+            # chunks in a row over a remote store does not pay for four more
+            run = 2
+            while run <= self._readahead and index - run in self._recent:
+                run += 1
+            todo = [j for j in range(index + 1, min(index + run, self.chunk_count))
                     if j not in self._cache and j not in self._inflight]
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(2, thread_name_prefix="readahead")

@@ -73,6 +73,16 @@ def configure(profile: str | None = None, endpoint_url: str | None = None) -> No
         _clients.clear()
 
 
+def _forget_client() -> None:
+    """In a forked child: its parent's client holds the parent's connections; make a new one."""
+    global _client_lock
+    _client_lock = threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_forget_client)
+
+
 def client() -> Any:
     """The process's S3 client (botocore clients are thread-safe)."""
     with _client_lock:

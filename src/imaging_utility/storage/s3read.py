@@ -3,9 +3,10 @@
 The objects (one, or the split parts ``KEY.001``, … in order) are one byte stream, as ``PartReader``
 makes of files.  Reads are served from a cache of ``BLOCK``-sized pieces; the blocks a read misses are
 fetched with one ranged GET per contiguous run, and threads asking for a block already on its way wait
-for it instead of fetching it again.  A read that continues the previous one starts fetching the next
-``READAHEAD`` blocks in the background, several GETs in parallel, so sequential clients (NBD, FUSE,
-restore) stream; random clients (ls, extract) fetch little more than the frames they need.  Many
+for it instead of fetching it again.  A read that continues the previous ones starts fetching the next
+blocks in the background (as many as the run of back-to-back reads has covered, up to ``READAHEAD``),
+several GETs in parallel, so sequential clients (NBD, FUSE, restore) stream, while random clients (ls,
+extract) fetch little more than the frames they need.  Many
 threads reading at once (verify, restore) issue that many GETs at once.  Every GET carries the ETag the
 object had when it was opened (``If-Match``): an object replaced while being read is an error, never a
 mix of two images.  Thread-safe.
@@ -28,6 +29,9 @@ CACHE_BYTES = 64 << 20
 READAHEAD = 32  # blocks fetched ahead of a sequential reader
 RUN = 8  # blocks per read-ahead GET
 FETCHERS = 4  # read-ahead GETs in flight
+# Read-ahead starts once a run of back-to-back reads has covered this much: a client streaming, not
+# the few small reads that open an image (and no thread exists before a server forks its helpers).
+STREAMING = 2 * BLOCK
 
 log = logging.getLogger("imaging_utility.s3")
 
@@ -62,6 +66,7 @@ class S3Reader:
         self._inflight: dict[tuple[int, int], Future[bytes]] = {}
         self._lock = threading.Lock()
         self._last_end: dict[int, int] = {}
+        self._run_start: dict[int, int] = {}
         self._pool: ThreadPoolExecutor | None = None
         self.requests = 0
         self.fetched = 0  # bytes received
@@ -90,10 +95,13 @@ class S3Reader:
         blocks = self._blocks(i, first, last)
         with self._lock:
             previous = self._last_end.get(i)
-            sequential = previous is not None and rel - bs <= previous <= rel
+            if previous is None or not rel - bs <= previous <= rel:
+                self._run_start[i] = rel  # a new run of reads begins here
             self._last_end[i] = rel + n
-        if sequential and self._readahead:
-            self._prefetch(i, last + 1, last + self._readahead)
+            run = rel + n - self._run_start[i]
+        if run >= STREAMING and self._readahead:
+            # as far ahead as the run has gone so far: a short run wastes little, a stream soon gets all
+            self._prefetch(i, last + 1, last + min(self._readahead, run // bs))
         start = rel - first * bs
         if len(blocks) == 1:
             data = blocks[0]
@@ -166,6 +174,7 @@ class S3Reader:
         with self._lock:
             self.requests += 1
             self.fetched += len(data)
+        log.debug("GET %s bytes %d-%d", url, start, end - 1)
         return bytes(data)
 
     def _prefetch(self, i: int, first: int, last: int) -> None:
