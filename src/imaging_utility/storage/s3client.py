@@ -74,9 +74,8 @@ def configure(profile: str | None = None, endpoint_url: str | None = None) -> No
 
 
 def _forget_client() -> None:
-    """In a forked child: its parent's client holds the parent's connections; make a new one."""
-    global _client_lock
-    _client_lock = threading.Lock()
+    """In a forked child: its parent's client holds the parent's connections; make a new one.  (The NBD
+    server forks its helpers before any thread exists, so the lock is free.)"""
     _clients.clear()
 
 
