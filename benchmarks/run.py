@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/run.py [--corpus DIR] [--work DIR] [--reps 3] [--only core,chunks,rss]
     .venv/bin/python benchmarks/run.py --only linuxfs     (XFS/Btrfs/NTFS used-only; root; bench_linuxfs.py)
+    .venv/bin/python benchmarks/run.py --only s3          (images on a local SeaweedFS S3; bench_s3.py)
 
 Builds the corpus with ../shared/corpus/make_corpus.py when it is missing, warms the page cache,
 and prints MiB/s, output size, CPU seconds and peak RSS of every command, with ratios against the peer.
@@ -412,6 +413,10 @@ def main() -> int:
         from bench_linuxfs import main_section
 
         main_section(args.corpus, args.work, args.reps, args.level, keep=False)
+    if "s3" in only:
+        from bench_s3 import main_section as s3_section
+
+        s3_section(args.corpus, args.work, args.reps, args.level, args.seconds)
     return 0
 
 

@@ -3,6 +3,7 @@
 Every listener is bound to 127.0.0.1 on free ports; credentials come from an ``-s3.config`` file with
 two identities (a writer and a read-only one), so refused requests are real 403s.  Session-scoped,
 loaded by ``tests/conftest.py`` (``pytest_plugins``); the server is stopped by its PID at the end.
+``benchmarks/bench_s3.py`` runs the same server.
 ``stop``/``start`` take it down and bring it back on the same ports and data (fault tests).
 """
 
@@ -22,8 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import need_tools
 
 ACCESS, SECRET = "iutestwriter", "iutestwritersecret"
 RO_ACCESS, RO_SECRET = "iutestreader", "iutestreadersecret"
@@ -161,6 +160,8 @@ class S3Server:
 @pytest.fixture(scope="session")
 def s3server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if weed_binary() is None:
+        from conftest import need_tools
+
         need_tools("weed")
     server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
     server.start()
