@@ -84,8 +84,10 @@ class _Part:
         self.size += len(frame)
 
     def body(self) -> bytes | IO[bytes]:
+        """The part's bytes, once: the frames are let go as they are joined (one copy in memory)."""
         if self.file is None:
-            return b"".join(self.frames)
+            data, self.frames = b"".join(self.frames), []
+            return data
         self.file.seek(0)
         return self.file
 
