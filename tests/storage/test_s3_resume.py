@@ -84,6 +84,31 @@ def test_kill_9_mid_upload_then_resume_gives_the_same_object(s3server: S3Server,
     assert subprocess.run(["zstd", "-dc", str(got)], capture_output=True, check=True).stdout == noisy.read_bytes()
 
 
+def test_split_upload_resumed_after_its_first_object_is_finished(s3server: S3Server, noisy: Path,
+                                                                  tmp_path: Path) -> None:
+    """--split-size: the finished object KEY.001 is checked as a whole (its multipart ETag) and kept,
+    the upload of KEY.002 is continued."""
+    bucket = s3server.bucket("iu-split-resume")
+    url = f"s3://{bucket}/s.img.zst"
+    proc = popen(s3server, "image", "--max-throughput", "10M", "--split-size", "20M", noisy, url)
+    deadline = time.monotonic() + 120
+    while not (_exists(s3server, bucket, "s.img.zst.001") and _parts(s3server, bucket, "s.img.zst.002") >= 1):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    first = s3server.client().head_object(Bucket=bucket, Key="s.img.zst.001")["ETag"]
+    iu(s3server, "image", "--resume", "--split-size", "20M", noisy, url)
+    assert s3server.client().head_object(Bucket=bucket, Key="s.img.zst.001")["ETag"] == first  # not re-sent
+    keys = sorted(o["Key"] for o in s3server.client().list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == ["s.img.zst.001", "s.img.zst.002", "s.img.zst.003"][: len(keys)] and len(keys) >= 2
+    joined = tmp_path / "joined.img.zst"
+    joined.write_bytes(b"".join(s3server.client().get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys))
+    iu(s3server, "image", noisy, tmp_path / "local.img.zst")
+    same_image_content(joined, tmp_path / "local.img.zst")
+
+
 def test_abort_discards_an_abandoned_upload(s3server: S3Server, noisy: Path) -> None:
     bucket = s3server.bucket("iu-abort")
     url = f"s3://{bucket}/gone.img.zst"
