@@ -171,6 +171,7 @@ def main_section(corpus: Path, work: Path, reps: int, level: int, seconds: int, 
     server.start()
     saved = dict(os.environ)
     os.environ.update(_env(server))
+    os.environ.pop("AWS_CA_BUNDLE", None)  # rclone's AWS SDK fails on a CA bundle with its own transport (http here)
     try:
         server.bucket(BUCKET)
         warm(src)
