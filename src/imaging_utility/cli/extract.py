@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         raise UsageError("give at least one PATH inside the image and a DEST directory")
     *paths, dest = args.paths
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length,
+                                   disk=args.disk)
     try:
         with ProgressBar(output_label="written") as bar:
             report = extract(tree, paths, dest, streams=args.streams, progress=bar if bar.enabled else None)

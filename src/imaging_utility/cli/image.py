@@ -11,14 +11,14 @@ from typing import Any
 from ..blocks import BlockSource, WindowSource
 from ..devices.identity import identity_mismatch, source_identity
 from ..devices.mounts import check_source_mounts
-from ..devices.rescue import RescueReader
 from ..devices.source import FileSource
 from ..devices.throttle import Throttle, parse_rate
-from ..errors import EXIT_PARTIAL, SourceIOError, UnsupportedError, UsageError
+from ..errors import EXIT_PARTIAL, UnsupportedError, UsageError
 from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..ops.capture import CaptureOptions, CaptureResult, ChunkReader, capture
+from ..ops.capture import CaptureOptions, CaptureResult, capture
+from ..ops.reading import chunk_reader
 from ..progress import Throttled
 from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
 
@@ -115,35 +115,16 @@ def print_summary(result: CaptureResult) -> None:
         stdout.print(f"{name:<10} {digest}")
 
 
-def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
-                  throttle: Throttle | None) -> ChunkReader:
-    rescuer = RescueReader(source, retries=retries) if rescue else None
-    locate = RescueReader(source, retries=0)
+def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool, rescue: bool) -> None:
+    from ..ops.diskmap import apply_disk_plan, partition_table_of, plan_disk
 
-    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
-        if throttle is not None:
-            throttle.consume(len(buf))
-        if rescuer is not None:
-            return rescuer.read_chunk(offset, buf)
-        try:
-            source.readinto_at(offset, buf)
-        except SourceIOError:
-            # Name the first unreadable sector, not just the start of the failed chunk.
-            bad = locate.read_chunk(offset, buf)
-            if not bad:
-                return []  # the retry read everything: a transient error
-            sector = bad[0][0] // source.sector_size
-            raise SourceIOError(
-                f"read error on {label} at byte {bad[0][0]} (sector {sector}): input/output error; "
-                "add --rescue to image past unreadable sectors (the partial image continues with --resume)",
-                offset=bad[0][0],
-            ) from None
-        return []
-
-    return read
-
-
-def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool) -> None:
+    table = partition_table_of(source)
+    if table is not None:  # a whole disk: one image, each partition used-only where its filesystem is known
+        plan = plan_disk(source, table, tolerate_read_errors=rescue)
+        for message in plan.warnings:
+            warn(message)
+        apply_disk_plan(opts, plan)
+        return
     try:
         info, amap = allocation_map(source)
     except UnsupportedError as e:
@@ -185,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
             source = WindowSource(file_source, offset, length)
             opts.identity.update(window_offset=offset, window_length=length)
         if args.used_only:
-            _use_allocation_map(source, opts, fallback=args.used_only == "auto")
-        opts.chunk_reader = _chunk_reader(source, args.source, args.rescue, args.retries, throttle)
+            _use_allocation_map(source, opts, fallback=args.used_only == "auto", rescue=args.rescue)
+        opts.chunk_reader = chunk_reader(source, args.source, args.rescue, args.retries, throttle)
         with ProgressBar() as bar:
             throttled = Throttled(bar)
             result = capture(source, args.dest, opts, throttled)

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL
+from ._source_args import add_set_options
 from .output import parse_size, print_json
 
 EXAMPLES = """\
@@ -29,6 +30,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", type=int, metavar="N", help="use partition N of a whole-disk image (Linux numbering)")
     p.add_argument("--offset", type=parse_size, metavar="N", help="the filesystem starts at byte N")
     p.add_argument("--length", type=parse_size, metavar="N", help="and is N bytes long (default: to the end)")
+    add_set_options(p)
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
@@ -79,7 +81,8 @@ def _line(e: Any, long: bool, full: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..ops.files import damaged_files, open_image_tree, volume_bad_ranges
 
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length,
+                                   disk=args.disk)
     try:
         if args.damaged:
             found = damaged_files(tree, volume_bad_ranges(source, tree))

@@ -17,8 +17,9 @@ from types import ModuleType
 
 from .. import __version__
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Error, Interrupted
+from ._source_args import rewrite_set_dir
 
-COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav"]
+COMMANDS = ["image", "backup_disk", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav"]
 
 log = logging.getLogger("imaging_utility")
 
@@ -92,7 +93,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(rewrite_set_dir(sys.argv[1:] if argv is None else argv))
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose, getattr(args, "log_file", None))
     signal.signal(signal.SIGTERM, _on_sigterm)

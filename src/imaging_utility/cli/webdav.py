@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.webdav import WebDavServer
 
     users = _users(args)
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length,
+                                   disk=args.disk)
     try:
         try:
             server = WebDavServer(tree, host=args.host, port=args.port, users=users)

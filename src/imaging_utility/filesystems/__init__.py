@@ -1,6 +1,6 @@
 """Filesystem detection and allocation maps for used-only imaging.
 
-``detect`` recognises NTFS, ext2/3/4, FAT12/16/32 and exFAT at offset 0 of a
+``detect`` recognises NTFS, ext2/3/4, FAT12/16/32, exFAT and Linux swap at offset 0 of a
 ``BlockSource``; ``allocation_map`` returns the byte ranges in use as the
 project's ``AllocationMap``.  The map always includes the filesystem's own
 metadata and everything past the filesystem's end up to the source's end.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ..blocks import BlockSource, read_at
 from ..errors import Error, UnsupportedError
 from ..extents import AllocationMap
-from . import exfat, ext, fat, ntfs
+from . import exfat, ext, fat, ntfs, swap
 
 __all__ = ["FilesystemInfo", "allocation_map", "detect"]
 
@@ -33,20 +33,20 @@ _HINT = "image it in full without --used-only"
 
 @dataclass(frozen=True)
 class FilesystemInfo:
-    type: str  # "ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "exfat"
+    type: str  # "ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "exfat", "swap"
     cluster_size: int  # bytes per cluster/block
     volume_size: int  # bytes the filesystem spans (may be < source size)
     label: str | None
     serial: str | None  # volume serial / UUID as text
 
 
-_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot
+_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot | swap.SwapHeader
 
 
 def _probe(source: BlockSource) -> _Found | None:
     found: list[_Found] = []
     errors: list[UnsupportedError] = []
-    for probe in (ntfs.probe, exfat.probe, ext.probe, fat.probe):
+    for probe in (ntfs.probe, exfat.probe, ext.probe, fat.probe, swap.probe):
         try:
             hit = probe(source)
         except UnsupportedError as e:
@@ -73,6 +73,8 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
                               fs.serial_text)
     if isinstance(fs, ext.ExtSuper):
         return FilesystemInfo(fs.kind, fs.block_size, fs.blocks_count * fs.block_size, fs.label, fs.serial)
+    if isinstance(fs, swap.SwapHeader):
+        return FilesystemInfo("swap", fs.page_size, fs.volume_size, fs.label, fs.uuid)
     return FilesystemInfo(fs.type, fs.cluster_size, fs.volume_size, fs.label, fs.serial_text)
 
 
@@ -120,6 +122,8 @@ def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
         return exfat.used_ranges(source, fs)
     if isinstance(fs, ext.ExtSuper):
         return ext.used_ranges(source, fs)
+    if isinstance(fs, swap.SwapHeader):
+        return swap.used_ranges(source, fs)
     return fat.used_ranges(source, fs)
 
 

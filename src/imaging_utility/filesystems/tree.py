@@ -415,6 +415,8 @@ def open_tree(source: BlockSource) -> FileTree:
     if info is None:
         raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 "
                                "(whole disk? pick one with --partition N)")
+    if info.type == "swap":
+        raise UnsupportedError("this volume is Linux swap: it holds no files")
     fh = BlockFile(source)
     backend: Backend
     try:
