@@ -33,25 +33,39 @@ def add_set_options(p: argparse.ArgumentParser, *, partition: bool = False) -> N
                        help="partition N of a whole-disk image (Linux numbering, as 'info' lists them)")
 
 
-def rewrite_set_dir(argv: list[str]) -> list[str]:
-    """``CMD … --set-dir DIR …`` → ``CMD DIR …`` for the commands in ``SET_COMMANDS``."""
+def rewrite_set_dir(argv: list[str], commands: dict[str, argparse.ArgumentParser]) -> list[str]:
+    """``CMD [OPTIONS] --set-dir DIR [ARGS]`` → ``CMD DIR ARGS OPTIONS`` for the commands in ``SET_COMMANDS``.
+
+    The positional arguments are gathered right after DIR because argparse fills an optional positional
+    (``ls IMAGE [PATH]``) only from the first run of positionals it meets."""
     command = next((i for i, a in enumerate(argv) if a in SET_COMMANDS), None)
-    if command is None:
+    if command is None or not any(a == "--set-dir" or a.startswith("--set-dir=") for a in argv[command + 1:]):
         return argv
-    args = list(argv)
-    stop = args.index("--") if "--" in args else len(args)
-    for i in range(command + 1, stop):
-        if args[i] == "--set-dir" and i + 1 < stop:
-            value = args[i + 1]
-            del args[i : i + 2]
-        elif args[i].startswith("--set-dir="):
-            value = args[i].split("=", 1)[1]
-            del args[i]
-        else:
+    known = commands[argv[command]]._option_string_actions  # argparse has no public map of them
+    set_dir: str | None = None
+    positionals: list[str] = []
+    options: list[str] = []
+    rest = argv[command + 1:]
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if token == "--":
+            positionals += rest[i + 1:]
+            break
+        name, eq, value = token.partition("=")
+        if name == "--set-dir" and set_dir is None:
+            set_dir, i = (value, i + 1) if eq else (rest[i + 1] if i + 1 < len(rest) else "", i + 2)
             continue
-        args.insert(command + 1, value)
-        break
-    return args
+        if token.startswith("-") and token != "-":
+            action = known.get(name)
+            takes_value = (action is not None and action.nargs != 0 and not eq
+                           and (token.startswith("--") or len(token) == 2))  # not "--opt=x", "-p5"
+            options += rest[i : i + 2] if takes_value else [token]
+            i += 2 if takes_value else 1
+            continue
+        positionals.append(token)
+        i += 1
+    return [*argv[: command + 1], *([set_dir] if set_dir is not None else []), *positionals, *options]
 
 
 def open_reader(args: argparse.Namespace, **kwargs: Any) -> ImageReader:

@@ -57,6 +57,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
     return parser, modules
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name."""
+    for action in parser._actions:  # argparse offers no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def _setup_logging(verbose: bool, log_file: str | None) -> None:
     log.setLevel(logging.DEBUG if (verbose or log_file) else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,7 +101,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     _tune_malloc()
     parser, modules = build_parser()
-    args = parser.parse_args(rewrite_set_dir(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(rewrite_set_dir(sys.argv[1:] if argv is None else argv, _commands(parser)))
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose, getattr(args, "log_file", None))
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -62,10 +62,14 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     return ["restore"]
 
 
-def _confirm(target: str, name: str, what: str) -> bool:
-    """Ask the user to type the device name; refuse without a terminal."""
+def _need_terminal(target: str) -> None:
     if not sys.stdin.isatty():
         raise RefusedError(f"refusing to overwrite {target} without confirmation (no terminal); add --yes")
+
+
+def _confirm(target: str, name: str, what: str) -> bool:
+    """Ask the user to type the device name; refuse without a terminal."""
+    _need_terminal(target)
     sys.stderr.write(f"This overwrites {what}. Type the device name ({name}) to continue: ")
     sys.stderr.flush()
     answer = sys.stdin.readline().strip()
@@ -160,6 +164,7 @@ def _plain(args: argparse.Namespace, reader: ImageReader, throttle: Throttle | N
     def confirm() -> bool:
         if args.yes:
             return True
+        _need_terminal(args.target)
         name = _show_target(args.target)
         return _confirm(args.target, name, f"{args.target} with {human_bytes(reader.size)}")
 
@@ -191,6 +196,7 @@ def _disk(args: argparse.Namespace, reader: ImageReader, throttle: Throttle | No
     plan = plan_disk_restore(reader, args.target, allow_smaller=args.allow_smaller, force=args.force,
                              new_ids=args.new_ids)
     if not args.yes:
+        _need_terminal(args.target)
         _show_target(args.target)
         _show_plan(plan, args.image)
         _confirm(args.target, plan.target.name, f"every partition on {args.target}")
@@ -224,6 +230,7 @@ def _partition(args: argparse.Namespace, reader: ImageReader, throttle: Throttle
     def confirm(part: Partition) -> bool:
         if args.yes:
             return True
+        _need_terminal(args.target)
         name = _show_target(args.target)
         return _confirm(args.target, name, f"{args.target} with partition {part.number} ({human_bytes(part.length)})")
 
