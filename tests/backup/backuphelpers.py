@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.diskbuild import MiB, Disk, make_gpt_disk, make_mbr_disk
+from backup.diskbuild import Disk, MiB, make_gpt_disk, make_mbr_disk
 from conftest import cli, need_root, need_tools
 
 TOOLS = ("sgdisk", "sfdisk", "losetup", "mkntfs", "ntfs-3g", "ntfsfix", "mke2fs", "e2fsck", "debugfs",

@@ -155,3 +155,19 @@ def sgdisk_ok(dev: str | Path) -> str:
 
 def random_bytes(n: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(n)
+
+
+def make_simple_disk(work: Path, name: str = "simple.raw") -> Disk:
+    """24 MiB GPT without root: 1 FAT16 (1..9 MiB), 2 ext4 (9..17 MiB), 3 random bytes (17..19 MiB)."""
+    path = work / name
+    fsbuild.random_image(path, 24, seed=21)
+    _run("sgdisk", "-U", "0d15c0de-2222-4333-8444-955566667777", "-n", "1:1M:+8M", "-t", "1:0700",
+         "-n", "2:0:+8M", "-t", "2:8300", "-n", "3:0:+2M", "-t", "3:8300", path)
+    disk = Disk(path, 24 * MiB, "gpt", gap=(34 * SECTOR, (2048 - 34) * SECTOR), raw=[3])
+    vol = work / f"{name}.vol"
+    disk.filesystems[1] = ("fat", fsbuild.make_fat(vol, 8, None, 16, ("-s", "1")))
+    splice(path, 1 * MiB, vol)
+    disk.filesystems[2] = ("ext", fsbuild.make_ext(vol, 8, None))
+    splice(path, 9 * MiB, vol)
+    vol.unlink()
+    return disk

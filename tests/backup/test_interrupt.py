@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """kill -9 during backup-disk, then --resume: the same images as an uninterrupted run.  kill -9 during a disk
 restore, then the same restore again: the same disk as a restore that was never interrupted."""
 
@@ -60,7 +61,11 @@ def test_backup_killed_then_resumed(backup_set: BackupSet, tmp_path: Path) -> No
         proc = subprocess.Popen([*TOOL, "backup-disk", *(["--resume"] if stage else []), *slow],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         image = set_dir / f"{names[index]}.img.zst"
-        _wait(f"disk {index} half done", lambda: _status(set_dir) == state and _size(image) > 4 << 20, proc)
+
+        def half_done(state: list[str] = state, image: Path = image) -> bool:
+            return _status(set_dir) == state and _size(image) > 4 << 20
+
+        _wait(f"disk {index} half done", half_done, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     out = json.loads(cli("backup-disk", "--resume", "--json", *devices, set_dir).stdout)

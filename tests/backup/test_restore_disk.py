@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """backup-disk of real GPT and MBR disks on loop devices, restored onto loop devices of the same, a larger and
 a smaller size: sgdisk -v, sfdisk -d, every filesystem's fsck, every file, the raw gaps and partitions."""
 
@@ -10,7 +11,7 @@ import pytest
 
 import fsbuild
 from backup.backuphelpers import BackupSet, backup_set, blank_target, disks, loops, manifest  # noqa: F401
-from backup.diskbuild import MiB, Disk, sfdisk_dump, sgdisk_ok, sha256_range
+from backup.diskbuild import Disk, MiB, sfdisk_dump, sgdisk_ok, sha256_range
 from conftest import cli
 
 CASES = [("gpt", 0), ("gpt", 16 * MiB), ("gpt", -6 * MiB), ("mbr", 0), ("mbr", 16 * MiB), ("mbr", -8 * MiB)]

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """Every restore refusal is one line, exit 9, and leaves the target's SHA-256 unchanged."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """A backup set everywhere an image goes: serve-proxy exports each partition, ls/extract/webdav/mount read the
 right filesystem, info shows the table, verify checks every disk and one partition."""
 

@@ -47,7 +47,10 @@ def _disk(reader: ImageReader) -> dict[str, Any]:
         table = None
     warnings = list(table.warnings) if table is not None else []
     if isinstance(meta, dict):
-        return {"table": meta.get("table"), "partitions": rows_from_meta(meta), "volume": meta.get("volume"),
+        volume = meta.get("volume")
+        if isinstance(volume, dict):
+            volume = {**volume, "used": meta.get("used_bytes")}
+        return {"table": meta.get("table"), "partitions": rows_from_meta(meta), "volume": volume,
                 "warnings": list(dict.fromkeys([*meta.get("warnings", []), *warnings]))}
     if table is not None and table.scheme:
         return {"table": table_info(table, reader.size), "partitions": rows_from_table(reader, table),
@@ -155,7 +158,7 @@ def _print(info: dict[str, Any], partition: int | None) -> None:
         if not rows:
             numbers = ", ".join(str(r["number"]) for r in disk["partitions"]) or "none"
             raise NotFoundError(f"partition {partition} not found; the image's partitions: {numbers}")
-    if disk["table"]:
+    if disk["table"] and disk["table"].get("type"):
         stdout.print(f"partitions   {table_summary(disk['table'], len(disk['partitions']), info['sector_size'])}")
         for line in render_rows(rows):
             stdout.print(line, markup=False)
