@@ -29,6 +29,7 @@ examples:
   imaging-utility image --resume /dev/sdb sdb.img.zst        # continue after Ctrl-C, kill or power loss
   imaging-utility image --hash sha256,md5 --json disk.raw disk.img.zst
   imaging-utility image --used-only /dev/sdb2 windows.img.zst          # NTFS/ext/FAT/exFAT: used clusters only
+  imaging-utility image --used-only /dev/sdb sdb.img.zst               # a whole disk, partition by partition
   imaging-utility image --rescue --retries 3 --direct /dev/sdc failing.img.zst   # keep going past bad sectors
   imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
   imaging-utility image --used-only=auto --offset 1M --length 20G disk.raw p1.img.zst
@@ -59,7 +60,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     used = p.add_mutually_exclusive_group()
     used.add_argument("--used-only", dest="used_only", action="store_const", const="yes",
                       help="read only the allocated clusters of the NTFS, ext2/3/4, FAT or exFAT filesystem in "
-                      "SOURCE (unallocated space reads back as zeros); fails (exit 4) on anything else")
+                      "SOURCE (unallocated space reads back as zeros; Linux swap: its signature page); a whole "
+                      "disk: each partition so, everything else in full; fails (exit 4) on anything else")
     used.add_argument("--used-only=auto", dest="used_only", action="store_const", const="auto",
                       help="the same, but image in full, with a warning, when no supported filesystem is found")
     p.add_argument("--offset", default="0", metavar="BYTES",

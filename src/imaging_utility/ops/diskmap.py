@@ -109,7 +109,7 @@ def partition_meta(plan: PartitionPlan, ss: int) -> dict[str, Any]:
         "number": p.number, "start": p.offset, "start_sector": p.offset // ss,
         "length": p.length, "sectors": p.length // ss,
         "type_id": p.type_id, "type": type_name(p), "uuid": p.uuid, "name": p.name,
-        "attributes": p.attributes, "bootable": p.bootable,
+        "attributes": f"0x{p.attributes:016x}", "bootable": p.bootable,
         "filesystem": None if plan.filesystem is None else fs_meta(plan.filesystem),
         "used_bytes": plan.used_bytes, "kept": plan.kept, "note": plan.note,
     }
