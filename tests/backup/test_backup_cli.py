@@ -123,6 +123,9 @@ def test_truncated_disk_image_names_missing_and_cut_partitions(simple: Disk, tmp
         dst.write(src.read(12 * MiB))  # partition 2 (9..17 MiB) is cut, 3 (17..19 MiB) is missing
     err = _one_line(cli("ls", cut, "/", "--partition", "3", check=4))
     assert "partition 3 starts at byte 17825792, past the end of the source" in err and "truncated" in err
+    listing = cli("ls", cut, "/", "--partition", "2", check=None)  # what can be read is listed, with a warning
+    assert "partition 2 is cut: the table gives 8388608 bytes, the source holds 3145728" in listing.stderr
+    assert "Traceback" not in listing.stderr
     err = _one_line(cli("image", "--used-only", cut, tmp_path / "x.img", check=9))
     assert "partition 3 starts at byte 17825792, beyond the disk's end (12582912) (and 1 more)" in err
     cli("image", cut, tmp_path / "cut.img")

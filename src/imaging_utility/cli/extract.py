@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL, UsageError
+from ._source_args import warn_table
 from .ls import add_source_options, shown
 from .output import ProgressBar, print_json
 
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     *paths, dest = args.paths
     tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length,
                                    disk=args.disk)
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
         with ProgressBar(output_label="written") as bar:
             report = extract(tree, paths, dest, streams=args.streams, progress=bar if bar.enabled else None)

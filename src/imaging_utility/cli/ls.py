@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL
-from ._source_args import add_set_options
+from ._source_args import add_set_options, warn_table
 from .output import parse_size, print_json
 
 EXAMPLES = """\
@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length,
                                    disk=args.disk)
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
         if args.damaged:
             found = damaged_files(tree, volume_bad_ranges(source, tree))

@@ -159,7 +159,7 @@ def run_disk_restore(plan: DiskRestorePlan, *, free: str = FREE_SKIP, verify: bo
             os.fsync(fd)
         except OSError as e:
             raise write_error(e, path, 0) from None
-        update_kernel_partitions(fd, path, {p.number: (p.offset, p.length) for p in plan.table.partitions})
+        update_kernel_partitions(fd, path, kernel_view(plan.table))
     finally:
         os.close(fd)
     result = DiskRestoreResult(path, plan.target.size, report.bytes_written, report.bytes_zeroed,
@@ -168,6 +168,15 @@ def run_disk_restore(plan: DiskRestorePlan, *, free: str = FREE_SKIP, verify: bo
         result.checks = verify_written(plan.reader, path, True,
                                        [(p.number, p.offset, p.length) for p in plan.table.partitions])
     return result
+
+
+def kernel_view(table: PartitionTable) -> dict[int, tuple[int, int]]:
+    """The partitions Linux lists for ``table``: the data partitions, and an MBR extended container as a
+    stub of two 512-byte units (one sector on 4Kn), as ``block/partitions/msdos.c`` adds it."""
+    wanted = {p.number: (p.offset, p.length) for p in table.partitions}
+    if table.extended is not None and table.extended_number is not None:
+        wanted[table.extended_number] = (table.extended[0], min(table.extended[1], max(table.sector_size, 1024)))
+    return wanted
 
 
 def _beyond_image(fd: int, path: str, plan: DiskRestorePlan, free: str) -> None:

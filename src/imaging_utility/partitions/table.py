@@ -108,6 +108,7 @@ class PartitionTable:
     ebrs: tuple[int, ...] = ()  # byte offsets of the EBR sectors of an MBR extended chain
     extended: tuple[int, int] | None = None  # (offset, length) of the MBR extended container
     warnings: tuple[str, ...] = ()
+    extended_number: int | None = None  # its slot (1-4): Linux lists it as a tiny partition of that number
 
     def get(self, number: int) -> Partition:
         for part in self.partitions:
@@ -220,12 +221,13 @@ class _Mbr:
 
     def table(self, entries: list[_Entry], disk_id: str) -> PartitionTable:
         extended: tuple[int, int] | None = None
+        extended_number: int | None = None
         for slot, (status, _c1, ptype, _c2, lba, count) in enumerate(entries, start=1):
             if not count or ptype == MBR_TYPE_EMPTY:
                 continue
             if ptype in MBR_EXTENDED_TYPES:
                 if extended is None:
-                    extended = (lba, count)
+                    extended, extended_number = (lba, count), slot
                 continue
             self._add(slot, lba * self.ss, count * self.ss, ptype, status)
         if extended is not None:
@@ -233,7 +235,7 @@ class _Mbr:
         warnings = _truncation_warnings(self.parts, self.missing, self.source.size)
         container = None if extended is None else (extended[0] * self.ss, extended[1] * self.ss)
         return PartitionTable("mbr", disk_id, self.ss, self.parts, self.missing, None, tuple(self.ebrs),
-                              container, tuple(warnings))
+                              container, tuple(warnings), extended_number)
 
     def _add(self, number: int, offset: int, length: int, ptype: int, status: int) -> None:
         part, inside = _place(self.source, number, offset, length, type=translate_partition_type(ptype),
