@@ -168,6 +168,8 @@ def test_untrusted_tables_are_refused(tmp_path: Path, entries: list[tuple[int, i
     for command in (["image", "--used-only", disk, tmp_path / "x.img"], ["backup-disk", disk, tmp_path / "s"]):
         err = _one_line(cli(*command, check=9))
         assert needle in err and "image the disk in full" in err
+    auto = cli("image", "--used-only=auto", disk, tmp_path / "auto.img")
+    assert needle in auto.stderr and "imaging in full (--used-only=auto)" in auto.stderr
 
 
 def test_disk_without_a_table(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from ..devices.identity import identity_mismatch, source_identity
 from ..devices.mounts import check_source_mounts
 from ..devices.source import FileSource
 from ..devices.throttle import Throttle, parse_rate
-from ..errors import EXIT_PARTIAL, UnsupportedError, UsageError
+from ..errors import EXIT_PARTIAL, RefusedError, UnsupportedError, UsageError
 from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
@@ -122,7 +122,13 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
 
     table = partition_table_of(source)
     if table is not None:  # a whole disk: one image, each partition used-only where its filesystem is known
-        plan = plan_disk(source, table, tolerate_read_errors=rescue)
+        try:
+            plan = plan_disk(source, table, tolerate_read_errors=rescue)
+        except RefusedError as e:
+            if not fallback:
+                raise
+            warn(f"{e}; imaging in full (--used-only=auto)")
+            return
         for message in plan.warnings:
             warn(message)
         apply_disk_plan(opts, plan)
