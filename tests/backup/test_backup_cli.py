@@ -97,20 +97,21 @@ def test_manifest_that_no_longer_matches(simple: Disk, tmp_path: Path) -> None:
     cli("backup-disk", simple.path, s)
     path = s / "backup.manifest.json"
     good = path.read_text()
-    for change, code, needle in [
+    for i, (change, code, needle) in enumerate([
         (lambda m: m["disks"][0]["partitions"][1].update(start=10 * MiB), 8, "no longer matches simple.img.zst"),
         (lambda m: m["disks"][0]["digests"].update(blake3="0" * 64), 8, "its digests differ"),
         (lambda m: m["disks"][0].update(status="in progress"), 8, "did not finish"),
         (lambda m: m["disks"][0].update(image=["gone.img.zst"]), 4, "lists gone.img.zst, which is missing"),
         (lambda m: m["disks"][0].update(image=["../../etc/passwd"]), 8, "'disks' list is malformed"),
         (lambda m: m.update(version=7), 8, "manifest version 7"),
-    ]:
+    ]):
         manifest = json.loads(good)
         change(manifest)
         path.write_text(json.dumps(manifest))
-        commands = [["info", s], ["restore", s, tmp_path / "x.raw"]]
-        if code == 4:
-            commands += [["verify", s], ["ls", "--set-dir", s], ["serve-proxy", "--set-dir", s, "--port", "0"]]
+        commands = [["info", s]]
+        if i == 0:  # every command checks the set the same way; the others are checked by info only
+            commands += [["restore", s, tmp_path / "x.raw"], ["verify", s], ["ls", "--set-dir", s],
+                         ["serve-proxy", "--set-dir", s, "--port", "0"]]
         for command in commands:
             assert needle in _one_line(cli(*command, check=code)), command
     path.write_text("{not json")

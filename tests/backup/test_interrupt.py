@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """kill -9 during backup-disk, then --resume: the same images as an uninterrupted run.  kill -9 during a disk
 restore, then the same restore again: the same disk as a restore that was never interrupted."""
 
@@ -13,15 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from backup.backuphelpers import (  # noqa: F401
-    BackupSet,
-    backup_set,
-    blank_target,
-    disks,
-    loops,
-    manifest,
-    sha256_dev,
-)
+from backup.backuphelpers import BackupSet, blank_target, manifest, sha256_dev
 from conftest import cli
 from imagetools import data_frames
 from imaging_utility.image.reader import open_image

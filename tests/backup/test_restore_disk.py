@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """backup-disk of real GPT and MBR disks on loop devices, restored onto loop devices of the same, a larger and
 a smaller size: sgdisk -v, sfdisk -d, every filesystem's fsck, every file, the raw gaps and partitions."""
 
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fsbuild
-from backup.backuphelpers import BackupSet, backup_set, blank_target, disks, loops, manifest  # noqa: F401
+from backup.backuphelpers import BackupSet, blank_target, manifest
 from backup.diskbuild import Disk, MiB, make_simple_disk, sfdisk_dump, sgdisk_ok, sha256_range
 from conftest import cli
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """Every restore refusal is one line, exit 9, and leaves the target's SHA-256 unchanged."""
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backup.backuphelpers import BackupSet, backup_set, blank_target, disks, loops, sha256_dev  # noqa: F401
+from backup.backuphelpers import BackupSet, blank_target, sha256_dev
 from backup.diskbuild import MiB, splice
 from conftest import cli, need_tools
 

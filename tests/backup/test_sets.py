@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures are imported from backuphelpers and requested by name)
 """A backup set everywhere an image goes: serve-proxy exports each partition, ls/extract/webdav/mount read the
 right filesystem, info shows the table, verify checks every disk and one partition."""
 
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import fsbuild
-from backup.backuphelpers import BackupSet, backup_set, disks, manifest  # noqa: F401
+from backup.backuphelpers import BackupSet, manifest
 from conftest import cli, need_tools
 
 
