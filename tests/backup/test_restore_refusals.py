@@ -91,3 +91,33 @@ def test_size_refusals(backup_set: BackupSet, tmp_path: Path, loops: object, kin
     target = loops(path, sector_size=sector)  # type: ignore[operator]
     _refused(["restore", "--yes", *extra, "--set-dir", backup_set.path, "--disk", backup_set.names[kind], target],
              target, needle)
+
+
+def _typed(args: list[object], answer: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with a terminal as stdin and type ``answer`` at its question."""
+    import pty
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "imaging_utility", *map(str, args)], stdin=slave,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(master, answer.encode() + b"\n")
+        out, err = proc.communicate(timeout=300)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_the_device_name_must_be_typed(backup_set: BackupSet, tmp_path: Path, loops: object) -> None:
+    target = loops(blank_target(tmp_path, backup_set.disks["mbr"].size))  # type: ignore[operator]
+    args = ["restore", "--set-dir", backup_set.path, "--disk", backup_set.names["mbr"], target]
+    before = sha256_dev(target)
+    wrong = _typed(args, "yes")
+    assert wrong.returncode == 9 and "not confirmed ('yes' is not" in wrong.stderr
+    assert "holds now:" in wrong.stderr and "will be written with" in wrong.stderr
+    assert sha256_dev(target) == before
+    right = _typed(args, Path(target).name)
+    assert right.returncode == 0, right.stderr
+    assert sha256_dev(target) != before
