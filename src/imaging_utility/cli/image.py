@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             opts.identity.update(window_offset=offset, window_length=length)
         if args.used_only:
             _use_allocation_map(source, opts, fallback=args.used_only == "auto", rescue=args.rescue)
-        opts.chunk_reader = chunk_reader(source, args.source, args.rescue, args.retries, throttle)
+        opts.chunk_reader = chunk_reader(source, args.source, args.rescue, args.retries, throttle, opts.allocation)
         with ProgressBar() as bar:
             throttled = Throttled(bar)
             result = capture(source, args.dest, opts, throttled)
