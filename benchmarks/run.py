@@ -2,6 +2,7 @@
 """Benchmarks against the peer tools, on the same data, in the same run.  Not part of the test suite.
 
     .venv/bin/python benchmarks/run.py [--corpus DIR] [--work DIR] [--reps 3] [--only core,chunks,rss]
+    .venv/bin/python benchmarks/run.py --only linuxfs     (XFS/Btrfs/NTFS used-only; root; bench_linuxfs.py)
 
 Builds the corpus with ../shared/corpus/make_corpus.py when it is missing, warms the page cache,
 and prints MiB/s, output size, CPU seconds and peak RSS of every command, with ratios against the peer.
@@ -413,6 +414,10 @@ def main() -> int:
         from bench_backup import bench_backup
 
         bench_backup(args.work, args.reps)
+    if "linuxfs" in only:
+        from bench_linuxfs import main_section
+
+        main_section(args.corpus, args.work, args.reps, args.level, keep=False)
     return 0
 
 
