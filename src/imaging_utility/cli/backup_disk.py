@@ -34,7 +34,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
         description="Back up each DISK (block device or disk-image file) into DIR/<name>.img.zst: one image per "
         "disk in which every partition with a known filesystem (NTFS, ext2/3/4, FAT, exFAT, XFS, Btrfs, the LVs "
         "of an LVM2 PV, Linux swap) holds only its used blocks and everything else (MBR, boot-loader gaps, GPT "
-        "copies, unknown partitions) is kept in full; plus DIR/backup.manifest.json describing the disks, tables and partitions. Each image "
+        "copies, unknown partitions) is kept in full; plus DIR/backup.manifest.json describing the disks, "
+        "tables and partitions. Each image "
         "is a plain zstd stream of the disk: 'zstd -dc IMAGE | dd of=DISK' restores it without this tool.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", metavar="DISK… DIR", nargs="+", help="one or more disks, then the set directory")
