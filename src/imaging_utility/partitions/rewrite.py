@@ -28,7 +28,6 @@ from .c_table import (
     MBR_TABLE_OFFSET,
     MBR_TYPE_GPT_PROTECTIVE,
     c_disk_signature,
-    c_gpt_entry,
     c_gpt_header,
     c_mbr_entry,
 )
@@ -148,12 +147,3 @@ def mbr_writes(source: BlockSource, table: PartitionTable, *, new_ids: bool = Fa
         signature = int.from_bytes(os.urandom(4), "little")
     c_disk_signature.pack_into(sector, MBR_DISK_SIGNATURE_OFFSET, signature)
     return [(0, bytes(sector))]
-
-
-def partition_guids(array: bytes, entry_size: int) -> list[str]:
-    """Unique GUIDs of the used entries of an entry array, in slot order (for tests and logs)."""
-    out = []
-    for at in range(0, len(array) - c_gpt_entry.size + 1, entry_size):
-        if array[at:at + 16] != bytes(16):
-            out.append(str(uuid.UUID(bytes_le=bytes(array[at + 16:at + 32]))))
-    return out
