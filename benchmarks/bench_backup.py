@@ -14,6 +14,7 @@ checksums (``-a0``), its fastest setting.  Both restores end with the target's d
 (ours fsyncs; the route gets ``dd conv=fsync``).  Each restore target is a fresh sparse 8 GiB file on a
 loop device.
 
+Needs root and about 18 GiB free in WORK (the disk, both backups, one restore target at a time).
 Prints wall time, disk MiB/s, output size, CPU, peak RSS and the ratios (targets: backup ≥ 1.5× the route's
 throughput with output within 3% of its size, restore ≥ 1.2×, peak RSS ≤ 256 MiB).
 """
@@ -150,6 +151,11 @@ def bench_backup(work: Path, reps: int) -> None:
             raise SystemExit(f"backup benchmark needs {tool}")
     if os.geteuid() != 0:
         raise SystemExit("backup benchmark needs root (loop devices)")
+    work.mkdir(parents=True, exist_ok=True)
+    have = (work / "backup-8g.raw").exists() and (work / "backup-8g.ok").exists()
+    need = (0 if have else DISK_SIZE + 2 * GiB) + 10 * GiB  # the disk (and its build), then outputs and a target
+    if shutil.disk_usage(work).free < need:
+        raise SystemExit(f"backup benchmark needs {need / GiB:.0f} GiB free in {work}")
     disk = build_disk(work)
     ours_dir, route_dir = work / "backup-ours", work / "backup-route"
     print(f"\n## whole-disk backup and restore — 8 GiB GPT disk (ESP FAT32, NTFS, ext4), median of {reps}\n")
