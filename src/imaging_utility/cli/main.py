@@ -18,10 +18,12 @@ import sys
 from types import ModuleType
 
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, Error, Interrupted
+from ._source_args import rewrite_set_dir
 from .deps import missing_module_message
 from .version import VersionAction
 
-COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav", "completion"]
+COMMANDS = ["image", "backup_disk", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav",
+            "completion"]
 
 log = logging.getLogger("imaging_utility")
 
@@ -58,6 +60,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
         for cmd in mod.register(sub, parent):
             modules[cmd] = mod
     return parser, modules
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's own parser, by name."""
+    for action in parser._actions:  # argparse offers no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def _setup_logging(verbose: bool, log_file: str | None) -> None:
@@ -97,7 +107,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(rewrite_set_dir(sys.argv[1:] if argv is None else argv, _commands(parser)))
     _tune_malloc()
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose, getattr(args, "log_file", None))
