@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL
+from ._source_args import add_set_options, warn_table
 from .output import parse_size, print_json
 
 EXAMPLES = """\
@@ -34,12 +35,13 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lv", metavar="VG/LV", help="use logical volume VG/LV of the LVM2 physical volume there")
     p.add_argument("--subvolume", metavar="NAME|ID",
                    help="Btrfs: use this subvolume (path or id) instead of the default one")
+    add_set_options(p)
 
 
 def tree_source_args(args: argparse.Namespace) -> dict[str, Any]:
     """The ``open_image_tree`` keyword arguments from ``add_source_options``."""
     return {"partition": args.partition, "offset": args.offset, "length": args.length, "lv": args.lv,
-            "subvolume": args.subvolume}
+            "subvolume": args.subvolume, "disk": args.disk}
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
@@ -91,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from ..ops.files import damaged_files, open_image_tree, volume_bad_ranges
 
     tree, source = open_image_tree(args.image, **tree_source_args(args))
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
         if args.damaged:
             found = damaged_files(tree, volume_bad_ranges(source, tree))

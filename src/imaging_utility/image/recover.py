@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ChunkCorruptError, CorruptImageError, ResumeMismatchError
 from ..extents import AllocationMap
@@ -68,8 +69,11 @@ def recover(
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None = None,
+    observer: Any = None,
 ) -> Recovered:
-    """Open the partial image ``partial`` (whose header is ``header``) for appending."""
+    """Open the partial image ``partial`` (whose header is ``header``) for appending.
+
+    ``observer.update(data, offset)``, when given, sees every kept chunk in order (as capture's does)."""
     if partial.reader is None:
         sink = partial.replay()
         sink.write_frame(partial.head)
@@ -77,7 +81,7 @@ def recover(
         table.append(len(partial.head), 0, c.XXH64_EMPTY_LOW32)
         writer = ImageWriter(sink, header, table, array("I"))
         return Recovered(header, writer, Digests(digest_names), 0, 0, 0)
-    return _recover(partial, partial.reader, header, digest_names, codec, threads, progress)
+    return _recover(partial, partial.reader, header, digest_names, codec, threads, progress, observer)
 
 
 def _recover(
@@ -88,6 +92,7 @@ def _recover(
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None,
+    observer: Any,
 ) -> Recovered:
     frames = walk_frames(reader.read_at, reader.size)
     first = next(frames)
@@ -119,6 +124,8 @@ def _recover(
                 pending.clear()
                 return False
             digests.update_chunk(data, chunk * chunk_size, allocation)
+            if observer is not None:
+                observer.update(data, chunk * chunk_size)
             table.append(length, dsize, checksum)
             crcs.append(crc)
             kept += length
