@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL
-from .output import parse_size, print_json
+from ..filesystems.tree import Entry
+from .output import parse_size, print_json, shown
 
 EXAMPLES = """\
 examples:
@@ -21,7 +24,7 @@ examples:
   imaging-utility ls disk.img.zst --offset 1M --length 512M /
 """
 
-_TYPE_CHAR = {"file": "-", "dir": "d", "symlink": "l", "reparse": "r", "other": "?", "damaged": "!"}
+_TYPE_CHAR = {"reparse": "r", "other": "?", "damaged": "!"}
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
@@ -40,7 +43,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", metavar="IMAGE", help="image, raw volume file or device")
     p.add_argument("path", metavar="PATH", nargs="?", default="/", help="directory or file (default: /)")
-    p.add_argument("-l", dest="long", action="store_true", help="long format: type, size, mtime (UTC), inode")
+    p.add_argument("-l", dest="long", action="store_true",
+                   help="long format: type and mode, links, owner, group, size, mtime (UTC), inode, link target")
     p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories recursively")
     p.add_argument("--json", action="store_true", help="print the entries as JSON")
     p.add_argument("--damaged", action="store_true",
@@ -49,21 +53,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     return ["ls"]
 
 
-def shown(text: str) -> str:
-    """``text`` safe for a terminal: control characters and undecodable bytes as ``\\xNN``."""
-    out = []
-    for c in text:
-        o = ord(c)
-        if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
-            out.append(f"\\x{o:02x}")
-        elif 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _line(e: Any, long: bool, full: bool) -> str:
+def _line(e: Entry, long: bool, full: bool) -> str:
     name = shown(e.path if full else e.name) + ("/" if e.type == "dir" else "")
     if e.type in ("symlink", "reparse") and e.target:
         name += f" -> {shown(e.target)}"
@@ -73,7 +63,14 @@ def _line(e: Any, long: bool, full: bool) -> str:
         return name
     when = e.mtime.strftime("%Y-%m-%d %H:%M:%S") if e.mtime else "-" * 19
     inode = "" if e.inode is None else str(e.inode)
-    return f"{_TYPE_CHAR.get(e.type, '?')} {e.size:>14,} {when} {inode:>9} {name}"
+    mode = stat.filemode(e.st_mode)
+    if e.type in _TYPE_CHAR:
+        mode = _TYPE_CHAR[e.type] + mode[1:]
+    size = f"{os.major(e.rdev)}, {os.minor(e.rdev)}" if e.rdev is not None else f"{e.size:,}"
+    owner = "-" if e.uid is None else str(e.uid)
+    group = "-" if e.gid is None else str(e.gid)
+    links = "-" if e.nlink is None else str(e.nlink)
+    return f"{mode} {links:>3} {owner:>5} {group:>5} {size:>14} {when} {inode:>9} {name}"
 
 
 def run(args: argparse.Namespace) -> int:

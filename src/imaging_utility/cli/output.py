@@ -52,6 +52,21 @@ def human_bytes(n: float) -> str:
     return f"{n:.2f} PiB"
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control characters (C0, DEL, C1, so no escape sequence gets through)
+    and undecodable bytes (surrogate escapes) as ``\\xNN``."""
+    out = []
+    for c in text:
+        o = ord(c)
+        if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
