@@ -72,8 +72,9 @@ def ext4_tree(vol: Path) -> None:
         os.chown(home, 1000, 1000)
         (home / "big.bin").write_bytes(os.urandom(3 * MiB + 17))
         os.chown(home / "big.bin", 1000, 100)
-        (m / "srv").mkdir(mode=0o2775)
+        (m / "srv").mkdir()
         os.chown(m / "srv", 2000, 2001)
+        os.chmod(m / "srv", 0o2775)  # after chown, which clears set-gid
         (m / "srv" / "shared.txt").write_bytes(b"shared\n")
         os.chown(m / "srv" / "shared.txt", 2000, 2001)
         os.symlink("../home/ann/secret.txt", m / "srv" / "rel-link")
@@ -145,10 +146,7 @@ def ntfs_tree(vol: Path) -> None:
 def copy_from_mount(vol: Path, kind: str, dest: Path) -> None:
     """The reference: ``cp -a`` of every entry of a read-only mount of ``vol`` into ``dest``."""
     dest.mkdir(parents=True)
-    if kind == "ext4":
-        ctx = kernel_mount(vol, read_only=True)
-    else:
-        ctx = _ntfs_ro(vol)
+    ctx = kernel_mount(vol, read_only=True) if kind == "ext4" else _ntfs_ro(vol)
     with ctx as m:
         _sh("cp", "-a", "--no-preserve=context", f"{m}/.", dest)
         (dest / ".mnt").write_text(str(m))  # ntfs-3g writes absolute targets through its mount point

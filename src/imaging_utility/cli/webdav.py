@@ -1,4 +1,7 @@
-"""``webdav`` (aliases ``ntfs-webdav``, ``ntfs-serve``): browse the filesystem inside an image over WebDAV/HTTP."""
+"""``webdav``: browse the filesystem inside an image over WebDAV/HTTP.
+
+Aliases ``ntfs-webdav``, ``ntfs-serve``, ``fat-webdav`` and ``exfat-webdav`` are the original tool's names.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ examples:
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     names = []
-    for name in ("webdav", "ntfs-webdav", "ntfs-serve"):
+    for name in ("webdav", "ntfs-webdav", "ntfs-serve", "fat-webdav", "exfat-webdav"):
         p = subparsers.add_parser(
             name, parents=[parent],
             help="read-only WebDAV + HTML browsing of the files in an image" if name == "webdav" else "alias of webdav",
