@@ -169,7 +169,8 @@ def test_bad_sectors_name_the_damaged_file(tmp_path: Path) -> None:
     with eio_fuse(vol, tmp_path / "mnt", bad) as failing:
         cli("image", "--rescue", "--retries", "1", "--chunk-size", "256K", failing, img, check=3)
     found = json.loads(cli("ls", "--damaged", "--json", img).stdout)
-    assert found == [{"path": path, "lost": [{"offset": foff + 64 * 1024, "length": 1024}], "lost_bytes": 1024}]
+    assert found == [{"path": path, "cause": "unreadable", "lost": [{"offset": foff + 64 * 1024, "length": 1024}],
+                      "lost_bytes": 1024}]
     human = cli("ls", "--damaged", img).stdout
     assert human.startswith(f"{path}\t1024 bytes lost at file offsets {foff + 64 * 1024}+1024")
     assert "no file data" in cli("ls", "--damaged", vol).stderr

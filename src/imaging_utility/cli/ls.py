@@ -10,7 +10,8 @@ from typing import Any
 
 from ..errors import EXIT_PARTIAL
 from ..filesystems.tree import Entry
-from .output import parse_size, print_json, shown
+from ..progress import Throttled
+from .output import ProgressBar, parse_size, print_json, shown
 
 EXAMPLES = """\
 examples:
@@ -73,23 +74,39 @@ def _line(e: Entry, long: bool, full: bool) -> str:
     return f"{mode} {links:>3} {owner:>5} {group:>5} {size:>14} {when} {inode:>9} {name}"
 
 
+def _damaged(as_json: bool, tree: Any, source: Any) -> int:
+    """Files whose data lies in ranges the capture could not read, or in image chunks that fail their
+    checksums (every chunk of the volume is checked)."""
+    from ..ops.files import corrupt_ranges, damaged_files, volume_bad_ranges
+
+    with ProgressBar(output_label="") as bar:
+        corrupt = corrupt_ranges(source, tree, Throttled(bar))
+    found = [(p, r, "unreadable") for p, r in damaged_files(tree, volume_bad_ranges(source, tree))]
+    found += [(p, r, "corrupt") for p, r in damaged_files(tree, [(o, n) for o, n, _why in corrupt])]
+    found.sort()
+    if as_json:
+        print_json([{"path": p, "cause": cause, "lost": [{"offset": o, "length": n} for o, n in r],
+                     "lost_bytes": sum(n for _, n in r)} for p, r, cause in found])
+    else:
+        for path, ranges, cause in found:
+            spans = ", ".join(f"{o}+{n}" for o, n in ranges)
+            where = " (in image chunks that fail their checksums)" if cause == "corrupt" else ""
+            print(f"{shown(path)}\t{sum(n for _, n in ranges)} bytes lost at file offsets {spans}{where}")
+        if corrupt:
+            print(f"imaging-utility: {len(corrupt)} image chunk(s) of this volume fail their checksums "
+                  f"(first: {shown(corrupt[0][2])}); 'verify' lists them", file=sys.stderr)
+        if not found:
+            print("no file data lies in unreadable ranges or corrupt chunks", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..ops.files import damaged_files, open_image_tree, volume_bad_ranges
+    from ..ops.files import open_image_tree
 
     tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
     try:
         if args.damaged:
-            found = damaged_files(tree, volume_bad_ranges(source, tree))
-            if args.json:
-                print_json([{"path": p, "lost": [{"offset": o, "length": n} for o, n in r],
-                             "lost_bytes": sum(n for _, n in r)} for p, r in found])
-            else:
-                for path, ranges in found:
-                    spans = ", ".join(f"{o}+{n}" for o, n in ranges)
-                    print(f"{shown(path)}\t{sum(n for _, n in ranges)} bytes lost at file offsets {spans}")
-                if not found:
-                    print("no file data lies in unreadable ranges", file=sys.stderr)
-            return 0
+            return _damaged(args.json, tree, source)
         top = tree.stat(args.path)
         if top.type != "dir":
             entries = [top]

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.as_dict())
     else:
         for f in report.failures:
-            stderr.print(f"FAILED chunk {f['chunk']} at byte offset {f['offset']}: {f['error']}")
+            stderr.print(f"FAILED {f['error']}", markup=False)
         for problem in report.problems:
             stderr.print(f"FAILED {problem}")
         for name, d in report.digests.items():

@@ -125,6 +125,11 @@ class PartReader:
             i += 1
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
+    def locate(self, offset: int) -> tuple[str, int]:
+        """(part path, offset in that part) of ``offset`` of the joined stream."""
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        return self.paths[i], offset - self.starts[i]
+
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)

@@ -157,3 +157,34 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
         want = expected.get(name)
         # a digest the image does not store is computed and reported, not compared
         report.digests[name] = {"expected": want, "actual": got, "ok": got is not None and want in (None, got)}
+
+
+def corrupt_chunks(reader: ImageReader, offset: int, length: int, *, threads: int | None = None,
+                   progress: ProgressCallback = no_progress) -> list[tuple[int, str]]:
+    """(chunk index, error) of every chunk overlapping ``[offset, offset + length)`` that fails its checks
+    (the whole frame is decoded and its frame CRC checked, as ``verify`` does)."""
+    threads = threads or os.cpu_count() or 2
+    if length <= 0 or not reader.chunk_count:
+        return []
+    first, last = offset // reader.chunk_size, min(reader.chunk_count, -(-(offset + length) // reader.chunk_size))
+    ev = ProgressEvent("check", 0, last - first)
+    bad: list[tuple[int, str]] = []
+    with ThreadPoolExecutor(threads, thread_name_prefix="check") as pool:
+        pending: deque[tuple[int, Future[bytes]]] = deque()
+
+        def take() -> None:
+            index, fut = pending.popleft()
+            try:
+                fut.result()
+            except CorruptImageError as e:
+                bad.append((index, str(e)))
+            ev.done += 1
+            progress(ev)
+
+        for index in range(first, last):
+            pending.append((index, pool.submit(reader.decode_chunk, index, check_frame=True)))
+            if len(pending) > 2 * threads + 2:
+                take()
+        while pending:
+            take()
+    return bad

@@ -11,11 +11,12 @@ from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, Us
 from ..filesystems import detect
 from ..filesystems.tree import FileTree, open_tree
 from ..format import c_image
+from ..progress import ProgressCallback, no_progress
 from .destdir import sanitize_name
 from .extract import ExtractOptions, ExtractReport, extract
 
-__all__ = ["ExtractOptions", "ExtractReport", "damaged_files", "extract", "open_image_tree", "sanitize_name",
-           "volume_bad_ranges"]
+__all__ = ["ExtractOptions", "ExtractReport", "corrupt_ranges", "damaged_files", "extract", "open_image_tree",
+           "sanitize_name", "volume_bad_ranges"]
 
 
 def _open_source(path: str) -> BlockSource:
@@ -82,6 +83,24 @@ def volume_bad_ranges(source: BlockSource, tree: FileTree) -> list[tuple[int, in
         s, e = max(off, base), min(off + n, end)
         if s < e:
             out.append((s - base, e - s))
+    return out
+
+
+def corrupt_ranges(source: BlockSource, tree: FileTree,
+                   progress: ProgressCallback = no_progress) -> list[tuple[int, int, str]]:
+    """Ranges of the tree's volume (``offset``, ``length``, why) held by image chunks that fail their
+    checksums; empty when ``source`` is no image (a raw volume or device has no checksums)."""
+    from ..image.reader import ImageReader
+    from ..image.verify import corrupt_chunks
+
+    if not isinstance(source, ImageReader):
+        return []
+    base = tree.source.offset if isinstance(tree.source, WindowSource) else 0
+    out = []
+    for index, why in corrupt_chunks(source, base, tree.source.size, progress=progress):
+        start = index * source.chunk_size
+        s, e = max(start, base), min(start + source.chunk_len(index), base + tree.source.size)
+        out.append((s - base, e - s, why))
     return out
 
 
