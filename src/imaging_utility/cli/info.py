@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import IncompleteImageError
 from ..extents import ExtentKind
 from ..image.reader import ImageReader, open_image
 from .output import human_bytes, print_json, stdout
+from .partial import report_partial
 
 EXAMPLES = """
 examples:
@@ -55,7 +57,12 @@ def describe(reader: ImageReader) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_image(args.image) as reader:
+    try:
+        reader = open_image(args.image)
+    except IncompleteImageError as e:
+        report_partial(args.image, args.json, e)
+        raise
+    with reader:
         info = describe(reader)
     if args.json:
         print_json(info)

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..devices.mounts import check_target_safe
+from ..devices.targets import symlink_note
 from ..errors import RefusedError
 from ..image.reader import open_image
 from ..ops.restore import restore
@@ -18,6 +19,7 @@ examples:
   imaging-utility restore sdb.img.zst sdb.raw                 # sparse file: zero chunks become holes
   imaging-utility restore --verify sdb.img.zst /dev/sdc        # asks before overwriting /dev/sdc
   imaging-utility restore --yes sdb.img.zst.001 /dev/sdc       # no question (scripts)
+  ssh backup 'cat sdb.img.zst' | imaging-utility restore --yes - /dev/sdc   # from standard input
 """
 
 
@@ -26,7 +28,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                        description="Write IMAGE's bytes to TARGET: a new or existing file (sparse) or a "
                        "block device at least as large as the image (asks for confirmation).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE", help="image file, or - to read the image from standard input")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--force", action="store_true", help="overwrite an existing target file")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before writing to a block device")
@@ -45,6 +47,13 @@ def _confirm(target: str, size: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image == "-":
+        from .restore_stdin import run_stdin
+
+        return run_stdin(args)
+    note = symlink_note(args.target, args.force)
+    if note:
+        warn(note)
     check_target_safe(args.target)
     with open_image(args.image) as reader:
         if reader.bad_ranges:

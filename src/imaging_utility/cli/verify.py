@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import EXIT_CORRUPT, UsageError
+from ..errors import EXIT_CORRUPT, IncompleteImageError, UsageError
 from ..image.digests import parse_hash_names
 from ..image.reader import open_image
 from ..image.verify import verify_image
 from ..progress import Throttled
 from .output import ProgressBar, print_json, stderr, stdout
+from .partial import report_partial
 
 EXAMPLES = """
 examples:
@@ -38,7 +39,12 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_image(args.image) as reader, ProgressBar(output_label="") as bar:
+    try:
+        reader = open_image(args.image)
+    except IncompleteImageError as e:
+        report_partial(args.image, args.json, e)
+        raise
+    with reader, ProgressBar(output_label="") as bar:
         throttled = Throttled(bar)
         extra = parse_hash_names(args.hash) if args.hash else ()
         if extra and args.quick:

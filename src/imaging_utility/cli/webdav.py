@@ -66,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
     users = _users(args)
     tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
     try:
-        try:
-            server = WebDavServer(tree, host=args.host, port=args.port, users=users)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        server = WebDavServer(tree, host=args.host, port=args.port, users=users)
         if not _is_loopback(args.host):
             extra = "" if users else " and no password (use --user/--password-file)"
             print(f"imaging-utility: warning: listening on {args.host}, not loopback: anyone who can reach this "

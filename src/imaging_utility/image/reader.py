@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..blocks import check_range
-from ..errors import ChunkCorruptError, CorruptImageError
+from ..errors import ChunkCorruptError, CorruptImageError, IncompleteImageError
 from ..extents import AllocationMap, Extent, ExtentKind, coalesce
 from ..format import c_image as c
 from ..format.codec import Codec, frame_checksum
@@ -52,6 +52,14 @@ class ImageReader:
         self._parts = PartReader(paths)
         try:
             self._load()
+        except IncompleteImageError:
+            self._parts.close()
+            if len(paths) < 2:
+                raise
+            raise IncompleteImageError(
+                f"no seek table at the end of the last part {paths[-1]}: the capture was interrupted (continue it "
+                f"with 'image --resume'), or the parts after it ({_next_part(paths[-1])} ...) are missing"
+            ) from None
         except BaseException:
             self._parts.close()
             raise
@@ -361,6 +369,11 @@ def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Exte
         if pos < ext.end:
             out.append(Extent(pos, ext.end - pos, ext.kind))
     return coalesce(out)
+
+
+def _next_part(path: str) -> str:
+    stem, _, number = path.rpartition(".")
+    return f"{stem}.{int(number) + 1:03d}" if number.isdigit() else f"{path}.next"
 
 
 def open_image(path: str, **kwargs: Any) -> ImageReader:

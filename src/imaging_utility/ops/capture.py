@@ -30,7 +30,7 @@ from ..format import c_image as c
 from ..format.codec import Codec, zstd_library_version
 from ..format.metaframe import Event, Header, Trailer
 from ..image.digests import DEFAULT, Digests
-from ..image.parts import existing_outputs
+from ..image.parts import STDOUT, existing_outputs
 from ..image.recover import read_header, recover, remove_outputs
 from ..image.writer import ImageWriter
 from ..progress import ProgressCallback, ProgressEvent, no_progress
@@ -152,6 +152,10 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
                  ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
     split = opts.split_size is not None
+    if dest == STDOUT:
+        if opts.resume or split:
+            raise UsageError("an image written to standard output cannot be split or resumed")
+        return ImageWriter.create(dest, None, header), Digests(opts.digests), 0, []
     existing = existing_outputs(dest)
     if existing and opts.resume:
         old = read_header(dest, split)
@@ -276,6 +280,9 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
         except KeyboardInterrupt:
             _abandon(pending)
             writer.sync()
+            if dest == STDOUT:
+                raise Interrupted(f"interrupted at {ev.done} of {size} bytes; an image streamed to standard "
+                                  "output cannot be resumed: run it again") from None
             raise Interrupted(
                 f"interrupted at {ev.done} of {size} bytes; the partial image {dest} is kept: "
                 "resume with --resume (same source, DEST and options)"
