@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import IncompleteImageError
 from ..extents import ExtentKind
 from ..image.reader import ImageReader, open_image
-from .output import human_bytes, print_json, stdout
+from .output import human_bytes, print_json, shown, stdout
 from .partial import report_partial
 
 EXAMPLES = """
@@ -56,6 +56,11 @@ def describe(reader: ImageReader) -> dict[str, Any]:
     return info
 
 
+def _say(text: str) -> None:
+    """A line of the report: text from the image (names, paths, host names) is escaped, never markup."""
+    stdout.print(shown(text), markup=False)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         reader = open_image(args.image)
@@ -68,32 +73,32 @@ def run(args: argparse.Namespace) -> int:
         print_json(info)
         return 0
     parts = info["image"]
-    stdout.print(f"image        {parts[0]}" + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else ""))
-    stdout.print(f"format       imaging-utility v{info['format_version']} (seekable zstd, level {info['level']})")
+    _say(f"image        {parts[0]}" + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else ""))
+    _say(f"format       imaging-utility v{info['format_version']} (seekable zstd, level {info['level']})")
     ratio = f" ({info['ratio'] * 100:.1f}%)" if info["ratio"] is not None else ""
-    stdout.print(f"source size  {human_bytes(info['source_size'])} ({info['source_size']} bytes)")
-    stdout.print(f"image size   {human_bytes(info['image_bytes'])}{ratio}")
-    stdout.print(f"chunks       {info['chunk_count']} × {human_bytes(info['chunk_size'])}, "
-                 f"sector size {info['sector_size']}")
+    _say(f"source size  {human_bytes(info['source_size'])} ({info['source_size']} bytes)")
+    _say(f"image size   {human_bytes(info['image_bytes'])}{ratio}")
+    _say(f"chunks       {info['chunk_count']} × {human_bytes(info['chunk_size'])}, "
+         f"sector size {info['sector_size']}")
     lay = info["layout_bytes"]
-    stdout.print("layout       " + ", ".join(f"{k} {human_bytes(v)}" for k, v in lay.items() if v))
-    stdout.print(f"created      {info['created']} on {info['hostname']} by {info['tool']}")
-    stdout.print(f"finished     {info['finished']}")
+    _say("layout       " + ", ".join(f"{k} {human_bytes(v)}" for k, v in lay.items() if v))
+    _say(f"created      {info['created']} on {info['hostname']} by {info['tool']}")
+    _say(f"finished     {info['finished']}")
     src = info["source"]
     if src:
-        stdout.print("source       " + ", ".join(f"{k}={v}" for k, v in src.items() if v not in (None, "", [])))
+        _say("source       " + ", ".join(f"{k}={v}" for k, v in src.items() if v not in (None, "", [])))
     uo = info["used_only"]
     if uo:
         fs = uo.get("filesystem", {})
         used = uo.get("used_bytes", 0)
-        stdout.print(f"used-only    {fs.get('type', '?')}, cluster {uo.get('cluster_size')} bytes, "
-                     f"used {human_bytes(used)} of {human_bytes(info['source_size'])} "
-                     f"({used / max(1, info['source_size']) * 100:.1f}%)")
+        _say(f"used-only    {fs.get('type', '?')}, cluster {uo.get('cluster_size')} bytes, "
+             f"used {human_bytes(used)} of {human_bytes(info['source_size'])} "
+             f"({used / max(1, info['source_size']) * 100:.1f}%)")
     for name, digest in info["digests"].items():
-        stdout.print(f"{name:<12} {digest}")
+        _say(f"{name:<12} {digest}")
     if info["bad_ranges"]:
         total = sum(r["length"] for r in info["bad_ranges"])
-        stdout.print(f"bad ranges   {len(info['bad_ranges'])} ({human_bytes(total)} unreadable, zero-filled):")
+        _say(f"bad ranges   {len(info['bad_ranges'])} ({human_bytes(total)} unreadable, zero-filled):")
         for r in info["bad_ranges"]:
-            stdout.print(f"  offset {r['offset']} length {r['length']} (sector {r['offset'] // info['sector_size']})")
+            _say(f"  offset {r['offset']} length {r['length']} (sector {r['offset'] // info['sector_size']})")
     return 0

@@ -18,6 +18,7 @@ from types import ModuleType
 
 from .. import __version__
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Error, Interrupted
+from .output import shown
 
 COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav"]
 
@@ -171,13 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         print("imaging-utility: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Interrupted as e:
-        print(f"imaging-utility: {e}", file=sys.stderr)
+        print(f"imaging-utility: {shown(str(e))}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Error as e:
         if verbose:
             traceback.print_exc()
         log.debug("error", exc_info=True)
-        print(f"imaging-utility: error: {e}", file=sys.stderr)
+        print(f"imaging-utility: error: {shown(str(e))}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         return 0
@@ -185,5 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         log.debug("internal error", exc_info=True)
-        print(f"imaging-utility: internal error: {type(e).__name__}: {e} (rerun with --verbose)", file=sys.stderr)
+        print(f"imaging-utility: internal error: {type(e).__name__}: {shown(str(e))} (rerun with --verbose)",
+              file=sys.stderr)
         return EXIT_INTERNAL

@@ -8,16 +8,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn
 from rich.text import Text
 
 from ..errors import UsageError
@@ -72,25 +63,49 @@ def print_json(obj: Any) -> None:
 
 
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/yellow] {message}", markup=True)
+    """``warning: MESSAGE`` on stderr; the message is printed as text (escaped, never read as markup)."""
+    stderr.print(Text.assemble(("warning:", "yellow"), " ", shown(message)))
+
+
+def _short(n: float) -> tuple[str, str]:
+    """(number, unit) with three significant digits: ("1.21", "GiB"), ("512", "MiB")."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1000 or unit == "PiB":
+            return (f"{n:.0f}" if unit == "B" or abs(n) >= 100 else f"{n:.3g}"), unit
+        n /= 1024
+    return f"{n:.3g}", "PiB"
+
+
+def short_bytes(n: float) -> str:
+    return " ".join(_short(n))
 
 
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{human_bytes(speed)}/s" if speed else "-- /s", style="cyan")
+        return Text(f"{short_bytes(speed)}/s" if speed else "-- /s", style="cyan")
 
 
 class _BytesColumn(ProgressColumn):
+    """``1.21/4.61 GiB → 789 MiB``: done of total, and what was written when that is a different amount."""
+
     def render(self, task: Task) -> Text:
+        (a, ua), (b, ub) = _short(task.completed), _short(task.total or 0)
+        text = f"{a}/{b} {ub}" if ua == ub else f"{a} {ua}/{b} {ub}"
         out = task.fields.get("output", 0)
-        done = task.completed
-        text = f"{human_bytes(done)} / {human_bytes(task.total or 0)}"
-        if out:
-            label = task.fields.get("output_label", "out")
-            ratio = f" ({out / done * 100:.1f}%)" if done and label == "compressed" else ""
-            text += f" → {label} {human_bytes(out)}{ratio}"
+        if out and task.fields.get("output_label") == "compressed":
+            text += f" → {short_bytes(out)}"
         return Text(text)
+
+
+class _EtaColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        left = task.time_remaining
+        if task.finished or left is None:
+            return Text("")
+        minutes, seconds = divmod(int(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"ETA {hours}:{minutes:02d}:{seconds:02d}", style="cyan")
 
 
 class ProgressBar:
@@ -104,10 +119,10 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
+            # at most 80 columns: name 11, percent 4, bar 12, bytes 26, rate 9, ETA 12, and 5 spaces
             self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _BytesColumn(),
-                _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=stderr, transient=False,
+                TextColumn("{task.description}"), TaskProgressColumn(), BarColumn(bar_width=12), _BytesColumn(),
+                _RateColumn(), _EtaColumn(), console=stderr, transient=False,
             )
             self._progress.start()
         return self

@@ -28,7 +28,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--quick", action="store_true", help="check a random sample of chunks only")
-    p.add_argument("--samples", type=int, default=64, help="chunks to check with --quick (default 64)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="chunks to check with --quick (default: enough to catch a corruption of 1%% of the chunks "
+                        "with 95%% probability: at most 299)")
     p.add_argument("--seed", type=int, help="random seed for --quick (printed, to repeat a run)")
     p.add_argument("--threads", type=int, default=None, help="decoding threads (default: number of CPUs)")
     p.add_argument("--hash", metavar="LIST", default="",
