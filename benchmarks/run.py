@@ -380,7 +380,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/iu-bench"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
-    ap.add_argument("--only", default="core,chunks,rss,used,serve,files")
+    ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
+                    help="comma-separated: core, chunks, rss, used, serve, files, extract")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
@@ -407,6 +408,10 @@ def main() -> int:
         bench_serve(src, args.work, args.seconds)
     if "files" in only:
         bench_files(args.corpus, args.work, args.reps)
+    if "extract" in only:
+        from bench_extract import bench_extract
+
+        bench_extract(args.corpus, args.work, args.reps)
     return 0
 
 

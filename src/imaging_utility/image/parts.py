@@ -56,7 +56,7 @@ def resolve_parts(path: str) -> list[str]:
         parts.append(part_path(base, len(parts)))
     later = _later_parts(base, len(parts))
     if later:
-        raise NotFoundError(f"image part {part_path(base, len(parts))} is missing ({later[0]} exists): "
+        raise CorruptImageError(f"image part {part_path(base, len(parts))} is missing ({later[0]} exists): "
                             "the split image needs every part; put the missing one back next to the others")
     return parts
 
