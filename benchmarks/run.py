@@ -2,6 +2,8 @@
 """Benchmarks against the peer tools, on the same data, in the same run.  Not part of the test suite.
 
     .venv/bin/python benchmarks/run.py [--corpus DIR] [--work DIR] [--reps 3] [--only core,chunks,rss]
+    .venv/bin/python benchmarks/run.py --only linuxfs     (XFS/Btrfs/NTFS used-only; root; bench_linuxfs.py)
+    .venv/bin/python benchmarks/run.py --only extract     (extract with Linux metadata vs cp -a; root; bench_extract.py)
 
 Builds the corpus with ../shared/corpus/make_corpus.py when it is missing, warms the page cache,
 and prints MiB/s, output size, CPU seconds and peak RSS of every command, with ratios against the peer.
@@ -381,7 +383,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
-                    help="comma-separated: core, chunks, rss, used, serve, files, extract")
+                    help="comma-separated: core, chunks, rss, used, serve, files, extract, linuxfs")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
@@ -412,6 +414,10 @@ def main() -> int:
         from bench_extract import bench_extract
 
         bench_extract(args.corpus, args.work, args.reps)
+    if "linuxfs" in only:
+        from bench_linuxfs import main_section
+
+        main_section(args.corpus, args.work, args.reps, args.level, keep=False)
     return 0
 
 

@@ -104,6 +104,19 @@ def test_ntfs_extract_equals_cp_a_from_ntfs3g(tmp_path: Path, ntfs_vol: tuple[Pa
     assert "crw-r--r--" in listing and "1, 3" in listing
 
 
+@pytest.mark.parametrize("kind", ["xfs", "btrfs"])
+def test_xfs_btrfs_extract_equals_cp_a(tmp_path: Path, kind: str) -> None:
+    need_root()
+    need_tools(f"mkfs.{kind}", "cp")
+    vol = tmp_path / f"{kind}.raw"
+    mt.linux_tree(vol, kind)
+    mt.copy_from_mount(vol, kind, tmp_path / "ref")
+    cli("extract", vol, "/", tmp_path / "out")
+    assert mt.compare(tmp_path / "ref", tmp_path / "out") == []
+    line = next(x for x in cli("ls", "-l", vol, "/").stdout.splitlines() if x.endswith(" c"))
+    assert line.startswith("crw-------") and " 300, 70000 " in line
+
+
 def _as_nobody(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
                            sys.executable, "-m", "imaging_utility", *map(str, args)],

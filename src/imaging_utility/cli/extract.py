@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL, UsageError
-from .ls import add_source_options
+from .ls import add_source_options, tree_source_args
 from .output import ProgressBar, print_json, shown
 
 EXAMPLES = """\
@@ -21,6 +21,8 @@ examples:
   imaging-utility extract --overwrite part1.img.zst /etc ./out           replace what an earlier run wrote
   imaging-utility extract --streams c.img.zst /data/report.docx ./out    NTFS streams as name:stream
   imaging-utility extract sdb1.raw /photos ./photos                      a raw volume or device works too
+  imaging-utility extract --lv vg0/home pv.img.zst /alice ./alice         inside an LVM2 logical volume
+  imaging-utility extract --subvolume @home btrfs.img.zst / ./home        a Btrfs subvolume
 
 Restored: data (sparse stays sparse), directories, symlinks (as stored, never followed), hard links,
 FIFOs, sockets, device nodes (root), permission bits, owner and group (root, numeric ids), extended
@@ -42,7 +44,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     names = []
     for name in ("extract", "ntfs-extract"):
         p = subparsers.add_parser(
-            name, parents=[parent], help="copy files out of an image (NTFS, ext2/3/4, FAT, exFAT)"
+            name, parents=[parent], help="copy files out of an image (NTFS, ext2/3/4, FAT, exFAT, XFS, Btrfs)"
             if name == "extract" else "alias of extract",
             description="Copy files and directory trees out of the filesystem inside an image, partition, "
                         "raw volume file or device, without mounting, as Linux files: modes, owners (as "
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     *paths, dest = args.paths
     opts = ExtractOptions(streams=args.streams, owner=args.owner, xattrs=args.xattrs, overwrite=args.overwrite,
                           users=dict(args.map_owner), groups=dict(args.map_group))
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, **tree_source_args(args))
     try:
         with ProgressBar(output_label="written") as bar:
             report = extract(tree, paths, dest, opts, progress=bar if bar.enabled else None)

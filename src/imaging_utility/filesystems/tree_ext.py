@@ -19,14 +19,12 @@ from dissect.extfs.extfs import INode
 
 from ..errors import CorruptImageError
 from . import ext_meta
-from .tree import BlockFile, Entry, Layout, runs_from_clusters
+from .tree import KINDS, BlockFile, Entry, Layout, runs_from_clusters
 
 DIRENT = struct.Struct("<IHBB")
 ROOT_INO = 2
 EXT4_INLINE_DATA_FL = 0x10000000
 FAST_SYMLINK_MAX = 60
-KINDS = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",
-         stat.S_IFSOCK: "socket", stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
 
 
 class ExtBackend:
