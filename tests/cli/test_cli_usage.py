@@ -331,3 +331,16 @@ def test_sighup_and_sigquit_end_like_sigterm(tmp_path: Path) -> None:
         assert "interrupted at" in err and "resume with --resume" in err
         cli("image", "--resume", "--chunk-size", "64K", src, img)
         assert cli("verify", img).returncode == 0
+    # under nohup (SIGHUP ignored before the start) a hang-up is still ignored
+    img = tmp_path / "nohup.img"
+    proc = subprocess.Popen(["nohup", sys.executable, "-m", "imaging_utility", "image", "--max-throughput", "4M",
+                             str(src), str(img)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (img.exists() and img.stat().st_size > 100_000) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    proc.communicate()

@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     verbose = bool(args.verbose)
     _setup_logging(verbose, getattr(args, "log_file", None))
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # a closed terminal or Ctrl-\ as Ctrl-C
-        signal.signal(sig, _on_sigterm)
+        if signal.getsignal(sig) != signal.SIG_IGN:  # what nohup ignores stays ignored
+            signal.signal(sig, _on_sigterm)
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
