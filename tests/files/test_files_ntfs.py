@@ -166,9 +166,10 @@ def test_extract_into_a_full_destination(tmp_path: Path) -> None:
 def test_extract_order_does_not_change_results(tmp_path: Path, writers: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Disk-ordered, multi-threaded writing gives the same files and mtimes as one writer."""
     from imaging_utility.ops import extract as ops_extract
+    from imaging_utility.ops import extract_batch
 
     need("ntfs")
-    monkeypatch.setattr(ops_extract, "WRITERS", writers)
+    monkeypatch.setattr(extract_batch, "WRITERS", writers)
     monkeypatch.setattr(ops_extract, "BATCH", 7)  # many small batches: directories finished across batches
     src_files = tmp_path / "files"
     fsbuild.make_tree(src_files, large_mib=1)
