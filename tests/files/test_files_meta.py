@@ -185,6 +185,7 @@ def test_never_writes_into_what_dest_holds(tmp_path: Path, ext4_vol: tuple[Path,
     assert outside.read_text() == "precious\n"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("imaging-utility: error:")]
     assert len(errors) == 2 and all("already exists in the destination" in e and "--overwrite" in e for e in errors)
+    assert "2 item(s) could not be extracted (2 already existed in DEST: --overwrite replaces them)" in proc.stderr
     cli("extract", "--overwrite", image, "/home", dest)
     assert outside.read_text() == "precious\n" and outside.stat().st_nlink == 1
     assert (dest / "home" / "ann" / "secret.txt").read_bytes() == b"only ann\n"

@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         for path, why in report.failed:
             print(f"imaging-utility: error: {shown(path)}: {shown(why)}", file=sys.stderr)
     if report.failed:
-        print(f"imaging-utility: {len(report.failed)} item(s) could not be extracted", file=sys.stderr)
+        existing = sum(1 for _path, why in report.failed if "already exists in the destination" in why)
+        hint = f" ({existing} already existed in DEST: --overwrite replaces them)" if existing else ""
+        print(f"imaging-utility: {len(report.failed)} item(s) could not be extracted{hint}", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
