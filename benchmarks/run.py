@@ -383,18 +383,20 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
-                    help="comma-separated: core, chunks, rss, used, serve, files, extract, linuxfs")
+                    help="comma-separated: core, chunks, rss, used, serve, files, extract, linuxfs, backup (8 GiB "
+                         "disk, root), release (after scripts/build-release)")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             raise SystemExit(f"benchmark needs {tool}")
     src = args.corpus / "mixed.raw"
-    if not src.exists():
+    only = set(args.only.split(","))
+    if only - {"backup"} and not src.exists():  # the backup benchmark builds its own disk
         subprocess.run([PY, str(CORPUS_SCRIPT), str(args.corpus), "--only", "mixed"], check=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    warm(src)
-    only = set(args.only.split(","))
+    if only - {"backup"}:
+        warm(src)
     info = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
             "zstd": subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.strip()}
     print("# imaging-utility benchmarks\n\n" + json.dumps(info))
@@ -414,10 +416,17 @@ def main() -> int:
         from bench_extract import bench_extract
 
         bench_extract(args.corpus, args.work, args.reps)
+    if "backup" in only:
+        from bench_backup import bench_backup
+
+        bench_backup(args.work, args.reps)
     if "linuxfs" in only:
         from bench_linuxfs import main_section
 
         main_section(args.corpus, args.work, args.reps, args.level, keep=False)
+    if "release" in only:
+        from bench_release import bench_release
+        bench_release(src, args.work, args.reps)
     return 0
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL, UsageError
+from ._source_args import warn_table
 from .ls import add_source_options, tree_source_args
 from .output import ProgressBar, print_json, shown
 
@@ -78,6 +78,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from ..ops.files import ExtractOptions, extract, open_image_tree
 
     if len(args.paths) < 2:
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     opts = ExtractOptions(streams=args.streams, owner=args.owner, xattrs=args.xattrs, overwrite=args.overwrite,
                           users=dict(args.map_owner), groups=dict(args.map_group))
     tree, source = open_image_tree(args.image, **tree_source_args(args))
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
         with ProgressBar(output_label="written") as bar:
             report = extract(tree, paths, dest, opts, progress=bar if bar.enabled else None)

@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from ..blocks import BlockSource, WindowSource
-from ..devices.identity import identity_mismatch, source_identity
-from ..devices.mounts import check_source_mounts
-from ..devices.rescue import RescueReader
-from ..devices.source import FileSource
-from ..devices.throttle import Throttle, parse_rate
-from ..errors import EXIT_PARTIAL, SourceIOError, UnsupportedError, UsageError
-from ..filesystems import allocation_map
+from ..errors import EXIT_PARTIAL, RefusedError, UnsupportedError, UsageError
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..image.parts import STDOUT
-from ..ops.capture import CaptureOptions, CaptureResult, ChunkReader, capture
-from ..progress import Throttled
 from .output import ProgressBar, human_bytes, parse_size, print_json, stderr, stdout, warn
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..blocks import BlockSource
+    from ..ops.capture import CaptureOptions, CaptureResult
 
 EXAMPLES = """
 examples:
@@ -34,6 +26,7 @@ examples:
   imaging-utility image --resume /dev/sdb sdb.img.zst        # continue after Ctrl-C, kill or power loss
   imaging-utility image --hash sha256,md5 --json disk.raw disk.img.zst
   imaging-utility image --used-only /dev/sdb2 windows.img.zst          # NTFS/ext/FAT/exFAT: used clusters only
+  imaging-utility image --used-only /dev/sdb sdb.img.zst               # a whole disk, partition by partition
   imaging-utility image --used-only /dev/sda3 server.img.zst           # XFS, Btrfs, or an LVM2 PV (each LV's map)
   imaging-utility image --rescue --retries 3 --direct /dev/sdc failing.img.zst   # keep going past bad sectors
   imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
@@ -67,7 +60,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     used.add_argument("--used-only", dest="used_only", action="store_const", const="yes",
                       help="read only the allocated clusters of the NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs "
                       "filesystem in SOURCE, or of each logical volume of an LVM2 physical volume (unallocated "
-                      "space reads back as zeros); fails (exit 4) on anything else")
+                      "space reads back as zeros; Linux swap: its signature page); a whole disk: each partition "
+                      "so, everything else in full; fails (exit 4) on anything else")
     used.add_argument("--used-only=auto", dest="used_only", action="store_const", const="auto",
                       help="the same, but image in full, with a warning, when no supported filesystem is found")
     p.add_argument("--offset", default="0", metavar="BYTES",
@@ -106,7 +100,8 @@ def summary(result: CaptureResult) -> dict[str, Any]:
     }
 
 
-def print_summary(result: CaptureResult, out: Console = stdout) -> None:
+def print_summary(result: CaptureResult, out: Console | None = None) -> None:
+    out = out or stdout
     s = summary(result)
     parts = result.paths
     out.print(f"image      {parts[0]}" + (f" … {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else ""))
@@ -118,40 +113,30 @@ def print_summary(result: CaptureResult, out: Console = stdout) -> None:
     out.print(f"chunks     {result.chunks} ({result.zero_chunks} zero or unused this run)")
     if result.used_bytes is not None:
         out.print(f"used-only  {human_bytes(result.used_bytes)} allocated, "
-                     f"{human_bytes(result.read_bytes)} read this run")
+                  f"{human_bytes(result.read_bytes)} read this run")
     for name, digest in result.digests.items():
         out.print(f"{name:<10} {digest}")
 
 
-def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
-                  throttle: Throttle | None) -> ChunkReader:
-    rescuer = RescueReader(source, retries=retries) if rescue else None
-    locate = RescueReader(source, retries=0)
+def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool, rescue: bool) -> None:
+    import dataclasses
 
-    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
-        if throttle is not None:
-            throttle.consume(len(buf))
-        if rescuer is not None:
-            return rescuer.read_chunk(offset, buf)
+    from ..filesystems import allocation_map
+    from ..ops.diskmap import apply_disk_plan, partition_table_of, plan_disk
+
+    table = partition_table_of(source)
+    if table is not None:  # a whole disk: one image, each partition used-only where its filesystem is known
         try:
-            source.readinto_at(offset, buf)
-        except SourceIOError:
-            # Name the first unreadable sector, not just the start of the failed chunk.
-            bad = locate.read_chunk(offset, buf)
-            if not bad:
-                return []  # the retry read everything: a transient error
-            sector = bad[0][0] // source.sector_size
-            raise SourceIOError(
-                f"read error on {label} at byte {bad[0][0]} (sector {sector}): input/output error; "
-                "add --rescue to image past unreadable sectors (the partial image continues with --resume)",
-                offset=bad[0][0],
-            ) from None
-        return []
-
-    return read
-
-
-def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool) -> None:
+            plan = plan_disk(source, table, tolerate_read_errors=rescue)
+        except RefusedError as e:
+            if not fallback:
+                raise
+            warn(f"{e}; imaging in full (--used-only=auto)")
+            return
+        for message in plan.warnings:
+            warn(message)
+        apply_disk_plan(opts, plan)
+        return
     try:
         info, amap = allocation_map(source)
     except UnsupportedError as e:
@@ -167,8 +152,17 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..blocks import WindowSource
+    from ..devices.identity import identity_mismatch, source_identity
+    from ..devices.mounts import check_source_mounts
+    from ..devices.source import FileSource
+    from ..devices.throttle import Throttle, parse_rate
+    from ..ops.capture import CaptureOptions, capture
+    from ..ops.reading import chunk_reader
+    from ..progress import Throttled
+
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # file-size limit: get EFBIG (exit 7), not a kill
-    piped = args.dest == STDOUT
+    piped = args.dest == "-"  # image.parts.STDOUT
     if piped and sys.stdout.isatty():
         raise UsageError("DEST '-' writes the image to standard output, which is a terminal: pipe or redirect it, "
                          "e.g. 'imaging-utility image /dev/sdb - | ssh host \"cat > sdb.img.zst\"'")
@@ -203,13 +197,15 @@ def run(args: argparse.Namespace) -> int:
             source = WindowSource(file_source, offset, length)
             opts.identity.update(window_offset=offset, window_length=length)
         if args.used_only:
-            _use_allocation_map(source, opts, fallback=args.used_only == "auto")
-        opts.chunk_reader = _chunk_reader(source, args.source, args.rescue, args.retries, throttle)
+            _use_allocation_map(source, opts, fallback=args.used_only == "auto", rescue=args.rescue)
+        opts.chunk_reader = chunk_reader(source, args.source, args.rescue, args.retries, throttle, opts.allocation)
         with ProgressBar() as bar:
             throttled = Throttled(bar)
             result = capture(source, args.dest, opts, throttled)
             throttled.flush()
     if args.json and piped:
+        import json
+
         sys.stderr.write(json.dumps(summary(result), indent=2, sort_keys=True) + "\n")
     elif args.json:
         print_json(summary(result))

@@ -6,12 +6,14 @@ import argparse
 import os
 import stat
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_PARTIAL
-from ..filesystems.tree import Entry
-from ..progress import Throttled
+from ._source_args import add_set_options, warn_table
 from .output import ProgressBar, parse_size, print_json, shown
+
+if TYPE_CHECKING:
+    from ..filesystems.tree import Entry
 
 EXAMPLES = """\
 examples:
@@ -38,12 +40,13 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lv", metavar="VG/LV", help="use logical volume VG/LV of the LVM2 physical volume there")
     p.add_argument("--subvolume", metavar="NAME|ID",
                    help="Btrfs: use this subvolume (path or id) instead of the default one")
+    add_set_options(p)
 
 
 def tree_source_args(args: argparse.Namespace) -> dict[str, Any]:
     """The ``open_image_tree`` keyword arguments from ``add_source_options``."""
     return {"partition": args.partition, "offset": args.offset, "length": args.length, "lv": args.lv,
-            "subvolume": args.subvolume}
+            "subvolume": args.subvolume, "disk": args.disk}
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
@@ -89,6 +92,7 @@ def _damaged(as_json: bool, tree: Any, source: Any) -> int:
     """Files whose data lies in ranges the capture could not read, or in image chunks that fail their
     checksums (every chunk of the volume is checked)."""
     from ..ops.files import corrupt_ranges, damaged_files, volume_bad_ranges
+    from ..progress import Throttled
 
     with ProgressBar(output_label="") as bar:
         corrupt = corrupt_ranges(source, tree, Throttled(bar))
@@ -115,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     from ..ops.files import open_image_tree
 
     tree, source = open_image_tree(args.image, **tree_source_args(args))
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
         if args.damaged:
             return _damaged(args.json, tree, source)

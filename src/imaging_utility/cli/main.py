@@ -1,26 +1,31 @@
 """Entry point: argv → command module → exit code.  The only place that turns errors into exit codes.
 
 Each command lives in its own module with ``register(subparsers)`` and
-``run(args) -> int``; ``COMMANDS`` lists them in ``--help`` order.
+``run(args) -> int``; ``COMMANDS`` lists them in ``--help`` order.  Building the parser imports every
+command module, so a command module imports at its top only what its arguments need (argparse,
+``errors``, ``output``) and everything else inside ``run``, so that ``--help`` and ``--version`` load
+no dependency (tests/release/test_release_version.py checks it).  The man page and the shell
+completions are generated from this parser (``docgen.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import difflib
 import importlib
 import logging
 import signal
 import sys
-import traceback
 from types import ModuleType
 
-from .. import __version__
-from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Error, Interrupted
+from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, Error, Interrupted
+from ._source_args import rewrite_set_dir
+from .deps import missing_module_message
 from .output import shown
+from .version import VersionAction
 
-COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav"]
+COMMANDS = ["image", "backup_disk", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav",
+            "completion"]
 
 log = logging.getLogger("imaging_utility")
 
@@ -73,7 +78,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
         epilog="Run 'imaging-utility COMMAND --help' for a command's options and examples. "
                "Options may come before or after the arguments.",
     )
-    parser.add_argument("--version", action="version", version=f"imaging-utility {__version__}")
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the version of the tool, the image format, zstd and Python, then exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks and debug log on stderr")
     parser.add_argument("--log-file", metavar="PATH", help="append a debug log to PATH")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -87,8 +93,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+    """Each command's own parser, by name."""
+    for action in parser._actions:  # argparse offers no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, ModuleType]:
@@ -96,6 +105,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, ModuleType]:
     (``-v``, ``--log-file``, ``--version``, ``--help``); a command takes its options and arguments in
     any order.  Usage errors exit 2 with the usage of the command they concern."""
     parser, modules = build_parser()
+    commands = _commands(parser)
+    argv = rewrite_set_dir(argv, commands)
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
         i += 2 if argv[i] == "--log-file" else 1
@@ -103,7 +114,6 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, ModuleType]:
     if i >= len(argv):
         parser.error("give a COMMAND (see 'imaging-utility --help')")
     name, rest = argv[i], argv[i + 1 :]
-    commands = _commands(parser)
     if name not in commands:
         parser.error(unknown_command(name, list(commands)))
     args = commands[name].parse_intermixed_args(rest)
@@ -147,6 +157,8 @@ def _tune_malloc() -> None:
     benchmark corpus: ~190,000 page faults and 2.5 s of system time per 2 GiB restored, gone with this.
     Memory stays bounded by the pipelines' own limits.
     """
+    import ctypes
+
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
@@ -160,11 +172,11 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _tune_malloc()
     args, module = parse(sys.argv[1:] if argv is None else argv)
+    _tune_malloc()
     verbose = bool(args.verbose)
     _setup_logging(verbose, getattr(args, "log_file", None))
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # a closed terminal or Ctrl-\ as Ctrl-C
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # a closed terminal or Ctrl-\\ as Ctrl-C
         if signal.getsignal(sig) != signal.SIG_IGN:  # what nohup ignores stays ignored
             signal.signal(sig, _on_sigterm)
     try:
@@ -177,14 +189,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Error as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         log.debug("error", exc_info=True)
         print(f"imaging-utility: error: {shown(str(e))}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as e:
+        # A dependency left out of the installation (or of a standalone build): name what to install.
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        log.debug("missing module", exc_info=True)
+        print(f"imaging-utility: error: {missing_module_message(e, args.command)}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except Exception as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         log.debug("internal error", exc_info=True)
         print(f"imaging-utility: internal error: {type(e).__name__}: {shown(str(e))} (rerun with --verbose)",

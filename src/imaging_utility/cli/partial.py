@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Any
 
@@ -23,6 +24,8 @@ def resume_command(command_line: Any) -> str:
 
 def report_partial(path: str, as_json: bool, error: IncompleteImageError) -> None:
     """Print what the partial image at ``path`` holds; then re-raise ``error`` (exit 8)."""
+    if os.path.isdir(path):  # a backup set: the error names the image of the set
+        raise error
     part = inspect_partial(path)
     if as_json:
         print_json({**part.as_dict(), "error": str(error), "resume": resume_command(_meta(part, "command_line"))})

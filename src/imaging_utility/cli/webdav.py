@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from ..errors import NotFoundError, UsageError
+from ._source_args import warn_table
 from .ls import add_source_options, tree_source_args
 from .serve import _is_loopback
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     users = _users(args)
     tree, source = open_image_tree(args.image, **tree_source_args(args))
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
         server = WebDavServer(tree, host=args.host, port=args.port, users=users)
         if not _is_loopback(args.host):

@@ -499,6 +499,8 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
     if info is None:
         raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS or Btrfs "
                                "(whole disk? pick one with --partition N)")
+    if info.type == "swap":
+        raise UnsupportedError("this volume is Linux swap: it holds no files")
     if info.type == "lvm2":
         from .lvm_source import volume_names
 

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ChunkCorruptError, CorruptImageError, ResumeMismatchError
 from ..extents import AllocationMap
@@ -75,12 +76,15 @@ def recover(
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None = None,
+    observer: Any = None,
 ) -> Recovered:
-    """Open the partial image at ``dest`` (whose header equals ``header``) for appending."""
+    """Open the partial image at ``dest`` (whose header equals ``header``) for appending.
+
+    ``observer.update(data, offset)``, when given, sees every kept chunk in order (as capture's does)."""
     paths = [p for p in existing_outputs(dest) if split_size is None or p != dest]
     reader = PartReader(paths)
     try:
-        return _recover(reader, dest, header, split_size, digest_names, codec, threads, progress)
+        return _recover(reader, dest, header, split_size, digest_names, codec, threads, progress, observer)
     finally:
         reader.close()
 
@@ -94,6 +98,7 @@ def _recover(
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None,
+    observer: Any,
 ) -> Recovered:
     frames = walk_frames(reader.read_at, reader.size)
     first = next(frames)
@@ -125,6 +130,8 @@ def _recover(
                 pending.clear()
                 return False
             digests.update_chunk(data, chunk * chunk_size, allocation)
+            if observer is not None:
+                observer.update(data, chunk * chunk_size)
             table.append(length, dsize, checksum)
             crcs.append(crc)
             kept += length

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .. import __version__
 from ..blocks import BlockSource
@@ -42,6 +42,15 @@ Framed = tuple[bytes, int]  # a data frame and the CRC-32 of its bytes
 ChunkReader = Callable[[int, memoryview], list[tuple[int, int]]]
 
 
+class ChunkObserver(Protocol):
+    """Sees every chunk's bytes in order on the digest thread (and a resume's kept chunks first), e.g. to
+    compute per-partition digests; adds its result to the trailer's metadata."""
+
+    def update(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
+
+    def trailer_meta(self) -> dict[str, Any]: ...
+
+
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -60,6 +69,8 @@ class CaptureOptions:
     filesystem: dict[str, Any] | None = None
     chunk_reader: ChunkReader | None = None  # e.g. rescue reading; default: source.readinto_at
     identity_check: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # more header metadata (e.g. a disk's table)
+    observer: ChunkObserver | None = None
 
     def validate(self) -> None:
         cs = self.chunk_size
@@ -101,6 +112,7 @@ def build_header(source: BlockSource, opts: CaptureOptions) -> Header:
         "hostname": platform.node(),
         "command_line": sys.argv,
         "source": opts.identity,
+        **opts.extra_meta,
     }
     flags = 0
     allocation = None
@@ -170,7 +182,7 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
                 ev.done = min(done, total)
                 progress(ev)
 
-            rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned)
+            rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned, opts.observer)
             return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
         discards.append(remove_outputs(dest))
     elif existing and not opts.force:
@@ -221,6 +233,13 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
             crc = zero_crcs[length] = zlib.crc32(frame)
         return frame, crc
 
+    observer = opts.observer
+
+    def feed(view: memoryview, offset: int) -> None:
+        digests.update_chunk(view, offset, amap)
+        if observer is not None:
+            observer.update(view, offset)
+
     def compress(view: memoryview) -> Framed:
         frame = codec.compress(view)
         return frame, zlib.crc32(frame)
@@ -254,7 +273,7 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
                 if not used:
                     zero_chunks += 1
                     pending.append((zero_framed(length),
-                                    hasher.submit(digests.update_chunk, zeros[:length], off, amap),
+                                    hasher.submit(feed, zeros[:length], off),
                                     None, length, []))
                 else:
                     while not free:
@@ -267,11 +286,11 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
                     if (buf == zero_bytes) if length == cs else (bytes(view) == zero_bytes[:length]):
                         zero_chunks += 1
                         pending.append((zero_framed(length),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
+                                        hasher.submit(feed, view, off),
                                         buf, length, bad_here))
                     else:
                         pending.append((pool.submit(compress, view),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
+                                        hasher.submit(feed, view, off),
                                         buf, length, bad_here))
                 while pending and (len(pending) > n_buffers or _done(pending[0][0])):
                     retire_one()
@@ -295,6 +314,7 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
         "digests": digests.hexdigests(),
         "digest_covers": "allocated bytes in volume order" if amap is not None else "all image bytes",
         "stats": {"chunks": n_chunks, "zero_chunks_this_run": zero_chunks, "read_bytes_this_run": read_bytes},
+        **(observer.trailer_meta() if observer is not None else {}),
     }
     paths = writer.finish(Trailer(size, n_chunks, trailer_meta, sorted(bad)))
     progress(ev)

@@ -5,6 +5,7 @@ onto files.  Extraction itself is ``extract.py`` (the walk and the writers) over
 from __future__ import annotations
 
 import bisect
+import os
 
 from ..blocks import BlockSource, WindowSource
 from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, UsageError
@@ -19,10 +20,13 @@ __all__ = ["ExtractOptions", "ExtractReport", "corrupt_ranges", "damaged_files",
            "sanitize_name", "volume_bad_ranges"]
 
 
-def _open_source(path: str) -> BlockSource:
+def _open_source(path: str, disk: str | None = None) -> BlockSource:
     from ..devices.source import FileSource
     from ..image.reader import open_image
+    from .manifest import open_image_or_set
 
+    if disk is not None or os.path.isdir(path):
+        return open_image_or_set(path, disk)  # one disk of a backup set (docs/backup-sets.md)
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -39,9 +43,10 @@ def _open_source(path: str) -> BlockSource:
 
 def open_image_tree(path: str, *, partition: int | None = None, offset: int | None = None,
                     length: int | None = None, lv: str | None = None,
-                    subvolume: str | None = None) -> tuple[FileTree, BlockSource]:
-    """The file tree in an image, a raw volume file or a device (and in one of its partitions or a window,
-    and in logical volume ``lv`` of an LVM2 physical volume there; Btrfs: in ``subvolume``).
+                    subvolume: str | None = None, disk: str | None = None) -> tuple[FileTree, BlockSource]:
+    """The file tree in an image, a raw volume file, a device or one disk of a backup set (and in one of its
+    partitions or a window, and in logical volume ``lv`` of an LVM2 physical volume there; Btrfs: in
+    ``subvolume``).
 
     Returns the tree and the opened top-level source (an ``ImageReader`` or ``FileSource``); close the
     source when done.  Raises ``UsageError`` when a whole partitioned disk is given without ``partition``.
@@ -50,7 +55,7 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
 
     if partition is not None and (offset is not None or length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
-    source = _open_source(path)
+    source = _open_source(path, disk)
     try:
         volume: BlockSource = source
         if partition is not None:
