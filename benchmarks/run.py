@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/run.py [--corpus DIR] [--work DIR] [--reps 3] [--only core,chunks,rss]
     .venv/bin/python benchmarks/run.py --only linuxfs     (XFS/Btrfs/NTFS used-only; root; bench_linuxfs.py)
     .venv/bin/python benchmarks/run.py --only s3          (images on a local SeaweedFS S3; bench_s3.py)
+    .venv/bin/python benchmarks/run.py --only extract     (extract with Linux metadata vs cp -a; root; bench_extract.py)
 
 Builds the corpus with ../shared/corpus/make_corpus.py when it is missing, warms the page cache,
 and prints MiB/s, output size, CPU seconds and peak RSS of every command, with ratios against the peer.
@@ -383,8 +384,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
-                    help="comma-separated: core, chunks, rss, used, serve, files, linuxfs, backup (8 GiB disk, root), "
-                         "release (after scripts/build-release)")
+                    help="comma-separated: core, chunks, rss, used, serve, files, extract, linuxfs, backup (8 GiB "
+                         "disk, root), release (after scripts/build-release)")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
@@ -412,6 +413,10 @@ def main() -> int:
         bench_serve(src, args.work, args.seconds)
     if "files" in only:
         bench_files(args.corpus, args.work, args.reps)
+    if "extract" in only:
+        from bench_extract import bench_extract
+
+        bench_extract(args.corpus, args.work, args.reps)
     if "backup" in only:
         from bench_backup import bench_backup
 

@@ -13,8 +13,7 @@ from ..errors import Error
 from ..filesystems import FilesystemInfo, allocation_map, detect
 from ..ops.diskmap import type_name
 from ..partitions import PartitionTable
-from .ls import shown
-from .output import human_bytes
+from .output import human_bytes, shown
 
 Row = dict[str, Any]
 

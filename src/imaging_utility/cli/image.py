@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_PARTIAL, RefusedError, UnsupportedError, UsageError
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
+from .output import ProgressBar, human_bytes, parse_size, print_json, stderr, stdout, warn
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..blocks import BlockSource
     from ..ops.capture import CaptureOptions, CaptureResult
 
@@ -28,6 +31,7 @@ examples:
   imaging-utility image --rescue --retries 3 --direct /dev/sdc failing.img.zst   # keep going past bad sectors
   imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
   imaging-utility image --used-only=auto --offset 1M --length 20G disk.raw p1.img.zst
+  imaging-utility image /dev/sdb - | ssh backup 'cat > sdb.img.zst'   # DEST '-': stream to stdout (no resume)
   zstd -dc sdb.img.zst > sdb.raw                              # the image is a plain zstd stream too
   imaging-utility image --used-only /dev/sdb2 s3://backups/host1/sdb2.img.zst   # straight into a bucket
   imaging-utility image --resume /dev/sdb2 s3://backups/host1/sdb2.img.zst      # continue an interrupted upload
@@ -44,7 +48,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE")
-    p.add_argument("dest", metavar="DEST")
+    p.add_argument("dest", metavar="DEST", help="image file, or - to write the image to standard output")
     p.add_argument("--chunk-size", default="1M", metavar="SIZE",
                    help="bytes per independently decodable chunk (default 1M; 64K..256M)")
     p.add_argument("--level", type=int, default=c.DEFAULT_LEVEL, help="zstd level 1..22 (default 3)")
@@ -102,21 +106,22 @@ def summary(result: CaptureResult) -> dict[str, Any]:
     }
 
 
-def print_summary(result: CaptureResult) -> None:
+def print_summary(result: CaptureResult, out: Console | None = None) -> None:
+    out = out or stdout
     s = summary(result)
     parts = result.paths
-    stdout.print(f"image      {parts[0]}" + (f" … {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else ""))
+    out.print(f"image      {parts[0]}" + (f" … {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else ""))
     ratio = f" ({s['ratio'] * 100:.1f}% of source)" if s["ratio"] is not None else ""
-    stdout.print(f"size       {human_bytes(result.source_size)} → {human_bytes(result.image_bytes)}{ratio}")
+    out.print(f"size       {human_bytes(result.source_size)} → {human_bytes(result.image_bytes)}{ratio}")
     if result.resumed_at:
-        stdout.print(f"resumed at {human_bytes(result.resumed_at)}")
-    stdout.print(f"time       {result.elapsed:.1f} s, {s['throughput_mib_s']} MiB/s")
-    stdout.print(f"chunks     {result.chunks} ({result.zero_chunks} zero or unused this run)")
+        out.print(f"resumed at {human_bytes(result.resumed_at)}")
+    out.print(f"time       {result.elapsed:.1f} s, {s['throughput_mib_s']} MiB/s")
+    out.print(f"chunks     {result.chunks} ({result.zero_chunks} zero or unused this run)")
     if result.used_bytes is not None:
-        stdout.print(f"used-only  {human_bytes(result.used_bytes)} allocated, "
-                     f"{human_bytes(result.read_bytes)} read this run")
+        out.print(f"used-only  {human_bytes(result.used_bytes)} allocated, "
+                  f"{human_bytes(result.read_bytes)} read this run")
     for name, digest in result.digests.items():
-        stdout.print(f"{name:<10} {digest}")
+        out.print(f"{name:<10} {digest}")
 
 
 def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool, rescue: bool) -> None:
@@ -177,6 +182,13 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import Throttled
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # file-size limit: get EFBIG (exit 7), not a kill
+    piped = args.dest == "-"  # image.parts.STDOUT
+    if piped and sys.stdout.isatty():
+        raise UsageError("DEST '-' writes the image to standard output, which is a terminal: pipe or redirect it, "
+                         "e.g. 'imaging-utility image /dev/sdb - | ssh host \"cat > sdb.img.zst\"'")
+    if piped and (args.resume or args.split_size or args.force):
+        raise UsageError("an image written to standard output (DEST '-') cannot be resumed or split; "
+                         "drop --resume/--split-size/--force")
     opts = CaptureOptions(
         chunk_size=parse_size(args.chunk_size, "--chunk-size"),
         level=args.level,
@@ -211,10 +223,14 @@ def run(args: argparse.Namespace) -> int:
             throttled = Throttled(bar)
             result = capture(source, args.dest, opts, throttled)
             throttled.flush()
-    if args.json:
+    if args.json and piped:
+        import json
+
+        sys.stderr.write(json.dumps(summary(result), indent=2, sort_keys=True) + "\n")
+    elif args.json:
         print_json(summary(result))
     else:
-        print_summary(result)
+        print_summary(result, stderr if piped else stdout)
     if result.bad_ranges:
         total = sum(n for _, n in result.bad_ranges)
         warn(f"{len(result.bad_ranges)} unreadable ranges ({total} bytes) were zero-filled and recorded in "

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Error, NotFoundError
+from ..errors import Error, IncompleteImageError, NotFoundError
 from ._source_args import add_set_options, open_reader
-from .ls import shown
-from .output import human_bytes, print_json, stdout, warn
+from .output import human_bytes, print_json, shown, stdout, warn
 
 if TYPE_CHECKING:  # the rest is imported when the command runs (every command module loads at start-up)
     from ..image.reader import ImageReader
@@ -131,34 +130,39 @@ def source_lines(src: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _say(text: str) -> None:
+    """A line of the report: text from the image (names, paths, host names) is escaped, never markup."""
+    stdout.print(shown(text), markup=False)
+
+
 def _print(info: dict[str, Any], partition: int | None) -> None:
     from ._disk_view import render_rows, table_summary
 
     parts = info["image"]
-    stdout.print(f"image        {parts[0]}" + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else ""))
-    stdout.print(f"format       imaging-utility v{info['format_version']} (seekable zstd, level {info['level']})")
+    _say(f"image        {parts[0]}" + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else ""))
+    _say(f"format       imaging-utility v{info['format_version']} (seekable zstd, level {info['level']})")
     ratio = f" ({info['ratio'] * 100:.1f}%)" if info["ratio"] is not None else ""
-    stdout.print(f"source size  {human_bytes(info['source_size'])} ({info['source_size']} bytes)")
-    stdout.print(f"image size   {human_bytes(info['image_bytes'])}{ratio}")
-    stdout.print(f"chunks       {info['chunk_count']} × {human_bytes(info['chunk_size'])}, "
-                 f"sector size {info['sector_size']}")
+    _say(f"source size  {human_bytes(info['source_size'])} ({info['source_size']} bytes)")
+    _say(f"image size   {human_bytes(info['image_bytes'])}{ratio}")
+    _say(f"chunks       {info['chunk_count']} × {human_bytes(info['chunk_size'])}, "
+         f"sector size {info['sector_size']}")
     lay = info["layout_bytes"]
-    stdout.print("layout       " + ", ".join(f"{k} {human_bytes(v)}" for k, v in lay.items() if v))
-    stdout.print(f"created      {info['created']} on {shown(str(info['hostname']))} by {info['tool']}")
-    stdout.print(f"finished     {info['finished']}")
+    _say("layout       " + ", ".join(f"{k} {human_bytes(v)}" for k, v in lay.items() if v))
+    _say(f"created      {info['created']} on {shown(str(info['hostname']))} by {info['tool']}")
+    _say(f"finished     {info['finished']}")
     for i, line in enumerate(source_lines(info["source"])):
-        stdout.print(("source       " if i == 0 else "             ") + line)
+        _say(("source       " if i == 0 else "             ") + line)
     uo = info["used_only"]
     if uo:
         fs = uo.get("filesystem", {})
         used = uo.get("used_bytes", 0)
-        stdout.print(f"used-only    {fs.get('type', '?')}, cluster {uo.get('cluster_size')} bytes, "
-                     f"used {human_bytes(used)} of {human_bytes(info['source_size'])} "
-                     f"({used / max(1, info['source_size']) * 100:.1f}%)")
+        _say(f"used-only    {fs.get('type', '?')}, cluster {uo.get('cluster_size')} bytes, "
+             f"used {human_bytes(used)} of {human_bytes(info['source_size'])} "
+             f"({used / max(1, info['source_size']) * 100:.1f}%)")
         for vol in fs.get("volumes") or []:  # an LVM2 physical volume: each logical volume
             note = f"; {vol['note']}" if vol.get("note") else ""
-            stdout.print(f"  volume     {vol['name']}: {vol.get('filesystem') or 'no known filesystem'}, "
-                         f"{human_bytes(vol['size'])}, {human_bytes(vol['used_bytes'])} kept{note}")
+            _say(f"  volume     {vol['name']}: {vol.get('filesystem') or 'no known filesystem'}, "
+                 f"{human_bytes(vol['size'])}, {human_bytes(vol['used_bytes'])} kept{note}")
     disk = info["disk"]
     rows = disk["partitions"]
     if partition is not None:
@@ -167,26 +171,26 @@ def _print(info: dict[str, Any], partition: int | None) -> None:
             numbers = ", ".join(str(r["number"]) for r in disk["partitions"]) or "none"
             raise NotFoundError(f"partition {partition} not found; the image's partitions: {numbers}")
     if disk["table"] and disk["table"].get("type"):
-        stdout.print(f"partitions   {table_summary(disk['table'], len(disk['partitions']), info['sector_size'])}")
+        _say(f"partitions   {table_summary(disk['table'], len(disk['partitions']), info['sector_size'])}")
         for line in render_rows(rows):
-            stdout.print(line, markup=False)
+            _say(line)
     elif disk["volume"]:
         v = disk["volume"]
         used = f", used {human_bytes(v['used'])}" if v.get("used") is not None else ""
         label = f" '{shown(v['label'])}'" if v.get("label") else ""
-        stdout.print(f"filesystem   {v['type']}{label}, {human_bytes(v['size'])}{used}", markup=False)
+        _say(f"filesystem   {v['type']}{label}, {human_bytes(v['size'])}{used}")
     for message in disk["warnings"]:
         warn(message)
     for name, digest in info["digests"].items():
-        stdout.print(f"{name:<12} {digest}")
+        _say(f"{name:<12} {digest}")
     for number, digests in info["partition_digests"].items():
         if partition is None or number == str(partition):
-            stdout.print(f"partition {number:<3}" + ", ".join(f"{n} {d}" for n, d in digests.items()))
+            _say(f"partition {number:<3}" + ", ".join(f"{n} {d}" for n, d in digests.items()))
     if info["bad_ranges"]:
         total = sum(r["length"] for r in info["bad_ranges"])
-        stdout.print(f"bad ranges   {len(info['bad_ranges'])} ({human_bytes(total)} unreadable, zero-filled):")
+        _say(f"bad ranges   {len(info['bad_ranges'])} ({human_bytes(total)} unreadable, zero-filled):")
         for r in info["bad_ranges"]:
-            stdout.print(f"  offset {r['offset']} length {r['length']} (sector {r['offset'] // info['sector_size']})")
+            _say(f"  offset {r['offset']} length {r['length']} (sector {r['offset'] // info['sector_size']})")
 
 
 def _run_set(args: argparse.Namespace) -> int:
@@ -245,7 +249,14 @@ def run(args: argparse.Namespace) -> int:
         return _listing(args.image, args.json)
     if is_set_dir(args.image):
         return _run_set(args)
-    with open_reader(args) as reader:
+    try:
+        reader = open_reader(args)
+    except IncompleteImageError as e:
+        from .partial import report_partial
+
+        report_partial(args.image, args.json, e)
+        raise
+    with reader:
         info = describe(reader)
     if args.json:
         print_json(info)

@@ -29,6 +29,7 @@ examples:
   imaging-utility restore --set-dir /backups/2024-06-01 --partition 2 /dev/sdc2   # one partition only
   imaging-utility restore --set-dir /backups/2024-06-01 --partition 3 home.raw    # ... or into a file
   imaging-utility restore --continue-on-error damaged.img.zst out.raw  # corrupt chunks zero-filled, exit 3
+  ssh backup 'cat sdb.img.zst' | imaging-utility restore --yes - /dev/sdc   # from standard input
 """
 
 
@@ -38,7 +39,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                        "device. A whole-disk image (or backup set) onto a disk gets its partition table fitted "
                        "to that disk; only stored data is written (free space is skipped).",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", metavar="IMAGE", help="image, split set, or backup set directory")
+    p.add_argument("image", metavar="IMAGE",
+                   help="image, split set, or backup set directory; - reads an image from standard input")
     p.add_argument("target", metavar="TARGET")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing target file, or a disk holding another disk's partition table")
@@ -139,11 +141,19 @@ def _report_corrupt(corrupt: list[CorruptChunk]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image == "-":
+        from .restore_stdin import run_stdin
+
+        return run_stdin(args)
     from ..devices.mounts import check_target_safe
+    from ..devices.targets import symlink_note
     from ..devices.throttle import Throttle, parse_rate
     from ..ops.diskmap import partition_table_of
     from ..ops.target import is_block_device
 
+    note = symlink_note(args.target, args.force)
+    if note:
+        warn(note)
     check_target_safe(args.target)
     throttle = Throttle(parse_rate(args.max_throughput)) if args.max_throughput else None
     with open_reader(args) as reader:

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..blocks import check_range
-from ..errors import ChunkCorruptError, CorruptImageError
+from ..errors import ChunkCorruptError, CorruptImageError, IncompleteImageError
 from ..extents import AllocationMap, Extent, ExtentKind, coalesce
 from ..format import c_image as c
 from ..format.codec import Codec, frame_checksum
@@ -52,6 +52,14 @@ class ImageReader:
         self._parts = open_reader(paths)
         try:
             self._load()
+        except IncompleteImageError:
+            self._parts.close()
+            if len(paths) < 2:
+                raise
+            raise IncompleteImageError(
+                f"no seek table at the end of the last part {paths[-1]}: the capture was interrupted (continue it "
+                f"with 'image --resume'), or the parts after it ({_next_part(paths[-1])} ...) are missing"
+            ) from None
         except BaseException:
             self._parts.close()
             raise
@@ -174,21 +182,25 @@ class ImageReader:
             frame = self.read_frame(index)
         partial = need is not None and self.frame_crcs is not None and need < n
         if (partial or check_frame) and self.frame_crcs is not None and zlib.crc32(frame) != self.frame_crcs[index]:
-            raise ChunkCorruptError(
-                f"chunk {index} (image byte offset {offset}): its frame's bytes fail their CRC-32 check",
-                index, offset,
-            )
+            raise ChunkCorruptError(f"{self.where(index)}: its frame's bytes fail their CRC-32 check", index, offset)
         if frame_checksum(frame) != self.chunk_sums[index]:
             raise ChunkCorruptError(
-                f"chunk {index} (image byte offset {offset}): frame checksum {frame_checksum(frame):#010x} "
+                f"{self.where(index)}: frame checksum {frame_checksum(frame):#010x} "
                 f"differs from the seek table's {self.chunk_sums[index]:#010x}", index, offset,
             )
         if frame == self._zero_frames[n]:
             return self._zero_data[n]
         if partial:
             assert need is not None
-            return self._codec.decompress_prefix(frame, need, index, offset)
-        return self._codec.decompress(frame, n, index, offset)
+            return self._codec.decompress_prefix(frame, need, index, offset, self.where(index))
+        return self._codec.decompress(frame, n, index, offset, self.where(index))
+
+    def where(self, index: int) -> str:
+        """Chunk ``index`` named by its source bytes and where its frame lies in the image file(s)."""
+        start = index * self.chunk_size
+        path, rel = self._parts.locate(self.chunk_offsets[index])
+        return (f"chunk {index} (source bytes {start}-{start + self.chunk_len(index) - 1}; "
+                f"its frame at byte {rel} of {path})")
 
     def chunk(self, index: int, need: int | None = None) -> bytes:
         """Chunk ``index``'s bytes, through the cache (thread-safe).  With ``need``, a prefix of at least
@@ -362,6 +374,11 @@ def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Exte
         if pos < ext.end:
             out.append(Extent(pos, ext.end - pos, ext.kind))
     return coalesce(out)
+
+
+def _next_part(path: str) -> str:
+    stem, _, number = path.rpartition(".")
+    return f"{stem}.{int(number) + 1:03d}" if number.isdigit() else f"{path}.next"
 
 
 def open_image(path: str, **kwargs: Any) -> ImageReader:

@@ -34,6 +34,7 @@ from ..image.recover import read_header, recover
 from ..image.writer import ImageWriter
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from ..storage import discard, existing_outputs, open_partial
+from ..storage.local import STDOUT
 
 Framed = tuple[bytes, int]  # a data frame and the CRC-32 of its bytes
 
@@ -163,6 +164,10 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
                  progress: ProgressCallback, discards: list[threading.Thread | None],
                  ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
+    if dest == STDOUT:
+        if opts.resume or opts.split_size is not None:
+            raise UsageError("an image written to standard output cannot be split or resumed")
+        return ImageWriter.create(dest, None, header), Digests(opts.digests), 0, []
     existing = existing_outputs(dest)
     if existing and opts.resume:
         partial = open_partial(dest, opts.split_size)
@@ -298,6 +303,9 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
         except KeyboardInterrupt:
             _abandon(pending)
             writer.sync()
+            if dest == STDOUT:
+                raise Interrupted(f"interrupted at {ev.done} of {size} bytes; an image streamed to standard "
+                                  "output cannot be resumed: run it again") from None
             raise Interrupted(
                 f"interrupted at {ev.done} of {size} bytes; the partial image {dest} is kept: "
                 "resume with --resume (same source, DEST and options)"

@@ -23,6 +23,10 @@ class BlobReader(Protocol):
         """Exactly ``n`` bytes at ``offset``; ``CorruptImageError`` past the end, ``TargetIOError`` on I/O."""
         ...
 
+    def locate(self, offset: int) -> tuple[str, int]:
+        """(part name, offset in that part) of ``offset`` of the joined bytes, for error messages."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..errors import (
 )
 
 MAX_PARTS = 999
+STDOUT = "-"  # DEST that streams the image to standard output
 _PART_RE = re.compile(r"^(.*)\.(\d{3})$")
 
 
@@ -54,7 +56,26 @@ def resolve_parts(path: str) -> list[str]:
     parts: list[str] = []
     while os.path.isfile(part_path(base, len(parts))):
         parts.append(part_path(base, len(parts)))
+    later = _later_parts(base, len(parts))
+    if later:
+        raise CorruptImageError(f"image part {part_path(base, len(parts))} is missing ({later[0]} exists): "
+                            "the split image needs every part; put the missing one back next to the others")
     return parts
+
+
+def _later_parts(base: str, count: int) -> list[str]:
+    """Parts of ``base`` numbered after the first ``count`` (which are present): a gap in the set."""
+    folder, name = os.path.split(base)
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return []
+    found = []
+    for entry in names:
+        m = _PART_RE.match(entry)
+        if m and m.group(1) == name and int(m.group(2)) > count:
+            found.append(os.path.join(folder, entry))
+    return sorted(found)
 
 
 def existing_outputs(dest: str) -> list[str]:
@@ -68,6 +89,9 @@ def existing_outputs(dest: str) -> list[str]:
 
 
 def _os_error(e: OSError, path: str, what: str) -> Error:
+    if path == STDOUT:
+        why = "the reader went away (broken pipe)" if e.errno == errno.EPIPE else e.strerror
+        return TargetIOError(f"writing the image to standard output failed while {what}: {why}")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpaceError(f"no space left on the filesystem of {path} while {what}; "
                             "free some space and continue with --resume")
@@ -126,6 +150,11 @@ class PartReader:
             n -= take
             i += 1
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def locate(self, offset: int) -> tuple[str, int]:
+        """(part path, offset in that part) of ``offset`` of the joined stream."""
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        return self.paths[i], offset - self.starts[i]
 
     def close(self) -> None:
         for fd in self.fds:
@@ -197,12 +226,20 @@ class PartWriter:
     def _path(self, index: int) -> str:
         return self.dest if self.split_size is None else part_path(self.dest, index)
 
+    @property
+    def streaming(self) -> bool:
+        """Writing to standard output (``-``): a pipe, never synced, split or resumed."""
+        return self.dest == STDOUT
+
     def _open(self, index: int, truncate_to: int | None = None) -> None:
         if self.fd >= 0:
             self._flusher.wait_idle()
             os.close(self.fd)
             self.fd = -1
         path = self._path(index)
+        if self.streaming:
+            self.fd, self.part_len, self.part_index = os.dup(sys.stdout.fileno()), 0, index
+            return
         try:
             if truncate_to is None:
                 self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -255,12 +292,12 @@ class PartWriter:
         if self._flusher.error is not None:
             self._error = _os_error(self._flusher.error, self._path(self.part_index), "flushing it to disk")
             raise self._error
-        if self.total >= self._next_flush:
+        if self.total >= self._next_flush and not self.streaming:
             self._next_flush = self.total + FLUSH_EVERY
             self._flusher.request(self.fd)
 
     def sync(self) -> None:
-        if self.fd >= 0:
+        if self.fd >= 0 and not self.streaming:
             self._flusher.wait_idle()
             try:
                 os.fsync(self.fd)

@@ -112,7 +112,7 @@ def _make_client() -> Any:
         retries["total_max_attempts"] = 5
     config = botocore.config.Config(
         region_name=region or DEFAULT_REGION,
-        retries=retries,  # type: ignore[arg-type]
+        retries=retries,  # type: ignore[arg-type,unused-ignore]
         max_pool_connections=64,
         connect_timeout=10,
         read_timeout=60,

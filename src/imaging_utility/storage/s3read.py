@@ -71,6 +71,11 @@ class S3Reader:
         self.requests = 0
         self.fetched = 0  # bytes received
 
+    def locate(self, offset: int) -> tuple[str, int]:
+        """(object name, offset in that object) of ``offset`` of the joined objects."""
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        return self.paths[i], offset - self.starts[i]
+
     def read_at(self, offset: int, n: int) -> bytes:
         if offset < 0 or n < 0 or offset + n > self.size:
             raise CorruptImageError(
