@@ -6,6 +6,7 @@ import os
 import re
 
 from ..devices.throttle import parse_rate
+from ..errors import UsageError
 from ..image.digests import DEFAULT, parse_hash_names
 from ..ops.capture import CaptureResult
 from ..ops.imaging import ImageRequest, capture_summary, default_threads, run_image
@@ -51,6 +52,9 @@ class ImageOperation:
 
     def request(self, sel: Selection, values: Values) -> ImageRequest:
         assert isinstance(sel, Volume)
+        if text(values, "dest") == "-":  # the terminal is the GUI's screen
+            raise UsageError("the GUI cannot write an image to standard output; run 'imaging-utility image "
+                             "SOURCE -' from a shell to stream it")
         mode = text(values, "mode")
         level, threads, retries = (number(values, k, flag_name) for k, flag_name in
                                    (("level", "--level"), ("threads", "--threads"), ("retries", "--retries")))

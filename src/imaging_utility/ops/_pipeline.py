@@ -36,6 +36,7 @@ from ..progress import (
     ProgressEvent,
     StageClock,
 )
+from ..storage.local import STDOUT
 
 if TYPE_CHECKING:
     from .capture import CaptureOptions, ChunkReader
@@ -92,6 +93,13 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
             crc = zero_crcs[length] = zlib.crc32(frame)
         return frame, crc
 
+    observer = opts.observer
+
+    def feed(view: memoryview, offset: int) -> None:
+        digests.update_chunk(view, offset, amap)
+        if observer is not None:
+            observer.update(view, offset)
+
     def compress(view: memoryview) -> Compressed:
         t0 = time.perf_counter()
         frame = codec.compress(view)
@@ -136,11 +144,13 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
             retire_one()
         writer.sync()
         assert control is not None
-        control.checkpoint(ev, progress, f"cancelled at {ev.done} of {size} bytes; the partial image {dest} "
-                           "is kept: resume with --resume (same source, DEST and options)")
+        control.checkpoint(ev, progress, f"cancelled at {ev.done} of {size} bytes; {kept}")
         clock.restart()
         if throttle is not None:
             throttle.restart()
+
+    kept = (f"the partial image {dest} is kept: resume with --resume (same source, DEST and options)"
+            if dest != STDOUT else "an image streamed to standard output cannot be resumed: run it again")
 
     with ThreadPoolExecutor(opts.threads, thread_name_prefix="compress") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher:
@@ -159,7 +169,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                 if not used:
                     zero_chunks += 1
                     pending.append((zero_framed(length),
-                                    hasher.submit(digests.update_chunk, zeros[:length], off, amap),
+                                    hasher.submit(feed, zeros[:length], off),
                                     None, length, []))
                 else:
                     while not free:
@@ -185,11 +195,11 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                         zero_chunks += 1
                         ev.zero_bytes += want
                         pending.append((zero_framed(length),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
+                                        hasher.submit(feed, view, off),
                                         buf, length, bad_here))
                     else:
                         pending.append((pool.submit(compress, view),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
+                                        hasher.submit(feed, view, off),
                                         buf, length, bad_here))
                 while pending and (len(pending) > n_buffers or _done(pending[0][0])):
                     retire_one()
@@ -199,10 +209,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         except KeyboardInterrupt:
             _abandon(pending)
             writer.sync()
-            raise Interrupted(
-                f"interrupted at {ev.done} of {size} bytes; the partial image {dest} is kept: "
-                "resume with --resume (same source, DEST and options)"
-            ) from None
+            raise Interrupted(f"interrupted at {ev.done} of {size} bytes; {kept}") from None
         except BaseException:
             _abandon(pending)
             raise
@@ -211,6 +218,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         "digests": digests.hexdigests(),
         "digest_covers": "allocated bytes in volume order" if amap is not None else "all image bytes",
         "stats": {"chunks": n_chunks, "zero_chunks_this_run": zero_chunks, "read_bytes_this_run": read_bytes},
+        **(observer.trailer_meta() if observer is not None else {}),
     }
     paths = writer.finish(Trailer(size, n_chunks, trailer_meta, sorted(bad)))
     ev.output_bytes = writer.bytes_written

@@ -24,10 +24,11 @@ from ..format import c_image as c
 from ..format.codec import Codec, zstd_library_version
 from ..format.metaframe import Header
 from ..image.digests import DEFAULT, Digests
-from ..image.parts import existing_outputs
-from ..image.recover import read_header, recover, remove_outputs
+from ..image.recover import read_header, recover
 from ..image.writer import ImageWriter
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
+from ..storage import discard, existing_outputs, open_partial
+from ..storage.local import STDOUT
 from ._pipeline import run_chunks, utc_now
 
 
@@ -55,6 +56,15 @@ class Pacer(Protocol):
 ChunkReader = Callable[[int, memoryview], list[tuple[int, int]]]
 
 
+class ChunkObserver(Protocol):
+    """Sees every chunk's bytes in order on the digest thread (and a resume's kept chunks first), e.g. to
+    compute per-partition digests; adds its result to the trailer's metadata."""
+
+    def update(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
+
+    def trailer_meta(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class CaptureOptions:
     chunk_size: int = c.DEFAULT_CHUNK_SIZE
@@ -70,6 +80,8 @@ class CaptureOptions:
     chunk_reader: ChunkReader | None = None  # e.g. rescue reading; default: source.readinto_at
     identity_check: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
     throttle: Pacer | None = None  # --max-throughput / --adaptive-rate-limit
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # more header metadata (e.g. a disk's table)
+    observer: ChunkObserver | None = None
 
     def validate(self) -> None:
         cs = self.chunk_size
@@ -113,6 +125,7 @@ def build_header(source: BlockSource, opts: CaptureOptions) -> Header:
         "hostname": platform.node(),
         "command_line": sys.argv,
         "source": opts.identity,
+        **opts.extra_meta,
     }
     flags = 0
     allocation = None
@@ -163,28 +176,35 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
                  progress: ProgressCallback, discards: list[threading.Thread | None],
                  ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
-    split = opts.split_size is not None
+    if dest == STDOUT:
+        if opts.resume or opts.split_size is not None:
+            raise UsageError("an image written to standard output cannot be split or resumed")
+        return ImageWriter.create(dest, None, header), Digests(opts.digests), 0, []
     existing = existing_outputs(dest)
     if existing and opts.resume:
-        old = read_header(dest, split)
-        if old is not None:
-            reason = _mismatch(old, header, opts)
-            if reason:
-                raise ResumeMismatchError(f"cannot resume {dest}: {reason}; start over with --force")
-            total = source.size
-            ev = ProgressEvent("resume-scan", 0, total)
+        partial = open_partial(dest, opts.split_size)
+        try:
+            old = read_header(partial)
+            if old is not None:
+                reason = _mismatch(old, header, opts)
+                if reason:
+                    raise ResumeMismatchError(f"cannot resume {dest}: {reason}; start over with --force")
+                total = source.size
+                ev = ProgressEvent("resume-scan", 0, total)
 
-            def scanned(done: int) -> None:
-                ev.done = min(done, total)
-                progress(ev)
+                def scanned(done: int) -> None:
+                    ev.done = min(done, total)
+                    progress(ev)
 
-            rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned)
-            return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
-        discards.append(remove_outputs(dest))
+                rec = recover(partial, old, opts.digests, codec, opts.threads, scanned, opts.observer)
+                return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
+        finally:
+            partial.close()
+        discards.append(discard(dest))
     elif existing and not opts.force:
         raise RefusedError(f"{existing[0]} already exists; use --force to overwrite it or --resume to continue it")
     elif existing:
-        discards.append(remove_outputs(dest))
+        discards.append(discard(dest))
     return ImageWriter.create(dest, opts.split_size, header), Digests(opts.digests), 0, []
 
 

@@ -20,16 +20,18 @@ from ..blocks import BlockSource, WindowSource
 from ..devices.identity import identity_mismatch, source_identity
 from ..devices.mounts import check_source_mounts
 from ..devices.pacing import AdaptiveThrottle, device_name
-from ..devices.rescue import RescueReader
 from ..devices.source import FileSource
 from ..devices.throttle import Throttle
-from ..errors import SourceIOError, UnsupportedError, UsageError
+from ..errors import RefusedError, UnsupportedError, UsageError
 from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT
 from ..progress import JobControl, ProgressCallback, no_progress
+from ..storage.local import STDOUT
 from ..units import format_size
-from .capture import CaptureOptions, CaptureResult, ChunkReader, Pacer, capture
+from .capture import CaptureOptions, CaptureResult, Pacer, capture
+from .diskmap import apply_disk_plan, partition_table_of, plan_disk
+from .reading import chunk_reader
 
 PROGRAM = "imaging-utility"
 USED_ONLY_MODES = (None, "yes", "auto")
@@ -76,6 +78,9 @@ class ImageRequest:
             raise UsageError("--offset must be 0 or more and --length more than 0")
         if self.max_throughput is not None and self.max_throughput < 1:
             raise UsageError("--max-throughput must be at least 1 byte per second")
+        if self.dest == STDOUT and (self.resume or self.split_size or self.force):
+            raise UsageError("an image written to standard output (DEST '-') cannot be resumed or split; "
+                             "drop --resume/--split-size/--force")
         opts = CaptureOptions(chunk_size=self.chunk_size, level=self.level, threads=self.threads,
                               split_size=self.split_size, digests=self.digests, force=self.force,
                               resume=self.resume)
@@ -138,8 +143,9 @@ def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, contr
             source = WindowSource(file_source, req.offset, length)
             opts.identity.update(window_offset=req.offset, window_length=length)
         if req.used_only:
-            _use_allocation_map(source, opts, req.used_only == "auto", warn)
-        opts.chunk_reader = _chunk_reader(source, req.source, req.rescue, req.retries)
+            _use_allocation_map(source, opts, req.used_only == "auto", req.rescue, warn)
+        # the pipeline paces the reads (opts.throttle): the reader itself is not throttled
+        opts.chunk_reader = chunk_reader(source, req.source, req.rescue, req.retries, None, opts.allocation)
         opts.throttle = _pacer(req)
         return capture(source, req.dest, opts, progress, control)
 
@@ -152,33 +158,21 @@ def _pacer(req: ImageRequest) -> Pacer | None:
     return None
 
 
-def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int) -> ChunkReader:
-    rescuer = RescueReader(source, retries=retries) if rescue else None
-    locate = RescueReader(source, retries=0)
-
-    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
-        if rescuer is not None:
-            return rescuer.read_chunk(offset, buf)
-        try:
-            source.readinto_at(offset, buf)
-        except SourceIOError:
-            # Name the first unreadable sector, not just the start of the failed chunk.
-            bad = locate.read_chunk(offset, buf)
-            if not bad:
-                return []  # the retry read everything: a transient error
-            sector = bad[0][0] // source.sector_size
-            raise SourceIOError(
-                f"read error on {label} at byte {bad[0][0]} (sector {sector}): input/output error; "
-                "add --rescue to image past unreadable sectors (the partial image continues with --resume)",
-                offset=bad[0][0],
-            ) from None
-        return []
-
-    return read
-
-
-def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool,
+def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool, rescue: bool,
                         warn: Callable[[str], None]) -> None:
+    table = partition_table_of(source)
+    if table is not None:  # a whole disk: one image, each partition used-only where its filesystem is known
+        try:
+            plan = plan_disk(source, table, tolerate_read_errors=rescue)
+        except RefusedError as e:
+            if not fallback:
+                raise
+            warn(f"{e}; imaging in full (--used-only=auto)")
+            return
+        for message in plan.warnings:
+            warn(message)
+        apply_disk_plan(opts, plan)
+        return
     try:
         info, amap = allocation_map(source)
     except UnsupportedError as e:
