@@ -18,6 +18,7 @@ from conftest import cli, need_root, need_tools
 from gui.guihelpers import block_idle, block_reads, image_digests, rss_bytes, run, screen_text, wait_for
 from imagetools import data_frames, mixed_bytes
 from imaging_utility.gui.app import ImagingApp
+from imaging_utility.gui.dialogs import ChooseScreen
 from imaging_utility.gui.form import FormScreen
 from imaging_utility.ops.inventory import list_volumes
 
@@ -54,7 +55,11 @@ async def start_image(pilot: Any, app: ImagingApp, dest: Path, rate: str = RATE)
     await wait_for(pilot, lambda: bool(app.screen.query("DataTable")) and app.screen.query_one("DataTable").row_count
                    == 1, what="the device row")
     await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, ChooseScreen), what="the operations of a disk")
+    assert "Backup-disk:" in screen_text(app)
+    await pilot.press("enter")  # image is first
     await wait_for(pilot, lambda: isinstance(app.screen, FormScreen) and app.screen.ready, what="the image form")
+    assert app.screen.operation.key == "image"
     assert isinstance(app.screen, FormScreen)
     app.screen.set_values({"dest": str(dest), "max_throughput": rate})
     await pilot.press("ctrl+s")

@@ -76,6 +76,9 @@ class ImagingApp(App[int]):
             self.picker.show_error(str(e))
             self.picker.probe_now()
             return
+        if isinstance(sel, Volume):  # ``gui DEVICE``: straight to the image form (the picker offers the rest)
+            self.open_form(next(op for op in self.operations() if op.accepts(sel)), sel)
+            return
         self.choose(sel)
 
     def selection_for(self, path: str) -> Selection:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import shlex
 
-from ..errors import UsageError
-from ..image.reader import open_image
+from ..errors import Error, RefusedError, UsageError
+from ..ops.diskmap import partition_table_of
 from ..ops.imaging import PROGRAM
+from ..ops.manifest import load_manifest, open_image_or_set
 from ..ops.restore import restore
 from ..ops.restore_target import inspect_target
 from ..progress import JobControl, ProgressCallback
@@ -32,7 +33,15 @@ class RestoreOperation:
         return isinstance(sel, ImageFile | BackupSet)
 
     def fields(self, sel: Selection) -> list[Field]:
+        disk = []
+        if isinstance(sel, BackupSet):
+            try:
+                names = [d["name"] for d in load_manifest(sel.path)["disks"]]
+            except Error:
+                names = []  # the plan says what is wrong with the manifest
+            disk = [Field("disk", "Disk of the set", names[0] if names else "", help=", ".join(names))]
         return [
+            *disk,
             Field("target", "Target", "", help="a block device or a file path", suggestions=self.targets),
             Field("force", "Overwrite an existing target file", False),
             Field("verify", "Verify the digests while writing", False),
@@ -47,6 +56,8 @@ class RestoreOperation:
         if threads is not None and threads < 1:
             raise UsageError("--threads must be at least 1")
         argv = [PROGRAM, "restore"]
+        if isinstance(sel, BackupSet) and text(values, "disk"):
+            argv += ["--disk", text(values, "disk")]
         if flag(values, "force"):
             argv.append("--force")
         if flag(values, "verify"):
@@ -62,9 +73,15 @@ class RestoreOperation:
         argv, threads = self._argv(sel, values)
         image, target = sel.path, text(values, "target")
         force, verify = flag(values, "force"), flag(values, "verify")
-        with open_image(image) as reader:
+        disk = (text(values, "disk") or None) if isinstance(sel, BackupSet) else None
+        with open_image_or_set(image, disk) as reader:
             size = reader.size
+            whole_disk = partition_table_of(reader) is not None
         info = inspect_target(target, size, force=force)
+        if whole_disk and info.kind == "device" and info.size != size:
+            # the command rewrites the partition table for the target's size (ops.restore_disk)
+            raise RefusedError(f"{image} is a whole disk of {size} bytes and {target} holds {info.size}: its "
+                               f"partition table must be fitted to it; run '{shlex.join(argv)}' from a shell")
         confirmation = None
         if info.needs_confirmation:
             confirmation = Confirmation(
@@ -73,7 +90,7 @@ class RestoreOperation:
                 typed="yes", accept="Restore")
 
         def run(progress: ProgressCallback, control: JobControl, warn: Warn) -> list[str]:
-            with open_image(image) as reader:
+            with open_image_or_set(image, disk) as reader:
                 if reader.bad_ranges:
                     total = sum(n for _, n in reader.bad_ranges)
                     warn(f"the image has {len(reader.bad_ranges)} unreadable source ranges ({total} bytes); "

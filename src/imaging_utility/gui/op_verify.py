@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from ..errors import UsageError, VerificationError
 from ..image.digests import parse_hash_names
-from ..image.reader import open_image
 from ..image.verify import VerifyReport, verify_image
 from ..ops.imaging import PROGRAM
+from ..ops.manifest import load_manifest, open_image_or_set
 from ..progress import JobControl, ProgressCallback
 from .job import Plan, Warn
 from .operation import BackupSet, Field, ImageFile, Selection, Values, flag, number, text
@@ -18,7 +18,7 @@ from .operation import BackupSet, Field, ImageFile, Selection, Values, flag, num
 @dataclass
 class _Args:
     quick: bool
-    samples: int
+    samples: int | None
     seed: int | None
     extra: tuple[str, ...]
 
@@ -33,7 +33,7 @@ class VerifyOperation:
     def fields(self, sel: Selection) -> list[Field]:
         return [
             Field("quick", "Quick: a random sample of chunks only", False),
-            Field("samples", "Samples (quick)", "64"),
+            Field("samples", "Samples (quick)", "", help="empty: enough to catch 1% damage with 95% probability"),
             Field("seed", "Seed (quick)", "", help="repeat an earlier sample"),
             Field("hash", "Also compute", "", help="e.g. sha256 (a full verify only)"),
         ]
@@ -41,17 +41,17 @@ class VerifyOperation:
     def _args(self, sel: Selection, values: Values) -> tuple[list[str], _Args]:
         assert isinstance(sel, ImageFile | BackupSet)
         quick = flag(values, "quick")
-        samples = number(values, "samples", "--samples")
+        samples = number(values, "samples", "--samples") if text(values, "samples") else None
         seed = number(values, "seed", "--seed") if text(values, "seed") else None
         extra = parse_hash_names(text(values, "hash")) if text(values, "hash") else ()
         if extra and quick:
             raise UsageError("--hash needs a full verify (every chunk); drop --quick")
-        if samples < 1:
+        if samples is not None and samples < 1:
             raise UsageError("--samples must be at least 1")
         argv = [PROGRAM, "verify"]
         if quick:
             argv.append("--quick")
-            if samples != 64:
+            if samples is not None:
                 argv += ["--samples", str(samples)]
             if seed is not None:
                 argv += ["--seed", str(seed)]
@@ -66,16 +66,23 @@ class VerifyOperation:
         argv, a = self._args(sel, values)
         path = sel.path
 
+        # a backup set: every disk of it, like the command
+        disks = [d["name"] for d in load_manifest(path)["disks"]] if isinstance(sel, BackupSet) else [None]
+
         def run(progress: ProgressCallback, control: JobControl, warn: Warn) -> list[str]:
-            with open_image(path) as reader:
-                report = verify_image(reader, quick=a.quick, samples=a.samples, seed=a.seed,
-                                      extra_digests=a.extra, progress=progress, control=control)
-            lines = report_lines(report)
-            if not report.ok:
-                for line in lines:
-                    warn(line)
-                raise VerificationError(f"{path}: verification FAILED ({len(report.failures)} chunks, "
-                                        f"{len(report.problems)} other problems)")
+            lines: list[str] = []
+            for disk in disks:
+                with open_image_or_set(path, disk) as reader:
+                    report = verify_image(reader, quick=a.quick, samples=a.samples, seed=a.seed,
+                                          extra_digests=a.extra, progress=progress, control=control)
+                found = report_lines(report)
+                lines += [f"disk {disk}:", *found] if disk is not None else found
+                if not report.ok:
+                    for line in found:
+                        warn(line)
+                    what = f"{path} disk {disk}" if disk is not None else path
+                    raise VerificationError(f"{what}: verification FAILED ({len(report.failures)} chunks, "
+                                            f"{len(report.problems)} other problems)")
             return lines
 
         return Plan(f"verify {path}", shlex.join(argv), run)

@@ -26,7 +26,7 @@ from ..devices.source import FileSource
 from ..devices.throttle import Throttle
 from ..errors import CorruptImageError, NotFoundError, RefusedError, ResumeMismatchError, UsageError
 from ..image.reader import open_image
-from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ._pipeline import utc_now
 from .capture import CaptureOptions, CaptureResult, capture
 from .diskmap import apply_disk_plan, plan_disk
@@ -117,8 +117,11 @@ def _start_manifest(set_dir: str, names: list[str], disks: list[str], opts: Back
 
 def backup_disks(disks: list[str], set_dir: str, opts: BackupOptions, *,
                  progress: ProgressCallback = no_progress,
-                 on_warning: Callable[[str], None] = lambda message: None) -> BackupResult:
-    """Back up ``disks`` (block devices or disk-image files) into the set directory ``set_dir``."""
+                 on_warning: Callable[[str], None] = lambda message: None,
+                 control: JobControl | None = None) -> BackupResult:
+    """Back up ``disks`` (block devices or disk-image files) into the set directory ``set_dir``.
+
+    ``control`` pauses or cancels the disk being captured (``capture``: the set resumes with ``resume``)."""
     started = time.monotonic()
     opts.capture.validate()
     if not disks:
@@ -140,7 +143,8 @@ def backup_disks(disks: list[str], set_dir: str, opts: BackupOptions, *,
         base = 0
         for i, (path, name, src) in enumerate(zip(disks, names, sources, strict=True)):
             relay = _Relay(progress, event, base, sum(d.entry.get("image_bytes", 0) for d in done), name)
-            done.append(_one_disk(path, name, src, set_dir, opts, manifest, i, throttle, relay, on_warning))
+            done.append(_one_disk(path, name, src, set_dir, opts, manifest, i, throttle, relay, on_warning,
+                                  control))
             base += src.size
         manifest["finished"] = utc_now()
         write_manifest(set_dir, manifest)
@@ -162,7 +166,7 @@ def _finished_image(dest: str, name: str, path: str, identity: dict[str, Any]) -
 
 def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupOptions, manifest: dict[str, Any],
               index: int, throttle: Throttle | None, progress: _Relay,
-              on_warning: Callable[[str], None]) -> DiskBackup:
+              on_warning: Callable[[str], None], control: JobControl | None) -> DiskBackup:
     dest = os.path.join(set_dir, image_name(name))
     identity = source_identity(path, src)
     if opts.capture.resume:
@@ -180,7 +184,7 @@ def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupO
     copts.chunk_reader = chunk_reader(src, path, opts.rescue, opts.retries, throttle, copts.allocation)
     manifest["disks"][index] = {**pending_entry(name, path, STATUS_RUNNING), "started": utc_now()}
     write_manifest(set_dir, manifest)
-    result = capture(src, dest, copts, progress)
+    result = capture(src, dest, copts, progress, control)
     with open_image(dest) as reader:
         entry = entry_from_image(reader, name, path)
     manifest["disks"][index] = entry
@@ -189,11 +193,18 @@ def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupO
     return DiskBackup(name, path, entry["image"], False, result, entry, plan.warnings)
 
 
+#: What the set's event takes over from the disk's: the pipeline as it is now, and counters summed over disks.
+_PIPELINE = ("chunk_size", "workers", "max_workers", "depth", "max_depth", "bottleneck", "paused", "rate_limit",
+             "rate_limit_mode")
+_COUNTERS = ("paused_seconds", "zero_bytes", "unallocated_bytes", "bad_bytes", "bad_sectors")
+
+
 class _Relay:
     """Re-emit one disk's capture events as the set's ``backup-disk`` progress."""
 
     def __init__(self, progress: ProgressCallback, event: ProgressEvent, base: int, out_base: int, name: str) -> None:
         self.progress, self.event, self.base, self.out_base = progress, event, base, out_base
+        self.counters = {k: getattr(event, k) for k in _COUNTERS}  # the earlier disks' totals
         event.message = name
 
     def __call__(self, ev: ProgressEvent) -> None:
@@ -203,6 +214,10 @@ class _Relay:
         self.event.done = self.base + ev.done
         self.event.output_bytes = self.out_base + ev.output_bytes
         self.event.read_bytes = ev.read_bytes
+        for k in _PIPELINE:
+            setattr(self.event, k, getattr(ev, k))
+        for k, before in self.counters.items():
+            setattr(self.event, k, before + getattr(ev, k))
         self.progress(self.event)
 
     def skip(self, size: int) -> None:
