@@ -4,6 +4,7 @@ word is typed, then the device holds the image's bytes."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -71,10 +72,11 @@ def test_restore_refusals_and_typed_confirmation(tmp_path: Path, loopdev: Callab
                 await pilot.press("ctrl+s")
                 await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
                 text = screen_text(app)
-                assert f"{target}: 16.00 MiB block device" in text and "Type 'yes'" in text, text
-                await pilot.press(*"no", "enter")
+                name = os.path.basename(target)  # the device's name is typed, as the command asks for it
+                assert f"{target}: 16.00 MiB block device" in text and f"Type '{name}'" in text, text
+                await pilot.press(*"yes", "enter")
                 await pilot.pause(0.3)
-                assert isinstance(app.screen, ConfirmScreen), "'no' is not 'yes'"
+                assert isinstance(app.screen, ConfirmScreen), "'yes' is not the device's name"
                 await pilot.click("#accept")  # disabled: does nothing
                 await pilot.pause(0.3)
                 assert isinstance(app.screen, ConfirmScreen)
@@ -83,7 +85,7 @@ def test_restore_refusals_and_typed_confirmation(tmp_path: Path, loopdev: Callab
                 assert sha(target) == before[target], "written without confirmation"
                 await pilot.press("ctrl+s")
                 await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the confirmation")
-                await pilot.press(*"yes", "enter")
+                await pilot.press(*name, "enter")
                 await wait_for(pilot, lambda: app.dashboard is not None and app.dashboard.state == "done",
                                timeout=60, what="the restore")
                 await pilot.press("q")

@@ -103,10 +103,10 @@ def test_restore_confirmation(snap_compare: Any, size: tuple[int, int]) -> None:
         while not (isinstance(a.screen, FormScreen) and a.screen.ready):
             await pilot.pause(0.05)
         a.screen.set_values({"target": "/dev/sdc", "verify": True})
-        a.push_screen(ConfirmScreen(Confirmation("Overwrite /dev/sdc?", lines, typed="yes", accept="Restore")))
+        a.push_screen(ConfirmScreen(Confirmation("Overwrite /dev/sdc?", lines, typed="sdc", accept="Restore")))
         await pilot.pause(0.1)
-        await pilot.press("y", "e")
+        await pilot.press("s", "d")
         await pilot.pause(0.1)
-        visible(pilot, "Overwrite /dev/sdc?", *lines, "Type 'yes' to continue:", "Restore", "Cancel")
+        visible(pilot, "Overwrite /dev/sdc?", *lines, "Type 'sdc' to continue:", "Restore", "Cancel")
 
     assert snap_compare(app(), terminal_size=size, run_before=before)

@@ -2,7 +2,7 @@
 
 The same refusals as the command, before anything is asked or written: a mounted
 or busy target, a device smaller than the image, an existing file without
-"overwrite".  A device is only written after the user typed ``yes`` under the
+"overwrite".  A device is only written after the user typed its name (``sdc``) under the
 description of what is about to be overwritten (``ops.restore_target``).
 """
 
@@ -87,7 +87,7 @@ class RestoreOperation:
             confirmation = Confirmation(
                 f"Overwrite {target}?",
                 [*info.lines, f"This overwrites {target} with {human_bytes(size)} from {image}."],
-                typed="yes", accept="Restore")
+                typed=info.name, accept="Restore")
 
         def run(progress: ProgressCallback, control: JobControl, warn: Warn) -> list[str]:
             with open_image_or_set(image, disk) as reader:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..devices.blockdev import kernel_name
 from ..devices.inventory import find_block_device
 from ..devices.mounts import check_target_safe
 from ..devices.source import FileSource
@@ -18,6 +19,7 @@ from ..errors import RefusedError
 from ..units import human_bytes
 from .inventory import Volume, list_volumes, probe
 from .restore import target_kind
+from .target import check_device_target
 
 
 @dataclass
@@ -26,6 +28,7 @@ class RestoreTarget:
     kind: str  # "device", "file" (exists) or "new"
     size: int | None  # the device's or existing file's size
     lines: list[str]  # what will be overwritten, for a confirmation
+    name: str = ""  # a device's kernel name (``sdc``): what the user types to confirm, as for the command
 
     @property
     def needs_confirmation(self) -> bool:
@@ -44,9 +47,10 @@ def inspect_target(target: str, image_size: int, *, force: bool = False) -> Rest
         if not force:
             raise RefusedError(f"{target} already exists; use --force to overwrite it")
         return RestoreTarget(target, kind, size, [f"{target}: existing file of {human_bytes(size)}, replaced"])
+    check_device_target(target)  # holders (LVM, RAID), another program's exclusive open: as the command
     if size < image_size:
         raise RefusedError(f"{target} holds {size} bytes, the image needs {image_size}; choose a larger device")
-    return RestoreTarget(target, kind, size, describe_device(target, size, image_size))
+    return RestoreTarget(target, kind, size, describe_device(target, size, image_size), kernel_name(target))
 
 
 def describe_device(target: str, size: int, image_size: int) -> list[str]:
