@@ -18,7 +18,7 @@ from types import ModuleType
 from .. import __version__
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Error, Interrupted
 
-COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav"]
+COMMANDS = ["image", "info", "verify", "restore", "export", "ls", "extract", "serve", "mount", "webdav"]
 
 log = logging.getLogger("imaging_utility")
 
