@@ -81,6 +81,11 @@ class Writer(ABC):
             raise UsageError(f"the source is {self.virtual_size} bytes; {self.name} holds at most {human(limit)}"
                              f"{': ' + hint if hint else ''}")
 
+    def refuse_empty(self) -> None:
+        if self.source_size == 0:
+            raise UsageError(f"the source is empty (0 bytes): QEMU, libvhdi/libvmdk and hypervisors cannot open a "
+                             f"0-byte {self.name}; use --format qcow2 or raw")
+
     @property
     def transform(self) -> Transform | None:
         return None

@@ -21,7 +21,8 @@ MiB = 1 << 20
 
 # --- file type identifier (offset 0) ------------------------------------------------------------------
 FILE_SIGNATURE = b"vhdxfile"
-FILE_ID = struct.Struct("<8s512s")  # signature, creator (UTF-16LE)
+FILE_ID = struct.Struct("<8s512s")  # signature, creator (UTF-16LE, informational)
+CREATOR_CHARS = 256
 
 # --- headers (offsets 64 KiB and 128 KiB; checksum over 4 KiB) -----------------------------------------
 HEADER_SIGNATURE = b"head"
@@ -60,9 +61,6 @@ VIRTUAL_DISK_SIZE_GUID = uuid.UUID("2FA54224-CD1B-4876-B211-5DBED83BF4B8")
 PAGE83_GUID = uuid.UUID("BECA12AB-B2E6-4523-93EF-C309E000C746")
 LOGICAL_SECTOR_SIZE_GUID = uuid.UUID("8141BF1D-A96F-4709-BA47-F233A8FAAB5F")
 PHYSICAL_SECTOR_SIZE_GUID = uuid.UUID("CDA348C7-445D-4471-9CC9-E9885251C556")
-# A user item (IsUser set, not required) of this project: the source's identity as UTF-8 JSON.
-# Readers skip user items they do not know (only unknown *required* items make a file unreadable).
-SOURCE_IDENTITY_GUID = uuid.uuid5(uuid.NAMESPACE_URL, "imaging-utility:vhdx:source-identity")  # a9b5398b-...
 
 FILE_PARAMETERS = struct.Struct("<II")  # block_size, flags
 FP_LEAVE_BLOCK_ALLOCATED = 0x1  # fixed file

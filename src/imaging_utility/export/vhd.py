@@ -31,6 +31,7 @@ class VhdWriter(Writer):
         super().__init__(source_size, sector_size, opts)
         self.fixed = fixed
         self.name = "vhd-fixed" if fixed else "vhd"
+        self.refuse_empty()
         if fixed and opts.block_size is not None:
             raise UsageError("--block-size does not apply to a fixed VHD" + (" (--azure writes one)" if opts.azure
                                                                              else ""))

@@ -7,11 +7,14 @@ over large blocks still takes about its used size on the host's disk.  Fixed: ev
 contiguous after the BAT; zero data are holes.  The BAT is written page by page as the blocks go by,
 sector-bitmap slots (0 = NOT_PRESENT, the only state in a non-differencing file) interleaved after
 every ``chunk_ratio`` payload entries.  Headers, region tables and metadata are written last.
+
+Identity: the Page 83 virtual disk id is the export's id (``ExportOptions.disk_id``, derived from the
+image's digest), and the File Type Identifier's creator names it with the digest.  A user metadata item
+would be the spec's place for more, but dissect.hypervisor 3.x refuses files with unknown items.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -20,11 +23,9 @@ from .. import __version__
 from ..errors import UsageError
 from . import c_vhdx as c
 from ._crc32c import crc32c
-from .base import HOLE_GRANULE, ExportOptions, PagedTable, Writer, human, power_of_two_in
+from .base import HOLE_GRANULE, ExportOptions, PagedTable, Writer, power_of_two_in
 from .feed import Unit
 from .sink import Sink
-
-MAX_IDENTITY_BYTES = 64 * 1024
 
 
 class VhdxWriter(Writer):
@@ -34,6 +35,7 @@ class VhdxWriter(Writer):
         super().__init__(source_size, sector_size, opts)
         self.fixed = fixed
         self.name = "vhdx-fixed" if fixed else "vhdx"
+        self.refuse_empty()
         self.block_size = power_of_two_in(opts.block_size or c.DEFAULT_BLOCK_SIZE, c.MIN_BLOCK_SIZE,
                                           c.MAX_BLOCK_SIZE, "VHDX block size")
         lss = opts.logical_sector or (4096 if sector_size == 4096 else 512)
@@ -49,7 +51,7 @@ class VhdxWriter(Writer):
         self.bat_length = c.bat_region_length(self.bat_entries)
         self.payload_offset = c.BAT_OFFSET + self.bat_length
         self.allocated_blocks = 0
-        self.page83 = uuid.uuid4()
+        self.page83 = opts.disk_id
 
     def _entry(self, file_offset: int) -> int:
         return (file_offset >> c.BAT_OFFSET_SHIFT) << c.BAT_OFFSET_SHIFT | c.PAYLOAD_BLOCK_FULLY_PRESENT
@@ -89,12 +91,14 @@ class VhdxWriter(Writer):
         sink.truncate(end)
 
     # --- the fixed structures -------------------------------------------------------------------------
-    def _identity_item(self) -> bytes:
-        data = json.dumps(self.opts.identity, sort_keys=True, separators=(",", ":")).encode()
-        if len(data) > MAX_IDENTITY_BYTES:  # keep the essentials; a command line can be long
-            slim = {k: v for k, v in self.opts.identity.items() if k in ("id", "image_digests", "window")}
-            data = json.dumps(slim, sort_keys=True, separators=(",", ":")).encode()[:MAX_IDENTITY_BYTES]
-        return data
+    def creator(self) -> str:
+        """The File Type Identifier's informational creator: the tool, the export id and the image digest."""
+        text = f"imaging-utility {__version__} id={self.opts.disk_id}"
+        digests = self.opts.identity.get("image_digests") or {}
+        if digests:
+            name = sorted(digests)[0]
+            text += f" {name}={digests[name]}"
+        return text[: c.CREATOR_CHARS]
 
     def _write_metadata(self, sink: Sink) -> None:
         flags = c.FP_LEAVE_BLOCK_ALLOCATED if self.fixed else 0
@@ -106,8 +110,6 @@ class VhdxWriter(Writer):
             (c.LOGICAL_SECTOR_SIZE_GUID, c.U32.pack(self.logical_sector), required_vd),
             (c.PHYSICAL_SECTOR_SIZE_GUID, c.U32.pack(self.physical_sector), required_vd),
         ]
-        if self.opts.identity:
-            items.append((c.SOURCE_IDENTITY_GUID, self._identity_item(), c.MD_IS_USER))
         region = bytearray(c.METADATA_TABLE_SIZE)
         c.METADATA_TABLE_HEADER.pack_into(region, 0, c.METADATA_SIGNATURE, 0, len(items), b"")
         data = bytearray()
@@ -121,7 +123,7 @@ class VhdxWriter(Writer):
 
     def _write_headers(self, sink: Sink) -> None:
         ident = bytearray(c.FILE_ID.size)
-        c.FILE_ID.pack_into(ident, 0, c.FILE_SIGNATURE, f"imaging-utility {__version__}".encode("utf-16-le"))
+        c.FILE_ID.pack_into(ident, 0, c.FILE_SIGNATURE, self.creator().encode("utf-16-le"))
         sink.pwrite(ident, 0)
         file_write, data_write = uuid.uuid4(), uuid.uuid4()
         for seq, offset in enumerate(c.HEADER_OFFSETS, start=1):
@@ -143,4 +145,4 @@ class VhdxWriter(Writer):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "block_size": self.block_size, "logical_sector_size": self.logical_sector,
                 "physical_sector_size": self.physical_sector, "allocated_blocks": self.allocated_blocks,
-                "page83_id": str(self.page83), "block_size_text": human(self.block_size)}
+                "page83_id": str(self.page83), "creator": self.creator()}

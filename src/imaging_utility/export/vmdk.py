@@ -37,6 +37,7 @@ class VmdkWriter(Writer):
         super().__init__(source_size, sector_size, opts)
         self.stream = stream
         self.name = "vmdk-stream" if stream else "vmdk"
+        self.refuse_empty()
         self.grain = power_of_two_in(opts.block_size or c.DEFAULT_GRAIN, c.MIN_GRAIN, c.MAX_GRAIN,
                                      "VMDK grain size")
         self.granule = self.grain
