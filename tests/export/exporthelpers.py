@@ -8,6 +8,7 @@ Readers: ``qemu-img check/compare``; libvhdi and libvmdk through the system Pyth
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -16,7 +17,8 @@ from conftest import IN_CI, need_tools
 from fsbuild import make_ext, make_fat, make_tree, random_image
 from imaging_utility.blocks import BlockSource, WindowSource
 from imaging_utility.devices.source import FileSource
-from imaging_utility.extents import AllocationMap
+from imaging_utility.export import ExportOptions, Feed, Sink, Writer, make_writer
+from imaging_utility.extents import AllocationMap, Extent, ExtentKind
 from imaging_utility.filesystems import allocation_map
 from imaging_utility.image.reader import open_image
 from imaging_utility.ops.capture import CaptureOptions, capture
@@ -133,8 +135,9 @@ def qemu_compare(fmt: str, raw: Path, path: Path) -> None:
 
 
 _LIB_READER = r"""
-import hashlib, sys
+import hashlib, json, sys
 kind, path = sys.argv[1], sys.argv[2]
+ranges = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
 if kind == "vhdi":
     import pyvhdi
     f = pyvhdi.file()
@@ -145,6 +148,9 @@ else:
     f.open(path)
     f.open_extent_data_files()
 size = f.get_media_size()
+if ranges is not None:
+    print(json.dumps([f.read_buffer_at_offset(n, off).hex() for off, n in ranges]))
+    sys.exit(0)
 h = hashlib.sha256()
 off = 0
 while off < size:
@@ -164,6 +170,28 @@ def read_libyal(fmt: str, path: Path) -> tuple[int, str]:
     assert proc.returncode == 0, proc.stderr
     size, digest = proc.stdout.split()
     return int(size), digest
+
+
+def read_libyal_ranges(fmt: str, path: Path, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes at each ``(offset, length)`` as libvhdi/libvmdk reads them."""
+    kind = "vmdk" if fmt.startswith("vmdk") else "vhdi"
+    proc = subprocess.run([SYSTEM_PYTHON, "-c", _LIB_READER, kind, str(path), json.dumps(ranges)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return [bytes.fromhex(x) for x in json.loads(proc.stdout)]
+
+
+def read_dissect_ranges(fmt: str, path: Path, ranges: list[tuple[int, int]]) -> list[bytes]:
+    from dissect.hypervisor.disk import qcow2, vhd, vhdx, vmdk
+
+    with open(path, "rb") as fh:
+        stream = (vmdk.VMDK(fh) if fmt.startswith("vmdk") else vhdx.VHDX(fh) if fmt.startswith("vhdx")
+                  else vhd.VHD(fh) if fmt.startswith("vhd") else qcow2.QCow2(fh).open())
+        out = []
+        for off, n in ranges:
+            stream.seek(off)
+            out.append(stream.read(n))
+        return out
 
 
 def read_dissect(fmt: str, path: Path, size: int) -> str:
@@ -213,3 +241,58 @@ def check_all_readers(fmt: str, out: Path, raw: Path) -> None:
         assert read_dissect(fmt, out, size) == want, f"{fmt}: dissect reads other bytes"
     else:
         assert sha256_of(out) == want
+
+
+class IslandSource:
+    """A large, mostly empty source: ``islands`` {offset: bytes} are DATA, everything else reads as zeros
+    and is reported as ZERO (what an image of a sparse disk reports), without the image around it."""
+
+    def __init__(self, size: int, islands: dict[int, bytes], sector_size: int = 512) -> None:
+        self._size = size
+        self.islands = dict(sorted(islands.items()))
+        self._sector_size = sector_size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def sector_size(self) -> int:
+        return self._sector_size
+
+    def readinto_at(self, offset: int, buf: memoryview | bytearray) -> None:
+        if offset < 0 or offset + len(buf) > self._size:
+            raise ValueError("out of range")
+        view = memoryview(buf)
+        view[:] = bytes(len(view))
+        for start, data in self.islands.items():
+            s, e = max(start, offset), min(start + len(data), offset + len(view))
+            if s < e:
+                view[s - offset : e - offset] = data[s - start : e - start]
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        out: list[Extent] = []
+        pos, end = offset, offset + length
+        for start, data in self.islands.items():
+            s, e = max(start, pos), min(start + len(data), end)
+            if s >= e:
+                continue
+            if s > pos:
+                out.append(Extent(pos, s - pos, ExtentKind.ZERO))
+            out.append(Extent(s, e - s, ExtentKind.DATA))
+            pos = e
+        if pos < end:
+            out.append(Extent(pos, end - pos, ExtentKind.ZERO))
+        return out
+
+
+def write_with(fmt: str, source: BlockSource, out: Path, **opts: object) -> Writer:
+    """Run a writer straight over a ``BlockSource`` (no image, no OUT.partial): the export/ layer alone."""
+    writer = make_writer(source.size, source.sector_size,
+                         ExportOptions(fmt, file_name=out.name, **opts))  # type: ignore[arg-type]
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        writer.write(Sink(fd, str(out)), Feed(source, writer.granule, transform=writer.transform))
+    finally:
+        os.close(fd)
+    return writer

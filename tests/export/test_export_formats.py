@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures are imported from exportfixtures and requested by name)
 """Every format, from a full and a used-only image of a disk with an MBR and one with a GPT: qemu-img check
 (where it checks) and compare, libvhdi/libvmdk and dissect.hypervisor all read the image's bytes."""
 
@@ -7,39 +8,18 @@ import os
 from pathlib import Path
 
 import pytest
-from exporthelpers import (
-    ALL_FORMATS,
-    build_disk,
-    check_all_readers,
-    image_raw,
-    make_image,
-    need_export_tools,
-    qemu_compare,
-)
+from exportfixtures import Disks, disks  # noqa: F401  (fixtures)
+from exporthelpers import ALL_FORMATS, check_all_readers, qemu_compare
 
 from imaging_utility.ops.export import export_image
 
 VARIANTS = [*ALL_FORMATS, "qcow2-zstd"]
 
 
-@pytest.fixture(scope="session")
-def disks(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[Path, Path]]:
-    """{(scheme, mode): (image, raw bytes it stands for)} for scheme dos/gpt and mode full/used."""
-    need_export_tools()
-    work = tmp_path_factory.mktemp("export-disks")
-    out: dict[tuple[str, str], tuple[Path, Path]] = {}
-    for scheme in ("dos", "gpt"):
-        disk = build_disk(work / f"{scheme}.raw", scheme, work)
-        out[scheme, "full"] = (make_image(disk, work / f"{scheme}-full.img"), disk)
-        used = make_image(disk, work / f"{scheme}-used.img", used_only=True)
-        out[scheme, "used"] = (used, image_raw(used, work / f"{scheme}-used.raw"))
-    return out
-
-
 @pytest.mark.parametrize("mode", ["full", "used"])
 @pytest.mark.parametrize("scheme", ["dos", "gpt"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_export_is_read_identically(disks: dict[tuple[str, str], tuple[Path, Path]], tmp_path: Path,
+def test_export_is_read_identically(disks: Disks, tmp_path: Path,
                                     variant: str, scheme: str, mode: str) -> None:
     image, raw = disks[scheme, mode]
     fmt = "qcow2" if variant == "qcow2-zstd" else variant
@@ -52,7 +32,7 @@ def test_export_is_read_identically(disks: dict[tuple[str, str], tuple[Path, Pat
         assert result.read_bytes < os.path.getsize(raw)  # unallocated ranges are not read
 
 
-def test_used_only_exports_are_smaller(disks: dict[tuple[str, str], tuple[Path, Path]], tmp_path: Path) -> None:
+def test_used_only_exports_are_smaller(disks: Disks, tmp_path: Path) -> None:
     """The free space of the disks is random bytes: a full export keeps it, a used-only one does not."""
     for fmt in ("vhdx", "vhd", "qcow2", "vmdk", "raw"):
         sizes = {}
@@ -63,7 +43,7 @@ def test_used_only_exports_are_smaller(disks: dict[tuple[str, str], tuple[Path, 
         assert sizes["used"] < sizes["full"] * 0.8, (fmt, sizes)
 
 
-def test_partition_and_window(disks: dict[tuple[str, str], tuple[Path, Path]], tmp_path: Path) -> None:
+def test_partition_and_window(disks: Disks, tmp_path: Path) -> None:
     image, raw = disks["gpt", "full"]
     data = raw.read_bytes()
     part = tmp_path / "p2.raw"

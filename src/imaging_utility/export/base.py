@@ -76,10 +76,10 @@ class Writer(ABC):
             self.notes.append(f"disk size rounded up from {self.source_size} to {padded} bytes ({why}); "
                               "the added bytes read as zeros")
 
-    def check_limit(self, limit: int, hint: str) -> None:
+    def check_limit(self, limit: int, hint: str, limit_text: str | None = None) -> None:
         if self.virtual_size > limit:
-            raise UsageError(f"the source is {self.virtual_size} bytes; {self.name} holds at most {human(limit)}"
-                             f"{': ' + hint if hint else ''}")
+            raise UsageError(f"the source is {self.virtual_size} bytes; {self.name} holds at most "
+                             f"{limit_text or human(limit)}{': ' + hint if hint else ''}")
 
     def refuse_empty(self) -> None:
         if self.source_size == 0:

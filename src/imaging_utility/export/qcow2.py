@@ -46,6 +46,8 @@ class Qcow2Writer(Writer):
                                                  1 << c.MIN_CLUSTER_BITS, 1 << c.MAX_CLUSTER_BITS,
                                                  "qcow2 cluster size")
         self.cluster_bits = cs.bit_length() - 1
+        # The spec allows any byte size, but QEMU sees only whole 512-byte sectors of it.
+        self.pad_to(c.SECTOR, "QEMU reads qcow2 disks in whole 512-byte sectors")
         self.granule = cs
         self.compress = opts.compress
         self.l2_entries = c.l2_entries(cs)

@@ -42,7 +42,7 @@ class VmdkWriter(Writer):
                                      "VMDK grain size")
         self.granule = self.grain
         self.pad_to(c.SECTOR, "VMDK sizes are whole 512-byte sectors")
-        self.check_limit(c.MAX_CAPACITY - c.SECTOR, "use --format qcow2 or vhdx")
+        self.check_limit(c.MAX_CAPACITY - c.SECTOR, "use --format qcow2 or vhdx", "2 TiB less one sector")
         self.grain_sectors = self.grain // c.SECTOR
         self.capacity = self.virtual_size // c.SECTOR
         self.grains = -(-self.capacity // self.grain_sectors)
