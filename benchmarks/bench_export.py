@@ -18,12 +18,13 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import PY, TOOL, MiB, interleaved, warm
+from run import PY, TOOL, MiB, Run, timed, warm
 
 FORMATS = ["vhdx", "qcow2", "vhd", "vmdk", "vmdk-stream", "qcow2-zstd", "raw"]
 # our format and options -> qemu-img convert's -O and -o
@@ -85,35 +86,41 @@ def bench_export(corpus: Path, work: Path, reps: int, formats: list[str] | None 
             ext = OURS.get(fmt, fmt).split("-")[0]
             out_ours, out_q, out_t = (work / f"export-{k}.{ext}" for k in ("ours", "qemu", "two"))
             ours_fmt = OURS.get(fmt, fmt)
-            rm = f"rm -f {q(str(out_ours))} {q(str(out_q))} {q(str(out_t))} {q(str(tmp_raw))}; sync"
             qemu = ["qemu-img", "convert", "-f", "raw", *qargs]
-            cmds: dict[str, tuple[list[str] | str, bool]] = {
-                "ours": ([*TOOL, "export", str(img), str(out_ours), "-f", ours_fmt, *ours_opts], False),
-                "qemu": ([*qemu, str(raw), str(out_q)], False),
-                "qemu-wb": ([*qemu[:2], "-t", "writeback", *qemu[2:], str(raw), str(out_q)], False),
+            outputs = {"ours": out_ours, "qemu": out_q, "qemu-wb": out_q, "two": out_t}
+            cmds: dict[str, list[str] | str] = {
+                "ours": [*TOOL, "export", str(img), str(out_ours), "-f", ours_fmt, *ours_opts],
+                "qemu": [*qemu, str(raw), str(out_q)],
+                "qemu-wb": [*qemu[:2], "-t", "writeback", *qemu[2:], str(raw), str(out_q)],
                 "two": (f"zstd -q -dc {q(str(img))} > {q(str(tmp_raw))} && "
-                        f"{shlex.join(qemu)} {q(str(tmp_raw))} {q(str(out_t))}", True),
+                        f"{shlex.join(qemu)} {q(str(tmp_raw))} {q(str(out_t))}"),
             }
             warm(img)
             warm(raw)
-            res = interleaved(cmds, reps, before=rm)
-            # outputs of the last round are still there: sizes
-            sizes = {k: (_allocated(p), p.stat().st_size) for k, p in
-                     (("ours", out_ours), ("qemu", out_q), ("two", out_t)) if p.exists()}
+            runs: dict[str, list[Run]] = {k: [] for k in cmds}
+            for _ in range(reps):  # interleaved: A B C D, A B C D, ... (each after removing its own output)
+                for key, cmd in cmds.items():
+                    subprocess.run(f"rm -f {q(str(outputs[key]))} {q(str(tmp_raw))}; sync; sleep 1", shell=True,
+                                   check=True)
+                    runs[key].append(timed(cmd, shell=isinstance(cmd, str)))
+            res = {k: Run(statistics.median(r.wall for r in rs), statistics.median(r.cpu for r in rs),
+                          max(r.rss_mib for r in rs)) for k, rs in runs.items()}
+            # the outputs of the last round are still there: their sizes
+            sizes = {k: (_allocated(p), p.stat().st_size) for k, p in outputs.items() if p.exists()}
             ours = res["ours"]
             for key, route in (("ours", f"`export -f {ours_fmt}{' ' + ' '.join(ours_opts) if ours_opts else ''}`"),
                                ("qemu", f"`qemu-img convert {' '.join(qargs)}` from raw"),
                                ("qemu-wb", "same, `-t writeback` (flushed, like ours)"),
                                ("two", "`zstd -dc` to raw, then `qemu-img convert`")):
                 r = res[key]
-                size_key = "qemu" if key == "qemu-wb" else key
-                out = f"{sizes[size_key][0] / MiB:,.0f} MiB" if size_key in sizes else "—"
+                out = f"{sizes[key][0] / MiB:,.0f} MiB" if key in sizes else "—"
                 ratio = "—" if key == "ours" else f"{r.wall / ours.wall:.2f}×"
                 print(f"| {label} | {fmt} | {route} | {r.wall:.2f} s | {n / r.wall / MiB:,.0f} | {out} | "
                       f"{r.cpu:.1f} s | {r.rss_mib:,.0f} MiB | {ratio} |")
             if name == "ntfs" and fmt != "raw":
                 size_rows.append((fmt, sizes["ours"][1], sizes["ours"][0], used))
-            subprocess.run(rm, shell=True, check=True)
+            for path in (*outputs.values(), tmp_raw):
+                path.unlink(missing_ok=True)
     if size_rows:
         print("\nused-only NTFS volume: export size against its used data "
               f"({size_rows[0][3] / MiB:,.0f} MiB used of 4,096 MiB)\n")

@@ -1,9 +1,10 @@
 """The data a writer needs, read in parallel and handed over in order: ``Feed``.
 
 A source is cut into 4 MiB units.  Units with no DATA extent (zero, unallocated or unreadable ranges
-only) are never read and never handed over; in the others only the DATA extents are read (the rest of
-the buffer is zero-filled), on a pool of threads, and each unit comes with its non-zero runs at the
-writer's granule (a cluster, a grain, or the granule of holes in the output).  A writer that compresses
+only) are never read and never handed over.  In the others the DATA extents are read (a unit with several
+is read as one span, so an image's chunk is decoded once) and everything else in the buffer is zeroed,
+on a pool of threads; each unit comes with its non-zero runs at the writer's granule (a cluster, a
+grain, or the granule of holes in the output).  A writer that compresses
 passes a ``transform``, run on the same threads right after the read.
 
 Memory: ``depth`` units in flight (default ``2 × threads + 2``), each one 4 MiB buffer, reused.
@@ -102,11 +103,17 @@ class Feed:
         view = memoryview(buf)
         g = self.granule
         unit = Unit(offset, length, buf)
+        if len(ranges) > 1:
+            # Scattered data (a used-only image): one read of the span, so each chunk of the image is
+            # decoded once, straight into the buffer; what lies between the data ranges is then zeroed.
+            first, last = ranges[0][0], ranges[-1][0] + ranges[-1][1]
+            self.source.readinto_at(offset + first, view[first:last])
         pos = 0
         for rel, n in ranges:
             if rel > pos:
                 view[pos:rel] = _ZEROS[: rel - pos]
-            self.source.readinto_at(offset + rel, view[rel : rel + n])
+            if len(ranges) == 1:
+                self.source.readinto_at(offset + rel, view[rel : rel + n])
             pos = rel + n
         if pos < UNIT:
             view[pos:] = _ZEROS[: UNIT - pos]
