@@ -190,3 +190,50 @@ def test_progress_events(mixed_image: tuple[Path, Path], tmp_path: Path) -> None
     done = [ev.done for ev in events]
     assert done == sorted(done) and done[-1] == size
     assert events[-1].output_bytes > 0 and 0 < events[-1].read_bytes <= size
+
+
+def test_unreadable_ranges_are_zeros_and_reported(tmp_path: Path) -> None:
+    """A rescued image (some source ranges unreadable): export says so in one warning, the JSON lists the
+    ranges, and the exported disk reads zeros there."""
+    from imaging_utility.devices.source import FileSource
+    from imaging_utility.ops.capture import CaptureOptions, capture
+
+    raw = tmp_path / "src.raw"
+    data = bytearray(random.Random(12).randbytes(6 * MiB))
+    raw.write_bytes(data)
+    bad = (3 * MiB + 4096, 8192)
+
+    with FileSource(str(raw)) as source:
+        def read_chunk(offset: int, view: memoryview) -> list[tuple[int, int]]:
+            source.readinto_at(offset, view)
+            s, e = max(bad[0], offset), min(bad[0] + bad[1], offset + len(view))
+            if s >= e:
+                return []
+            view[s - offset : e - offset] = bytes(e - s)
+            return [(s, e - s)]
+
+        capture(source, str(tmp_path / "rescued.img"),
+                CaptureOptions(chunk_reader=read_chunk, identity={"kind": "file", "size": source.size}))
+    proc = cli("export", "--json", tmp_path / "rescued.img", tmp_path / "r.vhdx")
+    assert "1 unreadable source ranges (8192 bytes)" in proc.stderr
+    assert json.loads(proc.stdout)["bad_ranges"] == [{"offset": bad[0], "length": bad[1]}]
+    data[bad[0] : bad[0] + bad[1]] = bytes(bad[1])
+    raw.write_bytes(data)
+    qemu_compare("vhdx", raw, tmp_path / "r.vhdx")
+
+
+def test_corrupt_chunk_exit_8_nothing_left(mixed_image: tuple[Path, Path], tmp_path: Path) -> None:
+    image, _raw = mixed_image
+    from imaging_utility.image.reader import open_image
+
+    with open_image(str(image)) as reader:
+        index = next(i for i in range(reader.chunk_count) if not reader.is_zero_chunk(i))
+        where = reader.chunk_offsets[index] + reader.chunk_csizes[index] // 2
+    broken = tmp_path / "broken.img"
+    raw = bytearray(image.read_bytes())
+    raw[where] ^= 0x40
+    broken.write_bytes(raw)
+    out = tmp_path / "out"
+    out.mkdir()
+    _one_line_error(cli("export", broken, out / "b.qcow2", check=None), 8, f"chunk {index}")
+    _nothing_left(out, set())
