@@ -178,3 +178,20 @@ def test_vhd_and_vmdk_refuse_a_2049_gib_disk(tmp_path: Path) -> None:
         with pytest.raises(UsageError):
             write_with(fmt, IslandSource(2049 * GiB, {0: b"x"}), tmp_path / f"x.{fmt}")
     assert not os.path.exists(tmp_path / "x.vhd.partial")
+
+
+@pytest.mark.parametrize(("fmt", "block", "compress"), [
+    ("vmdk", 8192, False), ("vmdk-stream", 8192, False), ("qcow2", 512, False), ("qcow2", 2 * MiB, False),
+    ("qcow2", 512, True), ("qcow2", 2 * MiB, True), ("vhd", 512 * 1024, False), ("vhdx", 256 * MiB, False),
+    ("vhdx-fixed", MiB, False),
+])
+def test_block_sizes_at_their_limits(tmp_path: Path, fmt: str, block: int, compress: bool) -> None:
+    need_export_tools()
+    raw = tmp_path / "src.raw"
+    raw.write_bytes(mixed_bytes(5 * MiB + 3584, seed=77, region=16384))
+    out = tmp_path / f"out.{fmt}"
+    result = export_image(str(make_image(raw, tmp_path / "src.img", chunk_size=256 * 1024)), str(out), fmt,
+                          block_size=block, compress=compress)
+    assert result.details.get("block_size", result.details.get("cluster_size", result.details.get("grain_size"))) \
+        == block
+    check_all_readers(fmt, out, raw)

@@ -40,7 +40,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                         f"{', '.join(f'{k}={v}' for k, v in EXTENSIONS.items())})")
     p.add_argument("--block-size", metavar="N",
                    help="VHDX block (1M-256M, power of two; default 32M), VHD block (512K or 2M; default 2M), "
-                        "qcow2 cluster (512-2M; default 64K), VMDK grain (4K-64K; default 64K)")
+                        "qcow2 cluster (512-2M; default 64K), VMDK grain (8K-64K; default 64K)")
     p.add_argument("--logical-sector", type=int, metavar="512|4096",
                    help="VHDX logical sector size (default: the source's)")
     p.add_argument("--azure", action="store_true",

@@ -44,7 +44,7 @@ MARKER_GD = 2
 MARKER_FOOTER = 3
 
 DEFAULT_GRAIN = 64 * 1024  # 128 sectors
-MIN_GRAIN = 4096
+MIN_GRAIN = 8192  # the spec: a power of two greater than 8 sectors (libvmdk refuses 8)
 MAX_GRAIN = 64 * 1024  # VMware's code accepts at most 128 sectors
 MAX_CAPACITY = (1 << 32) * SECTOR  # 2 TiB: VMware's limit for hosted sparse extents
 MAX_FILE_SECTOR = 0xFFFFFFFF  # table entries are u32 sector numbers

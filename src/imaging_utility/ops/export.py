@@ -225,8 +225,11 @@ def export(src: ExportSource, out: str, fmt: str, *, block_size: int | None = No
         feed = Feed(source, writer.granule, threads=threads, transform=writer.transform, on_progress=on_progress)
         writer.write(sink, feed)
         sink.sync()
-        st = os.fstat(fd)
-        os.rename(partial, out)
+        try:
+            st = os.fstat(fd)
+            os.rename(partial, out)
+        except OSError as e:
+            raise TargetIOError(f"cannot rename {partial} to {out}: {e.strerror}") from None
         _sync_dir(os.path.dirname(os.path.abspath(out)))
     return ExportResult(
         out=out, format=writer.name, source_size=source.size, virtual_size=writer.virtual_size,
@@ -237,13 +240,13 @@ def export(src: ExportSource, out: str, fmt: str, *, block_size: int | None = No
 
 
 def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the file itself is durable
-    finally:
-        os.close(fd)
+    """Make the rename durable; some filesystems cannot fsync a directory (the file itself is durable)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def export_image(path: str, out: str, fmt: str, *, partition: int | None = None, offset: int | None = None,
