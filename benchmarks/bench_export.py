@@ -98,11 +98,16 @@ def bench_export(corpus: Path, work: Path, reps: int, formats: list[str] | None 
             warm(img)
             warm(raw)
             runs: dict[str, list[Run]] = {k: [] for k in cmds}
-            for _ in range(reps):  # interleaved: A B C D, A B C D, ... (each after removing its own output)
-                for key, cmd in cmds.items():
-                    subprocess.run(f"rm -f {q(str(outputs[key]))} {q(str(tmp_raw))}; sync; sleep 1", shell=True,
-                                   check=True)
-                    runs[key].append(timed(cmd, shell=isinstance(cmd, str)))
+            try:
+                for _ in range(reps):  # interleaved: A B C D, A B C D, ... (each after removing its own output)
+                    for key, cmd in cmds.items():
+                        subprocess.run(f"rm -f {q(str(outputs[key]))} {q(str(tmp_raw))}; sync; sleep 1",
+                                       shell=True, check=True)
+                        runs[key].append(timed(cmd, shell=isinstance(cmd, str)))
+            except BaseException:
+                for path in (*outputs.values(), tmp_raw):
+                    path.unlink(missing_ok=True)
+                raise
             res = {k: Run(statistics.median(r.wall for r in rs), statistics.median(r.cpu for r in rs),
                           max(r.rss_mib for r in rs)) for k, rs in runs.items()}
             # the outputs of the last round are still there: their sizes
