@@ -54,6 +54,15 @@ def test_json_and_text_output(mixed_image: tuple[Path, Path], tmp_path: Path) ->
     assert "vmdk-stream" in cli("export", "--help").stdout
 
 
+def test_command_line_names_every_format() -> None:
+    """The parser keeps its own format table (it must not import the writers at start-up)."""
+    from imaging_utility import export as engine
+    from imaging_utility.cli import export as command
+
+    assert tuple(command.FORMATS) == engine.FORMATS
+    assert set(command.EXTENSIONS.values()) <= set(engine.FORMATS)
+
+
 def test_bad_input_one_line_each(mixed_image: tuple[Path, Path], big_image: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """Through ``main`` in this process (the same argv → exit code path, without a process start each)."""
@@ -66,6 +75,8 @@ def test_bad_input_one_line_each(mixed_image: tuple[Path, Path], big_image: Path
     setdir = tmp_path / "set"
     setdir.mkdir()
     (setdir / "backup.manifest.json").write_text("{}")
+    plaindir = tmp_path / "plain"
+    plaindir.mkdir()
     cases: list[tuple[list[object], int, str]] = [
         ([image, disk, "-f", "vhdz"], 2, "unknown format 'vhdz'"),
         ([image, out / "d.bin"], 2, "cannot tell the format"),
@@ -87,7 +98,9 @@ def test_bad_input_one_line_each(mixed_image: tuple[Path, Path], big_image: Path
         ([image, disk, "--threads", "0"], 2, "--threads 0"),
         ([tmp_path / "missing.img", disk], 4, "not found"),
         ([notimage, disk], 8, ""),
-        ([setdir, disk], 4, "is a backup set"),
+        ([setdir, disk], 8, "not an imaging-utility backup manifest"),
+        ([plaindir, disk], 4, "not an image or a backup set"),
+        ([image, disk, "--disk", "sda"], 2, "--disk sda needs a backup set directory"),
         ([image, out, "-f", "vhdx"], 2, "is a directory"),
         ([image, tmp_path / "nodir" / "d.vhdx"], 4, "does not exist"),
         ([big_image, out / "b.qcow2", "--block-size", "512"], 2, "qcow2 holds at most 128 GiB"),

@@ -7,10 +7,22 @@ import os
 from typing import Any
 
 from ..errors import UsageError
-from ..export import EXTENSIONS, FORMATS
-from ..ops.export import export, open_export_source
-from ..progress import Throttled
+from ._source_args import add_set_options
 from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
+
+# Kept here, not imported from export/: the parser is built at start-up and must stay light
+# (tests/export/test_export_cli.py checks the names match export.FORMATS).
+FORMATS = {
+    "vhdx": "VHDX, dynamic (Hyper-V, Windows)",
+    "vhdx-fixed": "VHDX, fixed size",
+    "vhd": "VHD, dynamic (Hyper-V generation 1, Virtual PC, XenServer)",
+    "vhd-fixed": "VHD, fixed size (Azure with --azure)",
+    "qcow2": "qcow2 v3 (QEMU/KVM, Proxmox, libvirt, OpenStack); --compress for zstd clusters",
+    "vmdk": "VMDK monolithicSparse (VMware Workstation/Player/Fusion, VirtualBox)",
+    "vmdk-stream": "VMDK streamOptimized (OVF/OVA import into ESXi/vSphere, ovftool)",
+    "raw": "raw disk bytes, as a sparse file",
+}
+EXTENSIONS = {".vhdx": "vhdx", ".vhd": "vhd", ".qcow2": "qcow2", ".vmdk": "vmdk", ".raw": "raw", ".img": "raw"}
 
 EXAMPLES = """
 formats:
@@ -23,6 +35,8 @@ examples:
   imaging-utility export sda.img.zst sda.vhdx --logical-sector 4096 --block-size 1M
   imaging-utility export sda.img.zst part2.raw --partition 2   # one partition as a sparse raw file
   imaging-utility export --json sda.img.zst.001 sda.vmdk       # a split image; summary as JSON
+  imaging-utility export /backups/server1 sda.vhdx --disk sda  # one disk of a backup-disk set
+  imaging-utility export s3://bucket/sda.img.zst sda.qcow2     # an image on S3, read in place
 """
 
 
@@ -33,7 +47,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                        "are never read and take no space in dynamic formats. OUT is written as OUT.partial "
                        "and renamed when complete.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("image", metavar="IMAGE", help="image file (a split image: NAME.001 or NAME)")
+    p.add_argument("image", metavar="IMAGE",
+                   help="image file (a split image: NAME.001 or NAME; s3://bucket/key), or a backup set directory")
     p.add_argument("out", metavar="OUT", help="file to write")
     p.add_argument("-f", "--format", metavar="F",
                    help=f"one of {', '.join(FORMATS)} (default: from OUT's extension, "
@@ -52,6 +67,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--threads", type=int, help="decoding/compressing threads (default: number of CPUs)")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_set_options(p)
     return ["export"]
 
 
@@ -68,11 +84,14 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..ops.export import export, open_export_source
+    from ..progress import Throttled
+
     fmt = _format(args)
     block_size = parse_size(args.block_size, "--block-size") if args.block_size else None
     offset = parse_size(args.offset, "--offset") if args.offset is not None else None
     length = parse_size(args.length, "--length") if args.length is not None else None
-    src = open_export_source(args.image, partition=args.partition, offset=offset, length=length)
+    src = open_export_source(args.image, disk=args.disk, partition=args.partition, offset=offset, length=length)
     try:
         if src.bad_ranges:
             total = sum(n for _, n in src.bad_ranges)

@@ -7,13 +7,15 @@ Protocols: NBD per NetworkBlockDevice/nbd ``doc/proto.md`` (``serve/nbd``); IMDP
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..blocks import BlockSource, WindowSource
 from ..errors import UsageError
+from ._source_args import add_set_options, open_reader, warn_table
+
+if TYPE_CHECKING:
+    from ..blocks import BlockSource
 
 EXAMPLES = """\
 examples:
@@ -25,6 +27,9 @@ examples:
   imaging-utility serve-proxy disk.img.zst --socket /run/disk.sock
       then: nbdinfo 'nbd+unix:///?socket=/run/disk.sock'
   imaging-utility serve-proxy disk.img.zst --partition 2 --port 10810
+  imaging-utility serve-proxy server.img.zst
+      an LVM2 physical volume (or a partition holding one): each logical volume is an export too,
+      named as in /dev/mapper: nbdcopy nbd://127.0.0.1:10809/vg0-root root.raw
   imaging-utility serve-proxy disk.img.zst --protocol imdproxy --host 0.0.0.0 --port 9000
       on Windows: aim_cli --mount --readonly --connect=HOST:9000
                   (or imdisk -a -t proxy -o ip,ro -f HOST:9000 -m X:)
@@ -74,6 +79,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--partition", type=int, metavar="N", help="serve only partition N (Linux numbering)")
     p.add_argument("--offset", type=parse_size, metavar="N", help="serve a window starting at byte N")
     p.add_argument("--length", type=parse_size, metavar="N", help="window length (default: to the end)")
+    add_set_options(p)
     p.add_argument("--processes", type=int, metavar="N", default=None,
                    help=f"NBD: processes serving each connection (default: one per CPU, at most "
                         f"{MAX_PROCESSES}; here {default_processes()}); 1 = threads of one process")
@@ -81,27 +87,45 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
-    """The default export ``""`` (whole image, partition or window) and, for a whole disk, ``p1``, ``p2``…"""
+    """The default export ``""`` (whole image, partition or window), for a whole disk ``p1``, ``p2``…, and
+    each logical volume of an LVM2 physical volume among them (``vg0-root``)."""
+    from ..blocks import WindowSource
     from ..partitions import partition_source, read_partitions
 
     if args.partition is not None and (args.offset is not None or args.length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
+    exports: dict[str, BlockSource]
     if args.partition is not None:
-        return {"": partition_source(image, args.partition)}
-    if args.offset is not None or args.length is not None:
+        exports = {"": partition_source(image, args.partition)}
+    elif args.offset is not None or args.length is not None:
         offset = args.offset or 0
         length = args.length if args.length is not None else image.size - offset
         if offset + length > image.size or length <= 0:
             raise UsageError(f"--offset {offset} --length {length} is outside the image ({image.size} bytes)")
-        return {"": WindowSource(image, offset, length)}
-    exports: dict[str, BlockSource] = {"": image}
-    table = read_partitions(image)
-    for part in table.partitions:
-        exports[f"p{part.number}"] = partition_source(image, part.number, table)
-    return exports
+        exports = {"": WindowSource(image, offset, length)}
+    else:
+        exports = {"": image}
+        table = read_partitions(image)
+        for part in table.partitions:
+            exports[f"p{part.number}"] = partition_source(image, part.number, table)
+    return {**exports, **lv_exports(exports)}
+
+
+def lv_exports(volumes: dict[str, BlockSource]) -> dict[str, BlockSource]:
+    """Each readable logical volume of an LVM2 physical volume among ``volumes``, by its device-mapper
+    name (``vg0-root``)."""
+    from ..filesystems.lvm_source import logical_volumes
+
+    out: dict[str, BlockSource] = {}
+    for source in volumes.values():
+        for name, lv in logical_volumes(source).items():
+            out.setdefault(name, lv)
+    return out
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
@@ -111,7 +135,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..image.reader import DEFAULT_CACHE_BYTES, open_image
+    from ..image.reader import DEFAULT_CACHE_BYTES
     from ..serve.imdproxy import ImdproxyServer
     from ..serve.nbd import NbdServer
 
@@ -126,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
     # With several processes each decodes what it serves: a read-ahead would decode chunks another
     # process serves (measured: 1 MiB sequential reads 940 MiB/s with it, 1,469 MiB/s without).
     # The chunk cache is divided among the processes: memory stays what one process would use.
-    with open_image(args.image, readahead=0 if processes > 1 else 4,
+    with open_reader(args, readahead=0 if processes > 1 else 4,
                     cache_bytes=max(8 << 20, DEFAULT_CACHE_BYTES // processes)) as image:
+        warn_table(image)
         exports = select_exports(image, args)
         server: NbdServer | ImdproxyServer
         if args.protocol == "nbd":

@@ -1,4 +1,7 @@
-"""``webdav`` (aliases ``ntfs-webdav``, ``ntfs-serve``): browse the filesystem inside an image over WebDAV/HTTP."""
+"""``webdav``: browse the filesystem inside an image over WebDAV/HTTP.
+
+Aliases ``ntfs-webdav``, ``ntfs-serve``, ``fat-webdav`` and ``exfat-webdav`` are the original tool's names.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import sys
 from typing import Any
 
 from ..errors import NotFoundError, UsageError
-from .ls import add_source_options
+from ._source_args import warn_table
+from .ls import add_source_options, tree_source_args
 from .serve import _is_loopback
 
 EXAMPLES = """\
@@ -17,13 +21,14 @@ examples:
       rclone copy --webdav-url http://127.0.0.1:18081/ :webdav:Documents ./Documents
       Windows: net use Z: http://127.0.0.1:18081/      (see docs/files.md for WebClient settings)
   imaging-utility webdav disk.img.zst --partition 3 --port 8080
+  imaging-utility webdav --partition 2 --lv vg0/srv server.img.zst      a logical volume of an LVM2 PV
   imaging-utility webdav disk.img.zst --partition 3 --host 0.0.0.0 --user ann --password-file pw.txt
 """
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     names = []
-    for name in ("webdav", "ntfs-webdav", "ntfs-serve"):
+    for name in ("webdav", "ntfs-webdav", "ntfs-serve", "fat-webdav", "exfat-webdav"):
         p = subparsers.add_parser(
             name, parents=[parent],
             help="read-only WebDAV + HTML browsing of the files in an image" if name == "webdav" else "alias of webdav",
@@ -61,12 +66,11 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.webdav import WebDavServer
 
     users = _users(args)
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, **tree_source_args(args))
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
-        try:
-            server = WebDavServer(tree, host=args.host, port=args.port, users=users)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        server = WebDavServer(tree, host=args.host, port=args.port, users=users)
         if not _is_loopback(args.host):
             extra = "" if users else " and no password (use --user/--password-file)"
             print(f"imaging-utility: warning: listening on {args.host}, not loopback: anyone who can reach this "

@@ -12,19 +12,10 @@ from .base import ExportOptions, Writer
 from .feed import Feed, FeedStats, Unit
 from .sink import Sink
 
-FORMATS = {
-    "vhdx": "VHDX, dynamic (Hyper-V, Windows)",
-    "vhdx-fixed": "VHDX, fixed size",
-    "vhd": "VHD, dynamic (Hyper-V generation 1, Virtual PC, XenServer)",
-    "vhd-fixed": "VHD, fixed size (Azure with --azure)",
-    "qcow2": "qcow2 v3 (QEMU/KVM, Proxmox, libvirt, OpenStack); --compress for zstd clusters",
-    "vmdk": "VMDK monolithicSparse (VMware Workstation/Player/Fusion, VirtualBox)",
-    "vmdk-stream": "VMDK streamOptimized (OVF/OVA import into ESXi/vSphere, ovftool)",
-    "raw": "raw disk bytes, as a sparse file",
-}
-EXTENSIONS = {".vhdx": "vhdx", ".vhd": "vhd", ".qcow2": "qcow2", ".vmdk": "vmdk", ".raw": "raw", ".img": "raw"}
+# The names the engine takes; what each is for is said by the command line (cli/export.py).
+FORMATS = ("vhdx", "vhdx-fixed", "vhd", "vhd-fixed", "qcow2", "vmdk", "vmdk-stream", "raw")
 
-__all__ = ["EXTENSIONS", "FORMATS", "ExportOptions", "Feed", "FeedStats", "Sink", "Unit", "Writer", "make_writer"]
+__all__ = ["FORMATS", "ExportOptions", "Feed", "FeedStats", "Sink", "Unit", "Writer", "make_writer"]
 
 
 def make_writer(source_size: int, sector_size: int, opts: ExportOptions) -> Writer:

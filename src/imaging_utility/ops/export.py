@@ -31,15 +31,15 @@ from ..errors import (
     PermissionDeniedError,
     RefusedError,
     TargetIOError,
-    UnsupportedError,
     UsageError,
 )
 from ..export import ExportOptions, Feed, Sink, make_writer
-from ..image.reader import ImageReader, open_image
+from ..image.reader import ImageReader
 from ..partitions import read_partitions
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..storage import is_remote
+from .manifest import choose_disk, is_set_dir, load_manifest, open_image_or_set
 
-MANIFEST = "backup.manifest.json"
 # Export ids are uuid5 names in this namespace: the same image bytes exported again get the same id.
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "imaging-utility:export-id")
 READER_CACHE = 16 << 20  # units read whole chunks; the cache only bridges a chunk shared by two units
@@ -103,23 +103,17 @@ def _window(reader: ImageReader, partition: int | None, offset: int | None,
     return reader, {"partition": None, "offset": 0, "length": reader.size}
 
 
-def open_export_source(path: str, *, partition: int | None = None, offset: int | None = None,
-                       length: int | None = None) -> ExportSource:
-    """Open IMAGE (a file, a split set's ``.001`` or base name) and select what to export.
-
-    This is the one place that turns a command-line source into bytes; a backup set directory is
-    recognised here and refused with the way to export one of its disks."""
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, MANIFEST)):
-            images = sorted(n for n in os.listdir(path) if ".img" in n and not n.endswith(".json"))
-            hint = f" (e.g. {os.path.join(path, images[0])})" if images else ""
-            raise UnsupportedError(f"{path} is a backup set; this version exports one image at a time: give "
-                                   f"the disk's image file inside it{hint}")
-        raise UsageError(f"{path} is a directory, not an image")
-    reader = open_image(path, readahead=0, cache_bytes=READER_CACHE)
+def open_export_source(path: str, *, disk: str | None = None, partition: int | None = None,
+                       offset: int | None = None, length: int | None = None) -> ExportSource:
+    """Open IMAGE (a file, a split set's ``.001`` or base name, an ``s3://`` image, or one disk of a
+    backup set directory, ``disk`` naming it when the set holds several) and select what to export."""
+    reader = open_image_or_set(path, disk, readahead=0, cache_bytes=READER_CACHE)
     try:
         source, window = _window(reader, partition, offset, length)
         identity = _identity(reader, source, window)
+        if is_set_dir(path):
+            identity["backup_set"] = {"dir": os.path.abspath(path),
+                                      "disk": choose_disk(load_manifest(path), disk, path)["name"]}
         base = window["offset"]
         bad = [(max(o, base) - base, min(o + n, base + source.size) - max(o, base))
                for o, n in reader.bad_ranges if o < base + source.size and o + n > base]
@@ -136,7 +130,7 @@ def _identity(reader: ImageReader, source: BlockSource, window: dict[str, Any]) 
     table = read_partitions(source) if source.size >= 512 else None
     return {
         "id": str(uuid.uuid5(ID_NAMESPACE, key) if key else uuid.uuid4()),
-        "image": [os.path.abspath(p) for p in reader.paths],
+        "image": [p if is_remote(p) else os.path.abspath(p) for p in reader.paths],
         "image_digests": digests,
         "image_created": reader.header.meta.get("created"),
         "used_only": reader.allocation is not None,
@@ -160,7 +154,7 @@ def _partial(out: str, force: bool, image_paths: list[str]) -> Iterator[tuple[in
         if not stat.S_ISREG(st.st_mode):
             raise RefusedError(f"{out} exists and is not a regular file; export writes files "
                                "(use restore to write a device)")
-        if any(os.path.samefile(out, p) for p in image_paths):
+        if any(os.path.samefile(out, p) for p in image_paths if not is_remote(p) and os.path.exists(p)):
             raise RefusedError(f"{out} is the image being exported; choose another output name")
         if not force:
             raise RefusedError(f"{out} already exists; use --force to overwrite it")
@@ -249,10 +243,10 @@ def _sync_dir(path: str) -> None:
             os.close(fd)
 
 
-def export_image(path: str, out: str, fmt: str, *, partition: int | None = None, offset: int | None = None,
-                 length: int | None = None, **kwargs: Any) -> ExportResult:
+def export_image(path: str, out: str, fmt: str, *, disk: str | None = None, partition: int | None = None,
+                 offset: int | None = None, length: int | None = None, **kwargs: Any) -> ExportResult:
     """Open ``path`` and export it (or one partition or window of it): one call for front ends."""
-    src = open_export_source(path, partition=partition, offset=offset, length=length)
+    src = open_export_source(path, disk=disk, partition=partition, offset=offset, length=length)
     try:
         return export(src, out, fmt, **kwargs)
     finally:
