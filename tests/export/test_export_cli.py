@@ -102,6 +102,7 @@ def test_bad_input_one_line_each(mixed_image: tuple[Path, Path], big_image: Path
         ([plaindir, disk], 4, "not an image or a backup set"),
         ([image, disk, "--disk", "sda"], 2, "--disk sda needs a backup set directory"),
         ([image, out, "-f", "vhdx"], 2, "is a directory"),
+        ([image, "s3://bucket/d.vhdx"], 2, "export writes a local file"),
         ([image, tmp_path / "nodir" / "d.vhdx"], 4, "does not exist"),
         ([big_image, out / "b.qcow2", "--block-size", "512"], 2, "qcow2 holds at most 128 GiB"),
     ]

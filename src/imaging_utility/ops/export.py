@@ -144,6 +144,8 @@ def _identity(reader: ImageReader, source: BlockSource, window: dict[str, Any]) 
 @contextlib.contextmanager
 def _partial(out: str, force: bool, image_paths: list[str]) -> Iterator[tuple[int, str]]:
     """``OUT.partial``, created and locked; removed unless the caller renamed it."""
+    if is_remote(out):
+        raise UsageError(f"export writes a local file, not {out}: export to a file, then upload it")
     parent = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
         raise UsageError(f"{out} is a directory; give the file to write, e.g. {os.path.join(out, 'disk.vhdx')}")
