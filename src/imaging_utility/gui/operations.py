@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .op_backup import BackupDiskOperation
+from .op_export import ExportOperation
 from .op_image import ImageOperation
 from .op_restore import RestoreOperation
 from .op_verify import VerifyOperation
@@ -11,4 +12,5 @@ from .operation import Operation
 
 
 def default_operations(restore_targets: tuple[str, ...] = ()) -> list[Operation]:
-    return [ImageOperation(), BackupDiskOperation(), VerifyOperation(), RestoreOperation(restore_targets)]
+    return [ImageOperation(), BackupDiskOperation(), VerifyOperation(), RestoreOperation(restore_targets),
+            ExportOperation()]

@@ -36,7 +36,7 @@ from ..errors import (
 from ..export import ExportOptions, Feed, Sink, make_writer
 from ..image.reader import ImageReader
 from ..partitions import read_partitions
-from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import is_remote
 from .manifest import choose_disk, is_set_dir, load_manifest, open_image_or_set
 
@@ -196,10 +196,12 @@ def _partial(out: str, force: bool, image_paths: list[str]) -> Iterator[tuple[in
 def export(src: ExportSource, out: str, fmt: str, *, block_size: int | None = None,
            logical_sector: int | None = None, azure: bool = False, compress: bool = False,
            threads: int | None = None, force: bool = False,
-           progress: ProgressCallback = no_progress) -> ExportResult:
+           progress: ProgressCallback = no_progress, control: JobControl | None = None) -> ExportResult:
     """Write ``src`` to ``out`` as ``fmt`` (see ``export.FORMATS``); options are checked before anything
     is created.  Raises the project's errors (``UsageError`` for a bad option or a size over the format's
-    limit, ``RefusedError`` for an existing ``out`` without ``force``, ``NoSpaceError`` when the disk fills)."""
+    limit, ``RefusedError`` for an existing ``out`` without ``force``, ``NoSpaceError`` when the disk fills).
+    ``control`` pauses between units (no new reads, nothing written) or cancels (``Interrupted``; the
+    partial file is removed)."""
     started = time.monotonic()
     source = src.source
     opts = ExportOptions(fmt, block_size=block_size, logical_sector=logical_sector, azure=azure,
@@ -217,6 +219,9 @@ def export(src: ExportSource, out: str, fmt: str, *, block_size: int | None = No
             ev.output_bytes = sink.written
             ev.read_bytes = feed.stats.read_bytes
             progress(ev)
+            if control is not None and control.stop_requested:
+                control.checkpoint(ev, progress, f"export cancelled at byte {done} of {source.size}; {out} was "
+                                   "not written")
 
         feed = Feed(source, writer.granule, threads=threads, transform=writer.transform, on_progress=on_progress)
         writer.write(sink, feed)
