@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..blocks import BlockSource, read_at
 from ..errors import Error, UnsupportedError
@@ -38,6 +38,7 @@ class FilesystemInfo:
     volume_size: int  # bytes the filesystem spans (may be < source size)
     label: str | None
     serial: str | None  # volume serial / UUID as text
+    warnings: tuple[str, ...] = ()  # one line each: what the map had to keep whole, and why
 
 
 _Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot
@@ -113,14 +114,38 @@ def _describe(source: BlockSource) -> str:
     return f"first bytes: {head[:8]!r}"
 
 
-def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
+def _ranges(source: BlockSource, fs: _Found, warnings: list[str]) -> Iterator[tuple[int, int]]:
     if isinstance(fs, ntfs.NtfsBoot):
         return ntfs.used_ranges(source, fs)
     if isinstance(fs, exfat.ExfatBoot):
         return exfat.used_ranges(source, fs)
     if isinstance(fs, ext.ExtSuper):
-        return ext.used_ranges(source, fs)
+        return ext.used_ranges(source, fs, warnings)
     return fat.used_ranges(source, fs)
+
+
+def _clusters_end(fs: _Found) -> int:
+    """Where the volume's allocatable clusters end; only fixed structures (a backup boot sector,
+    sectors too few for a whole cluster) lie between it and the volume's end."""
+    if isinstance(fs, ntfs.NtfsBoot):
+        return fs.total_clusters * fs.cluster_size
+    if isinstance(fs, exfat.ExfatBoot):
+        return fs.heap_offset * fs.sector_size + fs.cluster_count * fs.cluster_size
+    if isinstance(fs, ext.ExtSuper):
+        return fs.blocks_count * fs.block_size
+    return fs.data_offset + fs.cluster_count * fs.cluster_size
+
+
+def _clip(info: FilesystemInfo, fs: _Found, ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """A volume longer than its source: keep the ranges inside the source, or refuse when an
+    allocated cluster lies past its end (dropping it would lose data)."""
+    end = _clusters_end(fs)
+    for off, n in ranges:
+        if n > 0 and off + n > size and off < end:
+            raise UnsupportedError(
+                f"{info.type} filesystem spans {info.volume_size} bytes but the source ends at {size} "
+                f"(truncated?), and its allocated clusters at offset {max(off, size)} lie past that end; {_HINT}")
+    return [(off, min(n, size - off)) for off, n in ranges if off < size]
 
 
 def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
@@ -129,9 +154,13 @@ def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
     The map's ``size`` is ``source.size``; everything from the filesystem's end
     (``FilesystemInfo.volume_size``) to the source's end counts as used.
 
+    What the map had to keep whole (block groups whose metadata contradicts itself) or a volume
+    longer than the source (a missing backup boot sector) is said in ``FilesystemInfo.warnings``.
+
     Raises:
         UnsupportedError: no known filesystem, a damaged one, one whose bitmaps cannot be
-            trusted (journal needing recovery, errors recorded), or a truncated source.
+            trusted (journal needing recovery, errors recorded), or a source that ends before
+            an allocated cluster.
         SourceIOError: reading the source failed.
     """
     with _parsing("the filesystem"):
@@ -141,12 +170,15 @@ def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
                 f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 ({_describe(source)}); {_HINT}"
             )
         info = _info(source, fs)
-    if info.volume_size > source.size:
-        raise UnsupportedError(
-            f"{info.type} filesystem spans {info.volume_size} bytes but the source ends at {source.size} "
-            f"(truncated?); {_HINT}"
-        )
+    warnings: list[str] = []
     with _parsing(f"the {info.type} filesystem"):
-        ranges = list(_ranges(source, fs))
-    ranges.append((info.volume_size, source.size - info.volume_size))
-    return info, AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)
+        ranges = list(_ranges(source, fs, warnings))
+    if info.volume_size > source.size:
+        ranges = _clip(info, fs, ranges, source.size)
+        warnings.append(f"{info.type} filesystem spans {info.volume_size} bytes but the source ends "
+                        f"{info.volume_size - source.size} bytes earlier, at {source.size}; every allocated "
+                        "cluster lies inside the source, so it is imaged as it is")
+    else:
+        ranges.append((info.volume_size, source.size - info.volume_size))
+    amap = AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)
+    return replace(info, warnings=tuple(warnings)), amap

@@ -23,22 +23,21 @@ record is damaged is returned with ``type == "damaged"`` and ``error`` set, so t
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as dt
-import io
 import posixpath
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import IO, Any, Protocol
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError
+from .tree_stream import BlockFile, FileStream
 
-__all__ = ["Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
+__all__ = ["BlockFile", "Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
 
 Run = tuple[int, int, int]  # (file_offset, disk_offset, length)
 RunList = list[Run]  # an alias: inside FileTree, ``list`` is the method
@@ -96,109 +95,12 @@ class Backend(Protocol):
     dot_entries: bool  # directories hold their own "." and ".." entries (ext, FAT), to be left out
 
     def root(self) -> Any: ...
-    def children(self, node: Any) -> list[tuple[str, Any]]: ...
+    def children(self, node: Any) -> Iterable[tuple[str, Any]]: ...
     def load(self, ref: Any) -> Any: ...
     def describe(self, node: Any, name: str, path: str) -> Entry: ...
     def layout(self, node: Any, stream: str | None) -> Layout: ...
     def key(self, node: Any) -> int | None: ...
     def label(self, node: Any) -> str: ...
-
-
-class _Seekable(io.RawIOBase):
-    """Position bookkeeping shared by the raw streams below: ``size`` bytes, seekable, read-only."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-
-class BlockFile(_Seekable):
-    """A seekable binary file over ``BlockSource.readinto_at`` for dissect; not thread-safe (the tree's lock is)."""
-
-    def __init__(self, source: BlockSource) -> None:
-        super().__init__(source.size)
-        self.source = source
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        n = max(0, min(len(view), self.size - self._pos))
-        if n:
-            self.source.readinto_at(self._pos, view[:n])
-            self._pos += n
-        return n
-
-
-class FileStream(_Seekable):
-    """A readable, seekable stream of one file's data; reads never load more than asked for."""
-
-    def __init__(self, tree: FileTree, layout: Layout, label: str) -> None:
-        super().__init__(layout.size)
-        self._tree = tree
-        self._runs = layout.runs
-        self._starts = [r[0] for r in layout.runs] if layout.runs is not None else []
-        self._fallback: IO[bytes] | None = None
-        if layout.runs is None and layout.opener is not None:
-            with tree._guard(label):
-                self._fallback = layout.opener()
-        self._label = label
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        want = max(0, min(len(view), self.size - self._pos))
-        if not want:
-            return 0
-        if self._runs is None:
-            return self._read_fallback(view[:want])
-        done = 0
-        i = bisect.bisect_right(self._starts, self._pos) - 1
-        while done < want:
-            if i < 0 or i >= len(self._runs):
-                raise CorruptImageError(f"{self._label}: no data run maps file offset {self._pos}")
-            start, disk, length = self._runs[i]
-            rel = self._pos - start
-            take = min(want - done, length - rel)
-            if take <= 0:
-                i += 1
-                continue
-            part = view[done : done + take]
-            if disk is None:
-                part[:] = bytes(take)
-            else:
-                self._tree.source.readinto_at(disk + rel, part)
-            done += take
-            self._pos += take
-            i += 1
-        return done
-
-    def _read_fallback(self, view: memoryview) -> int:
-        assert self._fallback is not None
-        with self._tree._guard(self._label):
-            self._fallback.seek(self._pos)
-            data = self._fallback.read(len(view))
-        if len(data) != len(view):
-            raise CorruptImageError(f"{self._label}: data ends at {self._pos + len(data)}, size says {self.size}")
-        view[:] = data
-        self._pos += len(data)
-        return len(data)
-
-    def holes(self) -> list[tuple[int, int]]:
-        """``(file_offset, length)`` ranges that are sparse holes (read as zeros, not stored)."""
-        return [(s, n) for s, d, n in self._runs or [] if d is None]
 
 
 def _about(path: str, e: Exception) -> str:
@@ -215,15 +117,27 @@ def escape_name(raw: str) -> str:
     return raw.replace("/", "%2F").replace("\0", "%00")
 
 
+INDEX_BUDGET = 200_000
+"""Directory entries kept in name indexes for lookups, over all cached directories; a directory
+with more entries than this is scanned for each lookup instead (streaming, bounded memory)."""
+
+
 class FileTree:
-    """The file tree of one filesystem; see the module docstring for paths, threads and errors."""
+    """The file tree of one filesystem; see the module docstring for paths, threads and errors.
+
+    ``warnings`` holds one line for each thing the filesystem said that the reader should know
+    (a journal that needs recovery); the commands show them.
+    """
 
     def __init__(self, backend: Backend, source: BlockSource) -> None:
         self.backend = backend
         self.source = source
         self.fs_type = backend.fs_type
+        self.warnings: list[str] = list(getattr(backend, "warnings", ()))
         self._lock = threading.RLock()
-        self._dirs: OrderedDict[str, tuple[list[tuple[str, Any]], dict[str, Any]]] = OrderedDict()
+        self._indexes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._indexed = 0  # entries in ``_indexes``
+        self._too_big: OrderedDict[str, None] = OrderedDict()  # directories scanned per lookup
         self._nodes: OrderedDict[str, Any] = OrderedDict()
         self._root = backend.root()
 
@@ -253,31 +167,66 @@ class FileTree:
         norm = posixpath.normpath("/" + path.strip())
         return "/" + norm.lstrip("/")
 
-    def _listing(self, path: str, node: Any) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
-        """A directory's (name, ref) pairs in on-disk order, and the first ref of each name."""
-        cached = self._dirs.get(path)
-        if cached is not None:
-            self._dirs.move_to_end(path)
-            return cached
+    def _scan(self, path: str, node: Any) -> Iterator[tuple[str, Any]]:
+        """A directory's (name, ref) pairs in on-disk order, read as they are consumed.
+
+        The lock is held for each step only, never across a ``yield``: a slow consumer (a WebDAV
+        client reading a listing) does not stall other readers, and memory stays one block."""
+        what = f"directory {path} ({self.backend.label(node)})"
+        dots = {".", ".."} if self.backend.dot_entries else set()
         try:
-            with self._guard(f"directory {path} ({self.backend.label(node)})"):
-                raw = self.backend.children(node)
+            with self._guard(what):
+                it = iter(self.backend.children(node))
+            while True:
+                with self._guard(what):
+                    item: tuple[str, Any] | None = next(it, None)
+                if item is None:
+                    return
+                n, ref = item
+                if n in dots:  # the directory's own entry; a second one is a hostile name, shown escaped
+                    dots.discard(n)
+                    continue
+                yield escape_name(n), ref
         except CorruptImageError as e:
             raise CorruptImageError(_about(f"directory {path}", e)) from None
-        kids: list[tuple[str, Any]] = []
-        dots = {".", ".."} if self.backend.dot_entries else set()
-        for n, ref in raw:
-            if n in dots:  # the directory's own entry; a second one is a hostile name, shown escaped
-                dots.discard(n)
-                continue
-            kids.append((escape_name(n), ref))
-        index: dict[str, Any] = {}
-        for n, ref in kids:
+
+    def _index(self, path: str, node: Any) -> dict[str, Any] | None:
+        """Name → first ref of each name in directory ``path``; ``None`` for a directory too big to
+        keep (``INDEX_BUDGET``), which lookups then scan."""
+        index = self._indexes.get(path)
+        if index is not None:
+            self._indexes.move_to_end(path)
+            return index
+        if path in self._too_big:
+            return None
+        index = {}
+        for n, ref in self._scan(path, node):
             index.setdefault(n, ref)
-        self._dirs[path] = (kids, index)
-        if len(self._dirs) > 256:
-            self._dirs.popitem(last=False)
-        return kids, index
+            if len(index) > INDEX_BUDGET:
+                self._too_big[path] = None
+                if len(self._too_big) > 256:
+                    self._too_big.popitem(last=False)
+                return None
+        while self._indexes and self._indexed + len(index) > INDEX_BUDGET:
+            self._indexed -= len(self._indexes.popitem(last=False)[1])
+        self._indexes[path] = index
+        self._indexed += len(index)
+        return index
+
+    def _lookup(self, parent_path: str, parent: Any, name: str) -> Any:
+        index = self._index(parent_path, parent)
+        if index is not None:
+            ref = index.get(name)
+            if ref is not None or not self.backend.case_insensitive:
+                return ref
+        folded = name.casefold() if self.backend.case_insensitive else None
+        exact = None
+        for n, r in (index.items() if index is not None else self._scan(parent_path, parent)):
+            if n == name:
+                return r
+            if exact is None and folded is not None and n.casefold() == folded:
+                exact = r
+        return exact
 
     def _node(self, path: str) -> Any:
         path = self.normalize(path)
@@ -291,10 +240,7 @@ class FileTree:
             parent = self._node(parent_path)
             if self.stat(parent_path).type != "dir":
                 raise NotFoundError(f"{parent_path} in the {self.fs_type} filesystem is not a directory")
-            kids, index = self._listing(parent_path, parent)
-            ref = index.get(name)
-            if ref is None and self.backend.case_insensitive:
-                ref = next((r for n, r in kids if n.casefold() == name.casefold()), None)
+            ref = self._lookup(parent_path, parent, name)
             if ref is None:
                 raise NotFoundError(f"{path}: no such file or directory in the {self.fs_type} filesystem")
             try:
@@ -314,23 +260,27 @@ class FileTree:
         with self._guard(f"{path}"):
             return self.backend.describe(node, name, path)
 
-    def list(self, path: str = "/") -> list[Entry]:
-        """The entries of directory ``path`` in on-disk order; damaged children come back as ``damaged``."""
+    def iterdir(self, path: str = "/") -> Iterator[Entry]:
+        """The entries of directory ``path`` in on-disk order, read as they are consumed (memory stays
+        bounded however large the directory); damaged children come back as ``damaged``.  A
+        directory that turns out unreadable part way raises ``CorruptImageError`` there."""
         path = self.normalize(path)
         with self._lock:
             if self.stat(path).type != "dir":
                 raise NotFoundError(f"{path} in the {self.fs_type} filesystem is not a directory")
-            kids, _index = self._listing(path, self._node(path))
-            out: list[Entry] = []
-            for name, ref in kids:
-                child = posixpath.join(path, name)
-                try:
-                    with self._guard(child):
-                        node = self.backend.load(ref)
-                        out.append(self.backend.describe(node, name, child))
-                except CorruptImageError as e:
-                    out.append(Entry(name, child, "damaged", error=_about(child, e)))
-            return out
+            node = self._node(path)
+        for name, ref in self._scan(path, node):
+            child = posixpath.join(path, name)
+            try:
+                with self._guard(child):
+                    entry = self.backend.describe(self.backend.load(ref), name, child)
+            except CorruptImageError as e:
+                entry = Entry(name, child, "damaged", error=_about(child, e))
+            yield entry
+
+    def list(self, path: str = "/") -> list[Entry]:
+        """The entries of directory ``path`` in on-disk order; damaged children come back as ``damaged``."""
+        return [*self.iterdir(path)]
 
     def walk(self, path: str = "/") -> Iterator[Entry]:
         """Every entry below ``path`` (depth first, directories before their contents).
@@ -343,33 +293,43 @@ class FileTree:
 
     def _walk(self, directory: Entry, ancestors: tuple[int | None, ...]) -> Iterator[Entry]:
         try:
-            entries = self.list(directory.path)
+            for entry in self.iterdir(directory.path):
+                yield entry
+                if entry.type != "dir":
+                    continue
+                try:
+                    key = self.backend.key(self._node(entry.path))
+                except CorruptImageError as e:
+                    yield replace(entry, type="damaged", error=str(e))
+                    continue
+                if key is not None and key in ancestors:
+                    yield replace(entry, type="damaged",
+                                  error=f"{self.fs_type}: {entry.path} loops back to a parent directory; not followed")
+                    continue
+                if len(ancestors) > 512:
+                    yield replace(entry, type="damaged", error=f"{entry.path}: directories nest deeper than 512")
+                    continue
+                yield from self._walk(entry, (*ancestors, key))
         except CorruptImageError as e:
             yield replace(directory, type="damaged", error=str(e))
-            return
-        for entry in entries:
-            yield entry
-            if entry.type != "dir":
-                continue
-            key = self.backend.key(self._node(entry.path))
-            if key is not None and key in ancestors:
-                yield replace(entry, type="damaged",
-                              error=f"{self.fs_type}: {entry.path} loops back to a parent directory; not followed")
-                continue
-            if len(ancestors) > 512:
-                yield replace(entry, type="damaged", error=f"{entry.path}: directories nest deeper than 512")
-                continue
-            yield from self._walk(entry, (*ancestors, key))
 
     def layout(self, path: str, stream: str | None = None) -> Layout:
+        """Where the file's bytes are; a run outside the volume (a hostile or damaged map) is a
+        ``CorruptImageError`` naming the file, never a read past the source."""
         path = self.normalize(path)
         entry = self.stat(path)
         if entry.type == "dir" and stream is None:
             raise NotFoundError(f"{path} is a directory in the {self.fs_type} filesystem, not a file")
         if stream and stream not in entry.streams:
             raise NotFoundError(f"{path} has no stream {stream!r} in the {self.fs_type} filesystem")
-        with self._guard(f"data of {path}" + (f":{stream}" if stream else "")):
-            return self.backend.layout(self._node(path), stream)
+        label = path + (f":{stream}" if stream else "")
+        with self._guard(f"data of {label}"):
+            layout = self.backend.layout(self._node(path), stream)
+        for _f, disk, n in layout.runs or []:
+            if disk is not None and (disk < 0 or disk + n > self.source.size):
+                raise CorruptImageError(f"{self.fs_type}: {label}: its data run at byte {disk} (+{n}) lies outside "
+                                        f"the volume of {self.source.size} bytes")
+        return layout
 
     def open(self, path: str, stream: str | None = None) -> FileStream:
         """A stream over the file's data (or its NTFS alternate data stream ``stream``)."""
