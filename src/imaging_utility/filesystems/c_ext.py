@@ -9,6 +9,8 @@ Spec: Linux ``Documentation/filesystems/ext4/`` (``super.rst``, ``group_descr.rs
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
+from typing import Any
 
 SUPERBLOCK_OFFSET = 1024
 EXT_MAGIC = 0xEF53
@@ -106,3 +108,28 @@ def crc(table: list[int], value: int, data: bytes) -> int:
     for b in data:
         value = (value >> 8) ^ table[(value ^ b) & 0xFF]
     return value
+
+
+# The inode's first 160 bytes (inodes.rst), field names as dissect.extfs's ``ext4_inode`` has them, so
+# dissect's ``INode`` methods read our parse as they read theirs; at a tenth of the cost.
+INODE = struct.Struct("<HHIIIIIHHIII60sIIIIHHHHHHHHIIIIIII")
+INODE_FIELDS = (
+    "i_mode", "i_uid", "i_size_lo", "i_atime", "i_ctime", "i_mtime", "i_dtime", "i_gid", "i_links_count",
+    "i_blocks_lo", "i_flags", "i_reserved_1", "i_block", "i_generation", "i_file_acl_lo", "i_size_high",
+    "i_obso_faddr", "i_blocks_high", "i_file_acl_high", "i_uid_high", "i_gid_high", "i_checksum_lo",
+    "i_reserved", "i_extra_isize", "i_checksum_hi", "i_ctime_extra", "i_mtime_extra", "i_atime_extra",
+    "i_crtime", "i_crtime_extra", "i_version_hi", "i_projid",
+)
+
+
+InodeFields: Any = namedtuple("InodeFields", (*INODE_FIELDS, "i_extra"))
+
+
+def parse_inode(raw: bytes) -> Any:
+    """One inode's fields (plus ``i_extra``: dissect's view of the bytes after them); a 128-byte inode
+    reads as if the rest were zero."""
+    padded = raw[:256].ljust(256, b"\0")
+    values = INODE.unpack_from(padded)
+    extra_isize = values[-9] if len(raw) > 128 else 0
+    return InodeFields(*values[:-9], extra_isize, *values[-8:],
+                       padded[INODE.size : INODE.size + max(0, 256 - 128 - extra_isize)])

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from dissect.extfs import ExtFS
-from dissect.extfs.c_ext import c_ext as dc
 from dissect.extfs.extfs import INode
 
 from ..blocks import read_at
@@ -30,7 +29,6 @@ from .tree import BlockFile, Entry, Layout, runs_from_clusters
 ROOT_INO = 2
 FAST_SYMLINK_MAX = 60
 MAX_SYMLINK = 65536
-DISSECT_INODE_SIZE = 256  # dissect's ext4_inode always parses 256 bytes
 
 
 class _Patched(BlockFile):
@@ -87,8 +85,7 @@ class ExtBackend:
     def _inode(self, ino: int) -> INode:
         raw = self.vol.raw_inode(ino)
         node = INode(self.fs, ino)
-        padded = raw[:DISSECT_INODE_SIZE].ljust(DISSECT_INODE_SIZE, b"\0")
-        node.__dict__["inode"] = dc.ext4_inode(padded)  # dissect's cached_property, filled from our read
+        node.__dict__["inode"] = c.parse_inode(raw)  # dissect's cached_property, filled from our read and parse
         node.__dict__["raw"] = raw
         return node
 
