@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import EXIT_PARTIAL, UsageError
 from .ls import add_source_options, shown
-from .output import ProgressBar, print_json
+from .output import ProgressBar, print_json, warn
 
 EXAMPLES = """\
 examples:
@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     *paths, dest = args.paths
     tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
     try:
+        for message in tree.warnings:
+            warn(message)
         with ProgressBar(output_label="written") as bar:
             report = extract(tree, paths, dest, streams=args.streams, progress=bar if bar.enabled else None)
     finally:

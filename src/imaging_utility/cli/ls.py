@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL
-from .output import parse_size, print_json
+from .output import parse_size, print_json, warn
 
 EXAMPLES = """\
 examples:
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
     try:
+        for message in tree.warnings:
+            warn(message)
         if args.damaged:
             found = damaged_files(tree, volume_bad_ranges(source, tree))
             if args.json:

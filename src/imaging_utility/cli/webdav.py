@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import NotFoundError, UsageError
 from .ls import add_source_options
+from .output import warn
 from .serve import _is_loopback
 
 EXAMPLES = """\
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     users = _users(args)
     tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
     try:
+        for message in tree.warnings:
+            warn(message)
         try:
             server = WebDavServer(tree, host=args.host, port=args.port, users=users)
         except OSError as e:

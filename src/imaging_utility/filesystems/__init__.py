@@ -73,7 +73,8 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
         return FilesystemInfo("exfat", fs.cluster_size, fs.volume_size, exfat.volume_label(source, fs),
                               fs.serial_text)
     if isinstance(fs, ext.ExtSuper):
-        return FilesystemInfo(fs.kind, fs.block_size, fs.blocks_count * fs.block_size, fs.label, fs.serial)
+        return FilesystemInfo(fs.kind, fs.block_size * fs.cluster_ratio, fs.blocks_count * fs.block_size, fs.label,
+                              fs.serial)
     return FilesystemInfo(fs.type, fs.cluster_size, fs.volume_size, fs.label, fs.serial_text)
 
 

@@ -122,7 +122,8 @@ INODE_FIELDS = (
 )
 
 
-InodeFields: Any = namedtuple("InodeFields", (*INODE_FIELDS, "i_extra"))
+_namedtuple: Any = namedtuple  # fields from a tuple: beyond what mypy's namedtuple plugin reads
+InodeFields: Any = _namedtuple("InodeFields", (*INODE_FIELDS, "i_extra"))
 
 
 def parse_inode(raw: bytes) -> Any:

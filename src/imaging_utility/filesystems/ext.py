@@ -225,7 +225,9 @@ class ExtSuper:
         if self.incompat & INCOMPAT_META_BG and i >= self.first_meta_bg:
             g = i * self.desc_per_block
             return self.group_first_block(g) + (1 if self.has_super(g) else 0)
-        return self.first_data_block + 1 + i
+        # right after the superblock's block (the kernel's descriptor_loc): block 2 with 1 KiB blocks, even
+        # with bigalloc, where s_first_data_block is 0
+        return SUPERBLOCK_OFFSET // self.block_size + 1 + i
 
 
 @dataclass

@@ -47,6 +47,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from ..errors import CorruptImageError, Error, NotFoundError
 from ..filesystems.tree import Entry, FileStream, FileTree
 from . import httprange, propfind
+from ._listener import limit_malloc_arenas
 
 __all__ = ["READ_METHODS", "WebDavServer", "dav_name", "make_app"]
 
@@ -362,6 +363,7 @@ class WebDavServer:
 
     def __init__(self, tree: FileTree, *, host: str = "127.0.0.1", port: int = 18081,
                  users: dict[str, str] | None = None, threads: int = 8, timeout: int = 60) -> None:
+        limit_malloc_arenas()
         self.server = _Server((host, port), make_app(tree, users), numthreads=threads,
                               server_name="imaging-utility", timeout=timeout)
         self.server.prepare()
