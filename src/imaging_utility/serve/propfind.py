@@ -14,8 +14,9 @@ propstat; ``propname`` lists the names.
 
 from __future__ import annotations
 
-import email.utils
+import functools
 import mimetypes
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -43,16 +44,34 @@ class BadRequest(Exception):
     """The PROPFIND body is not a propfind document we can answer (400)."""
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def etag(e: Entry) -> str:
     return f'"{e.inode}-{e.size}-{e.mtime_ns}"'
 
 
+@functools.lru_cache(maxsize=1024)
+def _type_of(suffix: str) -> str:
+    return mimetypes.guess_type("x" + suffix)[0] or "application/octet-stream"
+
+
 def content_type(e: Entry) -> str:
-    return mimetypes.guess_type(e.name)[0] or "application/octet-stream"
+    dot = e.name.rfind(".")
+    return _type_of(e.name[dot:].lower() if dot > 0 else "")
 
 
 def last_modified(e: Entry) -> str | None:
-    return email.utils.formatdate(e.mtime_ns / 1e9, usegmt=True) if e.mtime_ns is not None else None
+    """RFC 9110 IMF-fixdate (what ``email.utils.formatdate(usegmt=True)`` writes, at a fraction of its cost)."""
+    if e.mtime_ns is None:
+        return None
+    try:
+        t = time.gmtime(e.mtime_ns // 1_000_000_000)
+    except (OverflowError, OSError, ValueError):  # a hostile timestamp
+        return None
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def parse_request(body: bytes) -> tuple[str, list[tuple[str, str]]]:
@@ -97,7 +116,23 @@ def _value(e: Entry, name: str, display: str) -> str | None:
     return None
 
 
+def _allprop(e: Entry, href: str, display: str) -> str:
+    """``_response`` for ``allprop``, the common case, written straight out."""
+    modified = last_modified(e)
+    when = f"<D:getlastmodified>{modified}</D:getlastmodified>" if modified else ""
+    if e.type == "dir":
+        props = f"<D:resourcetype><D:collection/></D:resourcetype>{when}"
+    else:
+        props = (f"<D:resourcetype/><D:getcontentlength>{e.size}</D:getcontentlength>"
+                 f"<D:getcontenttype>{escape(content_type(e))}</D:getcontenttype>"
+                 f"<D:getetag>{escape(etag(e))}</D:getetag>{when}")
+    return (f"<D:response><D:href>{escape(href)}</D:href><D:propstat><D:prop><D:displayname>{escape(display)}"
+            f"</D:displayname>{props}</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response>")
+
+
 def _response(e: Entry, href: str, display: str, mode: str, wanted: list[tuple[str, str]]) -> str:
+    if mode == "allprop":
+        return _allprop(e, href, display)
     found: list[str] = []
     missing: list[str] = []
     if mode == "prop":

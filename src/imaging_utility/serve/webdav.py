@@ -30,6 +30,7 @@ import itertools
 import logging
 import mimetypes
 import posixpath
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +39,6 @@ from urllib.parse import quote
 
 from cheroot import wsgi
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
-from wsgidav.error_printer import ErrorPrinter
 from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
@@ -60,12 +60,12 @@ SORT_LIMIT = 10_000  # entries of a directory listing sorted in memory; larger l
 StartResponse = Callable[..., Any]
 
 
+_NOT_XML = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def dav_name(name: str) -> str:
     """``name`` with characters XML cannot carry (C0 controls, DEL, lone surrogates) written as ``%XX``."""
-    if all(0x20 <= ord(c) != 0x7F and not 0xD800 <= ord(c) <= 0xDFFF for c in name):
-        return name
-    return "".join(f"%{ord(c):02X}" if ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF else c
-                   for c in name)
+    return _NOT_XML.sub(lambda m: f"%{ord(m.group()):02X}", name)
 
 
 def resolve(tree: FileTree, path: str) -> Entry | None:
@@ -191,23 +191,30 @@ class _Cut(Exception):
     """A response body that cannot be completed: cheroot drops the connection (one log line)."""
 
 
+def _read(src: FileStream, pos: int, view: memoryview, label: str) -> bytes:
+    src.seek(pos)
+    got = src.readinto(view)
+    if got != len(view):
+        raise CorruptImageError(f"{label}: data ended at byte {pos + got}")
+    return bytes(view)
+
+
 def _stream(src: FileStream, ranges: list[tuple[int, int]], parts: list[bytes] | None, tail: bytes,
-            label: str) -> Iterator[bytes]:
-    """The bytes of ``ranges`` of ``src`` (each preceded by its part header when multipart)."""
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
+            label: str, first: bytes) -> Iterator[bytes]:
+    """The bytes of ``ranges`` of ``src`` (each preceded by its part header when multipart); ``first``
+    is the first block, read before the status line went out."""
+    view = memoryview(bytearray(BLOCK))
     try:
-        for k, (first, last) in enumerate(ranges):
+        for k, (a, b) in enumerate(ranges):
             if parts is not None:
                 yield parts[k]
-            pos = first
-            while pos <= last:
-                n = min(BLOCK, last + 1 - pos)
-                src.seek(pos)
-                got = src.readinto(view[:n])
-                if got != n:
-                    raise CorruptImageError(f"{label}: data ended at byte {pos + got}")
-                yield bytes(view[:n])
+            pos = a
+            if k == 0 and first:
+                yield first
+                pos += len(first)
+            while pos <= b:
+                n = min(BLOCK, b + 1 - pos)
+                yield _read(src, pos, view[:n], label)
                 pos += n
         if tail:
             yield tail
@@ -241,8 +248,9 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
                 return self._directory(environ, start_response, tree, entry, path, method)
             return self._file(environ, start_response, tree, entry, method)
         except Error as e:
-            log.warning("%s %s: %s", method, path, e)
-            return _text(start_response, "500 Internal Server Error", str(e))
+            message = str(e) if path.rstrip("/") in str(e) else f"{path}: {e}"
+            log.warning("%s %s", method, message)
+            return _text(start_response, "500 Internal Server Error", message)
 
     def _directory(self, environ: dict[str, Any], start_response: StartResponse, tree: FileTree, entry: Entry,
                    path: str, method: str) -> Iterable[bytes]:
@@ -277,8 +285,14 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
                          [("Content-Range", f"bytes */{size}"), *headers])
         parts: list[bytes] | None = None
         tail = b""
+        whole = ranges is None
         if ranges is None:
             ranges = [(0, size - 1)] if size else []
+        first = b""
+        if ranges and method == "GET":  # a file unreadable from its start is a clean error, not a cut body
+            a, b = ranges[0]
+            first = _read(src, a, memoryview(bytearray(min(BLOCK, b + 1 - a))), entry.path)
+        if whole:
             start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(size)), *headers])
         elif len(ranges) == 1:
             a, b = ranges[0]
@@ -293,7 +307,7 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
                 *headers])
         if method == "HEAD":
             return [b""]
-        return _stream(src, ranges, parts, tail, entry.path)
+        return _stream(src, ranges, parts, tail, entry.path, first)
 
     def _propfind(self, environ: dict[str, Any], start_response: StartResponse, tree: FileTree, entry: Entry,
                   path: str) -> Iterable[bytes]:
@@ -330,7 +344,9 @@ def make_app(tree: FileTree, users: dict[str, str] | None = None) -> WsgiDAVApp:
         "imaging_utility.tree": tree,
         "lock_storage": False,
         "property_manager": None,
-        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, ReadOnlyGate, RequestResolver],
+        # No ErrorPrinter: it logs tracebacks and answers a failure after the status line with a second
+        # one.  Failures are answered by ReadOnlyGate; anything else reaches cheroot (one log line).
+        "middleware_stack": [HTTPAuthenticator, ReadOnlyGate, RequestResolver],
         "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False,
                                "default_to_digest": False, "trusted_auth_header": None},
         "simple_dc": {"user_mapping": mapping},
@@ -352,6 +368,8 @@ class _Server(wsgi.Server):  # type: ignore[misc]
         if "_Cut(" in line:
             return  # already logged, with the file's name, where the body was cut
         log.log(level if level >= logging.WARNING else logging.DEBUG, "WebDAV: %s", line)
+        if traceback:
+            log.debug("WebDAV: details of the error above", exc_info=True)  # shown with --verbose only
 
 
 class WebDavServer:
