@@ -383,9 +383,13 @@ def open_tree(source: BlockSource) -> FileTree:
 
             backend = NtfsBackend(fh)
         elif info.type.startswith("ext"):
-            from .tree_ext import ExtBackend
+            from .tree_ext import ExtBackend, recovered
 
+            source, note = recovered(source)
+            fh = BlockFile(source)
             backend = ExtBackend(fh, info.type)
+            if note:
+                backend.warnings.append(note)
         elif info.type == "exfat":
             from .tree_fat import ExfatBackend
 

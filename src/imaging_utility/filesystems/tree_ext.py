@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import io
 import stat
+import struct
 from collections.abc import Iterator
 from typing import Any
 
 from dissect.extfs import ExtFS
 from dissect.extfs.extfs import INode
 
-from ..blocks import read_at
-from ..errors import CorruptImageError
+from ..blocks import BlockSource, read_at
+from ..errors import CorruptImageError, Error
 from . import c_ext as c
 from .ext import ExtSuper
 from .ext_inode import ExtVolume
+from .ext_journal import replay
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
 
 ROOT_INO = 2
@@ -59,6 +61,23 @@ def _dissect_fs(fh: BlockFile, sb: ExtSuper) -> ExtFS:
     return ExtFS(_Patched(fh, patches))
 
 
+def recovered(source: BlockSource) -> tuple[BlockSource, str | None]:
+    """``source`` as the kernel's journal recovery would leave it (replayed in memory, nothing written),
+    and the warning to show; the source unchanged and no warning when the journal is clean."""
+    sb = ExtSuper.from_bytes(read_at(source, c.SUPERBLOCK_OFFSET, 1024))
+    if sb is None or not sb.incompat & c.INCOMPAT_RECOVER:
+        return source, None
+    lead = f"{sb.kind}: the journal needs recovery (mounted, or not cleanly unmounted)"
+    try:
+        replayed, summary = replay(source, sb, ExtVolume(source, sb))
+    except (Error, ValueError, IndexError, struct.error) as e:
+        replayed, summary = None, f"it cannot be replayed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if replayed is None:
+        return source, (f"{lead} and {summary}: its files are shown as last written in place, without the "
+                        "journal's changes")
+    return replayed, f"{lead}: {summary}; nothing is written to the image"
+
+
 class ExtBackend:
     dot_entries = False  # ``ExtVolume.entries`` leaves out the directory's own "." and ".."
     case_insensitive = False
@@ -72,9 +91,6 @@ class ExtBackend:
         self.fs = _dissect_fs(fh, sb)
         self.fs_type = kind
         self.warnings: list[str] = []
-        if sb.incompat & c.INCOMPAT_RECOVER:
-            self.warnings.append(f"{kind}: the journal needs recovery (mounted, or not cleanly unmounted): "
-                                 "its files are shown as last written in place, without the journal's changes")
 
     def root(self) -> INode:
         return self._inode(ROOT_INO)

@@ -41,18 +41,20 @@ _TCPI_LAST_DATA_RECV = struct.Struct("=I")  # struct tcp_info at offset 52: ms s
 
 
 M_ARENA_MAX = -8  # mallopt(3)
-MALLOC_ARENAS = 2
+MALLOC_ARENAS = 1
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
     """Cap glibc's malloc arenas for this process (and the helpers it forks).
 
-    A server thread per connection gets its own arena (up to 8 per CPU); each keeps the high-water
-    mark of the 1 MiB buffers and decoded chunks its threads once held, in fragments it never gives
-    back.  Measured with 64 clients x 13 rounds of pipelined reads over NBD: total memory grew
-    405 -> 492 MB without a plateau; with one arena it levelled at 264 MB after the second round.
-    The interpreter lock serialises most allocations anyway, so fewer arenas cost nothing
-    measurable.  No-op without glibc."""
+    Threads that contend for malloc get arenas of their own, up to 8 per CPU, and a server runs a
+    thread per connection and participant: each arena keeps the high-water mark of the 1 MiB buffers
+    and decoded chunks its threads once held, in fragments it never gives back, so memory climbs round
+    after round of clients until every arena is full (the more CPUs, the higher).  Measured on 2 CPUs,
+    64 clients x 13 rounds of pipelined reads over NBD with helper processes: 405 -> 492 MB and still
+    climbing without this; with one arena, 241 -> 264 MB, flat from the third round.  Allocations are
+    made with the interpreter lock held anyway, so one arena costs nothing measurable.  No-op without
+    glibc."""
     try:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
     except (OSError, AttributeError):
