@@ -154,7 +154,7 @@ def replay(source: BlockSource, sb: ExtSuper, vol: ExtVolume) -> tuple[Replayed 
     log = _Log(read, first, maxlen, start)
     transactions = _scan(log, sequence, bs, tag_size, csum)
     if not transactions:
-        return Replayed(source, bs, array("q"), array("q"), set()), "no complete transaction in its log"
+        return Replayed(source, bs, array("q"), array("q"), set()), "its log holds no complete transaction"
     # PASS_REVOKE, then PASS_REPLAY: a copy is left out when its block was revoked by its own transaction
     # or a later one; of the rest, the newest copy wins.
     revoked: dict[int, int] = {}

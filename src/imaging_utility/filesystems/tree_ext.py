@@ -75,6 +75,8 @@ def recovered(source: BlockSource) -> tuple[BlockSource, str | None]:
     if replayed is None:
         return source, (f"{lead} and {summary}: its files are shown as last written in place, without the "
                         "journal's changes")
+    if not replayed.blocks:
+        return source, f"{lead}, but {summary}: nothing to replay"
     return replayed, f"{lead}: {summary}; nothing is written to the image"
 
 
