@@ -75,8 +75,9 @@ def _serve(image: Path, tmp: Path, *opts: str) -> Iterator[Server]:
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
-def _rounds(server: Server, data: bytes, rounds: int, clients: int, reads: int) -> list[int]:
-    """``rounds`` times: ``clients`` clients at once, each ``reads`` pipelined bursts; total RSS after each."""
+def _rounds(server: Server, data: bytes, rounds: int, clients: int, reads: int, burst: int = 64) -> list[int]:
+    """``rounds`` times: ``clients`` clients at once, each ``reads`` pipelined bursts of ``burst`` READs;
+    total RSS after each."""
     sizes = []
     for r in range(rounds):
         failures: list[BaseException] = []
@@ -86,7 +87,7 @@ def _rounds(server: Server, data: bytes, rounds: int, clients: int, reads: int) 
                 cl = RawClient(("127.0.0.1", server.port), timeout=120)
                 cl.go("", structured=True)
                 for k in range(reads):
-                    requests = pipelined_requests(len(data), r * 10_000 + i * 100 + k)
+                    requests = pipelined_requests(len(data), r * 10_000 + i * 100 + k, burst)
                     got, errors, _ = cl.read_pipelined(requests)
                     assert not errors and all(got[c] == data[o:o + n] for c, (o, n) in requests.items())
                 cl.close()
@@ -129,7 +130,7 @@ def test_memory_levels_off_over_rounds_of_clients(image: tuple[Path, bytes], tmp
     high-water mark: 15 extra arenas per process here after one round, without end on a larger
     machine.  With the cap there are none, and memory is flat once the chunk caches are full."""
     with _serve(image[0], tmp_path, "--processes", "2") as server:
-        sizes = _rounds(server, image[1], 3, 64, 1)
+        sizes = _rounds(server, image[1], 3, 64, 1, burst=16)
         assert [malloc_heaps(pid) for pid in server.pids()] == [0, 0]
         assert sizes[-1] - sizes[1] < 16 * MiB, [s >> 20 for s in sizes]  # round 1 fills the chunk caches
 
