@@ -25,8 +25,6 @@ which is thread-safe.
 
 from __future__ import annotations
 
-import html
-import itertools
 import logging
 import mimetypes
 import posixpath
@@ -48,6 +46,7 @@ from ..errors import CorruptImageError, Error, NotFoundError
 from ..filesystems.tree import Entry, FileStream, FileTree
 from . import httprange, propfind
 from ._listener import limit_malloc_arenas
+from .dirlisting import listing
 
 __all__ = ["READ_METHODS", "WebDavServer", "dav_name", "make_app"]
 
@@ -56,7 +55,6 @@ log = logging.getLogger(__name__)
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND"})
 BLOCK = 1 << 20
 SERVED_TYPES = ("file", "dir")
-SORT_LIMIT = 10_000  # entries of a directory listing sorted in memory; larger listings stream unsorted
 StartResponse = Callable[..., Any]
 
 
@@ -144,41 +142,6 @@ class TreeProvider(DAVProvider):  # type: ignore[misc]
         return (_Dir if entry.type == "dir" else _File)(path, environ, entry)
 
 
-def _row(e: Entry, base: str) -> str:
-    shown = dav_name(e.name)
-    href = html.escape(f"{base}/{quote(shown, safe='')}" + ("/" if e.type == "dir" else ""), quote=True)
-    label = html.escape(shown + ("/" if e.type == "dir" else ""))
-    size = "" if e.type == "dir" else f"{e.size:,}"
-    when = e.mtime.strftime("%Y-%m-%d %H:%M:%S UTC") if e.mtime else ""
-    link = f'<a href="{href}">{label}</a>' if e.type in SERVED_TYPES else label
-    note = html.escape(e.target or e.error or "") if e.type not in SERVED_TYPES else ""
-    return (f'<tr><td>{link}</td><td class="n">{size}</td><td>{when}</td>'
-            f"<td>{html.escape(e.type)} {note}</td></tr>")
-
-
-def _listing(tree: FileTree, entry: Entry, script: str, path: str) -> Iterator[bytes]:
-    """The HTML listing, a piece at a time; sorted (directories first) up to ``SORT_LIMIT`` entries."""
-    base = script.rstrip("/") + quote(path.rstrip("/"), safe="/")
-    title = html.escape(path or "/")
-    yield ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Index of " + title + "</title><style>"
-           "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:2px 12px;"
-           "text-align:left}td.n{text-align:right;font-family:monospace}tr:nth-child(even){background:#f2f2f2}"
-           "</style></head><body><h1>Index of " + title + "</h1><p>read-only view of the image</p><table><tr>"
-           "<th>Name</th><th>Size (bytes)</th><th>Modified</th><th>Type</th></tr>").encode()
-    if path.strip("/"):
-        yield (f'<tr><td><a href="{html.escape(base.rsplit("/", 1)[0] + "/")}">../</a></td>'
-               "<td></td><td></td><td></td></tr>").encode()
-    entries = tree.iterdir(entry.path)
-    head = list(itertools.islice(entries, SORT_LIMIT + 1))
-    if len(head) <= SORT_LIMIT:
-        head.sort(key=lambda c: (c.type != "dir", c.name.casefold()))
-    count = 0
-    for group in itertools.chain([head], iter(lambda: list(itertools.islice(entries, 256)), [])):
-        count += len(group)
-        yield "".join(_row(e, base) for e in group).encode("utf-8", "replace")
-    yield f"</table><p>{count} entries</p></body></html>".encode()
-
-
 def _text(start_response: StartResponse, status: str, message: str,
           extra: list[tuple[str, str]] | None = None) -> list[bytes]:
     body = f"{message}\n".encode("utf-8", "replace")
@@ -261,7 +224,7 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
         start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
         if method == "HEAD":
             return [b""]
-        return _listing(tree, entry, environ.get("SCRIPT_NAME", ""), path)
+        return listing(tree, entry, environ.get("SCRIPT_NAME", ""), path, dav_name)
 
     def _file(self, environ: dict[str, Any], start_response: StartResponse, tree: FileTree, entry: Entry,
               method: str) -> Iterable[bytes]:
