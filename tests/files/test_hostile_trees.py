@@ -20,7 +20,7 @@ from conftest import cli, need_tools
 from files.filehelpers import curl, inside
 from files.hostile import MiB, dav_server, hostile_ext, hostile_fat, hostile_ntfs, run_measured, vm_hwm
 
-RSS_BOUND = 200 * MiB
+RSS_BOUND = 100 * MiB
 """Peak memory of an ``ls``/``extract`` process, whatever a directory claims (it was 16.8 GB)."""
 
 
