@@ -153,8 +153,8 @@ class ExtBackend:
         if not stat.S_ISLNK(node.inode.i_mode) or node.size >= FAST_SYMLINK_MAX:
             return False
         blocks = int(node.inode.i_blocks_lo)
-        if node.inode.i_file_acl_lo or node.inode.i_file_acl_high:
-            blocks -= self.sb.block_size // 512
+        if node.inode.i_file_acl_lo or node.inode.i_file_acl_high:  # the attribute block's cluster
+            blocks -= self.sb.block_size * self.sb.cluster_ratio // 512
         return blocks <= 0
 
     def layout(self, node: INode, stream: str | None) -> Layout:
