@@ -119,6 +119,7 @@ def test_truncated_before_an_allocated_cluster_is_refused(name: str, image: Call
     found = _probe(BytesSource(bytes(data)))
     assert found is not None
     end = _clusters_end(found)  # past it only fixed structures: a backup boot sector, spare sectors
+    assert end is not None
     last = max(e.offset for e in full if e.offset < end)
     cut = min(end, next(e.offset + e.length for e in full if e.offset == last)) - 512
     refused(bytes(data[:cut]), "past")
