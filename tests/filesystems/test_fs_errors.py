@@ -310,3 +310,19 @@ def test_ext_descriptor_checksum_mismatch(opts: tuple[str, ...], tmp_path: Path)
     group0 = sb.group_blocks(0) * sb.block_size + sb.first_data_block * sb.block_size
     assert amap.used_in(0, group0) == [(0, group0)]
     assert amap.used_bytes > intact.used_bytes
+
+
+@pytest.mark.parametrize("name", ["ext4", "ext4-4k"])
+def test_ext_bitmap_marking_less_than_its_free_count_says(name: str, image: Callable[[str], bytearray]) -> None:
+    """A zeroed block bitmap says "all free" while the descriptor's free count says otherwise: the
+    group is kept whole, said in one warning, never mapped as empty."""
+    data = image(name)
+    sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
+    assert sb is not None
+    table = ext._read_groups(BytesSource(bytes(data)), sb)
+    at = table.block_bitmap[0] * sb.block_size
+    data[at : at + sb.block_size] = bytes(sb.block_size)
+    info, amap = allocation_map(BytesSource(bytes(data)))
+    assert len(info.warnings) == 1 and "group 0: its bitmap marks 0 clusters in use" in info.warnings[0]
+    end = (sb.first_data_block + sb.group_blocks(0)) * sb.block_size
+    assert amap.used_in(0, end) == [(0, end)]

@@ -36,9 +36,9 @@ from typing import IO, Any, Protocol
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError, UsageError
-from .tree_stream import BlockFile, FileStream
+from .tree_stream import BlockFile, FileStream, runs_from_clusters
 
-__all__ = ["BlockFile", "Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
+__all__ = ["BlockFile", "Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree", "runs_from_clusters"]
 
 Run = tuple[int, int, int]  # (file_offset, disk_offset, length)
 RunList = list[Run]  # an alias: inside FileTree, ``list`` is the method
@@ -343,24 +343,6 @@ class FileTree:
         Data stored inside metadata (NTFS resident, ext inline) or compressed has no plain runs: ``[]``.
         """
         return [(f, d, n) for f, d, n in self.layout(path, stream).runs or [] if d is not None]
-
-
-def runs_from_clusters(runs: list[tuple[int | None, int]], cluster: int, base: int, size: int,
-                       label: str) -> list[tuple[int, int | None, int]]:
-    """``(cluster or None, count)`` runs → byte runs clipped to ``size``; a short chain is an error."""
-    out: list[tuple[int, int | None, int]] = []
-    pos = 0
-    for lcn, count in runs:
-        if pos >= size:
-            break
-        length = min(count * cluster, size - pos)
-        if length <= 0:
-            continue
-        out.append((pos, None if lcn is None else base + lcn * cluster, length))
-        pos += length
-    if pos < size:
-        raise CorruptImageError(f"{label}: its clusters hold {pos} bytes but its size is {size}")
-    return out
 
 
 def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:

@@ -1,5 +1,6 @@
-"""Raw streams for ``tree.FileTree``: ``BlockFile`` (a ``BlockSource`` as a file, for dissect) and
-``FileStream`` (one file's data, read straight from its runs, or through a fallback stream)."""
+"""Raw streams for ``tree.FileTree``: ``BlockFile`` (a ``BlockSource`` as a file, for dissect),
+``FileStream`` (one file's data, read straight from its runs, or through a fallback stream), and
+``runs_from_clusters`` (a cluster run list as the byte runs a stream reads)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..errors import CorruptImageError
 if TYPE_CHECKING:
     from .tree import FileTree, Layout
 
-__all__ = ["BlockFile", "FileStream"]
+__all__ = ["BlockFile", "FileStream", "runs_from_clusters"]
 
 
 class _Seekable(io.RawIOBase):
@@ -111,3 +112,21 @@ class FileStream(_Seekable):
     def holes(self) -> list[tuple[int, int]]:
         """``(file_offset, length)`` ranges that are sparse holes (read as zeros, not stored)."""
         return [(s, n) for s, d, n in self._runs or [] if d is None]
+
+
+def runs_from_clusters(runs: list[tuple[int | None, int]], cluster: int, base: int, size: int,
+                       label: str) -> list[tuple[int, int | None, int]]:
+    """``(cluster or None, count)`` runs → byte runs clipped to ``size``; a short chain is an error."""
+    out: list[tuple[int, int | None, int]] = []
+    pos = 0
+    for lcn, count in runs:
+        if pos >= size:
+            break
+        length = min(count * cluster, size - pos)
+        if length <= 0:
+            continue
+        out.append((pos, None if lcn is None else base + lcn * cluster, length))
+        pos += length
+    if pos < size:
+        raise CorruptImageError(f"{label}: its clusters hold {pos} bytes but its size is {size}")
+    return out
