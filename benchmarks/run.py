@@ -382,7 +382,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/iu-bench"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
-    ap.add_argument("--only", default="core,chunks,rss,used,serve,files")
+    ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
+                    help="core,chunks,rss,used,serve,files,linuxfs,release (release: after scripts/build-release)")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
@@ -417,6 +418,9 @@ def main() -> int:
         import bench_hardening
 
         bench_hardening.run(args.work)
+    if "release" in only:
+        from bench_release import bench_release
+        bench_release(src, args.work, args.reps)
     return 0
 
 

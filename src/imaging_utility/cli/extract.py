@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -46,6 +45,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
     from ..ops.files import extract, open_image_tree
 
     if len(args.paths) < 2:

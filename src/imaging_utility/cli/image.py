@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..blocks import BlockSource, WindowSource
-from ..devices.identity import identity_mismatch, source_identity
-from ..devices.mounts import check_source_mounts
-from ..devices.rescue import RescueReader
-from ..devices.source import FileSource
-from ..devices.throttle import Throttle, parse_rate
 from ..errors import EXIT_PARTIAL, SourceIOError, UnsupportedError, UsageError
-from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..ops.capture import CaptureOptions, CaptureResult, ChunkReader, capture
-from ..progress import Throttled
 from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
+
+if TYPE_CHECKING:
+    from ..blocks import BlockSource
+    from ..devices.throttle import Throttle
+    from ..ops.capture import CaptureOptions, CaptureResult, ChunkReader
 
 EXAMPLES = """
 examples:
@@ -119,6 +114,8 @@ def print_summary(result: CaptureResult) -> None:
 
 def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
                   throttle: Throttle | None) -> ChunkReader:
+    from ..devices.rescue import RescueReader
+
     rescuer = RescueReader(source, retries=retries) if rescue else None
     locate = RescueReader(source, retries=0)
 
@@ -146,6 +143,10 @@ def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
 
 
 def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool) -> None:
+    import dataclasses
+
+    from ..filesystems import allocation_map
+
     try:
         info, amap = allocation_map(source)
     except UnsupportedError as e:
@@ -163,6 +164,14 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..blocks import WindowSource
+    from ..devices.identity import identity_mismatch, source_identity
+    from ..devices.mounts import check_source_mounts
+    from ..devices.source import FileSource
+    from ..devices.throttle import Throttle, parse_rate
+    from ..ops.capture import CaptureOptions, capture
+    from ..progress import Throttled
+
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # file-size limit: get EFBIG (exit 7), not a kill
     opts = CaptureOptions(
         chunk_size=parse_size(args.chunk_size, "--chunk-size"),

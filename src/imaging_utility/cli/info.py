@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..extents import ExtentKind
-from ..image.reader import ImageReader, open_image
 from .output import human_bytes, print_json, stdout
+
+if TYPE_CHECKING:
+    from ..image.reader import ImageReader
 
 EXAMPLES = """
 examples:
@@ -26,6 +27,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def describe(reader: ImageReader) -> dict[str, Any]:
+    from ..extents import ExtentKind
+
     kinds: dict[str, int] = {k.value: 0 for k in ExtentKind}
     for ext in reader.chunk_map():
         kinds[ext.kind.value] += ext.length
@@ -55,6 +58,8 @@ def describe(reader: ImageReader) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..image.reader import open_image
+
     with open_image(args.image) as reader:
         info = describe(reader)
     if args.json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -117,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             entries = tree.iterdir(top.path)
         # Written as read: a directory of millions of entries costs no more memory than one of ten.
+        import json
+
         out = sys.stdout
         bad = 0
         if args.json:

@@ -1,24 +1,27 @@
 """Entry point: argv → command module → exit code.  The only place that turns errors into exit codes.
 
 Each command lives in its own module with ``register(subparsers)`` and
-``run(args) -> int``; ``COMMANDS`` lists them in ``--help`` order.
+``run(args) -> int``; ``COMMANDS`` lists them in ``--help`` order.  Building the parser imports every
+command module, so a command module imports at its top only what its arguments need (argparse,
+``errors``, ``output``) and everything else inside ``run``, so that ``--help`` and ``--version`` load
+no dependency (tests/release/test_release_version.py checks it).  The man page and the shell
+completions are generated from this parser (``docgen.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import logging
 import signal
 import sys
-import traceback
 from types import ModuleType
 
-from .. import __version__
-from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Error, Interrupted
+from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_FOUND, EXIT_USAGE, Error, Interrupted
+from .deps import missing_module_message
+from .version import VersionAction
 
-COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav"]
+COMMANDS = ["image", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav", "completion"]
 
 log = logging.getLogger("imaging_utility")
 
@@ -44,7 +47,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, ModuleType]]:
         description="Compressed, verifiable, random-access, resumable disk images.",
         epilog="Run 'imaging-utility COMMAND --help' for a command's options and examples.",
     )
-    parser.add_argument("--version", action="version", version=f"imaging-utility {__version__}")
+    parser.add_argument("--version", action=VersionAction,
+                        help="print the version of the tool, the image format, zstd and Python, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     modules: dict[str, ModuleType] = {}
@@ -77,6 +81,8 @@ def _tune_malloc() -> None:
     benchmark corpus: ~190,000 page faults and 2.5 s of system time per 2 GiB restored, gone with this.
     Memory stays bounded by the pipelines' own limits.
     """
+    import ctypes
+
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
@@ -90,9 +96,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _tune_malloc()
     parser, modules = build_parser()
     args = parser.parse_args(argv)
+    _tune_malloc()
     verbose = bool(getattr(args, "verbose", False))
     _setup_logging(verbose, getattr(args, "log_file", None))
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -106,14 +112,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Error as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         log.debug("error", exc_info=True)
         print(f"imaging-utility: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as e:
+        # A dependency left out of the installation (or of a standalone build): name what to install.
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        log.debug("missing module", exc_info=True)
+        print(f"imaging-utility: error: {missing_module_message(e, args.command)}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except Exception as e:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         log.debug("internal error", exc_info=True)
         print(f"imaging-utility: internal error: {type(e).__name__}: {e} (rerun with --verbose)", file=sys.stderr)

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..blocks import BlockSource
 from ..errors import EXIT_INTERNAL, NotFoundError, RefusedError
 
 EXAMPLES = """\
@@ -28,6 +24,9 @@ examples:
   imaging-utility mount disk.img.zst /mnt/img -f     # stay in the foreground; Ctrl-C unmounts
   imaging-utility mount disk.img.zst /mnt/img --partition 2 --allow-other
 """
+
+if TYPE_CHECKING:
+    from ..blocks import BlockSource
 
 MOUNT_WAIT = 30.0  # seconds the background parent waits for the child's mount to appear
 
@@ -79,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.foreground:
         return _run_background(args.mountpoint)
     from ..image.reader import open_image
-    from ..serve.fuse import mount
+    from ..serve.fuse import mount, require_fuse
 
+    require_fuse()
     with open_image(args.image) as image:
         files = select_files(image, args.partition)
         print(f"mounting {args.image} at {args.mountpoint} ({', '.join(files)}); "
@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_background(mountpoint: str) -> int:
     """Start ``<this command> --foreground`` detached; return once the mount is live or the child failed."""
+    import subprocess
+    import tempfile
+    import time
+
     argv = [sys.executable, *sys.orig_argv[1:], "--foreground"]
     with tempfile.TemporaryFile(mode="w+") as errors:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,

@@ -1,31 +1,44 @@
-"""Rendering shared by the commands: sizes, JSON, the progress bar (off when stderr is not a TTY)."""
+"""Rendering shared by the commands: sizes, JSON, the progress bar (off when stderr is not a TTY).
+
+Every command module imports this one to build the parser, so rich is imported only on first use:
+``--help`` and ``--version`` stay fast.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 import sys
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import UsageError
-from ..progress import ProgressEvent
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..progress import ProgressEvent
+
+
+class _LazyConsole:
+    """A rich ``Console`` created on first use."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Any = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return cast("Console", self._console)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+
+stderr = cast("Console", _LazyConsole(stderr=True, highlight=False, soft_wrap=True))
+stdout = cast("Console", _LazyConsole(highlight=False, soft_wrap=True))
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
@@ -54,29 +67,15 @@ def human_bytes(n: float) -> str:
 
 
 def print_json(obj: Any) -> None:
+    import json
+
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def warn(message: str) -> None:
+    from rich.markup import escape  # a message may carry "[...]" (a name, a group list): never markup
+
     stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True)
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{human_bytes(speed)}/s" if speed else "-- /s", style="cyan")
-
-
-class _BytesColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        out = task.fields.get("output", 0)
-        done = task.completed
-        text = f"{human_bytes(done)} / {human_bytes(task.total or 0)}"
-        if out:
-            label = task.fields.get("output_label", "out")
-            ratio = f" ({out / done * 100:.1f}%)" if done and label == "compressed" else ""
-            text += f" → {label} {human_bytes(out)}{ratio}"
-        return Text(text)
 
 
 class ProgressBar:
@@ -90,11 +89,7 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), _BytesColumn(),
-                _RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=stderr, transient=False,
-            )
+            self._progress = _progress()
             self._progress.start()
         return self
 
@@ -111,3 +106,39 @@ class ProgressBar:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{human_bytes(speed)}/s" if speed else "-- /s", style="cyan")
+
+    class BytesColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            out = task.fields.get("output", 0)
+            done = task.completed
+            text = f"{human_bytes(done)} / {human_bytes(task.total or 0)}"
+            if out:
+                label = task.fields.get("output_label", "out")
+                ratio = f" ({out / done * 100:.1f}%)" if done and label == "compressed" else ""
+                text += f" → {label} {human_bytes(out)}{ratio}"
+            return Text(text)
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), BytesColumn(),
+        RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=cast(_LazyConsole, stderr).real(), transient=False,
+    )

@@ -6,11 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from ..devices.mounts import check_target_safe
 from ..errors import RefusedError
-from ..image.reader import open_image
-from ..ops.restore import restore
-from ..progress import Throttled
 from .output import ProgressBar, human_bytes, print_json, stdout, warn
 
 EXAMPLES = """
@@ -45,6 +41,11 @@ def _confirm(target: str, size: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..devices.mounts import check_target_safe
+    from ..image.reader import open_image
+    from ..ops.restore import restore
+    from ..progress import Throttled
+
     check_target_safe(args.target)
     with open_image(args.image) as reader:
         if reader.bad_ranges:

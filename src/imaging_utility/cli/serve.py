@@ -7,13 +7,14 @@ Protocols: NBD per NetworkBlockDevice/nbd ``doc/proto.md`` (``serve/nbd``); IMDP
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..blocks import BlockSource, WindowSource
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..blocks import BlockSource
 
 EXAMPLES = """\
 examples:
@@ -94,6 +95,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
     """The default export ``""`` (whole image, partition or window), for a whole disk ``p1``, ``p2``…, and
     each logical volume of an LVM2 physical volume among them (``vg0-root``)."""
+    from ..blocks import WindowSource
     from ..partitions import partition_source, read_partitions
 
     if args.partition is not None and (args.offset is not None or args.length is not None):
@@ -128,6 +130,8 @@ def lv_exports(volumes: dict[str, BlockSource]) -> dict[str, BlockSource]:
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host == "localhost":
         return True
     try:

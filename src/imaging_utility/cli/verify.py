@@ -7,9 +7,6 @@ from typing import Any
 
 from ..errors import EXIT_CORRUPT, UsageError
 from ..image.digests import parse_hash_names
-from ..image.reader import open_image
-from ..image.verify import verify_image
-from ..progress import Throttled
 from .output import ProgressBar, print_json, stderr, stdout
 
 EXAMPLES = """
@@ -38,6 +35,10 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..image.reader import open_image
+    from ..image.verify import verify_image
+    from ..progress import Throttled
+
     with open_image(args.image) as reader, ProgressBar(output_label="") as bar:
         throttled = Throttled(bar)
         extra = parse_hash_names(args.hash) if args.hash else ()
