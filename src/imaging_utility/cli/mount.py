@@ -13,6 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_INTERNAL, NotFoundError, RefusedError
+from ._source_args import add_set_options, open_reader, warn_table
 
 EXAMPLES = """\
 examples:
@@ -46,6 +47,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--allow-other", action="store_true",
                    help="let other users (and root, for loop mounts by a non-root user) read the files; "
                         "needs user_allow_other in /etc/fuse.conf unless run as root")
+    add_set_options(p)
     return ["mount"]
 
 
@@ -77,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
     _check_mountpoint(args.mountpoint)
     if not args.foreground:
         return _run_background(args.mountpoint)
-    from ..image.reader import open_image
     from ..serve.fuse import mount, require_fuse
 
     require_fuse()
-    with open_image(args.image) as image:
+    with open_reader(args) as image:
+        warn_table(image)
         files = select_files(image, args.partition)
         print(f"mounting {args.image} at {args.mountpoint} ({', '.join(files)}); "
               f"Ctrl-C or 'fusermount3 -u {args.mountpoint}' to unmount", file=sys.stderr, flush=True)

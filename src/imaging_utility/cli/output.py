@@ -72,10 +72,39 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def warn(message: str) -> None:
-    from rich.markup import escape  # a message may carry "[...]" (a name, a group list): never markup
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control characters (C0, DEL, C1, so no escape sequence gets through)
+    and undecodable bytes (surrogate escapes) as ``\\xNN``."""
+    out = []
+    for c in text:
+        o = ord(c)
+        if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        else:
+            out.append(c)
+    return "".join(out)
 
-    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True)
+
+def warn(message: str) -> None:
+    """``warning: MESSAGE`` on stderr; the message is printed as text (escaped, never read as markup)."""
+    from rich.text import Text
+
+    stderr.print(Text.assemble(("warning:", "yellow"), " ", shown(message)))
+
+
+def _short(n: float) -> tuple[str, str]:
+    """(number, unit) with three significant digits: ("1.21", "GiB"), ("512", "MiB")."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1000 or unit == "PiB":
+            return (f"{n:.0f}" if unit == "B" or abs(n) >= 100 else f"{n:.3g}"), unit
+        n /= 1024
+    return f"{n:.3g}", "PiB"
+
+
+def short_bytes(n: float) -> str:
+    return " ".join(_short(n))
 
 
 class ProgressBar:
@@ -109,36 +138,36 @@ class ProgressBar:
 
 
 def _progress() -> Progress:
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    """The bar: at most 80 columns (name 11, percent 4, bar 12, bytes 26, rate 9, ETA 12, and 5 spaces)."""
+    from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskProgressColumn, TextColumn
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
         def render(self, task: Task) -> Text:
             speed = task.finished_speed or task.speed
-            return Text(f"{human_bytes(speed)}/s" if speed else "-- /s", style="cyan")
+            return Text(f"{short_bytes(speed)}/s" if speed else "-- /s", style="cyan")
 
     class BytesColumn(ProgressColumn):
+        """``1.21/4.61 GiB → 789 MiB``: done of total, and what was written when that is a different amount."""
+
         def render(self, task: Task) -> Text:
+            (a, ua), (b, ub) = _short(task.completed), _short(task.total or 0)
+            text = f"{a}/{b} {ub}" if ua == ub else f"{a} {ua}/{b} {ub}"
             out = task.fields.get("output", 0)
-            done = task.completed
-            text = f"{human_bytes(done)} / {human_bytes(task.total or 0)}"
-            if out:
-                label = task.fields.get("output_label", "out")
-                ratio = f" ({out / done * 100:.1f}%)" if done and label == "compressed" else ""
-                text += f" → {label} {human_bytes(out)}{ratio}"
+            if out and task.fields.get("output_label") == "compressed":
+                text += f" → {short_bytes(out)}"
             return Text(text)
 
+    class EtaColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            left = task.time_remaining
+            if task.finished or left is None:
+                return Text("")
+            minutes, seconds = divmod(int(left), 60)
+            hours, minutes = divmod(minutes, 60)
+            return Text(f"ETA {hours}:{minutes:02d}:{seconds:02d}", style="cyan")
+
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), BytesColumn(),
-        RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=cast(_LazyConsole, stderr).real(), transient=False,
+        TextColumn("{task.description}"), TaskProgressColumn(), BarColumn(bar_width=12), BytesColumn(),
+        RateColumn(), EtaColumn(), console=cast(_LazyConsole, stderr).real(), transient=False,
     )

@@ -23,10 +23,11 @@ from dissect.extfs.extfs import INode
 from ..blocks import BlockSource, read_at
 from ..errors import CorruptImageError, Error
 from . import c_ext as c
+from . import ext_meta
 from .ext import ExtSuper
 from .ext_inode import ExtVolume
 from .ext_journal import replay
-from .tree import BlockFile, Entry, Layout, runs_from_clusters
+from .tree import KINDS, BlockFile, Entry, Layout, runs_from_clusters
 
 ROOT_INO = 2
 FAST_SYMLINK_MAX = 60
@@ -122,18 +123,28 @@ class ExtBackend:
 
     def describe(self, node: INode, name: str, path: str) -> Entry:
         mode = int(node.inode.i_mode)
-        fmt = stat.S_IFMT(mode)
-        kind = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(fmt, "other")
+        kind = KINDS.get(stat.S_IFMT(mode), "other")
         target = None
         if kind == "symlink":
             target = self._read_all(node).decode("utf-8", "surrogateescape")
-        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind != "dir" else 0,
+        uid, gid = ext_meta.owner(node)
+        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind in ("file", "symlink") else 0,
                      mtime_ns=int(node.mtime_ns), mode=stat.S_IMODE(mode), target=target, inode=int(node.inum),
-                     nlink=int(node.inode.i_links_count))
+                     nlink=int(node.inode.i_links_count), uid=uid, gid=gid, atime_ns=int(node.atime_ns),
+                     rdev=ext_meta.device(node) if kind in ("char", "block") else None)
+
+    def xattrs(self, node: INode) -> list[tuple[str, bytes]]:
+        return ext_meta.xattrs(self.vol, node.__dict__["raw"], int(node.inum), self._value)
+
+    def _value(self, ino: int, size: int) -> bytes:
+        """An attribute value kept as the data of inode ``ino`` (ea_inode): its first ``size`` bytes."""
+        return self._read_all(self.load(ino))[:size]
 
     def _read_all(self, node: INode) -> bytes:
+        """A symlink target or an attribute value: small by definition, so a bigger claim is damage."""
         if node.size > MAX_SYMLINK:
-            raise CorruptImageError(f"symlink inode {node.inum} claims {node.size} bytes")
+            raise CorruptImageError(f"{self.fs_type} inode {node.inum} claims {node.size} bytes for a symlink "
+                                    f"target or attribute value (at most {MAX_SYMLINK})")
         layout = self.layout(node, None)
         if layout.opener is not None:
             return layout.opener().read()

@@ -31,13 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..blocks import check_range
-from ..errors import ChunkCorruptError, CorruptImageError
+from ..errors import ChunkCorruptError, CorruptImageError, IncompleteImageError
 from ..extents import AllocationMap, Extent, ExtentKind, coalesce
 from ..format import c_image as c
 from ..format.codec import Codec, frame_checksum
 from ..format.index import SeekTable
 from ..format.metaframe import Event, Header, Trailer
-from .parts import PartReader, resolve_parts
+from ..storage import open_reader, resolve
 
 DEFAULT_CACHE_BYTES = 64 << 20
 # Below 1 MiB the CRC-32 of the whole frame costs what the prefix saves (measured per random 4 KiB read:
@@ -49,9 +49,17 @@ ZSTD_BLOCK = 128 << 10
 class ImageReader:
     def __init__(self, paths: list[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES, readahead: int = 4) -> None:
         self.paths = paths
-        self._parts = PartReader(paths)
+        self._parts = open_reader(paths)
         try:
             self._load()
+        except IncompleteImageError:
+            self._parts.close()
+            if len(paths) < 2:
+                raise
+            raise IncompleteImageError(
+                f"no seek table at the end of the last part {paths[-1]}: the capture was interrupted (continue it "
+                f"with 'image --resume'), or the parts after it ({_next_part(paths[-1])} ...) are missing"
+            ) from None
         except BaseException:
             self._parts.close()
             raise
@@ -174,21 +182,25 @@ class ImageReader:
             frame = self.read_frame(index)
         partial = need is not None and self.frame_crcs is not None and need < n
         if (partial or check_frame) and self.frame_crcs is not None and zlib.crc32(frame) != self.frame_crcs[index]:
-            raise ChunkCorruptError(
-                f"chunk {index} (image byte offset {offset}): its frame's bytes fail their CRC-32 check",
-                index, offset,
-            )
+            raise ChunkCorruptError(f"{self.where(index)}: its frame's bytes fail their CRC-32 check", index, offset)
         if frame_checksum(frame) != self.chunk_sums[index]:
             raise ChunkCorruptError(
-                f"chunk {index} (image byte offset {offset}): frame checksum {frame_checksum(frame):#010x} "
+                f"{self.where(index)}: frame checksum {frame_checksum(frame):#010x} "
                 f"differs from the seek table's {self.chunk_sums[index]:#010x}", index, offset,
             )
         if frame == self._zero_frames[n]:
             return self._zero_data[n]
         if partial:
             assert need is not None
-            return self._codec.decompress_prefix(frame, need, index, offset)
-        return self._codec.decompress(frame, n, index, offset)
+            return self._codec.decompress_prefix(frame, need, index, offset, self.where(index))
+        return self._codec.decompress(frame, n, index, offset, self.where(index))
+
+    def where(self, index: int) -> str:
+        """Chunk ``index`` named by its source bytes and where its frame lies in the image file(s)."""
+        start = index * self.chunk_size
+        path, rel = self._parts.locate(self.chunk_offsets[index])
+        return (f"chunk {index} (source bytes {start}-{start + self.chunk_len(index) - 1}; "
+                f"its frame at byte {rel} of {path})")
 
     def chunk(self, index: int, need: int | None = None) -> bytes:
         """Chunk ``index``'s bytes, through the cache (thread-safe).  With ``need``, a prefix of at least
@@ -238,7 +250,12 @@ class ImageReader:
             del self._recent[:-16]
             if not follows or not self._readahead:
                 return sequential
-            todo = [j for j in range(index + 1, min(index + 1 + self._readahead, self.chunk_count))
+            # as many chunks ahead as the run has read so far (up to the limit): a client reading two
+            # chunks in a row over a remote store does not pay for four more
+            run = 2
+            while run <= self._readahead and index - run in self._recent:
+                run += 1
+            todo = [j for j in range(index + 1, min(index + run, self.chunk_count))
                     if j not in self._cache and j not in self._inflight]
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(2, thread_name_prefix="readahead")
@@ -359,6 +376,12 @@ def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Exte
     return coalesce(out)
 
 
+def _next_part(path: str) -> str:
+    stem, _, number = path.rpartition(".")
+    return f"{stem}.{int(number) + 1:03d}" if number.isdigit() else f"{path}.next"
+
+
 def open_image(path: str, **kwargs: Any) -> ImageReader:
-    """Open a finished image (a file, ``NAME.001`` or ``NAME`` of a split set) for random access."""
-    return ImageReader(resolve_parts(path), **kwargs)
+    """Open a finished image (a file, ``NAME.001`` or ``NAME`` of a split set, or the same as
+    ``s3://bucket/key``) for random access."""
+    return ImageReader(resolve(path), **kwargs)

@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Self
 
-from ..errors import PermissionDeniedError, UsageError
+from ..errors import Error, PermissionDeniedError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,19 @@ def idle_seconds(conn: socket.socket) -> float | None:
     return float(_TCPI_LAST_DATA_RECV.unpack_from(info, 52)[0]) / 1000
 
 
+def bind_error(host: str, port: int, e: OSError) -> Error:
+    """The one-line error for a listening address that cannot be bound."""
+    where = f"{host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return UsageError(f"cannot listen on {where}: address already in use (another server is on that port); "
+                          "choose another with --port")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDeniedError(f"cannot listen on {where}: {e.strerror} (ports below 1024 need root)")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return UsageError(f"cannot listen on {where}: no such address on this machine; check --host")
+    return UsageError(f"cannot listen on {where}: {e.strerror or e} (try another --host or --port)")
+
+
 class Listener(abc.ABC):
     """Subclasses implement ``handle(sock)``; it runs in its own thread and must not raise."""
 
@@ -107,10 +120,7 @@ class Listener(abc.ABC):
             sock.bind(addr)
         except OSError as e:
             sock.close()
-            if e.errno == errno.EACCES:
-                raise PermissionDeniedError(f"cannot listen on {host}:{port}: {e.strerror}"
-                                            " (ports below 1024 need root)") from None
-            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror} (try another --port)") from None
+            raise bind_error(host, port, e) from None
         return sock
 
     @staticmethod

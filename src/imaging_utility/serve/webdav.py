@@ -30,6 +30,7 @@ import mimetypes
 import posixpath
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -45,7 +46,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 from ..errors import CorruptImageError, Error, NotFoundError
 from ..filesystems.tree import Entry, FileStream, FileTree
 from . import httprange, propfind
-from ._listener import limit_malloc_arenas
+from ._listener import bind_error, limit_malloc_arenas
 from .dirlisting import listing
 
 __all__ = ["READ_METHODS", "WebDavServer", "dav_name", "make_app"]
@@ -335,6 +336,18 @@ class _Server(wsgi.Server):  # type: ignore[misc]
             log.debug("WebDAV: details of the error above", exc_info=True)  # shown with --verbose only
 
 
+def _bind_errno(host: str, port: int, e: OSError) -> OSError:
+    """cheroot reports a failed bind without its errno: bind once more to learn it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as again:
+        return again
+    return e
+
+
 class WebDavServer:
     """cheroot serving ``make_app(tree, users)`` on ``host:port`` (port 0: any free port).
 
@@ -347,7 +360,10 @@ class WebDavServer:
         limit_malloc_arenas()
         self.server = _Server((host, port), make_app(tree, users), numthreads=threads,
                               server_name="imaging-utility", timeout=timeout)
-        self.server.prepare()
+        try:
+            self.server.prepare()
+        except OSError as e:
+            raise bind_error(host, port, e if e.errno else _bind_errno(host, port, e)) from None
         self._thread: threading.Thread | None = None
 
     @property
