@@ -62,6 +62,31 @@ def test_ext_extent_past_the_volume_and_a_huge_directory(tmp_path: Path) -> None
     assert sum(1 for ln in out.splitlines() if "/d/n" in ln) == 20
 
 
+def test_ext_attribute_block_past_the_volume(tmp_path: Path) -> None:
+    """Item 9 for metadata: an inode whose extended-attribute block lies past the volume (read by our
+    inode reader): its attributes are reported as not restored, its data and every other file come out."""
+    need_tools("mke2fs", "debugfs")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_bytes(b"alpha\n")
+    (tree / "b.txt").write_bytes(b"beta\n")
+    vol = tmp_path / "xattr-ext.raw"
+    with open(vol, "wb") as f:
+        f.truncate(32 * MiB)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-I", "256", "-d", str(tree), str(vol)], check=True,
+                   capture_output=True)
+    subprocess.run(["debugfs", "-w", "-R", "sif /a.txt file_acl 99999999", str(vol)], check=True,
+                   capture_output=True)
+    dest = tmp_path / "dest"
+    proc = cli("extract", "--xattrs", vol, "/", dest, check=3)
+    errors = _errors(proc.stderr)
+    assert len(errors) == 2 and errors[1] == "imaging-utility: 1 item(s) could not be extracted", errors
+    assert re.fullmatch(r"imaging-utility: error: /a\.txt: extended attributes not restored: ext4 inode \d+: its "
+                        r"attribute block at block 99999999 \(\+1\) lies outside the volume's 32768 blocks",
+                        errors[0]), errors
+    assert (dest / "a.txt").read_bytes() == b"alpha\n" and (dest / "b.txt").read_bytes() == b"beta\n"
+
+
 def test_ntfs_negative_lcn(tmp_path: Path) -> None:
     """Item 9: an NTFS data run with a negative LCN: that file fails, the rest is extracted."""
     vol, good = hostile_ntfs(tmp_path)
