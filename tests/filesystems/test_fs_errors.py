@@ -326,3 +326,29 @@ def test_ext_bitmap_marking_less_than_its_free_count_says(name: str, image: Call
     assert len(info.warnings) == 1 and "group 0: its bitmap marks 0 clusters in use" in info.warnings[0]
     end = (sb.first_data_block + sb.group_blocks(0)) * sb.block_size
     assert amap.used_in(0, end) == [(0, end)]
+
+
+def test_untrusted_groups_of_a_partition_are_said_for_the_whole_disk(image: Callable[[str], bytearray],
+                                                                      tmp_path: Path) -> None:
+    """A whole-disk used-only map (``image --used-only`` of a disk, ``backup-disk``) says, per partition,
+    what each filesystem's map had to keep whole, as a single-volume image does."""
+    from imaging_utility.ops.diskmap import plan_disk
+
+    need_tools("sfdisk")
+    data = image("ext4")
+    sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
+    assert sb is not None
+    gdt = sb.desc_block(0) * sb.block_size
+    data[gdt : gdt + sb.block_size] = bytes(sb.block_size)
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(disk)], input=b"label: dos\n2048,8192,83\n",
+                   check=True, capture_output=True)
+    with open(disk, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(data)
+    plan = plan_disk(BytesSource(disk.read_bytes()))
+    said = [w for w in plan.warnings if "fails its checksum" in w]
+    assert len(said) == 1 and said[0].startswith("partition 1: "), plan.warnings
+    assert plan.partitions[0].used is not None and plan.partitions[0].used.used_bytes == len(data)
