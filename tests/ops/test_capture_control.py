@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,35 @@ def test_restore_and_verify_pause_and_cancel(tmp_path: Path, source: tuple[Path,
     cancel.cancel()
     with open_image(str(ref)) as reader, pytest.raises(Interrupted, match="verify cancelled"):
         verify_image(reader, control=cancel)
+
+
+def test_restore_to_a_device_pauses_and_cancels(tmp_path: Path, source: tuple[Path, Path],
+                                                 loopdev: Callable[..., str]) -> None:
+    """A block device goes through the free-space-aware writer: it pauses and cancels the same way."""
+    _, ref = source
+    (tmp_path / "dev.raw").write_bytes(b"\xaa" * (24 * MiB))
+    dev = loopdev(tmp_path / "dev.raw")
+    control = JobControl()
+    seen: list[ProgressEvent] = []
+    held: list[int] = []
+
+    def on_event(ev: ProgressEvent) -> None:
+        seen.append(ev)
+        if ev.paused:
+            held.append(ev.done)
+            time.sleep(0.3)
+            held.append(ev.done)
+            control.resume()
+        elif ev.done >= 8 * MiB and not held:
+            control.pause()
+
+    with open_image(str(ref)) as reader:
+        restore(reader, dev, confirm=lambda: True, progress=on_event, control=control)
+    assert len(held) == 2 and held[0] == held[1] < 24 * MiB
+    assert seen[-1].chunk_size and seen[-1].max_workers and seen[-1].max_depth
+    assert Path(dev).read_bytes() == source[0].read_bytes()
+
+    cancel = JobControl()
+    cancel.cancel()
+    with open_image(str(ref)) as reader, pytest.raises(Interrupted, match=f"restore cancelled .*{dev} is incomplete"):
+        restore(reader, dev, confirm=lambda: True, control=cancel)
