@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..extents import ExtentKind
+from ..format import c_image as c
 from ..image.reader import ImageReader, open_image
 from .output import human_bytes, print_json, stdout
 
@@ -25,6 +26,11 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     return ["info"]
 
 
+def format_version(major: int, minor: int) -> str:
+    """``"1.0"``; pre-release images numbered their 1.0 frames 2.0 (spec §10)."""
+    return "1.0" if (major, minor) == c.PRERELEASE_VERSION else f"{major}.{minor}"
+
+
 def describe(reader: ImageReader) -> dict[str, Any]:
     kinds: dict[str, int] = {k.value: 0 for k in ExtentKind}
     for ext in reader.chunk_map():
@@ -32,7 +38,7 @@ def describe(reader: ImageReader) -> dict[str, Any]:
     h, t = reader.header, reader.trailer
     info: dict[str, Any] = {
         "image": reader.paths,
-        "format_version": f"{2}.{h.version_minor}",
+        "format_version": format_version(h.version_major, h.version_minor),
         "image_bytes": reader.image_bytes,
         "source_size": reader.size,
         "sector_size": h.sector_size,
@@ -41,12 +47,12 @@ def describe(reader: ImageReader) -> dict[str, Any]:
         "ratio": round(reader.image_bytes / reader.size, 4) if reader.size else None,
         "level": h.meta.get("level"),
         "created": h.meta.get("created"),
-        "finished": t.meta.get("finished") if t else None,
+        "finished": t.meta.get("finished"),
         "tool": h.meta.get("tool"),
         "hostname": h.meta.get("hostname"),
         "command_line": h.meta.get("command_line"),
         "source": h.meta.get("source", {}),
-        "digests": (t.meta.get("digests", {}) if t else {}),
+        "digests": t.meta.get("digests", {}),
         "layout_bytes": kinds,
         "used_only": h.meta.get("used_only"),
         "bad_ranges": [{"offset": o, "length": n} for o, n in reader.bad_ranges],
@@ -62,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     parts = info["image"]
     stdout.print(f"image        {parts[0]}" + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else ""))
-    stdout.print(f"format       imaging-utility v{info['format_version']} (seekable zstd, level {info['level']})")
+    stdout.print(f"format       imaging-utility image format {info['format_version']} "
+                 f"(seekable zstd, level {info['level']})")
     ratio = f" ({info['ratio'] * 100:.1f}%)" if info["ratio"] is not None else ""
     stdout.print(f"source size  {human_bytes(info['source_size'])} ({info['source_size']} bytes)")
     stdout.print(f"image size   {human_bytes(info['image_bytes'])}{ratio}")

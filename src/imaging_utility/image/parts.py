@@ -25,6 +25,7 @@ from ..errors import (
     TargetIOError,
     UsageError,
 )
+from .destlock import DestLock
 
 MAX_PARTS = 999
 _PART_RE = re.compile(r"^(.*)\.(\d{3})$")
@@ -52,7 +53,34 @@ def resolve_parts(path: str) -> list[str]:
     parts: list[str] = []
     while os.path.isfile(part_path(base, len(parts))):
         parts.append(part_path(base, len(parts)))
+    later = _numbers_after(base, len(parts))
+    if later:
+        missing = part_path(base, len(parts))
+        raise CorruptImageError(
+            f"split image {base} is missing part {missing} ({len(parts)} part(s) before it, and "
+            f"{part_path(base, later[0] - 1)} after it): find that part; the image cannot be read without it"
+        )
     return parts
+
+
+def _numbers_after(base: str, count: int) -> list[int]:
+    """Part numbers above ``count`` present for ``base``: parts after a gap."""
+    folder, name = os.path.split(base)
+    pattern = re.compile(re.escape(name) + r"\.(\d{3})")
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return []
+    return sorted(n for n in (int(m.group(1)) for m in map(pattern.fullmatch, names) if m) if n > count)
+
+
+def next_part_name(paths: list[str]) -> str | None:
+    """For a split image read from ``paths``, the name of the part after the last one; else None."""
+    first = _PART_RE.match(paths[0]) if paths else None
+    last = _PART_RE.match(paths[-1]) if paths else None
+    if first is None or last is None or first.group(2) != "001" or int(last.group(2)) >= MAX_PARTS:
+        return None
+    return part_path(last.group(1), int(last.group(2)))
 
 
 def existing_outputs(dest: str) -> list[str]:
@@ -179,11 +207,15 @@ FLUSH_EVERY = 32 << 20
 
 
 class PartWriter:
-    """Appends whole frames; starts a new part when a frame would not fit in ``split_size``."""
+    """Appends whole frames; starts a new part when a frame would not fit in ``split_size``.
 
-    def __init__(self, dest: str, split_size: int | None) -> None:
+    With a ``lock``, every part is locked before a byte of it changes (``DestLock``): a part held by
+    another run raises ``RefusedError`` with nothing written."""
+
+    def __init__(self, dest: str, split_size: int | None, lock: DestLock | None = None) -> None:
         self.dest = dest
         self.split_size = split_size
+        self.lock = lock
         self.fd = -1
         self.part_index = -1
         self.part_len = 0
@@ -202,13 +234,12 @@ class PartWriter:
             self.fd = -1
         path = self._path(index)
         try:
-            if truncate_to is None:
-                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                self.part_len = 0
-            else:
-                self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                os.ftruncate(self.fd, truncate_to)
-                self.part_len = truncate_to
+            # never O_TRUNC: the part is locked first, then cut
+            self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if truncate_to is None else 0), 0o644)
+            if self.lock is not None:
+                self.lock.add_fd(self.fd, path)
+            self.part_len = truncate_to or 0
+            os.ftruncate(self.fd, self.part_len)
         except OSError as e:
             raise _os_error(e, path, "opening it") from None
         os.lseek(self.fd, self.part_len, os.SEEK_SET)

@@ -24,6 +24,7 @@ from ..format import c_image as c
 from ..format.codec import Codec
 from ..format.index import SeekTable, walk_frames
 from ..format.metaframe import Event, Header
+from .destlock import DestLock
 from .digests import Digests
 from .parts import PartReader, PartWriter, existing_outputs, part_path
 from .writer import ImageWriter
@@ -75,12 +76,13 @@ def recover(
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None = None,
+    lock: DestLock | None = None,
 ) -> Recovered:
     """Open the partial image at ``dest`` (whose header equals ``header``) for appending."""
     paths = [p for p in existing_outputs(dest) if split_size is None or p != dest]
     reader = PartReader(paths)
     try:
-        return _recover(reader, dest, header, split_size, digest_names, codec, threads, progress)
+        return _recover(reader, dest, header, split_size, digest_names, codec, threads, progress, lock)
     finally:
         reader.close()
 
@@ -94,6 +96,7 @@ def _recover(
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None,
+    lock: DestLock | None,
 ) -> Recovered:
     frames = walk_frames(reader.read_at, reader.size)
     first = next(frames)
@@ -107,6 +110,7 @@ def _recover(
     bad: list[tuple[int, int]] = []
     kept = first.length
     chunk = 0
+    last_event = -1
 
     def decode(off: int, length: int, expected: int, index: int) -> tuple[bytes, int]:
         frame = reader.read_at(off, length)
@@ -152,10 +156,12 @@ def _recover(
                     break
                 try:
                     event = Event.decode(reader.read_at(fr.offset + 8, fr.length - 8), fr.offset)
+                    event.check_chunk(chunk_size, size)
                 except CorruptImageError:
                     break
-                if event.chunk_index != chunk - 1:
+                if event.chunk_index != chunk - 1 or event.chunk_index == last_event:
                     break
+                last_event = event.chunk_index
                 bad.extend(event.bad_ranges)
                 table.append(fr.length, 0, c.XXH64_EMPTY_LOW32)
                 kept += fr.length
@@ -167,7 +173,7 @@ def _recover(
             fut.cancel()
 
     part_sizes = PartWriter.sizes(reader.paths)
-    parts = PartWriter(dest, split_size)
+    parts = PartWriter(dest, split_size, lock)
     parts.reopen_at(kept, part_sizes)
     writer = ImageWriter(parts, header, table, crcs)
     return Recovered(header, writer, digests, chunk, kept, reader.size - kept, bad)

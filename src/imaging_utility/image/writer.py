@@ -14,6 +14,7 @@ from ..format import c_image as c
 from ..format.codec import frame_checksum
 from ..format.index import SeekTable
 from ..format.metaframe import Event, Header, Trailer
+from .destlock import DestLock
 from .parts import PartWriter
 
 
@@ -29,8 +30,8 @@ class ImageWriter:
         return len(self.frame_crcs)
 
     @classmethod
-    def create(cls, dest: str, split_size: int | None, header: Header) -> ImageWriter:
-        parts = PartWriter(dest, split_size)
+    def create(cls, dest: str, split_size: int | None, header: Header, lock: DestLock | None = None) -> ImageWriter:
+        parts = PartWriter(dest, split_size, lock)
         parts.create()
         frame = header.encode()
         parts.write_frame(frame)

@@ -29,6 +29,7 @@ from ..extents import AllocationMap, ExtentKind
 from ..format import c_image as c
 from ..format.codec import Codec, zstd_library_version
 from ..format.metaframe import Event, Header, Trailer
+from ..image.destlock import DestLock
 from ..image.digests import DEFAULT, Digests
 from ..image.parts import existing_outputs
 from ..image.recover import read_header, recover, remove_outputs
@@ -126,6 +127,10 @@ def _mismatch(old: Header, new: Header, opts: CaptureOptions) -> str | None:
         ("split size", old.meta.get("split_size"), new.meta.get("split_size")),
         ("used-only mode", old.used_only, new.used_only),
     ]
+    if (old.version_major, old.version_minor) > (new.version_major, new.version_minor) \
+            and (old.version_major, old.version_minor) != c.PRERELEASE_VERSION:
+        return (f"it was started by a newer version of the tool (image format {old.version_major}."
+                f"{old.version_minor}); continue it with that version")
     for what, a, b in checks:
         if a != b:
             return f"{what} differs: the partial image has {a}, this run has {b}"
@@ -148,11 +153,13 @@ def _identity_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> str |
 
 
 def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec,
-                 progress: ProgressCallback, discards: list[threading.Thread | None],
+                 progress: ProgressCallback, discards: list[threading.Thread | None], lock: DestLock,
                  ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
     split = opts.split_size is not None
     existing = existing_outputs(dest)
+    for path in existing:  # another run writing DEST stops this one here, before anything changes
+        lock.add_path(path)
     if existing and opts.resume:
         old = read_header(dest, split)
         if old is not None:
@@ -166,14 +173,14 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
                 ev.done = min(done, total)
                 progress(ev)
 
-            rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned)
+            rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned, lock)
             return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
         discards.append(remove_outputs(dest))
     elif existing and not opts.force:
         raise RefusedError(f"{existing[0]} already exists; use --force to overwrite it or --resume to continue it")
     elif existing:
         discards.append(remove_outputs(dest))
-    return ImageWriter.create(dest, opts.split_size, header), Digests(opts.digests), 0, []
+    return ImageWriter.create(dest, opts.split_size, header, lock), Digests(opts.digests), 0, []
 
 
 def capture(source: BlockSource, dest: str, opts: CaptureOptions,
@@ -183,11 +190,12 @@ def capture(source: BlockSource, dest: str, opts: CaptureOptions,
     codec = Codec(opts.level)
     discards: list[threading.Thread | None] = []
     try:
-        writer, digests, first_chunk, bad = _open_writer(source, dest, opts, codec, progress, discards)
-        try:
-            return _run(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started)
-        finally:
-            writer.close()
+        with DestLock("image") as lock:
+            writer, digests, first_chunk, bad = _open_writer(source, dest, opts, codec, progress, discards, lock)
+            try:
+                return _run(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started)
+            finally:
+                writer.close()
     finally:
         for thread in discards:
             if thread is not None:
