@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ MIB = 1 << 20
 
 
 def _start_slow_image(src: Path, dest: Path, *extra: str) -> subprocess.Popen[str]:
+    """An image run throttled to 256 KiB/s: it holds DEST for as long as the test needs."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "imaging_utility", "image", "--chunk-size", "64K", "--max-throughput", "1M",
+        [sys.executable, "-m", "imaging_utility", "image", "--chunk-size", "64K", "--max-throughput", "256K",
          "--hash", "sha256", *extra, str(src), str(dest)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -33,7 +35,6 @@ def _start_slow_image(src: Path, dest: Path, *extra: str) -> subprocess.Popen[st
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.3)
     return proc
 
 
@@ -43,23 +44,26 @@ def test_second_image_run_on_one_dest_is_refused_naming_the_first(tmp_path: Path
     src = tmp_path / "src"
     src.write_bytes(data)
     dest = tmp_path / "img"
-    extra = ("--split-size", "1M") if split else ()
+    extra = ("--split-size", "256K") if split else ()
     first = _start_slow_image(src, dest, "--resume", *extra)
     try:
-        time.sleep(0.5)  # a few parts written
         for mode in ("--resume", "--force"):
             started = time.monotonic()
             second = cli("image", "--chunk-size", "64K", "--hash", "sha256", mode, *extra, src, dest, check=None)
+            assert first.poll() is None, "the first run ended before the second one was tried"
             assert second.returncode == 9, second.stderr
-            assert time.monotonic() - started < 20
+            assert time.monotonic() - started < 30
             err = second.stderr.strip()
             assert len(err.splitlines()) == 1 and f"pid {first.pid}: " in err and "imaging_utility image" in err
+        first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=120)
-        assert first.returncode == 0, err
+        assert first.returncode == 130, err
     finally:
         if first.poll() is None:
             first.kill()
             first.wait()
+    # the first run's partial image was never touched by the refused runs: it continues to a right image
+    cli("image", "--chunk-size", "64K", "--hash", "sha256", "--resume", *extra, src, dest)
     with open_image(str(dest)) as reader:
         assert reader.read(0, reader.size) == data
         assert reader.verify().ok
