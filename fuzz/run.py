@@ -46,7 +46,7 @@ def _crashes(name: str) -> Path:
 
 
 def fuzz(name: str, seconds: int, merge: bool, log: Path) -> tuple[str, int, str]:
-    before = set(_crashes(name).iterdir())
+    before = set(_crashes(name).iterdir())  # (.gitkeep keeps the folder in git)
     with tempfile.TemporaryDirectory(prefix=f"iu-fuzz-{name}-") as work:
         with open(log, "w") as out:
             proc = subprocess.run(
@@ -63,7 +63,8 @@ def fuzz(name: str, seconds: int, merge: bool, log: Path) -> tuple[str, int, str
 
 def replay(name: str, log: Path) -> tuple[str, int, str]:
     """Every seed and every kept crash input, once each."""
-    inputs = [p for folder in (FUZZ / "corpus" / name, _crashes(name)) for p in sorted(folder.iterdir())]
+    inputs = [p for folder in (FUZZ / "corpus" / name, _crashes(name)) for p in sorted(folder.iterdir())
+              if not p.name.startswith(".")]
     with open(log, "w") as out:
         proc = subprocess.run(_cmd(name, "-runs=1", *map(str, inputs)), cwd=FUZZ, stdout=out,
                               stderr=subprocess.STDOUT, check=False)

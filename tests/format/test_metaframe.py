@@ -186,7 +186,8 @@ def test_trailer_meta_of_the_wrong_type_is_corrupt(key: str, value: object) -> N
 
 
 def test_meta_not_json_deeply_nested_or_huge_numbers_is_corrupt() -> None:
-    for meta in (b"[" * 100000 + b"]" * 100000, b'{"level": ' + b"9" * 5000 + b"}", b"\xff", b"[]"):
+    for meta in (b"[" * 100000 + b"]" * 100000, b'{"level": ' + b"9" * 5000 + b"}", b"\xff", b"[]",
+                 b'{"digests": [], "x": NaN}', b'{"digests": [], "x": 1e999}'):
         body = bytearray(_header().encode()[8:-4])
         body = body[: c.HEADER_FIXED.size] + b"META" + struct.pack("<I", len(meta)) + meta
         with pytest.raises(CorruptImageError, match="META"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -76,9 +77,20 @@ def check_version(major: int, minor: int, what: str) -> None:
         )
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         # ValueError: JSONDecodeError, and integers past Python's digit limit; RecursionError: deep nesting
         raise CorruptImageError(f"{what}: META section is not valid JSON: {str(e)[:80]}") from None

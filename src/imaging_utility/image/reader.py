@@ -62,7 +62,7 @@ class ImageReader:
         self.bad_ranges = layout.bad_ranges
         self.allocation = layout.allocation
         self._codec = Codec()
-        self._zero_data = {n: bytes(n) for n in {self.chunk_size, self._last_len} if n}
+        self._zero_data: dict[int, bytes] = {}  # length -> zeros, made on first use (up to 256 MiB)
         # per chunk: 0 not yet compared with the zero frame, 1 is the zero frame, 2 is not
         self._zero_state = bytearray(self.chunk_count)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
@@ -128,7 +128,8 @@ class ImageReader:
                 f"differs from the seek table's {self.chunk_sums[index]:#010x}", index, offset,
             )
         if len(frame) == zero_frame_length(n) and frame == zero_frame(n):
-            return self._zero_data[n]
+            zeros = self._zero_data.get(n)
+            return zeros if zeros is not None else self._zero_data.setdefault(n, bytes(n))
         if partial:
             assert need is not None
             return self._codec.decompress_prefix(frame, need, index, offset)
