@@ -4,10 +4,11 @@
     .venv/bin/python fuzz/run.py --seconds 20 image   # one harness, 20 s
     .venv/bin/python fuzz/run.py --replay             # run every seed and every kept crash once
 
-Seeds are read from ``fuzz/corpus/<harness>``; what a run discovers goes to a scratch directory (use
-``--merge`` to add inputs that reach new code to the seeds).  A crash, timeout or out-of-memory input is
-written to ``fuzz/crashes/<harness>/``: fix the bug, keep the file (``--replay``, part of the test suite,
-runs it from then on).  Exit status: 0 when every run was clean.
+A run first executes every seed (``fuzz/corpus/<harness>``) and every kept crash
+(``fuzz/crashes/<harness>``), then mutates; what it discovers goes to a scratch directory (``--merge``
+adds inputs that reach new code to the seeds).  A crash, timeout or out-of-memory input is written to
+``fuzz/crashes/<harness>/``: fix the bug and keep the file, so every later run (the test suite's
+20-second runs too) executes it first.  Exit status: 0 when every run was clean.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ def fuzz(name: str, seconds: int, merge: bool, log: Path) -> tuple[str, int, str
     with tempfile.TemporaryDirectory(prefix=f"iu-fuzz-{name}-") as work:
         with open(log, "w") as out:
             proc = subprocess.run(
+                # every seed and every kept crash runs first (libFuzzer reads all corpus folders before
+                # it mutates); new inputs go to the first folder, a scratch one
                 _cmd(name, f"-max_total_time={seconds}", f"-artifact_prefix={_crashes(name)}/",
-                     "-print_final_stats=1", work, str(FUZZ / "corpus" / name)),
+                     "-print_final_stats=1", work, str(FUZZ / "corpus" / name), str(_crashes(name))),
                 cwd=FUZZ, stdout=out, stderr=subprocess.STDOUT, check=False,
             )
         if merge and proc.returncode == 0:

@@ -380,3 +380,24 @@ def test_restore_checks_digests_of_what_it_wrote(base: dict[str, Path], tmp_path
     code, out, err = run_cli("restore", "--verify", base["full"], tmp_path / "r.raw")
     assert code == 0, err
     assert hashlib.sha256((tmp_path / "r.raw").read_bytes()).hexdigest() in out
+
+
+def test_window_source_keys_are_in_the_schema(base: dict[str, Path], tmp_path: Path) -> None:
+    from imaging_utility.format import schema
+
+    code, _, err = run_cli("image", "--chunk-size", "64K", "--offset", "64K", "--length", "128K", base["src"],
+                           tmp_path / "w.img")
+    assert code == 0, err
+    meta = Crafted.of(tmp_path / "w.img").header.meta
+    assert set(meta["source"]) <= set(schema.SOURCE)
+    assert meta["source"]["window_offset"] == CH and meta["source"]["window_length"] == 2 * CH
+
+
+def test_resume_refuses_a_partial_image_of_a_newer_minor_version(base: dict[str, Path], tmp_path: Path) -> None:
+    crafted = Crafted.of(base["full"])
+    h = crafted.header
+    h.version_minor = 1
+    (tmp_path / "p.img").write_bytes(h.encode() + crafted.frames[1].raw)
+    code, _, err = run_cli("image", "--resume", "--chunk-size", "64K", "--hash", "sha256,blake3", base["src"],
+                           tmp_path / "p.img")
+    assert code == 10 and "newer version" in err
