@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import zstandard
@@ -64,6 +65,10 @@ class PatchedSource:
         check_range(self._size, offset, length)
         return [Extent(offset, length, ExtentKind.DATA)] if length else []
 
+    def add_patch(self, offset: int, data: bytes) -> None:
+        if offset < self._size:
+            self._patches.append((offset, data))
+
 
 def patches(data: bytes, size: int) -> list[tuple[int, bytes]]:
     """Records ``u32 offset, u8 length - 1, bytes`` (offsets taken modulo ``size``) until the data ends."""
@@ -100,3 +105,107 @@ def scratch_dir() -> str:
     path = tempfile.mkdtemp(prefix="iu-fuzz-", dir=root)
     atexit.register(shutil.rmtree, path, True)
     return path
+
+
+# --- checksum fix-ups: let mutations reach the checks behind a CRC --------------------------------------
+
+def fix_image(raw: bytes) -> bytes:
+    """``raw`` as far as its frames walk, with every metadata frame's CRC-32, the trailer's FCRC list and
+    the seek table recomputed to match: what is left wrong is what the mutation changed on purpose."""
+    from imaging_utility.format import c_image as c
+    from imaging_utility.format.index import SeekTable, walk_frames
+
+    def read_at(offset: int, n: int) -> bytes:
+        return raw[offset : offset + n]
+
+    out = bytearray()
+    table = SeekTable()
+    crcs = bytearray()
+    for fr in walk_frames(read_at, len(raw)):
+        if fr.magic == c.SEEK_TABLE_MAGIC:
+            break
+        frame = bytearray(raw[fr.offset : fr.offset + fr.length])
+        if fr.magic == c.ZSTD_MAGIC:
+            crcs += struct.pack("<I", zlib.crc32(frame))
+            table.append(len(frame), fr.content_size, fr.checksum or 0)
+        else:
+            if fr.magic == c.TRAILER_MAGIC:
+                _set_section(frame, c.TRAILER_FIXED.size, b"FCRC", bytes(crcs))
+            if fr.magic in (c.HEADER_MAGIC, c.TRAILER_MAGIC, c.EVENT_MAGIC) and len(frame) >= 12:
+                struct.pack_into("<I", frame, len(frame) - 4, zlib.crc32(frame[8:-4]))
+            table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
+        out += frame
+    return bytes(out + table.encode())
+
+
+def _set_section(frame: bytearray, fixed: int, tag: bytes, data: bytes) -> None:
+    """Overwrite section ``tag`` of a metadata frame in place when it has the same length."""
+    if len(frame) < 8 + fixed:
+        return
+    count = struct.unpack_from("<I", frame, 8 + fixed - 8)[0]
+    pos = 8 + fixed
+    for _ in range(min(count, 64)):
+        if pos + 8 > len(frame) - 4:
+            return
+        t, n = struct.unpack_from("<4sI", frame, pos)
+        if t == tag and n == len(data):
+            frame[pos + 8 : pos + 8 + n] = data
+            return
+        pos += 8 + n
+
+
+def fix_gpt(source: PatchedSource) -> None:
+    """Recompute the CRC-32s of the primary and backup GPT headers and their entry arrays."""
+    for ss in (512, 4096):
+        for lba in (1, source.size // ss - 1):
+            off = lba * ss
+            if lba < 1 or off + 92 > source.size:
+                continue
+            hdr = bytearray(_read(source, off, min(ss, 512)))
+            if hdr[:8] != b"EFI PART":
+                continue
+            hsize = struct.unpack_from("<I", hdr, 12)[0]
+            if not 92 <= hsize <= len(hdr):
+                continue
+            entry_lba, count, esize = struct.unpack_from("<QII", hdr, 72)
+            n, eoff = count * esize, entry_lba * ss
+            if 0 < n <= 4 << 20 and eoff + n <= source.size:
+                struct.pack_into("<I", hdr, 88, zlib.crc32(_read(source, eoff, n)))
+            struct.pack_into("<I", hdr, 16, 0)
+            struct.pack_into("<I", hdr, 16, zlib.crc32(hdr[:hsize]))
+            source.add_patch(off, bytes(hdr))
+
+
+def fix_filesystem(source: PatchedSource) -> None:
+    """Recompute the exFAT boot-region checksum and ext4 group descriptor checksums."""
+    from imaging_utility.errors import Error
+    from imaging_utility.filesystems import exfat, ext
+
+    head = _read(source, 0, min(source.size, 4096))
+    if head[3:11] == b"EXFAT   " and len(head) > 108:
+        ss = 1 << min(max(head[108], 9), 12)
+        if 12 * ss <= source.size:
+            checksum = exfat.boot_checksum(_read(source, 0, 11 * ss), ss)
+            source.add_patch(11 * ss, struct.pack("<I", checksum) * (ss // 4))
+        return
+    if source.size < 2048:
+        return
+    try:
+        sb = ext.ExtSuper.from_bytes(_read(source, 1024, 1024))
+    except Error:
+        return
+    if sb is None or sb.desc_checksum(0, bytes(sb.desc_size)) is None:
+        return
+    for g in range(min(sb.groups, 4096)):
+        off = sb.desc_block(g // sb.desc_per_block) * sb.block_size + g % sb.desc_per_block * sb.desc_size
+        if off + sb.desc_size > source.size:
+            return
+        want = sb.desc_checksum(g, _read(source, off, sb.desc_size))
+        if want is not None:
+            source.add_patch(off + ext.BG_CHECKSUM_OFFSET, struct.pack("<H", want))
+
+
+def _read(source: PatchedSource, offset: int, n: int) -> bytes:
+    buf = bytearray(n)
+    source.readinto_at(offset, buf)
+    return bytes(buf)

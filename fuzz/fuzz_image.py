@@ -1,6 +1,8 @@
 """Fuzz the image loader and the recovery scan with whole image files.
 
-Input: the bytes of an image file.  It is opened as a finished image (layout checks, a few reads,
+Input: a mode byte, then the bytes of an image file; with bit 0 of the mode, the frames' CRC-32s, the
+trailer's frame CRCs and the seek table are recomputed first (``_common.fix_image``), so mutations
+get past them.  The image is opened as a finished image (layout checks, a few reads,
 extents, a quick verify) and then continued as a partial image (header, frame walk, prefix decode,
 truncation), as ``image --resume`` does.
 """
@@ -13,7 +15,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from _common import scratch_dir
+    from _common import fix_image, scratch_dir
 
     from imaging_utility.errors import Error
     from imaging_utility.format.codec import Codec
@@ -47,8 +49,11 @@ def _resume(path: str) -> None:
 
 
 def TestOneInput(data: bytes) -> None:
+    if not data:
+        return
+    raw = fix_image(data[1:]) if data[0] & 1 else data[1:]
     with open(PATH, "wb") as fh:
-        fh.write(data)
+        fh.write(raw)
     try:
         _read(PATH)
     except Error:

@@ -1,12 +1,14 @@
 """Fuzz the metadata decoders: header, trailer and event frames, range lists, the META schema.
 
-Input: one byte choosing the frame type, then a frame's user data.  Beyond not crashing, a frame that
-decodes must encode and decode back to the same value.
+Input: a byte choosing the frame type (bits 0-1) and whether to recompute the frame's CRC-32 first (bit 2:
+so mutations get past it), then a frame's user data.  Beyond not crashing, a frame that decodes must
+encode and decode back to the same value.
 """
 
 from __future__ import annotations
 
 import sys
+import zlib
 
 import atheris
 
@@ -19,6 +21,8 @@ def TestOneInput(data: bytes) -> None:
     if not data:
         return
     kind, body = data[0] % 4, data[1:]
+    if data[0] & 4 and len(body) >= 4:
+        body = body[:-4] + zlib.crc32(body[:-4]).to_bytes(4, "little")
     try:
         if kind == 0:
             header = Header.decode(body, 8)

@@ -1,6 +1,7 @@
 """Fuzz the MBR (with extended chains) and GPT parsers.
 
-Input: a flags byte (bit 0: 4096-byte sectors), ``u32`` disk size in sectors minus one, then patch
+Input: a flags byte (bit 0: 4096-byte sectors; bit 1: recompute the GPT CRC-32s after patching, so
+mutations get past them), ``u32`` disk size in sectors minus one, then patch
 records (``_common.patches``) laid over an all-zero disk of that size (at most 64 MiB).
 """
 
@@ -12,7 +13,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from _common import PatchedSource, patches
+    from _common import PatchedSource, fix_gpt, patches
 
     from imaging_utility.errors import Error
     from imaging_utility.partitions.table import partition_source, read_partitions
@@ -26,6 +27,8 @@ def TestOneInput(data: bytes) -> None:
     sector = 4096 if data[0] & 1 else 512
     size = (struct.unpack_from("<I", data, 1)[0] % MAX_SECTORS + 1) * 512
     source = PatchedSource(b"", size, patches(data[5:], size), sector)
+    if data[0] & 2:
+        fix_gpt(source)
     try:
         table = read_partitions(source)
         for part in table.partitions:

@@ -100,6 +100,8 @@ def filesystems(tmp: Path) -> list[str]:
 
 def fs_seeds(names: list[str]) -> None:
     for i in range(len(names)):
+        if names[i] in ("ext4", "exfat"):  # checksums recomputed after patching
+            seed("filesystems", bytes([i | 0x80, 0]) + struct.pack("<IB", 1024 + 88, 1) + b"\0\0")
         seed("filesystems", bytes([i, 0]))  # the pristine volume
         seed("filesystems", bytes([i, 200]))  # the same, cut short
         seed("filesystems", bytes([i, 0]) + struct.pack("<IB", 0, 0) + b"\xff")  # a damaged first byte
@@ -135,7 +137,7 @@ def partition_seeds(tmp: Path) -> None:
         subprocess.run([*layouts[name], str(disk)], input=script.encode(), check=True, capture_output=True)
         raw = disk.read_bytes()
         size_field = struct.pack("<I", len(raw) // 512 - 1)
-        for flags in (b"\0", b"\1"):
+        for flags in (b"\0", b"\1", b"\2", b"\3"):  # 512/4096-byte sectors, GPT CRCs as is/recomputed
             seed("partitions", flags + size_field + to_patches(raw))
     seed("partitions", b"\0" + struct.pack("<I", 2047))
 
@@ -147,8 +149,9 @@ def image_seeds(tmp: Path) -> None:
         if path.suffix == ".img" or path.name.endswith(".001"):
             raw = b"".join(p.read_bytes() for p in image_paths(path.name.split(".img")[0]))
             if len(raw) < 64 * 1024:
-                seed("image", raw)
-                seed("image", raw[: len(raw) * 2 // 3])  # an interrupted capture, for the recovery scan
+                for mode in (b"\0", b"\1"):  # as is / checksums and seek table recomputed
+                    seed("image", mode + raw)
+                    seed("image", mode + raw[: len(raw) * 2 // 3])  # an interrupted capture (resume scan)
                 meta_seeds(raw)
 
 
@@ -162,6 +165,7 @@ def meta_seeds(raw: bytes) -> None:
         kind = {0x184D2A51: 0, 0x184D2A52: 1, 0x184D2A53: 2}.get(magic)
         if not dsize and kind is not None:
             seed("metadata", bytes([kind]) + raw[off + 8 : off + csize])
+            seed("metadata", bytes([kind | 4]) + raw[off + 8 : off + csize])  # CRC recomputed
         off += csize
 
 
