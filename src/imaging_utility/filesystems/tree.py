@@ -179,7 +179,11 @@ class FileStream(_Seekable):
             if disk is None:
                 part[:] = bytes(take)
             else:
-                self._tree.source.readinto_at(disk + rel, part)
+                at, end = disk + rel, self._tree.source.size
+                if at < 0 or at + take > end:  # a run past a truncated or lying volume: this file is damaged
+                    raise CorruptImageError(f"{self._label}: its data at byte {at} lies outside the volume "
+                                            f"({end} bytes)")
+                self._tree.source.readinto_at(at, part)
             done += take
             self._pos += take
             i += 1
