@@ -14,6 +14,7 @@ import shutil
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
@@ -209,3 +210,14 @@ def _read(source: PatchedSource, offset: int, n: int) -> bytes:
     buf = bytearray(n)
     source.readinto_at(offset, buf)
     return bytes(buf)
+
+
+def fuzz_main(test: Callable[[bytes], None], script: str) -> None:
+    """``atheris.Setup`` + ``Fuzz`` with argv[0] as a whole command: libFuzzer's ``-merge`` and ``-fork``
+    modes start the target again by running argv[0] through the shell."""
+    import sys
+
+    import atheris
+
+    atheris.Setup([f"{sys.executable} {os.path.abspath(script)}", *sys.argv[1:]], test)
+    atheris.Fuzz()

@@ -11,12 +11,11 @@ every file and stream, up to a bound.
 from __future__ import annotations
 
 import itertools
-import sys
 
 import atheris
 
 with atheris.instrument_imports():
-    from _common import BASES, PatchedSource, base_image, fix_filesystem, patches
+    from _common import BASES, PatchedSource, base_image, fix_filesystem, fuzz_main, patches
 
     from imaging_utility.errors import Error
     from imaging_utility.filesystems import allocation_map, tree_ext, tree_fat, tree_ntfs  # noqa: F401  (imported lazily)
@@ -61,5 +60,4 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz_main(TestOneInput, __file__)

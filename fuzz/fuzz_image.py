@@ -10,12 +10,11 @@ truncation), as ``image --resume`` does.
 from __future__ import annotations
 
 import os
-import sys
 
 import atheris
 
 with atheris.instrument_imports():
-    from _common import fix_image, scratch_dir
+    from _common import fix_image, fuzz_main, scratch_dir
 
     from imaging_utility.errors import Error
     from imaging_utility.format.codec import Codec
@@ -65,5 +64,4 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz_main(TestOneInput, __file__)

@@ -7,12 +7,13 @@ encode and decode back to the same value.
 
 from __future__ import annotations
 
-import sys
 import zlib
 
 import atheris
 
 with atheris.instrument_imports():
+    from _common import fuzz_main
+
     from imaging_utility.errors import Error
     from imaging_utility.format.metaframe import Event, Header, Trailer, decode_ranges
 
@@ -41,5 +42,4 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz_main(TestOneInput, __file__)

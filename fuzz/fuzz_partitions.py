@@ -8,12 +8,11 @@ records (``_common.patches``) laid over an all-zero disk of that size (at most 6
 from __future__ import annotations
 
 import struct
-import sys
 
 import atheris
 
 with atheris.instrument_imports():
-    from _common import PatchedSource, fix_gpt, patches
+    from _common import PatchedSource, fix_gpt, fuzz_main, patches
 
     from imaging_utility.errors import Error
     from imaging_utility.partitions.table import partition_source, read_partitions
@@ -40,5 +39,4 @@ def TestOneInput(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz_main(TestOneInput, __file__)

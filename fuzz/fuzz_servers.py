@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import threading
 
 import atheris
 
 with atheris.instrument_imports():
-    from _common import ROOT, ErrorLog
+    from _common import ROOT, ErrorLog, fuzz_main
 
     from imaging_utility.image.reader import open_image
     from imaging_utility.serve.imdproxy import ImdproxyServer
@@ -64,5 +63,4 @@ def _send(sock: socket.socket, data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
+    fuzz_main(TestOneInput, __file__)
