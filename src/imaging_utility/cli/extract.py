@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..errors import EXIT_PARTIAL, UsageError
-from .ls import add_source_options, shown
+from .ls import add_source_options, shown, tree_source_args
 from .output import ProgressBar, print_json
 
 EXAMPLES = """\
@@ -18,6 +18,8 @@ examples:
   imaging-utility extract part1.img.zst / ./everything
   imaging-utility extract --streams c.img.zst /data/report.docx ./out    NTFS streams as name:stream
   imaging-utility extract sdb1.raw /photos ./photos                      a raw volume or device works too
+  imaging-utility extract --lv vg0/home pv.img.zst /alice ./alice         inside an LVM2 logical volume
+  imaging-utility extract --subvolume @home btrfs.img.zst / ./home        a Btrfs subvolume
 
 Symlinks and reparse points are listed, not created. Names that are unsafe on Linux (control
 characters, '/', '..', over 255 bytes) are renamed and listed. Exit 3 when some files failed.
@@ -28,7 +30,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     names = []
     for name in ("extract", "ntfs-extract"):
         p = subparsers.add_parser(
-            name, parents=[parent], help="copy files out of an image (NTFS, ext2/3/4, FAT, exFAT)"
+            name, parents=[parent], help="copy files out of an image (NTFS, ext2/3/4, FAT, exFAT, XFS, Btrfs)"
             if name == "extract" else "alias of extract",
             description="Copy files and directory trees out of the filesystem inside an image, partition, "
                         "raw volume file or device, without mounting and without root. Modification times "
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.paths) < 2:
         raise UsageError("give at least one PATH inside the image and a DEST directory")
     *paths, dest = args.paths
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, **tree_source_args(args))
     try:
         with ProgressBar(output_label="written") as bar:
             report = extract(tree, paths, dest, streams=args.streams, progress=bar if bar.enabled else None)

@@ -29,6 +29,7 @@ examples:
   imaging-utility image --resume /dev/sdb sdb.img.zst        # continue after Ctrl-C, kill or power loss
   imaging-utility image --hash sha256,md5 --json disk.raw disk.img.zst
   imaging-utility image --used-only /dev/sdb2 windows.img.zst          # NTFS/ext/FAT/exFAT: used clusters only
+  imaging-utility image --used-only /dev/sda3 server.img.zst           # XFS, Btrfs, or an LVM2 PV (each LV's map)
   imaging-utility image --rescue --retries 3 --direct /dev/sdc failing.img.zst   # keep going past bad sectors
   imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
   imaging-utility image --used-only=auto --offset 1M --length 20G disk.raw p1.img.zst
@@ -58,8 +59,9 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     g.add_argument("--resume", action="store_true", help="continue the partial image DEST")
     used = p.add_mutually_exclusive_group()
     used.add_argument("--used-only", dest="used_only", action="store_const", const="yes",
-                      help="read only the allocated clusters of the NTFS, ext2/3/4, FAT or exFAT filesystem in "
-                      "SOURCE (unallocated space reads back as zeros); fails (exit 4) on anything else")
+                      help="read only the allocated clusters of the NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs "
+                      "filesystem in SOURCE, or of each logical volume of an LVM2 physical volume (unallocated "
+                      "space reads back as zeros); fails (exit 4) on anything else")
     used.add_argument("--used-only=auto", dest="used_only", action="store_const", const="auto",
                       help="the same, but image in full, with a warning, when no supported filesystem is found")
     p.add_argument("--offset", default="0", metavar="BYTES",
@@ -153,6 +155,9 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
         return
     opts.allocation = amap
     opts.filesystem = dataclasses.asdict(info)
+    for vol in info.volumes:  # LVM2: logical volumes imaged in full, and why
+        if vol.note:
+            warn(f"{vol.name}: {vol.note}")
 
 
 def run(args: argparse.Namespace) -> int:

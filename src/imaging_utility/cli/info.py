@@ -89,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         stdout.print(f"used-only    {fs.get('type', '?')}, cluster {uo.get('cluster_size')} bytes, "
                      f"used {human_bytes(used)} of {human_bytes(info['source_size'])} "
                      f"({used / max(1, info['source_size']) * 100:.1f}%)")
+        for vol in fs.get("volumes") or []:  # an LVM2 physical volume: each logical volume
+            note = f"; {vol['note']}" if vol.get("note") else ""
+            stdout.print(f"  volume     {vol['name']}: {vol.get('filesystem') or 'no known filesystem'}, "
+                         f"{human_bytes(vol['size'])}, {human_bytes(vol['used_bytes'])} kept{note}")
     for name, digest in info["digests"].items():
         stdout.print(f"{name:<12} {digest}")
     if info["bad_ranges"]:

@@ -19,21 +19,32 @@ examples:
       files whose data lies in sectors that could not be read (image --rescue), with the bytes lost
   imaging-utility ls -l sdb1.raw /            a raw volume file or a device works too
   imaging-utility ls disk.img.zst --offset 1M --length 512M /
+  imaging-utility ls -l --partition 3 --lv vg0/root server.img.zst /etc      a logical volume of an LVM2 PV
+  imaging-utility ls --subvolume @home btrfs.img.zst /                       a Btrfs subvolume (name or id)
 """
 
 _TYPE_CHAR = {"file": "-", "dir": "d", "symlink": "l", "reparse": "r", "other": "?", "damaged": "!"}
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
-    """``--partition`` / ``--offset`` / ``--length``, shared by ls, extract and webdav."""
+    """``--partition`` / ``--offset`` / ``--length`` / ``--lv`` / ``--subvolume``, shared by ls, extract and webdav."""
     p.add_argument("--partition", type=int, metavar="N", help="use partition N of a whole-disk image (Linux numbering)")
     p.add_argument("--offset", type=parse_size, metavar="N", help="the filesystem starts at byte N")
     p.add_argument("--length", type=parse_size, metavar="N", help="and is N bytes long (default: to the end)")
+    p.add_argument("--lv", metavar="VG/LV", help="use logical volume VG/LV of the LVM2 physical volume there")
+    p.add_argument("--subvolume", metavar="NAME|ID",
+                   help="Btrfs: use this subvolume (path or id) instead of the default one")
+
+
+def tree_source_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``open_image_tree`` keyword arguments from ``add_source_options``."""
+    return {"partition": args.partition, "offset": args.offset, "length": args.length, "lv": args.lv,
+            "subvolume": args.subvolume}
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     p = subparsers.add_parser(
-        "ls", parents=[parent], help="list files inside an image (NTFS, ext2/3/4, FAT, exFAT)",
+        "ls", parents=[parent], help="list files inside an image (NTFS, ext2/3/4, FAT, exFAT, XFS, Btrfs)",
         description="List the files in the filesystem inside an image, one of its partitions, a raw "
                     "volume file or a device, without mounting and without root. Exit 3 when some "
                     "entries could not be read (damaged metadata); they are named on stderr.",
@@ -79,7 +90,7 @@ def _line(e: Any, long: bool, full: bool) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..ops.files import damaged_files, open_image_tree, volume_bad_ranges
 
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, **tree_source_args(args))
     try:
         if args.damaged:
             found = damaged_files(tree, volume_bad_ranges(source, tree))

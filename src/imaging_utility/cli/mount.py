@@ -21,7 +21,8 @@ from ..errors import EXIT_INTERNAL, NotFoundError, RefusedError
 EXAMPLES = """\
 examples:
   imaging-utility mount disk.img.zst /mnt/img
-      /mnt/img/disk.raw is the whole disk, /mnt/img/p1.raw, p2.raw, ... its partitions
+      /mnt/img/disk.raw is the whole disk, /mnt/img/p1.raw, p2.raw, ... its partitions,
+      /mnt/img/vg0-root.raw, ... the logical volumes of an LVM2 physical volume in it
   mount -o ro,loop /mnt/img/p2.raw /mnt/windows      # ntfs-3g, ext4, vfat, ...
   umount /mnt/windows && fusermount3 -u /mnt/img
   imaging-utility mount disk.img.zst /mnt/img -f     # stay in the foreground; Ctrl-C unmounts
@@ -58,7 +59,10 @@ def select_files(image: BlockSource, partitions: list[int] | None) -> dict[str, 
     if partitions:
         for number in partitions:
             table.get(number)  # NotFoundError listing the partitions that exist
+        from ..filesystems.lvm_source import logical_volumes
+
         keep = {"disk.raw", *(f"p{n}.raw" for n in partitions)}
+        keep |= {f"{lv}.raw" for n in partitions for lv in logical_volumes(files[f"p{n}.raw"])}
         files = {name: src for name, src in files.items() if name in keep}
     return files
 

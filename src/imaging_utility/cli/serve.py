@@ -25,6 +25,9 @@ examples:
   imaging-utility serve-proxy disk.img.zst --socket /run/disk.sock
       then: nbdinfo 'nbd+unix:///?socket=/run/disk.sock'
   imaging-utility serve-proxy disk.img.zst --partition 2 --port 10810
+  imaging-utility serve-proxy server.img.zst
+      an LVM2 physical volume (or a partition holding one): each logical volume is an export too,
+      named as in /dev/mapper: nbdcopy nbd://127.0.0.1:10809/vg0-root root.raw
   imaging-utility serve-proxy disk.img.zst --protocol imdproxy --host 0.0.0.0 --port 9000
       on Windows: aim_cli --mount --readonly --connect=HOST:9000
                   (or imdisk -a -t proxy -o ip,ro -f HOST:9000 -m X:)
@@ -81,24 +84,39 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
-    """The default export ``""`` (whole image, partition or window) and, for a whole disk, ``p1``, ``p2``…"""
+    """The default export ``""`` (whole image, partition or window), for a whole disk ``p1``, ``p2``…, and
+    each logical volume of an LVM2 physical volume among them (``vg0-root``)."""
     from ..partitions import partition_source, read_partitions
 
     if args.partition is not None and (args.offset is not None or args.length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
+    exports: dict[str, BlockSource]
     if args.partition is not None:
-        return {"": partition_source(image, args.partition)}
-    if args.offset is not None or args.length is not None:
+        exports = {"": partition_source(image, args.partition)}
+    elif args.offset is not None or args.length is not None:
         offset = args.offset or 0
         length = args.length if args.length is not None else image.size - offset
         if offset + length > image.size or length <= 0:
             raise UsageError(f"--offset {offset} --length {length} is outside the image ({image.size} bytes)")
-        return {"": WindowSource(image, offset, length)}
-    exports: dict[str, BlockSource] = {"": image}
-    table = read_partitions(image)
-    for part in table.partitions:
-        exports[f"p{part.number}"] = partition_source(image, part.number, table)
-    return exports
+        exports = {"": WindowSource(image, offset, length)}
+    else:
+        exports = {"": image}
+        table = read_partitions(image)
+        for part in table.partitions:
+            exports[f"p{part.number}"] = partition_source(image, part.number, table)
+    return {**exports, **lv_exports(exports)}
+
+
+def lv_exports(volumes: dict[str, BlockSource]) -> dict[str, BlockSource]:
+    """Each readable logical volume of an LVM2 physical volume among ``volumes``, by its device-mapper
+    name (``vg0-root``)."""
+    from ..filesystems.lvm_source import logical_volumes
+
+    out: dict[str, BlockSource] = {}
+    for source in volumes.values():
+        for name, lv in logical_volumes(source).items():
+            out.setdefault(name, lv)
+    return out
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import NotFoundError, UsageError
-from .ls import add_source_options
+from .ls import add_source_options, tree_source_args
 from .serve import _is_loopback
 
 EXAMPLES = """\
@@ -17,6 +17,7 @@ examples:
       rclone copy --webdav-url http://127.0.0.1:18081/ :webdav:Documents ./Documents
       Windows: net use Z: http://127.0.0.1:18081/      (see docs/files.md for WebClient settings)
   imaging-utility webdav disk.img.zst --partition 3 --port 8080
+  imaging-utility webdav --partition 2 --lv vg0/srv server.img.zst      a logical volume of an LVM2 PV
   imaging-utility webdav disk.img.zst --partition 3 --host 0.0.0.0 --user ann --password-file pw.txt
 """
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.webdav import WebDavServer
 
     users = _users(args)
-    tree, source = open_image_tree(args.image, partition=args.partition, offset=args.offset, length=args.length)
+    tree, source = open_image_tree(args.image, **tree_source_args(args))
     try:
         try:
             server = WebDavServer(tree, host=args.host, port=args.port, users=users)

@@ -1,14 +1,16 @@
 """Filesystem detection and allocation maps for used-only imaging.
 
-``detect`` recognises NTFS, ext2/3/4, FAT12/16/32 and exFAT at offset 0 of a
-``BlockSource``; ``allocation_map`` returns the byte ranges in use as the
+``detect`` recognises NTFS, ext2/3/4, FAT12/16/32, exFAT, XFS, Btrfs and LVM2
+physical volumes at offset 0 of a ``BlockSource``; ``allocation_map`` returns the byte ranges in use as the
 project's ``AllocationMap``.  The map always includes the filesystem's own
 metadata and everything past the filesystem's end up to the source's end.
 When the filesystem is unknown, damaged or in a state whose bitmaps cannot be
 trusted, ``UnsupportedError`` says what was found: never a partial or wrong map.
 
-Formats and their specs: ``ntfs.py``, ``ext.py``, ``fat.py``, ``exfat.py``;
-summary in ``shared/reference/ntfs-bitmap-and-extfs.md``.  The parsers are
+Formats and their specs: ``ntfs.py``, ``ext.py``, ``fat.py``, ``exfat.py``, ``xfs.py``,
+``btrfs.py``, ``lvm.py``; summaries in ``shared/reference/ntfs-bitmap-and-extfs.md`` and
+``xfs-btrfs-lvm.md``.  An LVM2 physical volume's map is each logical volume's own map carried
+through its segments (``lvm_map.py``); ``FilesystemInfo.volumes`` says what was done with each.  The parsers are
 our own over ``struct`` (dissect.* is used only by tests), so every read goes
 through ``BlockSource.readinto_at`` and memory stays bounded.  Functions here
 are thread-safe if the source is.
@@ -19,14 +21,15 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..blocks import BlockSource, read_at
 from ..errors import Error, UnsupportedError
 from ..extents import AllocationMap
-from . import exfat, ext, fat, ntfs
+from . import btrfs, btrfs_map, exfat, ext, fat, lvm, lvm_map, ntfs, xfs
+from .lvm_map import VolumeInfo
 
-__all__ = ["FilesystemInfo", "allocation_map", "detect"]
+__all__ = ["FilesystemInfo", "VolumeInfo", "allocation_map", "detect"]
 
 _HINT = "image it in full without --used-only"
 
@@ -38,15 +41,18 @@ class FilesystemInfo:
     volume_size: int  # bytes the filesystem spans (may be < source size)
     label: str | None
     serial: str | None  # volume serial / UUID as text
+    volumes: tuple[VolumeInfo, ...] = ()  # lvm2: each logical volume, its filesystem and used bytes
 
 
-_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot
+_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot | xfs.XfsSuper | btrfs.BtrfsSuper | lvm.PvLabel
+_PROBES = (ntfs.probe, exfat.probe, ext.probe, fat.probe, xfs.probe, btrfs.probe, lvm.probe)
 
 
-def _probe(source: BlockSource) -> _Found | None:
+def _probe(source: BlockSource, nested: bool = False) -> _Found | None:
+    """``nested``: inside a logical volume, where another PV label is not followed."""
     found: list[_Found] = []
     errors: list[UnsupportedError] = []
-    for probe in (ntfs.probe, exfat.probe, ext.probe, fat.probe):
+    for probe in _PROBES[:-1] if nested else _PROBES:
         try:
             hit = probe(source)
         except UnsupportedError as e:
@@ -73,6 +79,16 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
                               fs.serial_text)
     if isinstance(fs, ext.ExtSuper):
         return FilesystemInfo(fs.kind, fs.block_size, fs.blocks_count * fs.block_size, fs.label, fs.serial)
+    if isinstance(fs, xfs.XfsSuper):
+        return FilesystemInfo("xfs", fs.blocksize, fs.volume_size, fs.label, fs.serial)
+    if isinstance(fs, btrfs.BtrfsSuper):
+        return FilesystemInfo("btrfs", fs.sectorsize, fs.dev_total_bytes, fs.label, fs.serial)
+    if isinstance(fs, lvm.PvLabel):
+        try:
+            vg: str | None = lvm.read_vg(source, fs).name
+        except UnsupportedError:
+            vg = None  # allocation_map says what is wrong
+        return FilesystemInfo("lvm2", 512, fs.device_size or source.size, vg, fs.serial)
     return FilesystemInfo(fs.type, fs.cluster_size, fs.volume_size, fs.label, fs.serial_text)
 
 
@@ -86,7 +102,7 @@ def _parsing(what: str) -> Iterator[None]:
         yield
     except Error:
         raise
-    except (ValueError, IndexError, OverflowError, struct.error) as e:
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error) as e:
         raise UnsupportedError(f"{what} at offset 0 is inconsistent: {e}; {_HINT}") from None
 
 
@@ -120,7 +136,13 @@ def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
         return exfat.used_ranges(source, fs)
     if isinstance(fs, ext.ExtSuper):
         return ext.used_ranges(source, fs)
-    return fat.used_ranges(source, fs)
+    if isinstance(fs, xfs.XfsSuper):
+        return xfs.used_ranges(source, fs)
+    if isinstance(fs, btrfs.BtrfsSuper):
+        return btrfs_map.used_ranges(source, fs)
+    if isinstance(fs, fat.FatBoot):
+        return fat.used_ranges(source, fs)
+    raise TypeError(f"no allocation map for {type(fs).__name__}")
 
 
 def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
@@ -134,11 +156,22 @@ def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
             trusted (journal needing recovery, errors recorded), or a truncated source.
         SourceIOError: reading the source failed.
     """
+    return _allocation_map(source, nested=False)
+
+
+def _inner_map(source: BlockSource) -> tuple[str, AllocationMap]:
+    info, amap = _allocation_map(source, nested=True)
+    return info.type, amap
+
+
+def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, AllocationMap]:
+    """``allocation_map``; ``nested`` inside a logical volume (no LVM there)."""
     with _parsing("the filesystem"):
-        fs = _probe(source)
+        fs = _probe(source, nested)
         if fs is None:
             raise UnsupportedError(
-                f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 ({_describe(source)}); {_HINT}"
+                f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS, Btrfs"
+                f"{'' if nested else ' or an LVM2 physical volume'} ({_describe(source)}); {_HINT}"
             )
         info = _info(source, fs)
     if info.volume_size > source.size:
@@ -147,6 +180,10 @@ def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
             f"(truncated?); {_HINT}"
         )
     with _parsing(f"the {info.type} filesystem"):
-        ranges = list(_ranges(source, fs))
+        if isinstance(fs, lvm.PvLabel):
+            vg, ranges, volumes = lvm_map.pv_used(source, fs, _inner_map)
+            info = replace(info, label=vg.name, volumes=tuple(volumes))
+        else:
+            ranges = list(_ranges(source, fs))
     ranges.append((info.volume_size, source.size - info.volume_size))
     return info, AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)

@@ -1,8 +1,9 @@
 """Read-only file trees inside a filesystem: list, stat, open and map files without mounting.
 
-``open_tree(source)`` detects NTFS, ext2/3/4, FAT12/16/32 or exFAT at offset 0 of a ``BlockSource``
-and returns a ``FileTree`` over dissect.ntfs / dissect.extfs / dissect.fat (the per-filesystem
-adapters are ``tree_ntfs.py``, ``tree_ext.py`` and ``tree_fat.py``).
+``open_tree(source)`` detects NTFS, ext2/3/4, FAT12/16/32, exFAT, XFS or Btrfs at offset 0 of a
+``BlockSource`` and returns a ``FileTree`` over dissect.ntfs / dissect.extfs / dissect.fat /
+dissect.xfs / dissect.btrfs (the per-filesystem adapters are ``tree_ntfs.py``, ``tree_ext.py``,
+``tree_fat.py``, ``tree_xfs.py`` and ``tree_btrfs.py``).
 
 Paths are POSIX-style and absolute (``/dir/file``); ``..`` is resolved lexically.  A name on disk
 that cannot be a path component is shown escaped: ``/`` as ``%2F``, NUL as ``%00``, the empty
@@ -36,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import IO, Any, Protocol
 
 from ..blocks import BlockSource
-from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError
+from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError, UsageError
 
 __all__ = ["Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
 
@@ -406,19 +407,29 @@ def runs_from_clusters(runs: list[tuple[int | None, int]], cluster: int, base: i
     return out
 
 
-def open_tree(source: BlockSource) -> FileTree:
-    """The file tree of the filesystem at offset 0 of ``source``.
+def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
+    """The file tree of the filesystem at offset 0 of ``source`` (Btrfs: of ``subvolume``, default: the
+    default subvolume).
 
     Raises:
-        UnsupportedError: no NTFS, ext2/3/4, FAT or exFAT filesystem there.
+        UnsupportedError: no NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs filesystem there.
+        UsageError: an LVM2 physical volume (a logical volume must be chosen), or ``subvolume`` on
+            something other than Btrfs.
         CorruptImageError: the filesystem's root structures cannot be parsed.
     """
     from . import detect
 
     info = detect(source)
     if info is None:
-        raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0 "
+        raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS or Btrfs "
                                "(whole disk? pick one with --partition N)")
+    if info.type == "lvm2":
+        from .lvm_source import volume_names
+
+        raise UsageError(f"this is an LVM2 physical volume: choose a logical volume with --lv VG/LV "
+                         f"(volumes: {volume_names(source)})")
+    if subvolume is not None and info.type != "btrfs":
+        raise UsageError(f"--subvolume applies to Btrfs only; this filesystem is {info.type}")
     fh = BlockFile(source)
     backend: Backend
     try:
@@ -430,6 +441,14 @@ def open_tree(source: BlockSource) -> FileTree:
             from .tree_ext import ExtBackend
 
             backend = ExtBackend(fh, info.type)
+        elif info.type == "xfs":
+            from .tree_xfs import XfsBackend
+
+            backend = XfsBackend(fh)
+        elif info.type == "btrfs":
+            from .tree_btrfs import BtrfsBackend
+
+            backend = BtrfsBackend(fh, subvolume)
         elif info.type == "exfat":
             from .tree_fat import ExfatBackend
 

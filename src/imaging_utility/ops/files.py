@@ -62,8 +62,10 @@ def _open_source(path: str) -> BlockSource:
 
 
 def open_image_tree(path: str, *, partition: int | None = None, offset: int | None = None,
-                    length: int | None = None) -> tuple[FileTree, BlockSource]:
-    """The file tree in an image, a raw volume file or a device (and in one of its partitions or a window).
+                    length: int | None = None, lv: str | None = None,
+                    subvolume: str | None = None) -> tuple[FileTree, BlockSource]:
+    """The file tree in an image, a raw volume file or a device (and in one of its partitions or a window,
+    and in logical volume ``lv`` of an LVM2 physical volume there; Btrfs: in ``subvolume``).
 
     Returns the tree and the opened top-level source (an ``ImageReader`` or ``FileSource``); close the
     source when done.  Raises ``UsageError`` when a whole partitioned disk is given without ``partition``.
@@ -89,7 +91,11 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
                 listing = ", ".join(f"{p.number} ({p.type})" for p in parts)
                 raise UsageError(f"{path} holds a partitioned disk, not one filesystem: choose a partition "
                                  f"with --partition N (partitions: {listing})")
-        return open_tree(volume), source
+        if lv is not None:
+            from ..filesystems.lvm_source import open_lv
+
+            volume = open_lv(volume, lv)
+        return open_tree(volume, subvolume), source
     except BaseException:
         close = getattr(source, "close", None)
         if close is not None:

@@ -1,0 +1,202 @@
+"""Btrfs (one device) adapter of ``tree.FileTree`` over dissect.btrfs, one subvolume at a time.
+
+dissect.btrfs reads inodes, directories, symlinks and compressed or inline data.  Before it is
+trusted, the chunk tree and the root tree are walked with our own checked reader (``btrfs.py``:
+checksums, addresses, levels, loops), every tree block dissect reads afterwards is checked the
+same way, and its cursors may only descend (a child pointing back up is a loop, not a hang).
+
+Plain data (uncompressed, not inline) is mapped to device runs through the chunk map and read
+with ``readinto_at``; a preallocated extent reads as zeros.  Subvolumes nested in the one opened
+appear as directories; their entries' inode numbers are shown as ``subvolume id << 48 | inode``
+so that they stay distinct from the opened subvolume's own.
+"""
+
+from __future__ import annotations
+
+import stat
+from typing import Any
+
+from dissect.btrfs import Btrfs
+from dissect.btrfs.btrfs import INode, Subvolume
+from dissect.btrfs.c_btrfs import c_btrfs
+from dissect.btrfs.tree import BTree, Cursor
+
+from ..blocks import BlockSource
+from ..errors import CorruptImageError, NotFoundError, UnsupportedError
+from . import btrfs
+from . import c_btrfs as c
+from .tree import BlockFile, Entry, Layout
+
+MAX_DEPTH = c.MAX_LEVEL + 1
+
+
+def _plain(e: Exception) -> str:
+    """An allocation-map message without its advice about --used-only."""
+    return str(e).split("; image it in full")[0].replace("Btrfs superblock found but ", "btrfs: ")
+
+
+class _CheckedCursor(Cursor):  # type: ignore[misc]
+    """A cursor that refuses to descend to a node that is not below the one it is in."""
+
+    def push(self, address: int, initial_index: int = 0) -> None:
+        parent = self._header
+        super().push(address, initial_index)
+        if parent is not None and (self._header.level >= parent.level or len(self._path) > MAX_DEPTH):
+            level = self._header.level
+            self.pop()
+            raise CorruptImageError(f"btrfs: the tree block at logical {address:#x} (level {level}) is not "
+                                    f"below its parent (level {parent.level}): a loop")
+
+
+def _checked(tree: BTree) -> BTree:
+    tree.cursor = lambda: _CheckedCursor(tree)
+    return tree
+
+
+class _EmptyDir:
+    """Where a snapshot holds a nested subvolume of its source: an empty directory, as the kernel shows it."""
+
+    def __init__(self, objectid: int) -> None:
+        self.objectid = objectid
+        self.inum = 2  # BTRFS_EMPTY_SUBVOL_DIR_OBJECTID
+
+    def iterdir(self) -> list[tuple[str, Any]]:
+        return []
+
+
+class BtrfsBackend:
+    dot_entries = True
+    case_insensitive = False
+    fs_type = "btrfs"
+
+    def __init__(self, fh: BlockFile, subvolume: str | None = None) -> None:
+        source: BlockSource = fh.source
+        sb = btrfs.probe(source)
+        if sb is None:
+            raise CorruptImageError("btrfs: no superblock at offset 0x10000")
+        try:
+            self.chunks = btrfs.read_chunks(source, sb)
+            self.reader = btrfs.Reader(source, sb, self.chunks)
+            for _ in self.reader.items(sb.root, sb.root_level):
+                pass  # the root tree is sound before dissect walks it
+        except UnsupportedError as e:
+            raise CorruptImageError(_plain(e)) from None
+        self.source = source
+        self.fs = Btrfs(fh)
+        self.fs._read_node = self._read_node
+        self.fs._root_tree = _checked(self.fs._root_tree)
+        open_tree = self.fs._open_tree
+        self.fs._open_tree = lambda objectid: _checked(open_tree(objectid))
+        self.subvolume = self._select(subvolume)
+
+    def _read_node(self, logical: int) -> bytes:
+        try:
+            return bytes(self.reader.node(logical, None, None))
+        except UnsupportedError as e:
+            raise CorruptImageError(_plain(e)) from None
+
+    def _physical(self, node: INode, logical: int, length: int) -> int:
+        try:
+            chunk = self.chunks.find(logical, length)
+        except UnsupportedError:
+            raise CorruptImageError(f"btrfs {self.label(node)}: a data extent at logical {logical:#x} "
+                                    "lies outside every chunk") from None
+        return chunk.stripes[0] + logical - chunk.logical
+
+    def _select(self, name: str | None) -> Subvolume:
+        if name is None:
+            return self.fs.default_subvolume
+        wanted = name.strip().strip("/")
+        listing: list[str] = []
+        for sv in self.fs.subvolumes():
+            path = sv.path or ""
+            if wanted in (str(sv.objectid), path) or (not wanted and sv.objectid == c.FS_TREE):
+                sv.tree  # noqa: B018 - opens (and checks) it now
+                return sv
+            listing.append(f"{sv.objectid} ({path or 'top level'})")
+        raise NotFoundError(f"btrfs subvolume {name!r} not found (subvolumes: {', '.join(listing)})")
+
+    def root(self) -> INode:
+        return self.subvolume.root
+
+    def label(self, node: INode | _EmptyDir) -> str:
+        if isinstance(node, _EmptyDir):
+            return f"the place of subvolume {node.objectid}"
+        return f"inode {node.inum} of subvolume {node.subvolume.objectid}"
+
+    def key(self, node: INode | _EmptyDir) -> int | None:
+        if isinstance(node, _EmptyDir):
+            return None
+        return int(node.subvolume.objectid) << 64 | int(node.inum)
+
+    def load(self, ref: INode | _EmptyDir) -> INode | _EmptyDir:
+        if isinstance(ref, INode):
+            ref.inode  # noqa: B018 - reads (and checks) the inode item
+        return ref
+
+    def children(self, node: INode | _EmptyDir) -> list[tuple[str, Any]]:
+        if isinstance(node, _EmptyDir):
+            return []
+        out: list[tuple[str, Any]] = []
+        for name, child in node.iterdir():
+            nested = name not in (".", "..") and child.subvolume is not node.subvolume
+            if nested and not self._mounted_here(node, child):
+                child = _EmptyDir(child.subvolume.objectid)
+            out.append((name, child))
+        return out
+
+    def _mounted_here(self, parent: INode, root: INode) -> bool:
+        """Is subvolume ``root`` really attached at this directory?  A snapshot copies its source's entries
+        for nested subvolumes, but those stay attached to the source: the kernel shows an empty directory."""
+        try:
+            _, data = self.fs._root_tree.find(parent.subvolume.objectid, c_btrfs.BTRFS_ROOT_REF_KEY,
+                                              root.subvolume.objectid)
+        except KeyError:
+            return False
+        return bool(int.from_bytes(bytes(data[:8]), "little") == parent.inum)
+
+    def describe(self, node: INode | _EmptyDir, name: str, path: str) -> Entry:
+        if isinstance(node, _EmptyDir):
+            return Entry(name=name, path=path, type="dir", mode=0o755, inode=node.objectid << 48 | 2)
+        mode = int(node.inode.mode)
+        kind = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(stat.S_IFMT(mode), "other")
+        target = None
+        if kind == "symlink":
+            if node.size > 4096:
+                raise CorruptImageError(f"btrfs symlink {self.label(node)} claims {node.size} bytes")
+            target = node.link
+        inum = int(node.inum)
+        if node.subvolume.objectid != self.subvolume.objectid:
+            inum |= int(node.subvolume.objectid) << 48
+        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind != "dir" else 0,
+                     mtime_ns=int(node.mtime_ns), mode=stat.S_IMODE(mode), target=target, inode=inum,
+                     nlink=int(node.inode.nlink))
+
+    def layout(self, node: INode, stream: str | None) -> Layout:
+        size = int(node.size)
+        if not size:
+            return Layout(0, [])
+        runs: list[tuple[int, int | None, int]] = []
+        pos = 0
+        cursor = node.subvolume.tree.cursor()
+        for item, data in cursor.iter(node.inum, c_btrfs.BTRFS_EXTENT_DATA_KEY, 0, ignore_offset=True):
+            _, _, compression, encryption, _, etype = c.FILE_EXTENT.unpack_from(data)
+            if etype == c.FILE_EXTENT_INLINE or compression or encryption:
+                return Layout(size, None, node.open)
+            disk, _, offset, length = c.FILE_EXTENT_REG.unpack_from(data, c.FILE_EXTENT.size)
+            start = int(item.key.offset)
+            if start < pos:
+                raise CorruptImageError(f"btrfs {self.label(node)}: file extents overlap at byte {start}")
+            if start >= size:
+                break
+            if start > pos:
+                runs.append((pos, None, start - pos))
+            length = min(length, size - start)
+            where = None
+            if disk and etype == c.FILE_EXTENT_REGULAR:
+                where = self._physical(node, disk + offset, length)
+            runs.append((start, where, length))
+            pos = start + length
+        if pos < size:
+            runs.append((pos, None, size - pos))
+        return Layout(size, runs)
