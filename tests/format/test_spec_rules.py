@@ -401,3 +401,19 @@ def test_resume_refuses_a_partial_image_of_a_newer_minor_version(base: dict[str,
     code, _, err = run_cli("image", "--resume", "--chunk-size", "64K", "--hash", "sha256,blake3", base["src"],
                            tmp_path / "p.img")
     assert code == 10 and "newer version" in err
+
+
+@pytest.mark.parametrize("volumes", ["x", [{"name": "vg/lv"}], [{"name": 1, "size": 1, "used_bytes": 1}]])
+def test_lvm_volumes_of_the_wrong_type_are_exit_8(base: dict[str, Path], tmp_path: Path, volumes: object) -> None:
+    def with_volumes(value: object) -> Crafted:
+        crafted = Crafted.of(base["used"])
+        uo = crafted.header.meta["used_only"]
+        crafted.edit_header_meta(used_only={**uo, "filesystem": {**uo["filesystem"], "volumes": value}})
+        return crafted
+
+    _refused(with_volumes(volumes).write(tmp_path / "img"), tmp_path, 8,
+             "META key used_only.filesystem.volumes has a wrong type")
+    good = [{"name": "vg/root", "size": 4096, "used_bytes": 512, "filesystem": None, "note": None}]
+    with open_image(str(base["used"])) as r:
+        data = r.read(0, r.size)
+    _accepted(with_volumes(good).write(tmp_path / "ok"), tmp_path, data)

@@ -70,9 +70,19 @@ SOURCE: dict[str, Check] = {
     # --offset/--length: the window of the source that was imaged
     "window_offset": _SIZE, "window_length": _int(1),
 }
+VOLUME: dict[str, Check] = {  # one logical volume of an LVM2 physical volume
+    "name": _str, "size": _SIZE, "filesystem": _nullable(_str), "used_bytes": _SIZE, "note": _nullable(_str),
+}
+
+
+def _volumes(v: Any) -> bool:
+    return type(v) is list and all(type(x) is dict and "name" in x and "size" in x and "used_bytes" in x
+                                   and all(k not in x or c(x[k]) for k, c in VOLUME.items()) for x in v)
+
+
 FILESYSTEM: dict[str, Check] = {
     "type": _str, "cluster_size": _int(1), "volume_size": _SIZE, "label": _nullable(_str),
-    "serial": _nullable(_str),
+    "serial": _nullable(_str), "volumes": _volumes,
 }
 USED_ONLY: dict[str, Check] = {
     "filesystem": _obj, "used_bytes": _SIZE, "extents": _SIZE, "cluster_size": _int(1),
