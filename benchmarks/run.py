@@ -3,6 +3,8 @@
 
     .venv/bin/python benchmarks/run.py [--corpus DIR] [--work DIR] [--reps 3] [--only core,chunks,rss]
     .venv/bin/python benchmarks/run.py --only linuxfs     (XFS/Btrfs/NTFS used-only; root; bench_linuxfs.py)
+    .venv/bin/python benchmarks/run.py --only s3          (images on a local SeaweedFS S3; bench_s3.py)
+    .venv/bin/python benchmarks/run.py --only extract     (extract with Linux metadata vs cp -a; root; bench_extract.py)
 
 Builds the corpus with ../shared/corpus/make_corpus.py when it is missing, warms the page cache,
 and prints MiB/s, output size, CPU seconds and peak RSS of every command, with ratios against the peer.
@@ -381,18 +383,21 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/iu-bench"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--level", type=int, default=3)
-    ap.add_argument("--only", default="core,chunks,rss,used,serve,files")
+    ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
+                    help="comma-separated: core, chunks, rss, used, serve, files, extract, linuxfs, backup (8 GiB "
+                         "disk, root), release (after scripts/build-release)")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
         if subprocess.run(["which", tool], capture_output=True).returncode:
             raise SystemExit(f"benchmark needs {tool}")
     src = args.corpus / "mixed.raw"
-    if not src.exists():
+    only = set(args.only.split(","))
+    if only - {"backup"} and not src.exists():  # the backup benchmark builds its own disk
         subprocess.run([PY, str(CORPUS_SCRIPT), str(args.corpus), "--only", "mixed"], check=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    warm(src)
-    only = set(args.only.split(","))
+    if only - {"backup"}:
+        warm(src)
     info = {"python": sys.version.split()[0], "cpus": os.cpu_count(),
             "zstd": subprocess.run(["zstd", "--version"], capture_output=True, text=True).stdout.strip()}
     print("# imaging-utility benchmarks\n\n" + json.dumps(info))
@@ -408,10 +413,25 @@ def main() -> int:
         bench_serve(src, args.work, args.seconds)
     if "files" in only:
         bench_files(args.corpus, args.work, args.reps)
+    if "extract" in only:
+        from bench_extract import bench_extract
+
+        bench_extract(args.corpus, args.work, args.reps)
+    if "backup" in only:
+        from bench_backup import bench_backup
+
+        bench_backup(args.work, args.reps)
     if "linuxfs" in only:
         from bench_linuxfs import main_section
 
         main_section(args.corpus, args.work, args.reps, args.level, keep=False)
+    if "release" in only:
+        from bench_release import bench_release
+        bench_release(src, args.work, args.reps)
+    if "s3" in only:
+        from bench_s3 import main_section as s3_section
+
+        s3_section(args.corpus, args.work, args.reps, args.level, args.seconds)
     return 0
 
 

@@ -21,6 +21,7 @@ with atheris.instrument_imports():
     from imaging_utility.image.digests import SUPPORTED
     from imaging_utility.image.reader import ImageReader
     from imaging_utility.image.recover import read_header, recover
+    from imaging_utility.storage import open_partial
 
 DIR = scratch_dir()
 PATH = os.path.join(DIR, "image")
@@ -39,12 +40,16 @@ def _read(path: str) -> None:
 
 
 def _resume(path: str) -> None:
-    header = read_header(path, split=False)
-    if header is None:
-        return
-    names = tuple(n for n in header.meta.get("digests", []) if n in SUPPORTED)
-    rec = recover(path, header, None, names, CODEC, 1)
-    rec.writer.close()
+    partial = open_partial(path, None)
+    try:
+        header = read_header(partial)
+        if header is None:
+            return
+        names = tuple(n for n in header.meta.get("digests", []) if n in SUPPORTED)
+        rec = recover(partial, header, names, CODEC, 1)
+        rec.writer.close()
+    finally:
+        partial.close()
 
 
 def TestOneInput(data: bytes) -> None:

@@ -26,6 +26,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 IN_CI = bool(os.environ.get("CI"))
 
+# Session fixtures shared by several test modules (one real disk set for the whole run; the
+# SeaweedFS S3 endpoint).
+pytest_plugins = ["backup.backuphelpers", "storage.s3server"]
+
 
 def _missing(reason: str) -> None:
     if IN_CI:

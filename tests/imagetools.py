@@ -11,8 +11,8 @@ from pathlib import Path
 from imaging_utility.devices.source import FileSource
 from imaging_utility.format import c_image as c
 from imaging_utility.format.index import walk_frames
-from imaging_utility.image.parts import PartReader, resolve_parts
 from imaging_utility.ops.capture import CaptureOptions, CaptureResult, capture
+from imaging_utility.storage.local import PartReader, resolve_parts
 
 TEXT = b"".join(b"%06d the quick brown fox jumps over the lazy dog; disk imaging test line\n" % i
                 for i in range(20000))

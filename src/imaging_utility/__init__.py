@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+try:  # written by setuptools-scm from the git tags when the package is built or installed
+    from ._version import __version__ as __version__
+except ImportError:  # a source tree that was never built or installed
+    __version__ = "0.2.0.dev0+unknown"

@@ -162,3 +162,32 @@ class AllocationMap:
         h = hashlib.sha256(struct.pack("<Q", self.size))
         h.update(self.encode())
         return h.hexdigest()
+
+
+def compose(size: int, pieces: Iterable[tuple[int, int, AllocationMap]], cluster_size: int = 512) -> AllocationMap:
+    """The map of a whole disk: every byte counts as used except inside the ``(offset, length, map)``
+    pieces (partitions whose filesystem is known), where only the piece's own used ranges, shifted by
+    its offset, do.  Pieces must not overlap; each map's ``size`` is its piece's length."""
+    out = AllocationMap((), size, cluster_size)
+    starts, ends = out._starts, out._ends
+
+    def add(start: int, end: int) -> None:
+        start, end = max(0, start), min(size, end)
+        if start >= end:
+            return
+        if ends and start <= ends[-1]:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(start)
+            ends.append(end)
+
+    pos = 0
+    for offset, length, amap in sorted(pieces, key=lambda p: p[0]):
+        if offset < pos:
+            raise ValueError(f"allocation map pieces overlap at byte {offset}")
+        add(pos, offset)
+        for s, e in zip(amap._starts, amap._ends, strict=True):
+            add(offset + s, offset + min(e, length))
+        pos = offset + length
+    add(pos, size)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from conftest import cli, need_root, need_tools
 from imagetools import data_frames, file_sha256, mixed_bytes
+from imaging_utility.image.reader import open_image
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -83,10 +85,17 @@ def test_flipped_byte_fails_verify_with_chunk_and_offset(tmp_path: Path, source:
     info = json.loads(cli("info", "--json", img).stdout)
     assert info["chunk_count"] == 96
     raw = bytearray(img.read_bytes())
-    raw[len(raw) // 3] ^= 0x55
+    flipped = len(raw) // 3
+    raw[flipped] ^= 0x55
     img.write_bytes(raw)
     proc = cli("verify", img, check=8)
-    assert "FAILED chunk" in proc.stderr and "byte offset" in proc.stderr
+    # the message names the chunk's source bytes and where its frame lies in the image file
+    m = re.search(r"FAILED chunk (\d+) \(source bytes (\d+)-(\d+); its frame at byte (\d+) of (\S+)\)", proc.stderr)
+    assert m, proc.stderr
+    chunk, start, end, frame_at = (int(m.group(i)) for i in range(1, 5))
+    assert (start, end) == (chunk * 256 * 1024, (chunk + 1) * 256 * 1024 - 1) and m.group(5) == str(img)
+    with open_image(str(img)) as reader:
+        assert reader.chunk_offsets[chunk] == frame_at <= flipped < frame_at + reader.chunk_csizes[chunk]
 
 
 def test_unreadable_source_exit_5(tmp_path: Path, source: Path) -> None:

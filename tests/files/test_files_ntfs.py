@@ -165,11 +165,12 @@ def test_extract_into_a_full_destination(tmp_path: Path) -> None:
 @pytest.mark.parametrize("writers", [1, 3])
 def test_extract_order_does_not_change_results(tmp_path: Path, writers: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Disk-ordered, multi-threaded writing gives the same files and mtimes as one writer."""
-    from imaging_utility.ops import files as ops_files
+    from imaging_utility.ops import extract as ops_extract
+    from imaging_utility.ops import extract_batch
 
     need("ntfs")
-    monkeypatch.setattr(ops_files, "WRITERS", writers)
-    monkeypatch.setattr(ops_files, "BATCH", 7)  # many small batches: directories finished across batches
+    monkeypatch.setattr(extract_batch, "WRITERS", writers)
+    monkeypatch.setattr(ops_extract, "BATCH", 7)  # many small batches: directories finished across batches
     src_files = tmp_path / "files"
     fsbuild.make_tree(src_files, large_mib=1)
     vol = tmp_path / "ntfs.raw"
@@ -177,7 +178,7 @@ def test_extract_order_does_not_change_results(tmp_path: Path, writers: int, mon
     dest = tmp_path / "out"
     with FileSource(str(vol)) as src:
         tree = open_tree(src)
-        report = ops_files.extract(tree, ["/"], str(dest))
+        report = ops_extract.extract(tree, ["/"], str(dest))
         entries = {e.path: e for e in tree.walk("/")}
     assert report.ok, report.failed
     got = fsbuild.hash_dir(dest)

@@ -11,7 +11,7 @@ from imagetools import run_cli  # noqa: F401  (re-exported for the spec tests)
 from imaging_utility.format import c_image as c
 from imaging_utility.format.index import SeekTable
 from imaging_utility.format.metaframe import Event, Header, Trailer
-from imaging_utility.image.parts import PartReader, resolve_parts
+from imaging_utility.storage.local import PartReader, resolve_parts
 
 
 @dataclass

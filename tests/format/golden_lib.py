@@ -84,6 +84,7 @@ RECIPES = [
 
 FIXED_META = {"created": "2025-01-01T00:00:00.000000Z", "finished": "2025-01-01T00:00:01.000000Z",
               "hostname": "golden", "command_line": ["imaging-utility", "image", "golden"]}
+GOLDEN_VERSION = "0.1.0"  # the tool version the golden images were written by
 
 
 def image_paths(name: str, folder: Path = GOLDEN) -> list[Path]:
@@ -93,12 +94,14 @@ def image_paths(name: str, folder: Path = GOLDEN) -> list[Path]:
 
 @contextmanager
 def fixed_metadata() -> Iterator[None]:
-    """Make a capture's time, host and command line those of the golden images."""
+    """Make a capture's time, host, command line and tool version those of the golden images (the version
+    comes from git tags, and its length changes the header frame's size)."""
     import sys
 
     from imaging_utility.ops import capture
 
-    saved = capture.utc_now, capture.platform.node, sys.argv
+    saved = capture.utc_now, capture.platform.node, sys.argv, capture.__version__
+    capture.__version__ = GOLDEN_VERSION
     times = iter([FIXED_META["created"], FIXED_META["finished"]] * 2)
     capture.utc_now = lambda: next(times)  # type: ignore[assignment]
     capture.platform.node = lambda: FIXED_META["hostname"]  # type: ignore[assignment]
@@ -106,7 +109,7 @@ def fixed_metadata() -> Iterator[None]:
     try:
         yield
     finally:
-        capture.utc_now, capture.platform.node, sys.argv = saved  # type: ignore[assignment]
+        capture.utc_now, capture.platform.node, sys.argv, capture.__version__ = saved  # type: ignore[assignment]
 
 
 def write_image(recipe: Recipe, source: bytes, dest: Path, amap: list[tuple[int, int]] | None = None,

@@ -16,8 +16,8 @@ import pytest
 from conftest import cli
 from imagetools import run_cli
 from imaging_utility.errors import RefusedError
-from imaging_utility.image.destlock import DestLock
 from imaging_utility.image.reader import open_image
+from imaging_utility.storage.destlock import DestLock
 
 MIB = 1 << 20
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from imagetools import data_frames, image_bytes, image_file, mixed_bytes
 from imaging_utility.errors import ResumeMismatchError
-from imaging_utility.image.parts import resolve_parts
 from imaging_utility.image.reader import open_image
+from imaging_utility.storage.local import resolve_parts
 
 CHUNK = 64 * 1024
 

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-from ..blocks import BlockSource, WindowSource
-from ..devices.identity import identity_mismatch, source_identity
-from ..devices.mounts import check_source_mounts
-from ..devices.rescue import RescueReader
-from ..devices.source import FileSource
-from ..devices.throttle import Throttle, parse_rate
-from ..errors import EXIT_PARTIAL, SourceIOError, UnsupportedError, UsageError
-from ..filesystems import allocation_map
+from ..errors import EXIT_PARTIAL, RefusedError, UnsupportedError, UsageError
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..ops.capture import CaptureOptions, CaptureResult, ChunkReader, capture
-from ..progress import Throttled
-from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
+from .output import ProgressBar, human_bytes, parse_size, print_json, stderr, stdout, warn
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..blocks import BlockSource
+    from ..ops.capture import CaptureOptions, CaptureResult
 
 EXAMPLES = """
 examples:
@@ -29,11 +26,17 @@ examples:
   imaging-utility image --resume /dev/sdb sdb.img.zst        # continue after Ctrl-C, kill or power loss
   imaging-utility image --hash sha256,md5 --json disk.raw disk.img.zst
   imaging-utility image --used-only /dev/sdb2 windows.img.zst          # NTFS/ext/FAT/exFAT: used clusters only
+  imaging-utility image --used-only /dev/sdb sdb.img.zst               # a whole disk, partition by partition
   imaging-utility image --used-only /dev/sda3 server.img.zst           # XFS, Btrfs, or an LVM2 PV (each LV's map)
   imaging-utility image --rescue --retries 3 --direct /dev/sdc failing.img.zst   # keep going past bad sectors
   imaging-utility image --max-throughput 100M /dev/sda prod.img.zst    # spare a production host
   imaging-utility image --used-only=auto --offset 1M --length 20G disk.raw p1.img.zst
+  imaging-utility image /dev/sdb - | ssh backup 'cat > sdb.img.zst'   # DEST '-': stream to stdout (no resume)
   zstd -dc sdb.img.zst > sdb.raw                              # the image is a plain zstd stream too
+  imaging-utility image --used-only /dev/sdb2 s3://backups/host1/sdb2.img.zst   # straight into a bucket
+  imaging-utility image --resume /dev/sdb2 s3://backups/host1/sdb2.img.zst      # continue an interrupted upload
+  imaging-utility image --abort /dev/sdb2 s3://backups/host1/sdb2.img.zst       # or discard it
+  AWS_PROFILE=backup imaging-utility image --endpoint-url http://seaweed:8333 /dev/sda s3://fleet/sda.img.zst
 """
 
 
@@ -45,7 +48,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("source", metavar="SOURCE")
-    p.add_argument("dest", metavar="DEST")
+    p.add_argument("dest", metavar="DEST", help="image file, or - to write the image to standard output")
     p.add_argument("--chunk-size", default="1M", metavar="SIZE",
                    help="bytes per independently decodable chunk (default 1M; 64K..256M)")
     p.add_argument("--level", type=int, default=c.DEFAULT_LEVEL, help="zstd level 1..22 (default 3)")
@@ -57,11 +60,14 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
     g.add_argument("--resume", action="store_true", help="continue the partial image DEST")
+    g.add_argument("--abort", action="store_true",
+                   help="discard the partial image DEST (an interrupted s3:// upload: abort it) and exit")
     used = p.add_mutually_exclusive_group()
     used.add_argument("--used-only", dest="used_only", action="store_const", const="yes",
                       help="read only the allocated clusters of the NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs "
                       "filesystem in SOURCE, or of each logical volume of an LVM2 physical volume (unallocated "
-                      "space reads back as zeros); fails (exit 4) on anything else")
+                      "space reads back as zeros; Linux swap: its signature page); a whole disk: each partition "
+                      "so, everything else in full; fails (exit 4) on anything else")
     used.add_argument("--used-only=auto", dest="used_only", action="store_const", const="auto",
                       help="the same, but image in full, with a warning, when no supported filesystem is found")
     p.add_argument("--offset", default="0", metavar="BYTES",
@@ -100,52 +106,43 @@ def summary(result: CaptureResult) -> dict[str, Any]:
     }
 
 
-def print_summary(result: CaptureResult) -> None:
+def print_summary(result: CaptureResult, out: Console | None = None) -> None:
+    out = out or stdout
     s = summary(result)
     parts = result.paths
-    stdout.print(f"image      {parts[0]}" + (f" … {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else ""))
+    out.print(f"image      {parts[0]}" + (f" … {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else ""))
     ratio = f" ({s['ratio'] * 100:.1f}% of source)" if s["ratio"] is not None else ""
-    stdout.print(f"size       {human_bytes(result.source_size)} → {human_bytes(result.image_bytes)}{ratio}")
+    out.print(f"size       {human_bytes(result.source_size)} → {human_bytes(result.image_bytes)}{ratio}")
     if result.resumed_at:
-        stdout.print(f"resumed at {human_bytes(result.resumed_at)}")
-    stdout.print(f"time       {result.elapsed:.1f} s, {s['throughput_mib_s']} MiB/s")
-    stdout.print(f"chunks     {result.chunks} ({result.zero_chunks} zero or unused this run)")
+        out.print(f"resumed at {human_bytes(result.resumed_at)}")
+    out.print(f"time       {result.elapsed:.1f} s, {s['throughput_mib_s']} MiB/s")
+    out.print(f"chunks     {result.chunks} ({result.zero_chunks} zero or unused this run)")
     if result.used_bytes is not None:
-        stdout.print(f"used-only  {human_bytes(result.used_bytes)} allocated, "
-                     f"{human_bytes(result.read_bytes)} read this run")
+        out.print(f"used-only  {human_bytes(result.used_bytes)} allocated, "
+                  f"{human_bytes(result.read_bytes)} read this run")
     for name, digest in result.digests.items():
-        stdout.print(f"{name:<10} {digest}")
+        out.print(f"{name:<10} {digest}")
 
 
-def _chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
-                  throttle: Throttle | None) -> ChunkReader:
-    rescuer = RescueReader(source, retries=retries) if rescue else None
-    locate = RescueReader(source, retries=0)
+def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool, rescue: bool) -> None:
+    import dataclasses
 
-    def read(offset: int, buf: memoryview) -> list[tuple[int, int]]:
-        if throttle is not None:
-            throttle.consume(len(buf))
-        if rescuer is not None:
-            return rescuer.read_chunk(offset, buf)
+    from ..filesystems import allocation_map
+    from ..ops.diskmap import apply_disk_plan, partition_table_of, plan_disk
+
+    table = partition_table_of(source)
+    if table is not None:  # a whole disk: one image, each partition used-only where its filesystem is known
         try:
-            source.readinto_at(offset, buf)
-        except SourceIOError:
-            # Name the first unreadable sector, not just the start of the failed chunk.
-            bad = locate.read_chunk(offset, buf)
-            if not bad:
-                return []  # the retry read everything: a transient error
-            sector = bad[0][0] // source.sector_size
-            raise SourceIOError(
-                f"read error on {label} at byte {bad[0][0]} (sector {sector}): input/output error; "
-                "add --rescue to image past unreadable sectors (the partial image continues with --resume)",
-                offset=bad[0][0],
-            ) from None
-        return []
-
-    return read
-
-
-def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool) -> None:
+            plan = plan_disk(source, table, tolerate_read_errors=rescue)
+        except RefusedError as e:
+            if not fallback:
+                raise
+            warn(f"{e}; imaging in full (--used-only=auto)")
+            return
+        for message in plan.warnings:
+            warn(message)
+        apply_disk_plan(opts, plan)
+        return
     try:
         info, amap = allocation_map(source)
     except UnsupportedError as e:
@@ -160,8 +157,38 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
             warn(f"{vol.name}: {vol.note}")
 
 
+def _abort(dest: str, as_json: bool) -> int:
+    from ..ops.discard import discard_partial
+
+    gone = discard_partial(dest)
+    if as_json:
+        print_json({"discarded": gone})
+    else:
+        for name in gone:
+            stdout.print(f"discarded  {name}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.abort:
+        return _abort(args.dest, args.json)
+    from ..blocks import WindowSource
+    from ..devices.identity import identity_mismatch, source_identity
+    from ..devices.mounts import check_source_mounts
+    from ..devices.source import FileSource
+    from ..devices.throttle import Throttle, parse_rate
+    from ..ops.capture import CaptureOptions, capture
+    from ..ops.reading import chunk_reader
+    from ..progress import Throttled
+
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # file-size limit: get EFBIG (exit 7), not a kill
+    piped = args.dest == "-"  # storage.local.STDOUT
+    if piped and sys.stdout.isatty():
+        raise UsageError("DEST '-' writes the image to standard output, which is a terminal: pipe or redirect it, "
+                         "e.g. 'imaging-utility image /dev/sdb - | ssh host \"cat > sdb.img.zst\"'")
+    if piped and (args.resume or args.split_size or args.force):
+        raise UsageError("an image written to standard output (DEST '-') cannot be resumed or split; "
+                         "drop --resume/--split-size/--force")
     opts = CaptureOptions(
         chunk_size=parse_size(args.chunk_size, "--chunk-size"),
         level=args.level,
@@ -190,16 +217,20 @@ def run(args: argparse.Namespace) -> int:
             source = WindowSource(file_source, offset, length)
             opts.identity.update(window_offset=offset, window_length=length)
         if args.used_only:
-            _use_allocation_map(source, opts, fallback=args.used_only == "auto")
-        opts.chunk_reader = _chunk_reader(source, args.source, args.rescue, args.retries, throttle)
+            _use_allocation_map(source, opts, fallback=args.used_only == "auto", rescue=args.rescue)
+        opts.chunk_reader = chunk_reader(source, args.source, args.rescue, args.retries, throttle, opts.allocation)
         with ProgressBar() as bar:
             throttled = Throttled(bar)
             result = capture(source, args.dest, opts, throttled)
             throttled.flush()
-    if args.json:
+    if args.json and piped:
+        import json
+
+        sys.stderr.write(json.dumps(summary(result), indent=2, sort_keys=True) + "\n")
+    elif args.json:
         print_json(summary(result))
     else:
-        print_summary(result)
+        print_summary(result, stderr if piped else stdout)
     if result.bad_ranges:
         total = sum(n for _, n in result.bad_ranges)
         warn(f"{len(result.bad_ranges)} unreadable ranges ({total} bytes) were zero-filled and recorded in "

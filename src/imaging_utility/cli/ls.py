@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_PARTIAL
-from .output import parse_size, print_json
+from ._source_args import add_set_options, warn_table
+from .output import ProgressBar, parse_size, print_json, shown
+
+if TYPE_CHECKING:
+    from ..filesystems.tree import Entry
 
 EXAMPLES = """\
 examples:
@@ -23,7 +29,7 @@ examples:
   imaging-utility ls --subvolume @home btrfs.img.zst /                       a Btrfs subvolume (name or id)
 """
 
-_TYPE_CHAR = {"file": "-", "dir": "d", "symlink": "l", "reparse": "r", "other": "?", "damaged": "!"}
+_TYPE_CHAR = {"reparse": "r", "other": "?", "damaged": "!"}
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
@@ -34,12 +40,13 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lv", metavar="VG/LV", help="use logical volume VG/LV of the LVM2 physical volume there")
     p.add_argument("--subvolume", metavar="NAME|ID",
                    help="Btrfs: use this subvolume (path or id) instead of the default one")
+    add_set_options(p)
 
 
 def tree_source_args(args: argparse.Namespace) -> dict[str, Any]:
     """The ``open_image_tree`` keyword arguments from ``add_source_options``."""
     return {"partition": args.partition, "offset": args.offset, "length": args.length, "lv": args.lv,
-            "subvolume": args.subvolume}
+            "subvolume": args.subvolume, "disk": args.disk}
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
@@ -51,7 +58,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", metavar="IMAGE", help="image, raw volume file or device")
     p.add_argument("path", metavar="PATH", nargs="?", default="/", help="directory or file (default: /)")
-    p.add_argument("-l", dest="long", action="store_true", help="long format: type, size, mtime (UTC), inode")
+    p.add_argument("-l", dest="long", action="store_true",
+                   help="long format: type and mode, links, owner, group, size, mtime (UTC), inode, link target")
     p.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories recursively")
     p.add_argument("--json", action="store_true", help="print the entries as JSON")
     p.add_argument("--damaged", action="store_true",
@@ -60,21 +68,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     return ["ls"]
 
 
-def shown(text: str) -> str:
-    """``text`` safe for a terminal: control characters and undecodable bytes as ``\\xNN``."""
-    out = []
-    for c in text:
-        o = ord(c)
-        if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
-            out.append(f"\\x{o:02x}")
-        elif 0xDC80 <= o <= 0xDCFF:
-            out.append(f"\\x{o - 0xDC00:02x}")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _line(e: Any, long: bool, full: bool) -> str:
+def _line(e: Entry, long: bool, full: bool) -> str:
     name = shown(e.path if full else e.name) + ("/" if e.type == "dir" else "")
     if e.type in ("symlink", "reparse") and e.target:
         name += f" -> {shown(e.target)}"
@@ -84,26 +78,52 @@ def _line(e: Any, long: bool, full: bool) -> str:
         return name
     when = e.mtime.strftime("%Y-%m-%d %H:%M:%S") if e.mtime else "-" * 19
     inode = "" if e.inode is None else str(e.inode)
-    return f"{_TYPE_CHAR.get(e.type, '?')} {e.size:>14,} {when} {inode:>9} {name}"
+    mode = stat.filemode(e.st_mode)
+    if e.type in _TYPE_CHAR:
+        mode = _TYPE_CHAR[e.type] + mode[1:]
+    size = f"{os.major(e.rdev)}, {os.minor(e.rdev)}" if e.rdev is not None else f"{e.size:,}"
+    owner = "-" if e.uid is None else str(e.uid)
+    group = "-" if e.gid is None else str(e.gid)
+    links = "-" if e.nlink is None else str(e.nlink)
+    return f"{mode} {links:>3} {owner:>5} {group:>5} {size:>14} {when} {inode:>9} {name}"
+
+
+def _damaged(as_json: bool, tree: Any, source: Any) -> int:
+    """Files whose data lies in ranges the capture could not read, or in image chunks that fail their
+    checksums (every chunk of the volume is checked)."""
+    from ..ops.files import corrupt_ranges, damaged_files, volume_bad_ranges
+    from ..progress import Throttled
+
+    with ProgressBar(output_label="") as bar:
+        corrupt = corrupt_ranges(source, tree, Throttled(bar))
+    found = [(p, r, "unreadable") for p, r in damaged_files(tree, volume_bad_ranges(source, tree))]
+    found += [(p, r, "corrupt") for p, r in damaged_files(tree, [(o, n) for o, n, _why in corrupt])]
+    found.sort()
+    if as_json:
+        print_json([{"path": p, "cause": cause, "lost": [{"offset": o, "length": n} for o, n in r],
+                     "lost_bytes": sum(n for _, n in r)} for p, r, cause in found])
+    else:
+        for path, ranges, cause in found:
+            spans = ", ".join(f"{o}+{n}" for o, n in ranges)
+            where = " (in image chunks that fail their checksums)" if cause == "corrupt" else ""
+            print(f"{shown(path)}\t{sum(n for _, n in ranges)} bytes lost at file offsets {spans}{where}")
+        if corrupt:
+            print(f"imaging-utility: {len(corrupt)} image chunk(s) of this volume fail their checksums "
+                  f"(first: {shown(corrupt[0][2])}); 'verify' lists them", file=sys.stderr)
+        if not found:
+            print("no file data lies in unreadable ranges or corrupt chunks", file=sys.stderr)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..ops.files import damaged_files, open_image_tree, volume_bad_ranges
+    from ..ops.files import open_image_tree
 
     tree, source = open_image_tree(args.image, **tree_source_args(args))
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
         if args.damaged:
-            found = damaged_files(tree, volume_bad_ranges(source, tree))
-            if args.json:
-                print_json([{"path": p, "lost": [{"offset": o, "length": n} for o, n in r],
-                             "lost_bytes": sum(n for _, n in r)} for p, r in found])
-            else:
-                for path, ranges in found:
-                    spans = ", ".join(f"{o}+{n}" for o, n in ranges)
-                    print(f"{shown(path)}\t{sum(n for _, n in ranges)} bytes lost at file offsets {spans}")
-                if not found:
-                    print("no file data lies in unreadable ranges", file=sys.stderr)
-            return 0
+            return _damaged(args.json, tree, source)
         top = tree.stat(args.path)
         if top.type != "dir":
             entries = [top]

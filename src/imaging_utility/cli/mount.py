@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..blocks import BlockSource
 from ..errors import EXIT_INTERNAL, NotFoundError, RefusedError
+from ._source_args import add_set_options, open_reader, warn_table
 
 EXAMPLES = """\
 examples:
@@ -28,6 +25,9 @@ examples:
   imaging-utility mount disk.img.zst /mnt/img -f     # stay in the foreground; Ctrl-C unmounts
   imaging-utility mount disk.img.zst /mnt/img --partition 2 --allow-other
 """
+
+if TYPE_CHECKING:
+    from ..blocks import BlockSource
 
 MOUNT_WAIT = 30.0  # seconds the background parent waits for the child's mount to appear
 
@@ -47,6 +47,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--allow-other", action="store_true",
                    help="let other users (and root, for loop mounts by a non-root user) read the files; "
                         "needs user_allow_other in /etc/fuse.conf unless run as root")
+    add_set_options(p)
     return ["mount"]
 
 
@@ -78,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
     _check_mountpoint(args.mountpoint)
     if not args.foreground:
         return _run_background(args.mountpoint)
-    from ..image.reader import open_image
-    from ..serve.fuse import mount
+    from ..serve.fuse import mount, require_fuse
 
-    with open_image(args.image) as image:
+    require_fuse()
+    with open_reader(args) as image:
+        warn_table(image)
         files = select_files(image, args.partition)
         print(f"mounting {args.image} at {args.mountpoint} ({', '.join(files)}); "
               f"Ctrl-C or 'fusermount3 -u {args.mountpoint}' to unmount", file=sys.stderr, flush=True)
@@ -91,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_background(mountpoint: str) -> int:
     """Start ``<this command> --foreground`` detached; return once the mount is live or the child failed."""
+    import subprocess
+    import tempfile
+    import time
+
     argv = [sys.executable, *sys.orig_argv[1:], "--foreground"]
     with tempfile.TemporaryFile(mode="w+") as errors:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,

@@ -7,13 +7,15 @@ Protocols: NBD per NetworkBlockDevice/nbd ``doc/proto.md`` (``serve/nbd``); IMDP
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..blocks import BlockSource, WindowSource
 from ..errors import UsageError
+from ._source_args import add_set_options, open_reader, warn_table
+
+if TYPE_CHECKING:
+    from ..blocks import BlockSource
 
 EXAMPLES = """\
 examples:
@@ -77,6 +79,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--partition", type=int, metavar="N", help="serve only partition N (Linux numbering)")
     p.add_argument("--offset", type=parse_size, metavar="N", help="serve a window starting at byte N")
     p.add_argument("--length", type=parse_size, metavar="N", help="window length (default: to the end)")
+    add_set_options(p)
     p.add_argument("--processes", type=int, metavar="N", default=None,
                    help=f"NBD: processes serving each connection (default: one per CPU, at most "
                         f"{MAX_PROCESSES}; here {default_processes()}); 1 = threads of one process")
@@ -86,6 +89,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
     """The default export ``""`` (whole image, partition or window), for a whole disk ``p1``, ``p2``…, and
     each logical volume of an LVM2 physical volume among them (``vg0-root``)."""
+    from ..blocks import WindowSource
     from ..partitions import partition_source, read_partitions
 
     if args.partition is not None and (args.offset is not None or args.length is not None):
@@ -120,6 +124,8 @@ def lv_exports(volumes: dict[str, BlockSource]) -> dict[str, BlockSource]:
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
@@ -129,7 +135,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..image.reader import DEFAULT_CACHE_BYTES, open_image
+    from ..image.reader import DEFAULT_CACHE_BYTES
     from ..serve.imdproxy import ImdproxyServer
     from ..serve.nbd import NbdServer
 
@@ -144,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
     # With several processes each decodes what it serves: a read-ahead would decode chunks another
     # process serves (measured: 1 MiB sequential reads 940 MiB/s with it, 1,469 MiB/s without).
     # The chunk cache is divided among the processes: memory stays what one process would use.
-    with open_image(args.image, readahead=0 if processes > 1 else 4,
+    with open_reader(args, readahead=0 if processes > 1 else 4,
                     cache_bytes=max(8 << 20, DEFAULT_CACHE_BYTES // processes)) as image:
+        warn_table(image)
         exports = select_exports(image, args)
         server: NbdServer | ImdproxyServer
         if args.protocol == "nbd":

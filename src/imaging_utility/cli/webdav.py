@@ -1,4 +1,7 @@
-"""``webdav`` (aliases ``ntfs-webdav``, ``ntfs-serve``): browse the filesystem inside an image over WebDAV/HTTP."""
+"""``webdav``: browse the filesystem inside an image over WebDAV/HTTP.
+
+Aliases ``ntfs-webdav``, ``ntfs-serve``, ``fat-webdav`` and ``exfat-webdav`` are the original tool's names.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import sys
 from typing import Any
 
 from ..errors import NotFoundError, UsageError
+from ._source_args import warn_table
 from .ls import add_source_options, tree_source_args
 from .serve import _is_loopback
 
@@ -24,7 +28,7 @@ examples:
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     names = []
-    for name in ("webdav", "ntfs-webdav", "ntfs-serve"):
+    for name in ("webdav", "ntfs-webdav", "ntfs-serve", "fat-webdav", "exfat-webdav"):
         p = subparsers.add_parser(
             name, parents=[parent],
             help="read-only WebDAV + HTML browsing of the files in an image" if name == "webdav" else "alias of webdav",
@@ -63,11 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
     users = _users(args)
     tree, source = open_image_tree(args.image, **tree_source_args(args))
+    if args.partition is not None:
+        warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
-        try:
-            server = WebDavServer(tree, host=args.host, port=args.port, users=users)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+        server = WebDavServer(tree, host=args.host, port=args.port, users=users)
         if not _is_loopback(args.host):
             extra = "" if users else " and no password (use --user/--password-file)"
             print(f"imaging-utility: warning: listening on {args.host}, not loopback: anyone who can reach this "

@@ -1,6 +1,6 @@
 """Filesystem detection and allocation maps for used-only imaging.
 
-``detect`` recognises NTFS, ext2/3/4, FAT12/16/32, exFAT, XFS, Btrfs and LVM2
+``detect`` recognises NTFS, ext2/3/4, FAT12/16/32, exFAT, XFS, Btrfs, Linux swap and LVM2
 physical volumes at offset 0 of a ``BlockSource``; ``allocation_map`` returns the byte ranges in use as the
 project's ``AllocationMap``.  The map always includes the filesystem's own
 metadata and everything past the filesystem's end up to the source's end.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from ..blocks import BlockSource, read_at
 from ..errors import Error, UnsupportedError
 from ..extents import AllocationMap
-from . import btrfs, btrfs_map, exfat, ext, fat, lvm, lvm_map, ntfs, xfs
+from . import btrfs, btrfs_map, exfat, ext, fat, lvm, lvm_map, ntfs, swap, xfs
 from .lvm_map import VolumeInfo
 
 __all__ = ["FilesystemInfo", "VolumeInfo", "allocation_map", "detect"]
@@ -36,7 +36,7 @@ _HINT = "image it in full without --used-only"
 
 @dataclass(frozen=True)
 class FilesystemInfo:
-    type: str  # "ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "exfat"
+    type: str  # "ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "exfat", "xfs", "btrfs", "lvm2", "swap"
     cluster_size: int  # bytes per cluster/block
     volume_size: int  # bytes the filesystem spans (may be < source size)
     label: str | None
@@ -44,8 +44,9 @@ class FilesystemInfo:
     volumes: tuple[VolumeInfo, ...] = ()  # lvm2: each logical volume, its filesystem and used bytes
 
 
-_Found = ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot | xfs.XfsSuper | btrfs.BtrfsSuper | lvm.PvLabel
-_PROBES = (ntfs.probe, exfat.probe, ext.probe, fat.probe, xfs.probe, btrfs.probe, lvm.probe)
+_Found = (ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot | xfs.XfsSuper | btrfs.BtrfsSuper | lvm.PvLabel
+          | swap.SwapHeader)
+_PROBES = (ntfs.probe, exfat.probe, ext.probe, fat.probe, xfs.probe, btrfs.probe, swap.probe, lvm.probe)
 
 
 def _probe(source: BlockSource, nested: bool = False) -> _Found | None:
@@ -79,6 +80,8 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
                               fs.serial_text)
     if isinstance(fs, ext.ExtSuper):
         return FilesystemInfo(fs.kind, fs.block_size, fs.blocks_count * fs.block_size, fs.label, fs.serial)
+    if isinstance(fs, swap.SwapHeader):
+        return FilesystemInfo("swap", fs.page_size, fs.volume_size, fs.label, fs.uuid)
     if isinstance(fs, xfs.XfsSuper):
         return FilesystemInfo("xfs", fs.blocksize, fs.volume_size, fs.label, fs.serial)
     if isinstance(fs, btrfs.BtrfsSuper):
@@ -140,6 +143,8 @@ def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
         return xfs.used_ranges(source, fs)
     if isinstance(fs, btrfs.BtrfsSuper):
         return btrfs_map.used_ranges(source, fs)
+    if isinstance(fs, swap.SwapHeader):
+        return swap.used_ranges(source, fs)
     if isinstance(fs, fat.FatBoot):
         return fat.used_ranges(source, fs)
     raise TypeError(f"no allocation map for {type(fs).__name__}")

@@ -28,7 +28,9 @@ import bisect
 import contextlib
 import datetime as dt
 import io
+import os
 import posixpath
+import stat
 import struct
 import threading
 from collections import OrderedDict
@@ -42,24 +44,53 @@ from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError, 
 __all__ = ["Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
 
 Run = tuple[int, int, int]  # (file_offset, disk_offset, length)
-RunList = list[Run]  # an alias: inside FileTree, ``list`` is the method
+RunList = list[Run]  # aliases: inside FileTree, ``list`` is the method
+Names = list[str]
+XattrList = list[tuple[str, bytes]]
+
+
+TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
+             "socket": stat.S_IFSOCK, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
+KINDS = {bits: kind for kind, bits in TYPE_BITS.items()}  # stat.S_IFMT(mode) -> Entry.type
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One directory entry.  ``type`` is file, dir, symlink, reparse, other or damaged."""
+    """One directory entry.
+
+    ``type`` is file, dir, symlink, fifo, socket, char (character device), block (block device),
+    reparse (an NTFS reparse point that is no link), other or damaged.  The POSIX fields (``mode``,
+    ``uid``, ``gid``, ``rdev``, ``atime_ns``) are ``None`` where the filesystem has none (NTFS, FAT,
+    exFAT): a writer then uses its defaults.
+    """
 
     name: str
     path: str
     type: str
     size: int = 0
     mtime_ns: int | None = None
-    mode: int | None = None
-    target: str | None = None  # symlink / reparse-point target as stored, never followed
+    mode: int | None = None  # permission bits with set-uid/set-gid/sticky (``stat.S_IMODE``)
+    target: str | None = None  # symlink: the target to create (never followed); reparse: as stored
     inode: int | None = None  # ext inode, NTFS MFT record number, FAT/exFAT first cluster
     nlink: int | None = None
     streams: tuple[str, ...] = ()  # NTFS alternate data stream names
     error: str | None = None  # set when type == "damaged"
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    rdev: int | None = None  # char/block devices: ``os.makedev(major, minor)``
+
+    @property
+    def perm(self) -> int:
+        """``mode``, or what a filesystem without POSIX modes gets: 0755 directories, 0777 symlinks, 0644 others."""
+        if self.mode is not None:
+            return self.mode
+        return {"dir": 0o755, "symlink": 0o777}.get(self.type, 0o644)
+
+    @property
+    def st_mode(self) -> int:
+        """File type and permission bits as ``os.stat`` would give them (type bits 0 for reparse, damaged)."""
+        return TYPE_BITS.get(self.type, 0) | self.perm
 
     @property
     def mtime(self) -> dt.datetime | None:
@@ -70,9 +101,11 @@ class Entry:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "path": self.path, "type": self.type, "size": self.size,
                                "mtime": self.mtime.isoformat() if self.mtime else None, "inode": self.inode}
-        for key in ("mode", "target", "nlink", "error"):
+        for key in ("mode", "target", "nlink", "error", "uid", "gid"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.rdev is not None:
+            out["rdev"] = [os.major(self.rdev), os.minor(self.rdev)]
         if self.streams:
             out["streams"] = list(self.streams)
         return out
@@ -90,7 +123,13 @@ class Layout:
 
 
 class Backend(Protocol):
-    """What a filesystem adapter provides.  Nodes and refs are the adapter's own objects."""
+    """What a filesystem adapter provides.  Nodes and refs are the adapter's own objects.
+
+    Optional: ``xattrs(node) -> list[tuple[str, bytes]]`` (extended attributes under their Linux names,
+    POSIX ACLs as ``system.posix_acl_*`` in the Linux xattr format) and ``link_target(entry, find) -> str``
+    (a symlink's target to create; ``find(components)`` is the volume path a case-insensitive lookup
+    of those components reaches, or ``None``).  Backends without them have neither.
+    """
 
     fs_type: str
     case_insensitive: bool
@@ -231,6 +270,7 @@ class FileTree:
         self._dirs: OrderedDict[str, tuple[list[tuple[str, Any]], dict[str, Any]]] = OrderedDict()
         self._nodes: OrderedDict[str, Any] = OrderedDict()
         self._root = backend.root()
+        self._resolving = False
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:
@@ -317,7 +357,7 @@ class FileTree:
         node = self._node(path)
         name = posixpath.basename(path)
         with self._guard(f"{path}"):
-            return self.backend.describe(node, name, path)
+            return self._linked(self.backend.describe(node, name, path))
 
     def list(self, path: str = "/") -> list[Entry]:
         """The entries of directory ``path`` in on-disk order; damaged children come back as ``damaged``."""
@@ -332,10 +372,50 @@ class FileTree:
                 try:
                     with self._guard(child):
                         node = self.backend.load(ref)
-                        out.append(self.backend.describe(node, name, child))
+                        out.append(self._linked(self.backend.describe(node, name, child)))
                 except CorruptImageError as e:
                     out.append(Entry(name, child, "damaged", error=_about(child, e)))
             return out
+
+    def _linked(self, entry: Entry) -> Entry:
+        """``entry`` with its symlink target as the backend would have it created (NTFS: relative when an
+        absolute Windows target lies inside this volume).  Not re-entered: a lookup that meets another
+        such link while resolving leaves that one's target as stored."""
+        hook = getattr(self.backend, "link_target", None)
+        if hook is None or entry.type != "symlink" or self._resolving:
+            return entry
+        self._resolving = True
+        try:
+            target = hook(entry, self._find)
+            return replace(entry, target=target, size=len(os.fsencode(target)))
+        finally:
+            self._resolving = False
+
+    def _find(self, components: Names) -> str | None:
+        """The path (names as listed) that ``components`` reach from the root, matching case-insensitively."""
+        path = "/"
+        for comp in components:
+            try:
+                if self.stat(path).type != "dir":
+                    return None
+                kids, index = self._listing(path, self._node(path))
+            except (NotFoundError, CorruptImageError):
+                return None
+            name = comp if comp in index else next((n for n, _ in kids if n.casefold() == comp.casefold()), None)
+            if name is None:
+                return None
+            path = posixpath.join(path, name)
+        return path
+
+    def xattrs(self, path: str) -> XattrList:
+        """Extended attributes of ``path`` (empty where the filesystem has none)."""
+        hook = getattr(self.backend, "xattrs", None)
+        if hook is None:
+            return []
+        path = self.normalize(path)
+        node = self._node(path)
+        with self._guard(f"extended attributes of {path}"):
+            return list(hook(node))
 
     def walk(self, path: str = "/") -> Iterator[Entry]:
         """Every entry below ``path`` (depth first, directories before their contents).
@@ -423,6 +503,8 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
     if info is None:
         raise UnsupportedError("no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS or Btrfs "
                                "(whole disk? pick one with --partition N)")
+    if info.type == "swap":
+        raise UnsupportedError("this volume is Linux swap: it holds no files")
     if info.type == "lvm2":
         from .lvm_source import volume_names
 

@@ -13,6 +13,7 @@ so that they stay distinct from the opened subvolume's own.
 
 from __future__ import annotations
 
+import os
 import stat
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..blocks import BlockSource
 from ..errors import CorruptImageError, NotFoundError, UnsupportedError
 from . import btrfs
 from . import c_btrfs as c
-from .tree import BlockFile, Entry, Layout
+from .tree import KINDS, BlockFile, Entry, Layout
 
 MAX_DEPTH = c.MAX_LEVEL + 1
 
@@ -159,7 +160,7 @@ class BtrfsBackend:
         if isinstance(node, _EmptyDir):
             return Entry(name=name, path=path, type="dir", mode=0o755, inode=node.objectid << 48 | 2)
         mode = int(node.inode.mode)
-        kind = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(stat.S_IFMT(mode), "other")
+        kind = KINDS.get(stat.S_IFMT(mode), "other")
         target = None
         if kind == "symlink":
             if node.size > 4096:
@@ -168,9 +169,14 @@ class BtrfsBackend:
         inum = int(node.inum)
         if node.subvolume.objectid != self.subvolume.objectid:
             inum |= int(node.subvolume.objectid) << 48
-        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind != "dir" else 0,
+        rdev = None
+        if kind in ("char", "block"):  # the kernel's dev_t as it was: 12 bits of major above 20 of minor
+            dev = int(node.inode.rdev)
+            rdev = os.makedev((dev >> 20) & 0xFFF, dev & 0xFFFFF)
+        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind in ("file", "symlink") else 0,
                      mtime_ns=int(node.mtime_ns), mode=stat.S_IMODE(mode), target=target, inode=inum,
-                     nlink=int(node.inode.nlink))
+                     nlink=int(node.inode.nlink), uid=int(node.inode.uid), gid=int(node.inode.gid),
+                     atime_ns=int(node.atime_ns), rdev=rdev)
 
     def layout(self, node: INode, stream: str | None) -> Layout:
         size = int(node.size)

@@ -18,7 +18,8 @@ from dissect.extfs.c_ext import c_ext
 from dissect.extfs.extfs import INode
 
 from ..errors import CorruptImageError
-from .tree import BlockFile, Entry, Layout, runs_from_clusters
+from . import ext_meta
+from .tree import KINDS, BlockFile, Entry, Layout, runs_from_clusters
 
 DIRENT = struct.Struct("<IHBB")
 ROOT_INO = 2
@@ -74,14 +75,18 @@ class ExtBackend:
 
     def describe(self, node: INode, name: str, path: str) -> Entry:
         mode = int(node.inode.i_mode)
-        fmt = stat.S_IFMT(mode)
-        kind = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(fmt, "other")
+        kind = KINDS.get(stat.S_IFMT(mode), "other")
         target = None
         if kind == "symlink":
             target = self._read_all(node).decode("utf-8", "surrogateescape")
-        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind != "dir" else 0,
+        uid, gid = ext_meta.owner(node)
+        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind in ("file", "symlink") else 0,
                      mtime_ns=int(node.mtime_ns), mode=stat.S_IMODE(mode), target=target, inode=int(node.inum),
-                     nlink=int(node.inode.i_links_count))
+                     nlink=int(node.inode.i_links_count), uid=uid, gid=gid, atime_ns=int(node.atime_ns),
+                     rdev=ext_meta.device(node) if kind in ("char", "block") else None)
+
+    def xattrs(self, node: INode) -> list[tuple[str, bytes]]:
+        return ext_meta.xattrs(self.fs, node)
 
     def _read_all(self, node: INode) -> bytes:
         if node.size > 65536:

@@ -14,6 +14,7 @@ fails its checks go through dissect, and directories always list through dissect
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 from dissect.ntfs import NTFS
@@ -22,6 +23,7 @@ from dissect.ntfs.mft import MftRecord
 from dissect.ntfs.util import segment_reference
 
 from ..errors import CorruptImageError
+from . import ntfs_links
 from .ntfs import probe
 from .ntfs_record import MftRecords, Record
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
@@ -40,6 +42,7 @@ class NtfsBackend:
         self.fs = NTFS(fh)
         if self.fs.mft is None:
             raise CorruptImageError("ntfs: the $MFT could not be opened")
+        self.source = fh.source
         boot = probe(fh.source)
         self.records = MftRecords(fh.source, boot) if boot is not None else None
 
@@ -94,32 +97,72 @@ class NtfsBackend:
         if isinstance(node, Record):
             kind = "dir" if node.is_dir else "file"
             main = node.streams.get("")
-            return Entry(name=name, path=path, type=kind, size=main.size if main and kind == "file" else 0,
-                         mtime_ns=node.mtime_ns, inode=node.number, nlink=node.link_count,
-                         streams=tuple(sorted(n for n in node.streams if n)))
+            size = main.size if main and kind == "file" else 0
+            target: str | None = None
+            rdev: int | None = None
+            if kind == "file":
+                kind, target, rdev = self._interix(node, node.attributes, size)
+            return Entry(name=name, path=path, type=kind, size=size, mtime_ns=node.mtime_ns, inode=node.number,
+                         nlink=node.link_count, streams=tuple(sorted(n for n in node.streams if n)), target=target,
+                         atime_ns=node.atime_ns, rdev=rdev)
         attrs = node.attributes
         mtime: int | None = None
+        atime: int | None = None
+        attributes = 0
         std = attrs[ATTRIBUTE_TYPE_CODE.STANDARD_INFORMATION]
         if std:
             mtime = int(std[0].attribute.last_modification_time_ns)
+            atime = int(std[0].attribute.last_access_time_ns)
+            attributes = int(std[0].attribute.file_attributes)
         streams = tuple(sorted({a.name for a in attrs[ATTRIBUTE_TYPE_CODE.DATA] if a.name}))
-        target: str | None = None
+        rdev = None
+        size = int(node.size()) if not node.is_dir() and node.has_stream("") else 0
         if node.is_reparse_point():
             rp = attrs[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].attribute
-            kind = "symlink" if node.is_symlink() else "reparse"
-            try:
-                target = rp.print_name or rp.substitute_name
-            except Exception:
-                target = None
+            target = ntfs_links.reparse_target(int(rp.tag), rp.substitute_name, bool(rp.relative), rp.buffer)
+            kind = "symlink"
             if target is None:
-                target = f"reparse tag {int(rp.tag):#010x}"
+                kind = "reparse"
+                try:
+                    target = rp.print_name or rp.substitute_name
+                except Exception:
+                    target = None
+                if target is None:
+                    target = f"reparse tag {int(rp.tag):#010x}"
         elif node.is_dir():
-            kind = "dir"
+            kind, target = "dir", None
         else:
-            kind = "file"
-        size = node.size() if kind != "dir" and node.has_stream("") else 0
-        return Entry(name=name, path=path, type=kind, size=int(size), mtime_ns=mtime, inode=int(node.segment),
-                     nlink=int(node.header.ReferenceCount), streams=streams, target=target)
+            kind, target, rdev = self._interix(node, attributes, size)
+        return Entry(name=name, path=path, type=kind, size=size if kind in ("file", "reparse") else 0,
+                     mtime_ns=mtime, inode=int(node.segment), nlink=int(node.header.ReferenceCount),
+                     streams=streams, target=target, atime_ns=atime, rdev=rdev)
+
+    def _interix(self, node: MftRecord | Record, attributes: int, size: int) -> tuple[str, str | None, int | None]:
+        """(type, target, rdev) of a plain file: ``file`` unless it is one of ntfs-3g's Interix files."""
+        what = ntfs_links.interix_kind(attributes, size)
+        if what is None:
+            return "file", None, None
+        if what != "read":
+            return what, None, None
+        found = ntfs_links.interix(self._small_data(node, size))
+        return found if found is not None else ("file", None, None)
+
+    def _small_data(self, node: MftRecord | Record, size: int) -> bytes:
+        """The first ``size`` bytes (a few KiB at most) of the unnamed stream."""
+        layout = self.layout(node, None)
+        if layout.runs is None:
+            assert layout.opener is not None
+            return bytes(layout.opener().read(size))
+        buf = bytearray(size)
+        view = memoryview(buf)
+        for foff, disk, n in layout.runs:
+            n = min(n, size - foff)
+            if n > 0 and disk is not None:
+                self.source.readinto_at(disk, view[foff : foff + n])
+        return bytes(buf)
+
+    def link_target(self, entry: Entry, find: Callable[[list[str]], str | None]) -> str:
+        return ntfs_links.link_target(entry.path, entry.target or "", find)
 
     def layout(self, node: MftRecord | Record, stream: str | None) -> Layout:
         if isinstance(node, Record):

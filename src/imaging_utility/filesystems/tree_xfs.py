@@ -10,6 +10,7 @@ runs on the device: an unwritten (preallocated) extent reads as zeros, as XFS re
 
 from __future__ import annotations
 
+import os
 import stat
 import struct
 from typing import Any
@@ -18,7 +19,7 @@ from dissect.xfs import XFS
 from dissect.xfs.xfs import INode
 
 from ..errors import CorruptImageError, UnsupportedError
-from .tree import BlockFile, Entry, Layout
+from .tree import KINDS, BlockFile, Entry, Layout
 
 DIR_LEAF_OFFSET = 32 << 30  # XFS_DIR2_LEAF_OFFSET: directory blocks past this hold the hash index
 DATA_MAGICS = {5: (b"XDB3", b"XDD3"), 4: (b"XD2B", b"XD2D")}
@@ -180,15 +181,21 @@ class XfsBackend:
     # --- entries and data -------------------------------------------------------------------------
     def describe(self, node: INode, name: str, path: str) -> Entry:
         mode = int(node.inode.di_mode)
-        kind = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}.get(stat.S_IFMT(mode), "other")
+        kind = KINDS.get(stat.S_IFMT(mode), "other")
         target = None
         if kind == "symlink":
             if node.size > 1024:
                 raise CorruptImageError(f"xfs symlink inode {node.inum} claims {node.size} bytes")
             target = node.link
-        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind != "dir" else 0,
+        rdev = None
+        if kind in ("char", "block"):
+            # the data fork holds xfs_dev_t: 14 bits of major, 18 of minor, big-endian (xfs_dinode_get_rdev)
+            dev = int.from_bytes(node.datafork().read(4).ljust(4, b"\0"), "big")
+            rdev = os.makedev((dev >> 18) & 0x1FF, dev & 0x3FFFF)
+        return Entry(name=name, path=path, type=kind, size=int(node.size) if kind in ("file", "symlink") else 0,
                      mtime_ns=int(node.mtime_ns), mode=stat.S_IMODE(mode), target=target, inode=int(node.inum),
-                     nlink=int(node.inode.di_nlink))
+                     nlink=int(node.inode.di_nlink), uid=int(node.inode.di_uid), gid=int(node.inode.di_gid),
+                     atime_ns=int(node.atime_ns), rdev=rdev)
 
     def layout(self, node: INode, stream: str | None) -> Layout:
         size = int(node.size)

@@ -92,26 +92,31 @@ class Codec:
         """The zero frame for ``length`` zero bytes (``zero_frame``): whatever the level or library."""
         return zero_frame(length)
 
-    def decompress(self, frame: bytes | memoryview, expected_size: int, chunk: int, offset: int) -> bytes:
-        """Decode one frame, checking its content checksum and size; raise ``ChunkCorruptError``."""
+    def decompress(self, frame: bytes | memoryview, expected_size: int, chunk: int, offset: int,
+                   where: str | None = None) -> bytes:
+        """Decode one frame, checking its content checksum and size; raise ``ChunkCorruptError`` naming the
+        chunk as ``where`` (default: its index and source offset)."""
+        where = where or f"chunk {chunk} (source byte offset {offset})"
         try:
             data = self._dctx().decompress(frame, max_output_size=expected_size)
         except zstandard.ZstdError as e:
             raise ChunkCorruptError(
-                f"chunk {chunk} (image byte offset {offset}) is corrupt: {e}", chunk, offset
+                f"{where} is corrupt: {e}", chunk, offset
             ) from None
         if len(data) != expected_size:
             raise ChunkCorruptError(
-                f"chunk {chunk} (image byte offset {offset}) decodes to {len(data)} bytes, "
+                f"{where} decodes to {len(data)} bytes, "
                 f"expected {expected_size}", chunk, offset,
             )
         return bytes(data)
 
-    def decompress_prefix(self, frame: bytes | memoryview, need: int, chunk: int, offset: int) -> bytes:
+    def decompress_prefix(self, frame: bytes | memoryview, need: int, chunk: int, offset: int,
+                          where: str | None = None) -> bytes:
         """The first ``need`` bytes of a frame, decoding no further than the block that holds them.
 
         The frame's content checksum covers all of it and is not checked here: callers check the
         frame's bytes first (the trailer's CRC-32 of every frame).  Raises ``ChunkCorruptError``."""
+        where = where or f"chunk {chunk} (source byte offset {offset})"
         parts: list[bytes] = []
         got = 0
         try:
@@ -124,11 +129,11 @@ class Codec:
                     got += len(part)
         except zstandard.ZstdError as e:
             raise ChunkCorruptError(
-                f"chunk {chunk} (image byte offset {offset}) is corrupt: {e}", chunk, offset
+                f"{where} is corrupt: {e}", chunk, offset
             ) from None
         if got < need:
             raise ChunkCorruptError(
-                f"chunk {chunk} (image byte offset {offset}) decodes to {got} bytes, expected at least {need}",
+                f"{where} decodes to {got} bytes, expected at least {need}",
                 chunk, offset,
             )
         return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -84,6 +84,37 @@ FILESYSTEM: dict[str, Check] = {
     "type": _str, "cluster_size": _int(1), "volume_size": _SIZE, "label": _nullable(_str),
     "serial": _nullable(_str), "volumes": _volumes,
 }
+def _list_of(check: Check) -> Check:
+    return lambda v: type(v) is list and all(check(x) for x in v)
+
+
+def _fits(table: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
+    """An object whose listed keys have their types (others ignored), with the ``required`` ones present."""
+    return lambda v: (type(v) is dict and all(k in v for k in required)
+                      and all(k not in v or c(v[k]) for k, c in table.items()))
+
+
+# a whole-disk image (docs/backup-sets.md §1): the partition table and what was stored of each partition
+DISK_FS: dict[str, Check] = {
+    "type": _str, "label": _nullable(_str), "uuid": _nullable(_str), "cluster_size": _nullable(_int(1)),
+    "size": _nullable(_SIZE),
+}
+DISK_TABLE: dict[str, Check] = {
+    "type": _nullable(_str), "disk_id": _nullable(_str), "first_usable_lba": _SIZE, "last_usable_lba": _SIZE,
+    "entry_count": _SIZE, "entry_size": _SIZE, "primary_ok": _bool, "backup_ok": _bool,
+    "extended": _nullable(_fits({"start": _SIZE, "length": _SIZE})), "ebrs": _list_of(_SIZE),
+}
+DISK_PARTITION: dict[str, Check] = {
+    "number": _int(1), "start": _SIZE, "start_sector": _SIZE, "length": _SIZE, "sectors": _SIZE,
+    "type_id": _str, "type": _str, "uuid": _nullable(_str), "name": _nullable(_str), "attributes": _str,
+    "bootable": _nullable(_bool), "filesystem": _nullable(_fits(DISK_FS)), "used_bytes": _nullable(_SIZE),
+    "kept": _str, "note": _nullable(_str),
+}
+DISK: dict[str, Check] = {
+    "version": _int(1), "size": _SIZE, "sector_size": _int(1), "table": _nullable(_fits(DISK_TABLE)),
+    "partitions": _list_of(_fits(DISK_PARTITION, ("number", "start", "length"))),
+    "volume": _nullable(_fits(DISK_FS)), "used_bytes": _SIZE, "warnings": _str_list,
+}
 USED_ONLY: dict[str, Check] = {
     "filesystem": _obj, "used_bytes": _SIZE, "extents": _SIZE, "cluster_size": _int(1),
     "allocation_sha256": lambda v: type(v) is str and SHA256_HEX.fullmatch(v) is not None,
@@ -92,12 +123,12 @@ HEADER: dict[str, Check] = {
     "created": _str, "tool": _str, "zstd_library": _str, "level": _int(MIN_LEVEL, MAX_LEVEL),
     "digests": lambda v: _str_list(v) and len(set(v)) == len(v) and all(v),
     "split_size": _nullable(_int(1)), "hostname": _str, "command_line": _str_list, "source": _obj,
-    "used_only": _obj,
+    "used_only": _obj, "disk": _obj,
 }
 STATS: dict[str, Check] = {"chunks": _SIZE, "zero_chunks_this_run": _SIZE, "read_bytes_this_run": _SIZE}
 TRAILER: dict[str, Check] = {
     "finished": _str, "digests": _obj, "digest_covers": lambda v: v in (COVERS_ALL, COVERS_ALLOCATED),
-    "stats": _obj,
+    "stats": _obj, "partition_digests": lambda v: type(v) is dict and all(_str_map(x) for x in v.values()),
 }
 
 
@@ -127,6 +158,8 @@ def check_header_meta(meta: dict[str, Any], used_only: bool, what: str = "image 
         if "allocation_sha256" not in uo:
             raise CorruptImageError(f"{what}: META used_only has no allocation_sha256")
         _check(uo.get("filesystem") or {}, FILESYSTEM, what, "used_only.filesystem.")
+    if "disk" in meta:
+        _check(meta["disk"], DISK, what, "disk.")
 
 
 def check_trailer_meta(meta: dict[str, Any], what: str = "image trailer") -> None:
@@ -136,11 +169,17 @@ def check_trailer_meta(meta: dict[str, Any], what: str = "image trailer") -> Non
     digests = meta.get("digests")
     if digests is None:
         raise CorruptImageError(f"{what}: META has no 'digests' object")
+    _check_hex(digests, what, "digest")
+    for number, per_partition in (meta.get("partition_digests") or {}).items():
+        _check_hex(per_partition, what, f"partition {number} digest")
+    _check(meta.get("stats") or {}, STATS, what, "stats.")
+
+
+def _check_hex(digests: dict[str, Any], what: str, kind: str) -> None:
     for name, value in digests.items():
         length = DIGEST_HEX_LENGTH.get(name)
         if type(value) is not str or not HEX.fullmatch(value) or (length is not None and len(value) != length):
-            raise CorruptImageError(f"{what}: META digest {name!r} is not a lower-case hex digest: {_show(value)}")
-    _check(meta.get("stats") or {}, STATS, what, "stats.")
+            raise CorruptImageError(f"{what}: META {kind} {name!r} is not a lower-case hex digest: {_show(value)}")
 
 
 def check_digests_agree(header_meta: dict[str, Any], trailer_meta: dict[str, Any], used_only: bool) -> None:

@@ -11,14 +11,13 @@ order from one thread.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
-from typing import Any
-
-import blake3
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..extents import AllocationMap
+
+if TYPE_CHECKING:
+    from ..extents import AllocationMap
 
 SUPPORTED = ("sha256", "blake3", "md5")
 # Chosen by measurement (docs/performance.md; 2 cores, 2 GiB mixed corpus, median of 3):
@@ -42,7 +41,11 @@ def parse_hash_names(spec: str) -> tuple[str, ...]:
 
 def _new(name: str) -> Any:
     if name == "blake3":
+        import blake3  # imported here so that parsing --hash (every command's parser) stays light
+
         return blake3.blake3()
+    import hashlib  # with OpenSSL: loaded when a digest is made, not when --hash is parsed
+
     return hashlib.new(name)
 
 

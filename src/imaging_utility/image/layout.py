@@ -22,7 +22,8 @@ from ..format import c_image as c
 from ..format.index import SeekTable
 from ..format.metaframe import Event, Header, Trailer
 from ..format.schema import check_digests_agree
-from .parts import PartReader, next_part_name
+from ..storage import BlobReader
+from ..storage.local import next_part_name
 
 Ranges = list[tuple[int, int]]
 
@@ -43,15 +44,17 @@ class Layout:
     allocation: AllocationMap | None  # used-only images
 
 
-def load_layout(parts: PartReader) -> Layout:
+def load_layout(parts: BlobReader) -> Layout:
     read_at, file_size = parts.read_at, parts.size
     try:
         table, table_off = SeekTable.load(read_at, file_size)
-    except IncompleteImageError as e:
+    except IncompleteImageError:
         later = next_part_name(parts.paths)
         if later is None:
             raise
-        raise IncompleteImageError(f"{e}, or the split image's next part {later} is missing") from None
+        raise IncompleteImageError(
+            f"no seek table at the end of the last part {parts.paths[-1]}: the capture was interrupted (continue "
+            f"it with 'image --resume'), or the parts after it ({later} ...) are missing") from None
     if len(table) < 2 or table.dsizes[0] != 0 or table.checksums[0] != c.XXH64_EMPTY_LOW32:
         raise CorruptImageError("the seek table does not start with a header frame and end with a trailer")
     offsets = array("Q", itertools.accumulate(table.csizes, initial=0))

@@ -31,8 +31,8 @@ from ..blocks import check_range
 from ..errors import ChunkCorruptError, CorruptImageError
 from ..extents import Extent, ExtentKind, coalesce
 from ..format.codec import Codec, frame_checksum, zero_checksum, zero_frame, zero_frame_length
+from ..storage import open_reader, resolve
 from .layout import load_layout
-from .parts import PartReader, resolve_parts
 
 DEFAULT_CACHE_BYTES = 64 << 20
 # Below 1 MiB the CRC-32 of the whole frame costs what the prefix saves (measured per random 4 KiB read:
@@ -45,7 +45,7 @@ ZERO_RUN_READ = 1 << 20  # bytes of back-to-back zero frames compared per read
 class ImageReader:
     def __init__(self, paths: list[str], *, cache_bytes: int = DEFAULT_CACHE_BYTES, readahead: int = 4) -> None:
         self.paths = paths
-        self._parts = PartReader(paths)
+        self._parts = open_reader(paths)
         try:
             layout = load_layout(self._parts)
         except BaseException:
@@ -146,13 +146,10 @@ class ImageReader:
             frame = self.read_frame(index)
         partial = need is not None and need < n
         if (partial or check_frame) and zlib.crc32(frame) != self.frame_crcs[index]:
-            raise ChunkCorruptError(
-                f"chunk {index} (image byte offset {offset}): its frame's bytes fail their CRC-32 check",
-                index, offset,
-            )
+            raise ChunkCorruptError(f"{self.where(index)}: its frame's bytes fail their CRC-32 check", index, offset)
         if frame_checksum(frame) != self.chunk_sums[index]:
             raise ChunkCorruptError(
-                f"chunk {index} (image byte offset {offset}): frame checksum {frame_checksum(frame):#010x} "
+                f"{self.where(index)}: frame checksum {frame_checksum(frame):#010x} "
                 f"differs from the seek table's {self.chunk_sums[index]:#010x}", index, offset,
             )
         if len(frame) == zero_frame_length(n) and frame == zero_frame(n):
@@ -160,8 +157,15 @@ class ImageReader:
             return zeros if zeros is not None else self._zero_data.setdefault(n, bytes(n))
         if partial:
             assert need is not None
-            return self._codec.decompress_prefix(frame, need, index, offset)
-        return self._codec.decompress(frame, n, index, offset)
+            return self._codec.decompress_prefix(frame, need, index, offset, self.where(index))
+        return self._codec.decompress(frame, n, index, offset, self.where(index))
+
+    def where(self, index: int) -> str:
+        """Chunk ``index`` named by its source bytes and where its frame lies in the image file(s)."""
+        start = index * self.chunk_size
+        path, rel = self._parts.locate(self.chunk_offsets[index])
+        return (f"chunk {index} (source bytes {start}-{start + self.chunk_len(index) - 1}; "
+                f"its frame at byte {rel} of {path})")
 
     def chunk(self, index: int, need: int | None = None) -> bytes:
         """Chunk ``index``'s bytes, through the cache (thread-safe).  With ``need``, a prefix of at least
@@ -211,7 +215,12 @@ class ImageReader:
             del self._recent[:-16]
             if not follows or not self._readahead:
                 return sequential
-            todo = [j for j in range(index + 1, min(index + 1 + self._readahead, self.chunk_count))
+            # as many chunks ahead as the run has read so far (up to the limit): a client reading two
+            # chunks in a row over a remote store does not pay for four more
+            run = 2
+            while run <= self._readahead and index - run in self._recent:
+                run += 1
+            todo = [j for j in range(index + 1, min(index + run, self.chunk_count))
                     if j not in self._cache and j not in self._inflight]
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(2, thread_name_prefix="readahead")
@@ -334,5 +343,6 @@ def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Exte
 
 
 def open_image(path: str, **kwargs: Any) -> ImageReader:
-    """Open a finished image (a file, ``NAME.001`` or ``NAME`` of a split set) for random access."""
-    return ImageReader(resolve_parts(path), **kwargs)
+    """Open a finished image (a file, ``NAME.001`` or ``NAME`` of a split set, or the same as
+    ``s3://bucket/key``) for random access."""
+    return ImageReader(resolve(path), **kwargs)

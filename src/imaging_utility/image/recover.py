@@ -1,22 +1,23 @@
 """Continue a partial image: keep the longest valid prefix and rebuild the digest state from it.
 
-Walks the frames from the start (docs/image-format.md §8), decodes every kept
-data frame (checking its content checksum and size) and feeds the digests in
-order — the source is not read again.  Everything from the first incomplete or
-invalid frame onward, including an old trailer and seek table, is dropped.
+Where the store can read the partial image back (files), walks the frames from
+the start (docs/image-format.md §8), decodes every kept data frame (checking its
+content checksum and size) and feeds the digests in order — the source is not
+read again.  Everything from the first incomplete or invalid frame onward,
+including an old trailer and seek table, is dropped.  Where it cannot (an
+unfinished S3 upload), the image is made again from its stored header on and
+the store keeps what it already holds (``storage.base.Partial.replay``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
 import zlib
 from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ChunkCorruptError, CorruptImageError, ResumeMismatchError
 from ..extents import AllocationMap
@@ -24,9 +25,8 @@ from ..format import c_image as c
 from ..format.codec import Codec
 from ..format.index import SeekTable, walk_frames
 from ..format.metaframe import Event, Header
-from .destlock import DestLock
+from ..storage import BlobReader, Partial
 from .digests import Digests
-from .parts import PartReader, PartWriter, existing_outputs, part_path
 from .writer import ImageWriter
 
 
@@ -41,62 +41,58 @@ class Recovered:
     bad_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
-def read_header(dest: str, split: bool) -> Header | None:
-    """The header of the partial image at ``dest``; None when not even the header was written completely."""
-    first = part_path(dest, 0) if split else dest
-    try:
-        with open(first, "rb") as fh:
-            head = fh.read(c.SKIPPABLE_HEADER.size)
-            if len(head) < c.SKIPPABLE_HEADER.size:
-                magic = c.SKIPPABLE_HEADER.pack(c.HEADER_MAGIC, 0)[:4]
-                if magic[: len(head)] == head[:4]:  # cut inside the magic or the size field
-                    return None
-                raise ResumeMismatchError(f"{first} is not an imaging-utility image; refusing to continue it")
-            magic, size = c.SKIPPABLE_HEADER.unpack(head)
-            if magic != c.HEADER_MAGIC:
-                raise ResumeMismatchError(
-                    f"{first} is not an imaging-utility image (magic {magic:#010x}); refusing to continue it"
-                )
-            body = fh.read(size)
-    except FileNotFoundError:
-        return None
-    if len(body) < size:
+def read_header(partial: Partial) -> Header | None:
+    """The header of the partial image ``partial``; None when not even the header was written completely."""
+    head, first = partial.head, partial.name
+    if len(head) < c.SKIPPABLE_HEADER.size:
+        magic = c.SKIPPABLE_HEADER.pack(c.HEADER_MAGIC, 0)[:4]
+        if magic[: len(head)] == head[:4]:  # nothing, or cut inside the magic or the size field
+            return None
+        raise ResumeMismatchError(f"{first} is not an imaging-utility image; refusing to continue it")
+    magic, size = c.SKIPPABLE_HEADER.unpack(head[: c.SKIPPABLE_HEADER.size])
+    if magic != c.HEADER_MAGIC:
+        raise ResumeMismatchError(
+            f"{first} is not an imaging-utility image (magic {magic:#010x}); refusing to continue it"
+        )
+    if len(head) < c.SKIPPABLE_HEADER.size + size:
         return None
     try:
-        return Header.decode(body, c.SKIPPABLE_HEADER.size)
+        return Header.decode(head[c.SKIPPABLE_HEADER.size :], c.SKIPPABLE_HEADER.size)
     except CorruptImageError as e:
         raise ResumeMismatchError(f"cannot continue {first}: {e}") from None
 
 
 def recover(
-    dest: str,
+    partial: Partial,
     header: Header,
-    split_size: int | None,
     digest_names: tuple[str, ...],
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None = None,
-    lock: DestLock | None = None,
+    observer: Any = None,
 ) -> Recovered:
-    """Open the partial image at ``dest`` (whose header equals ``header``) for appending."""
-    paths = [p for p in existing_outputs(dest) if split_size is None or p != dest]
-    reader = PartReader(paths)
-    try:
-        return _recover(reader, dest, header, split_size, digest_names, codec, threads, progress, lock)
-    finally:
-        reader.close()
+    """Open the partial image ``partial`` (whose header is ``header``) for appending.
+
+    ``observer.update(data, offset)``, when given, sees every kept chunk in order (as capture's does)."""
+    if partial.reader is None:
+        sink = partial.replay()
+        sink.write_frame(partial.head)
+        table = SeekTable()
+        table.append(len(partial.head), 0, c.XXH64_EMPTY_LOW32)
+        writer = ImageWriter(sink, header, table, array("I"))
+        return Recovered(header, writer, Digests(digest_names), 0, 0, 0)
+    return _recover(partial, partial.reader, header, digest_names, codec, threads, progress, observer)
 
 
 def _recover(
-    reader: PartReader,
-    dest: str,
+    partial: Partial,
+    reader: BlobReader,
     header: Header,
-    split_size: int | None,
     digest_names: tuple[str, ...],
     codec: Codec,
     threads: int,
     progress: Callable[[int], None] | None,
-    lock: DestLock | None,
+    observer: Any,
 ) -> Recovered:
     frames = walk_frames(reader.read_at, reader.size)
     first = next(frames)
@@ -129,6 +125,8 @@ def _recover(
                 pending.clear()
                 return False
             digests.update_chunk(data, chunk * chunk_size, allocation)
+            if observer is not None:
+                observer.update(data, chunk * chunk_size)
             table.append(length, dsize, checksum)
             crcs.append(crc)
             kept += length
@@ -172,29 +170,6 @@ def _recover(
         for fut, *_ in pending:
             fut.cancel()
 
-    part_sizes = PartWriter.sizes(reader.paths)
-    parts = PartWriter(dest, split_size, lock)
-    parts.reopen_at(kept, part_sizes)
+    parts = partial.continue_at(kept)
     writer = ImageWriter(parts, header, table, crcs)
     return Recovered(header, writer, digests, chunk, kept, reader.size - kept, bad)
-
-
-def remove_outputs(dest: str) -> threading.Thread | None:
-    """Remove an old image at ``dest`` (``--force``).  The files are renamed out of the way at once and
-    unlinked on a background thread (freeing a large file's blocks takes a while); join the thread."""
-    doomed = []
-    for i, p in enumerate(existing_outputs(dest)):
-        tmp = os.path.join(os.path.dirname(p) or ".", f".{os.path.basename(dest)}.{os.getpid()}.{i}.discard")
-        os.rename(p, tmp)
-        doomed.append(tmp)
-    if not doomed:
-        return None
-
-    def unlink_all() -> None:
-        for p in doomed:
-            with contextlib.suppress(OSError):
-                os.unlink(p)
-
-    thread = threading.Thread(target=unlink_all, name="discard-old-image", daemon=True)
-    thread.start()
-    return thread

@@ -67,11 +67,28 @@ def detection_probability(chunks: int, samples: int, fraction: float) -> float:
     return 1.0 - miss
 
 
+def samples_for(chunks: int, fraction: float = 0.01, target: float = 0.95) -> int:
+    """The fewest random chunks that catch a corruption of ``fraction`` of ``chunks`` with probability ``target``
+    (299 for a large image and the defaults; every chunk of a small one if that is what it takes)."""
+    # drawing with replacement needs this many; drawing without replacement (as _quick does) never needs more
+    bound = math.ceil(math.log(1 - target) / math.log(1 - fraction))
+    lo, hi = 1, max(1, min(chunks, bound))
+    if detection_probability(chunks, hi, fraction) < target:
+        return hi
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if detection_probability(chunks, mid, fraction) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def _failure(e: ChunkCorruptError) -> dict[str, Any]:
     return {"chunk": e.chunk, "offset": e.offset, "error": str(e)}
 
 
-def verify_image(reader: ImageReader, *, quick: bool = False, samples: int = 64, seed: int | None = None,
+def verify_image(reader: ImageReader, *, quick: bool = False, samples: int | None = None, seed: int | None = None,
                  threads: int | None = None, progress: ProgressCallback = no_progress,
                  extra_digests: tuple[str, ...] = ()) -> VerifyReport:
     """``extra_digests``: also compute these (full verify), e.g. SHA-256 of an image made without it."""
@@ -79,7 +96,7 @@ def verify_image(reader: ImageReader, *, quick: bool = False, samples: int = 64,
     report = VerifyReport("quick" if quick else "full", reader.chunk_count, bad_ranges=list(reader.bad_ranges))
     _check_allocation(reader, report)
     if quick:
-        _quick(reader, report, samples, seed, progress)
+        _quick(reader, report, samples if samples is not None else samples_for(reader.chunk_count), seed, progress)
     else:
         _full(reader, report, threads, progress, extra_digests)
     return report
@@ -110,9 +127,11 @@ def _quick(reader: ImageReader, report: VerifyReport, samples: int, seed: int | 
         ev.done = report.chunks_checked
         progress(ev)
     p = detection_probability(reader.chunk_count, n, 0.01)
+    need = samples_for(reader.chunk_count)
+    more = f" ({need} samples would give 95%)" if p < 0.95 else ""
     report.detection = (
         f"checked {n} of {reader.chunk_count} chunks (seed {report.seed}): a corruption touching ≥ 1% of "
-        f"chunks would be caught with {p * 100:.1f}% probability; run without --quick to check every chunk "
+        f"chunks would be caught with {p * 100:.1f}% probability{more}; run without --quick to check every chunk "
         "and the whole-image digests"
     )
 
@@ -161,3 +180,34 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
     for name, value in expected.items():
         if name not in SUPPORTED:  # a later version's digest: reported, not checked, not a failure
             report.digests[name] = {"expected": value, "actual": None, "ok": True, "unknown": True}
+
+
+def corrupt_chunks(reader: ImageReader, offset: int, length: int, *, threads: int | None = None,
+                   progress: ProgressCallback = no_progress) -> list[tuple[int, str]]:
+    """(chunk index, error) of every chunk overlapping ``[offset, offset + length)`` that fails its checks
+    (the whole frame is decoded and its frame CRC checked, as ``verify`` does)."""
+    threads = threads or os.cpu_count() or 2
+    if length <= 0 or not reader.chunk_count:
+        return []
+    first, last = offset // reader.chunk_size, min(reader.chunk_count, -(-(offset + length) // reader.chunk_size))
+    ev = ProgressEvent("check", 0, last - first)
+    bad: list[tuple[int, str]] = []
+    with ThreadPoolExecutor(threads, thread_name_prefix="check") as pool:
+        pending: deque[tuple[int, Future[bytes]]] = deque()
+
+        def take() -> None:
+            index, fut = pending.popleft()
+            try:
+                fut.result()
+            except CorruptImageError as e:
+                bad.append((index, str(e)))
+            ev.done += 1
+            progress(ev)
+
+        for index in range(first, last):
+            pending.append((index, pool.submit(reader.decode_chunk, index, check_frame=True)))
+            if len(pending) > 2 * threads + 2:
+                take()
+        while pending:
+            take()
+    return bad

@@ -1,7 +1,7 @@
 """Append frames to an image and close it with a trailer and the seek table (docs/image-format.md §2).
 
 Not thread-safe: one thread appends frames in chunk order.  Sticky: after an
-I/O error every call raises it again (``PartWriter``).  Until ``finish`` the
+I/O error every call raises it again (``storage.FrameSink``).  Until ``finish`` the
 file is a valid prefix that ``recover`` can continue.
 """
 
@@ -14,12 +14,12 @@ from ..format import c_image as c
 from ..format.codec import frame_checksum
 from ..format.index import SeekTable
 from ..format.metaframe import Event, Header, Trailer
-from .destlock import DestLock
-from .parts import PartWriter
+from ..storage import FrameSink, create_sink
+from ..storage.destlock import DestLock
 
 
 class ImageWriter:
-    def __init__(self, parts: PartWriter, header: Header, table: SeekTable, frame_crcs: array[int]) -> None:
+    def __init__(self, parts: FrameSink, header: Header, table: SeekTable, frame_crcs: array[int]) -> None:
         self.parts = parts
         self.header = header
         self.table = table
@@ -31,10 +31,8 @@ class ImageWriter:
 
     @classmethod
     def create(cls, dest: str, split_size: int | None, header: Header, lock: DestLock | None = None) -> ImageWriter:
-        parts = PartWriter(dest, split_size, lock)
-        parts.create()
         frame = header.encode()
-        parts.write_frame(frame)
+        parts = create_sink(dest, split_size, frame, header.source_size, lock)
         table = SeekTable()
         table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
         return cls(parts, header, table, array("I"))
@@ -64,9 +62,7 @@ class ImageWriter:
         self.parts.write_frame(frame)
         self.table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
         self.parts.write_frame(self.table.encode())
-        self.parts.sync()
-        self.parts.close()
-        return self.parts.paths()
+        return self.parts.finish()
 
     def sync(self) -> None:
         self.parts.sync()

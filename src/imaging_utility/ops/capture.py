@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .. import __version__
 from ..blocks import BlockSource
@@ -29,18 +29,28 @@ from ..extents import AllocationMap, ExtentKind
 from ..format import c_image as c
 from ..format.codec import Codec, zstd_library_version
 from ..format.metaframe import Event, Header, Trailer
-from ..image.destlock import DestLock
 from ..image.digests import DEFAULT, Digests
-from ..image.parts import existing_outputs
-from ..image.recover import read_header, recover, remove_outputs
+from ..image.recover import read_header, recover
 from ..image.writer import ImageWriter
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..storage import discard, existing_outputs, is_remote, open_partial
+from ..storage.destlock import DestLock
+from ..storage.local import STDOUT
 
 Framed = tuple[bytes, int]  # a data frame and the CRC-32 of its bytes
 
 # A reader of one chunk: fills ``buf`` for source bytes [offset, offset+len(buf)) and
 # returns the (offset, length) ranges that could not be read (zero-filled).
 ChunkReader = Callable[[int, memoryview], list[tuple[int, int]]]
+
+
+class ChunkObserver(Protocol):
+    """Sees every chunk's bytes in order on the digest thread (and a resume's kept chunks first), e.g. to
+    compute per-partition digests; adds its result to the trailer's metadata."""
+
+    def update(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
+
+    def trailer_meta(self) -> dict[str, Any]: ...
 
 
 def utc_now() -> str:
@@ -61,6 +71,8 @@ class CaptureOptions:
     filesystem: dict[str, Any] | None = None
     chunk_reader: ChunkReader | None = None  # e.g. rescue reading; default: source.readinto_at
     identity_check: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # more header metadata (e.g. a disk's table)
+    observer: ChunkObserver | None = None
 
     def validate(self) -> None:
         cs = self.chunk_size
@@ -102,6 +114,7 @@ def build_header(source: BlockSource, opts: CaptureOptions) -> Header:
         "hostname": platform.node(),
         "command_line": sys.argv,
         "source": opts.identity,
+        **opts.extra_meta,
     }
     flags = 0
     allocation = None
@@ -156,30 +169,37 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
                  progress: ProgressCallback, discards: list[threading.Thread | None], lock: DestLock,
                  ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
-    split = opts.split_size is not None
+    if dest == STDOUT:
+        if opts.resume or opts.split_size is not None:
+            raise UsageError("an image written to standard output cannot be split or resumed")
+        return ImageWriter.create(dest, None, header), Digests(opts.digests), 0, []
     existing = existing_outputs(dest)
-    for path in existing:  # another run writing DEST stops this one here, before anything changes
+    for path in [] if is_remote(dest) else existing:  # another run writing DEST stops here, before any change
         lock.add_path(path)
     if existing and opts.resume:
-        old = read_header(dest, split)
-        if old is not None:
-            reason = _mismatch(old, header, opts)
-            if reason:
-                raise ResumeMismatchError(f"cannot resume {dest}: {reason}; start over with --force")
-            total = source.size
-            ev = ProgressEvent("resume-scan", 0, total)
+        partial = open_partial(dest, opts.split_size, lock)
+        try:
+            old = read_header(partial)
+            if old is not None:
+                reason = _mismatch(old, header, opts)
+                if reason:
+                    raise ResumeMismatchError(f"cannot resume {dest}: {reason}; start over with --force")
+                total = source.size
+                ev = ProgressEvent("resume-scan", 0, total)
 
-            def scanned(done: int) -> None:
-                ev.done = min(done, total)
-                progress(ev)
+                def scanned(done: int) -> None:
+                    ev.done = min(done, total)
+                    progress(ev)
 
-            rec = recover(dest, old, opts.split_size, opts.digests, codec, opts.threads, scanned, lock)
-            return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
-        discards.append(remove_outputs(dest))
+                rec = recover(partial, old, opts.digests, codec, opts.threads, scanned, opts.observer)
+                return rec.writer, rec.digests, rec.chunks_done, rec.bad_ranges
+        finally:
+            partial.close()
+        discards.append(discard(dest))
     elif existing and not opts.force:
         raise RefusedError(f"{existing[0]} already exists; use --force to overwrite it or --resume to continue it")
     elif existing:
-        discards.append(remove_outputs(dest))
+        discards.append(discard(dest))
     return ImageWriter.create(dest, opts.split_size, header, lock), Digests(opts.digests), 0, []
 
 
@@ -225,6 +245,13 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
             crc = zero_crcs[length] = zlib.crc32(frame)
         return frame, crc
 
+    observer = opts.observer
+
+    def feed(view: memoryview, offset: int) -> None:
+        digests.update_chunk(view, offset, amap)
+        if observer is not None:
+            observer.update(view, offset)
+
     def compress(view: memoryview) -> Framed:
         frame = codec.compress(view)
         return frame, zlib.crc32(frame)
@@ -258,7 +285,7 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
                 if not used:
                     zero_chunks += 1
                     pending.append((zero_framed(length),
-                                    hasher.submit(digests.update_chunk, zeros[:length], off, amap),
+                                    hasher.submit(feed, zeros[:length], off),
                                     None, length, []))
                 else:
                     while not free:
@@ -271,11 +298,11 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
                     if (buf == zero_bytes) if length == cs else (bytes(view) == zero_bytes[:length]):
                         zero_chunks += 1
                         pending.append((zero_framed(length),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
+                                        hasher.submit(feed, view, off),
                                         buf, length, bad_here))
                     else:
                         pending.append((pool.submit(compress, view),
-                                        hasher.submit(digests.update_chunk, view, off, amap),
+                                        hasher.submit(feed, view, off),
                                         buf, length, bad_here))
                 while pending and (len(pending) > n_buffers or _done(pending[0][0])):
                     retire_one()
@@ -284,6 +311,9 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
         except KeyboardInterrupt:
             _abandon(pending)
             writer.sync()
+            if dest == STDOUT:
+                raise Interrupted(f"interrupted at {ev.done} of {size} bytes; an image streamed to standard "
+                                  "output cannot be resumed: run it again") from None
             raise Interrupted(
                 f"interrupted at {ev.done} of {size} bytes; the partial image {dest} is kept: "
                 "resume with --resume (same source, DEST and options)"
@@ -296,6 +326,7 @@ def _run(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, wri
         "digests": digests.hexdigests(),
         "digest_covers": "allocated bytes in volume order" if amap is not None else "all image bytes",
         "stats": {"chunks": n_chunks, "zero_chunks_this_run": zero_chunks, "read_bytes_this_run": read_bytes},
+        **(observer.trailer_meta() if observer is not None else {}),
     }
     paths = writer.finish(Trailer(size, n_chunks, trailer_meta, sorted(bad)))
     progress(ev)

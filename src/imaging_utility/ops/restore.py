@@ -2,7 +2,9 @@
 
 Chunks are decoded on a thread pool and written in order with ``pwrite``;
 every chunk's checksums are checked as it is decoded.  A device gets every
-byte (zeros included) and is fsynced at the end.
+stored byte (``restore_writer``: stored zeros by ``BLKZEROOUT``, free space of a used-only image only
+when asked) and is fsynced at the end.  Whole disks and single partitions of one have their own
+modules (``restore_disk``, ``restore_partition``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass, field
 
 from .._io import pwrite_all
 from ..devices.source import block_device_size
+from ..devices.throttle import Throttle
 from ..errors import (
+    ChunkCorruptError,
     NoSpaceError,
     NotFoundError,
     PermissionDeniedError,
@@ -27,10 +31,11 @@ from ..errors import (
     UsageError,
     VerificationError,
 )
-from ..image.destlock import DestLock, lock_holder
 from ..image.digests import SUPPORTED, Digests
 from ..image.reader import ImageReader
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..storage.destlock import DestLock, lock_holder
+from .restore_writer import FREE_SKIP, CorruptChunk, write_stored
 
 
 @dataclass
@@ -43,6 +48,7 @@ class RestoreResult:
     elapsed: float
     digests: dict[str, dict[str, object]] = field(default_factory=dict)
     bad_ranges: list[tuple[int, int]] = field(default_factory=list)
+    corrupt: list[CorruptChunk] = field(default_factory=list)  # zero-filled (continue_on_error)
 
 
 def target_kind(target: str) -> str:
@@ -117,19 +123,28 @@ def _device_holder(target: str) -> str | None:
 
 def restore(reader: ImageReader, target: str, *, force: bool = False,
             confirm: Callable[[], bool] | None = None, threads: int | None = None, verify: bool = False,
-            progress: ProgressCallback = no_progress) -> RestoreResult:
-    """Write the image's bytes to ``target``; a block device is written only if ``confirm()`` says yes."""
+            progress: ProgressCallback = no_progress, continue_on_error: bool = False, free: str = FREE_SKIP,
+            throttle: Throttle | None = None) -> RestoreResult:
+    """Write the image's bytes to ``target``; a block device is written only if ``confirm()`` says yes.
+
+    ``continue_on_error``: a corrupt chunk is zero-filled and listed in ``RestoreResult.corrupt`` instead
+    of stopping the restore (exit 8); ``verify`` is then skipped for the digests it cannot match."""
     started = time.monotonic()
     threads = threads or os.cpu_count() or 2
     kind = target_kind(target)
     confirmed = kind == "device" and confirm is not None and confirm()
     with DestLock("restore target") as lock:
         fd = _open_target(target, kind, reader.size, force, confirmed, lock)
-        return _restore(reader, target, fd, kind == "device", threads, verify, progress, started)
+        if kind == "device":
+            return _restore_device(reader, fd, target, threads, verify, progress, continue_on_error, free,
+                                   throttle, started)
+        return _restore_file(reader, target, fd, threads, verify, progress, continue_on_error, throttle, started)
 
 
-def _restore(reader: ImageReader, target: str, fd: int, device: bool, threads: int, verify: bool,
-             progress: ProgressCallback, started: float) -> RestoreResult:
+def _restore_file(reader: ImageReader, target: str, fd: int, threads: int, verify: bool,
+                  progress: ProgressCallback, continue_on_error: bool, throttle: Throttle | None,
+                  started: float) -> RestoreResult:
+    corrupt: list[CorruptChunk] = []
     expected = dict(reader.trailer.meta.get("digests", {}))
     digests = Digests([n for n in expected if n in SUPPORTED] if verify else [])
     ev = ProgressEvent("restore", 0, reader.size)
@@ -144,12 +159,26 @@ def _restore(reader: ImageReader, target: str, fd: int, device: bool, threads: i
                 index, fut = pending.popleft()
                 offset = index * reader.chunk_size
                 n = reader.chunk_len(index)
-                data = zeros[n] if fut is None else fut.result()
+                if fut is None:
+                    data = zeros[n]
+                else:
+                    try:
+                        data = fut.result()
+                    except ChunkCorruptError as e:
+                        if not continue_on_error:
+                            raise
+                        # left as a hole, i.e. zeros: the file was created or truncated
+                        corrupt.append(CorruptChunk(index, offset, n, str(e)))
+                        ev.done += n
+                        progress(ev)
+                        return
                 if verify:
                     digests.update_chunk(data, offset, reader.allocation)
-                if not device and (fut is None or data == zeros[n]):
+                if fut is None or data == zeros[n]:
                     holes += 1  # the file was emptied: a hole reads back as these zeros
                 else:
+                    if throttle is not None:
+                        throttle.consume(n)
                     try:
                         pwrite_all(fd, data, offset)
                     except OSError as e:
@@ -162,31 +191,50 @@ def _restore(reader: ImageReader, target: str, fd: int, device: bool, threads: i
             # a zero frame becomes a hole only after its bytes compared equal to the zero frame (spec §2.1;
             # a 46-byte read per MiB); a damaged one is decoded, and fails
             for index in range(reader.chunk_count):
-                hole = not device and reader.zero_chunk_checked(index)
+                hole = reader.zero_chunk_checked(index)
                 pending.append((index, None if hole else pool.submit(reader.decode_chunk, index)))
                 if len(pending) > 2 * threads + 2:
                     take()
             while pending:
                 take()
-        if not device:  # trailing zero chunks were holes: give the file its full size
-            try:
-                os.ftruncate(fd, reader.size)
-            except OSError as e:
-                raise _write_error(e, target, reader.size) from None
-        if device:  # a device must be durable before we say so; a file is left to the page cache, like cp
-            try:
-                os.fsync(fd)
-            except OSError as e:
-                raise _write_error(e, target, reader.size) from None
+        try:  # trailing zero chunks were holes: give the file its full size
+            os.ftruncate(fd, reader.size)
+        except OSError as e:
+            raise _write_error(e, target, reader.size) from None
+        # a file is left to the page cache, like cp; a device is fsynced (_restore_device)
     finally:
         os.close(fd)
-    result = RestoreResult(target, device, reader.size, written, holes, time.monotonic() - started,
-                           bad_ranges=list(reader.bad_ranges))
-    if verify:
+    result = RestoreResult(target, False, reader.size, written, holes, time.monotonic() - started,
+                           bad_ranges=list(reader.bad_ranges), corrupt=corrupt)
+    if verify and not corrupt:
         actual = digests.hexdigests()
         result.digests = {n: {"expected": expected[n], "actual": actual[n], "ok": actual[n] == expected[n]}
                           for n in actual}
         bad = [n for n, d in result.digests.items() if not d["ok"]]
         if bad:
             raise VerificationError(f"restored data does not match the image's {', '.join(bad)} digest")
+    return result
+
+
+def _restore_device(reader: ImageReader, fd: int, target: str, threads: int, verify: bool,
+                    progress: ProgressCallback, continue_on_error: bool, free: str, throttle: Throttle | None,
+                    started: float) -> RestoreResult:
+    try:
+        report = write_stored(reader, fd, target, start=0, length=reader.size, device=True, free=free,
+                              continue_on_error=continue_on_error, threads=threads, throttle=throttle,
+                              progress=progress)
+        try:  # a device must be durable before we say so
+            os.fsync(fd)
+        except OSError as e:
+            raise _write_error(e, target, reader.size) from None
+    finally:
+        os.close(fd)
+    holes = sum(1 for i in range(reader.chunk_count) if reader.zero_chunk_checked(i))
+    result = RestoreResult(target, True, reader.size, report.bytes_written, holes, time.monotonic() - started,
+                           bad_ranges=list(reader.bad_ranges), corrupt=report.corrupt)
+    if verify and not report.corrupt:
+        from .restore_check import verify_written
+
+        verify_written(reader, target, True, [(0, 0, reader.size)])
+        result.digests = {"bytes": {"expected": "image", "actual": "read back", "ok": True}}
     return result

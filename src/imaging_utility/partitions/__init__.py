@@ -1,7 +1,7 @@
-"""MBR/GPT partition tables (``table.py``)."""
+"""MBR/GPT partition tables: parsing (``table.py``) and rewriting for another disk size (``rewrite.py``)."""
 
 from __future__ import annotations
 
-from .table import Partition, PartitionTable, partition_source, read_partitions
+from .table import GptInfo, Partition, PartitionTable, partition_source, read_partitions
 
-__all__ = ["Partition", "PartitionTable", "partition_source", "read_partitions"]
+__all__ = ["GptInfo", "Partition", "PartitionTable", "partition_source", "read_partitions"]

@@ -3,17 +3,22 @@
 Specs: UEFI 2.10 §5.2 (legacy/protective MBR) and §5.3 (GPT header and entry array, CRC32 rules);
 the MBR extended-partition chain as Linux walks it (``block/partitions/msdos.c``, ``parse_extended``):
 primaries keep their slot number 1–4, logical partitions are numbered 5, 6, … in chain order, and the
-extended container itself is not listed.
+extended container itself is not listed.  Structures: ``c_table.py``.
 
 Why not ``dissect.volume.disk.Disk`` directly: in dissect.volume 3.18 GPT partition sizes are one
 sector short (``last_lba`` is inclusive), logical MBR partitions are numbered by their EBR slot instead
 of 5+, EBR chains have no loop guard, and GPT CRCs and the backup header are not checked.  Those are the
 only parts this module needs, so it parses them thinly with ``struct`` and reuses dissect's partition type
 names.
+
+A source shorter than its table says (a truncated disk image) keeps what it has: a partition that starts
+past the end is listed in ``missing``, one that ends past it is clipped and keeps its ``declared_length``,
+and ``warnings`` names both, so nothing is dropped without a word.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -23,27 +28,23 @@ from dissect.volume.disk.partition import translate_partition_type
 
 from ..blocks import BlockSource, WindowSource, read_at
 from ..errors import NotFoundError
+from .c_table import (
+    GPT_HEADER_CRC_OFFSET,
+    GPT_SIGNATURE,
+    MBR_BOOT_SIGNATURE,
+    MBR_DISK_SIGNATURE_OFFSET,
+    MBR_EXTENDED_TYPES,
+    MBR_SIZE,
+    MBR_STATUS_ACTIVE,
+    MBR_TABLE_OFFSET,
+    MBR_TYPE_EMPTY,
+    MBR_TYPE_GPT_PROTECTIVE,
+    c_gpt_entry,
+    c_gpt_header,
+    c_mbr_entry,
+)
 
-# --- on-disk structures (little-endian) -------------------------------------------------------------
-MBR_SIZE = 512
-MBR_DISK_SIGNATURE_OFFSET = 0x1B8
-MBR_TABLE_OFFSET = 0x1BE
-MBR_BOOT_SIGNATURE = b"\x55\xaa"
-# status, chs_first, type, chs_last, lba_first, sectors
-c_mbr_entry = struct.Struct("<B3sB3sII")
-MBR_TYPE_EMPTY = 0x00
-MBR_TYPE_GPT_PROTECTIVE = 0xEE
-MBR_EXTENDED_TYPES = frozenset({0x05, 0x0F, 0x85})
 MAX_LOGICAL = 256  # Linux stops at its partition limit too; this also bounds a cyclic chain
-
-GPT_SIGNATURE = b"EFI PART"
-# signature, revision, header_size, header_crc32, reserved, my_lba, alternate_lba, first_usable_lba,
-# last_usable_lba, disk_guid, partition_entry_lba, number_of_partition_entries,
-# size_of_partition_entry, partition_entry_array_crc32
-c_gpt_header = struct.Struct("<8sIIIIQQQQ16sQIII")
-GPT_HEADER_CRC_OFFSET = 16
-# partition_type_guid, unique_partition_guid, starting_lba, ending_lba, attributes, partition_name
-c_gpt_entry = struct.Struct("<16s16sQQQ72s")
 GPT_MAX_ENTRY_ARRAY = 4 * 1024 * 1024  # far above the usual 16 KiB; bounds memory on garbage
 
 _VBR_OEM_IDS = (b"NTFS", b"MSDOS", b"MSWIN", b"FAT", b"EXFAT", b"-FVE-FS-", b"SYSLINUX", b"mkfs.fat")
@@ -60,14 +61,40 @@ class Partition:
     type_id: str  # "0x83" for MBR, the type GUID for GPT
     name: str = ""
     uuid: str | None = None
+    attributes: int = 0  # GPT attribute bits
+    bootable: bool = False  # MBR status 0x80
+    declared_length: int | None = None  # the table's length, when the source ends before the partition does
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
+    @property
+    def table_length(self) -> int:
+        """The length the table gives, whether or not the source holds all of it."""
+        return self.length if self.declared_length is None else self.declared_length
+
     def describe(self) -> str:
         label = f" '{self.name}'" if self.name else ""
         return f"{self.number}: {self.length} bytes at {self.offset}, {self.type}{label}"
+
+
+@dataclass(frozen=True, slots=True)
+class GptInfo:
+    """The GPT header fields a rewrite needs, from the copy that was used."""
+
+    header_lba: int  # 1 for the primary, else the backup's LBA
+    alternate_lba: int
+    first_usable_lba: int
+    last_usable_lba: int
+    entry_lba: int
+    entry_count: int
+    entry_size: int
+    backup_ok: bool  # the other copy was found and valid too
+
+    @property
+    def primary_ok(self) -> bool:
+        return self.header_lba == 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +103,46 @@ class PartitionTable:
     disk_id: str | None  # MBR disk signature as 0x%08x, or the GPT disk GUID
     sector_size: int
     partitions: list[Partition] = field(default_factory=list)
+    missing: list[Partition] = field(default_factory=list)  # start at or past the source's end
+    gpt: GptInfo | None = None
+    ebrs: tuple[int, ...] = ()  # byte offsets of the EBR sectors of an MBR extended chain
+    extended: tuple[int, int] | None = None  # (offset, length) of the MBR extended container
+    warnings: tuple[str, ...] = ()
+    extended_number: int | None = None  # its slot (1-4): Linux lists it as a tiny partition of that number
 
     def get(self, number: int) -> Partition:
         for part in self.partitions:
             if part.number == number:
                 return part
+        for part in self.missing:
+            if part.number == number:
+                raise NotFoundError(
+                    f"partition {number} starts at byte {part.offset}, past the end of the source: "
+                    "the image or disk is truncated")
         if not self.partitions:
-            raise NotFoundError(f"partition {number} not found: the source has no MBR or GPT partitions")
+            gone = f" ({len(self.missing)} lie past its end: truncated?)" if self.missing else ""
+            raise NotFoundError(f"partition {number} not found: the source has no MBR or GPT partitions{gone}")
         listing = "; ".join(p.describe() for p in self.partitions)
         raise NotFoundError(f"partition {number} not found; available: {listing}")
+
+    def problems(self, disk_size: int) -> list[str]:
+        """What makes this table unsafe to image used-only or to rewrite: partitions cut by the disk's end
+        or past it, overlapping partitions, GPT partitions outside the usable area."""
+        out = [f"partition {p.number} starts at byte {p.offset}, beyond the disk's end ({disk_size})"
+               for p in self.missing]
+        out += [f"partition {p.number} ends at byte {p.offset + p.table_length}, beyond the disk's end "
+                f"({disk_size})" for p in self.partitions if p.offset + p.table_length > disk_size]
+        ordered = sorted(self.partitions, key=lambda p: p.offset)
+        for a, b in itertools.pairwise(ordered):
+            if b.offset < a.offset + a.table_length:
+                out.append(f"partitions {a.number} and {b.number} overlap (bytes {b.offset}.."
+                           f"{min(a.offset + a.table_length, b.offset + b.table_length)})")
+        if self.gpt is not None:
+            ss = self.sector_size
+            lo, hi = self.gpt.first_usable_lba * ss, (self.gpt.last_usable_lba + 1) * ss
+            out += [f"partition {p.number} lies outside the GPT's usable area (bytes {lo}..{hi})"
+                    for p in self.partitions if p.offset < lo or p.offset + p.table_length > hi]
+        return out
 
 
 def read_partitions(source: BlockSource) -> PartitionTable:
@@ -105,14 +163,35 @@ def read_partitions(source: BlockSource) -> PartitionTable:
             if gpt is not None:
                 return gpt
     disk_id = struct.unpack_from("<I", mbr, MBR_DISK_SIGNATURE_OFFSET)[0]
-    parts = _mbr_partitions(source, entries, sector_size)
-    return PartitionTable("mbr", f"0x{disk_id:08x}", sector_size, parts)
+    return _Mbr(source, sector_size).table(entries, f"0x{disk_id:08x}")
 
 
 def partition_source(source: BlockSource, number: int, table: PartitionTable | None = None) -> WindowSource:
     """A window over partition ``number`` (1-based, Linux numbering); ``NotFoundError`` lists the others."""
     part = (table or read_partitions(source)).get(number)
     return WindowSource(source, part.offset, part.length)
+
+
+def _place(source: BlockSource, number: int, offset: int, length: int, **kw: object) -> tuple[Partition, bool]:
+    """A partition clipped to the source; the flag is False when it starts at or past the source's end."""
+    inside = offset < source.size
+    cut = inside and offset + length > source.size
+    part = Partition(number=number, offset=offset, length=min(length, source.size - offset) if inside else 0,
+                     declared_length=length if cut or not inside else None, **kw)  # type: ignore[arg-type]
+    return part, inside
+
+
+def _truncation_warnings(parts: list[Partition], missing: list[Partition], size: int) -> list[str]:
+    out = []
+    if missing:
+        numbers = ", ".join(str(p.number) for p in missing)
+        out.append(f"the source ends at byte {size} but the table lists partition{'s' * (len(missing) > 1)} "
+                   f"{numbers} past that point: they are missing (truncated image?)")
+    for p in parts:
+        if p.declared_length is not None:
+            out.append(f"partition {p.number} is cut: the table gives {p.declared_length} bytes, the source "
+                       f"holds {p.length} of them (truncated image?)")
+    return out
 
 
 # --- MBR ------------------------------------------------------------------------------------------
@@ -133,75 +212,97 @@ def _mbr_entries(sector: bytes) -> list[_Entry] | None:
     return entries
 
 
-def _mbr_partitions(source: BlockSource, entries: list[_Entry], ss: int) -> list[Partition]:
-    parts: list[Partition] = []
-    extended: tuple[int, int] | None = None
-    for slot, (_status, _c1, ptype, _c2, lba, count) in enumerate(entries, start=1):
-        if not count or ptype == MBR_TYPE_EMPTY:
-            continue
-        if ptype in MBR_EXTENDED_TYPES:
-            if extended is None:
-                extended = (lba, count)
-            continue
-        parts += _mbr_partition(source, slot, lba * ss, count * ss, ptype)
-    if extended is not None:
-        _logical_partitions(parts, source, extended[0], extended[1], ss)
-    return parts
+class _Mbr:
+    def __init__(self, source: BlockSource, ss: int) -> None:
+        self.source, self.ss = source, ss
+        self.parts: list[Partition] = []
+        self.missing: list[Partition] = []
+        self.ebrs: list[int] = []
 
-
-def _logical_partitions(parts: list[Partition], source: BlockSource, ext_lba: int, ext_count: int,
-                        ss: int) -> None:
-    """Walk the EBR chain: data entries are relative to their EBR, links to the extended start."""
-    number = 5
-    ebr_lba, ebr_count = ext_lba, ext_count
-    seen: set[int] = set()
-    while ebr_lba not in seen and len(seen) < MAX_LOGICAL and ebr_lba * ss + MBR_SIZE <= source.size:
-        seen.add(ebr_lba)
-        entries = _mbr_entries(read_at(source, ebr_lba * ss, MBR_SIZE))
-        if entries is None:
-            return
-        for i, (_s, _c1, ptype, _c2, lba, count) in enumerate(entries):
-            if not count or ptype in MBR_EXTENDED_TYPES:
+    def table(self, entries: list[_Entry], disk_id: str) -> PartitionTable:
+        extended: tuple[int, int] | None = None
+        extended_number: int | None = None
+        for slot, (status, _c1, ptype, _c2, lba, count) in enumerate(entries, start=1):
+            if not count or ptype == MBR_TYPE_EMPTY:
                 continue
-            # Linux's sanity checks for the 3rd and 4th entries, which often hold garbage
-            if i >= 2 and (lba + count > ebr_count or ebr_lba + lba + count > ext_lba + ext_count):
+            if ptype in MBR_EXTENDED_TYPES:
+                if extended is None:
+                    extended, extended_number = (lba, count), slot
                 continue
-            parts += _mbr_partition(source, number, (ebr_lba + lba) * ss, count * ss, ptype)
-            number += 1
-        link = next((e for e in entries if e[5] and e[2] in MBR_EXTENDED_TYPES), None)
-        if link is None:
-            return
-        ebr_lba, ebr_count = ext_lba + link[4], link[5]
+            self._add(slot, lba * self.ss, count * self.ss, ptype, status)
+        if extended is not None:
+            self._logical(*extended)
+        warnings = _truncation_warnings(self.parts, self.missing, self.source.size)
+        container = None if extended is None else (extended[0] * self.ss, extended[1] * self.ss)
+        return PartitionTable("mbr", disk_id, self.ss, self.parts, self.missing, None, tuple(self.ebrs),
+                              container, tuple(warnings), extended_number)
 
+    def _add(self, number: int, offset: int, length: int, ptype: int, status: int) -> None:
+        part, inside = _place(self.source, number, offset, length, type=translate_partition_type(ptype),
+                              type_id=f"0x{ptype:02x}", bootable=status == MBR_STATUS_ACTIVE)
+        (self.parts if inside else self.missing).append(part)
 
-def _mbr_partition(source: BlockSource, number: int, offset: int, length: int, ptype: int) -> list[Partition]:
-    if offset >= source.size:
-        return []  # a table copied from a larger disk: nothing of this partition is here
-    return [Partition(
-        number=number, offset=offset, length=min(length, source.size - offset),
-        type=translate_partition_type(ptype), type_id=f"0x{ptype:02x}",
-    )]
+    def _logical(self, ext_lba: int, ext_count: int) -> None:
+        """Walk the EBR chain: data entries are relative to their EBR, links to the extended start."""
+        ss = self.ss
+        number = 5
+        ebr_lba, ebr_count = ext_lba, ext_count
+        seen: set[int] = set()
+        while ebr_lba not in seen and len(seen) < MAX_LOGICAL and ebr_lba * ss + MBR_SIZE <= self.source.size:
+            seen.add(ebr_lba)
+            entries = _mbr_entries(read_at(self.source, ebr_lba * ss, MBR_SIZE))
+            if entries is None:
+                return
+            self.ebrs.append(ebr_lba * ss)
+            for i, (status, _c1, ptype, _c2, lba, count) in enumerate(entries):
+                if not count or ptype in MBR_EXTENDED_TYPES:
+                    continue
+                # Linux's sanity checks for the 3rd and 4th entries, which often hold garbage
+                if i >= 2 and (lba + count > ebr_count or ebr_lba + lba + count > ext_lba + ext_count):
+                    continue
+                self._add(number, (ebr_lba + lba) * ss, count * ss, ptype, status)
+                number += 1
+            link = next((e for e in entries if e[5] and e[2] in MBR_EXTENDED_TYPES), None)
+            if link is None:
+                return
+            ebr_lba, ebr_count = ext_lba + link[4], link[5]
 
 
 # --- GPT ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Header:
+    lba: int
+    alternate_lba: int
+    first_usable: int
+    last_usable: int
+    disk_guid: bytes
+    entry_lba: int
+    n_entries: int
+    entry_size: int
+    array: bytes
+
+
 def _read_gpt(source: BlockSource, ss: int) -> PartitionTable | None:
-    """The primary GPT, else the backup at the last LBA; None when neither is valid."""
+    """The primary GPT, else the backup at the last LBA (with a warning); None when neither is valid."""
     last_lba = source.size // ss - 1
-    for lba in (1, last_lba):
-        if lba < 1:
-            continue
-        parsed = _gpt_at(source, lba, ss)
-        if parsed is not None:
-            return parsed
-    return None
+    primary = _gpt_header(source, 1, ss)
+    if primary is not None:
+        other = _gpt_header(source, primary.alternate_lba, ss) if primary.alternate_lba != 1 else None
+        return _gpt_table(source, ss, primary, other is not None, [])
+    backup = _gpt_header(source, last_lba, ss) if last_lba > 1 else None
+    if backup is None:
+        return None
+    warning = (f"the primary GPT (LBA 1) is damaged; using the backup GPT at LBA {last_lba} "
+               "(a restore writes both copies again)")
+    return _gpt_table(source, ss, backup, False, [warning])
 
 
-def _gpt_at(source: BlockSource, lba: int, ss: int) -> PartitionTable | None:
-    if (lba + 1) * ss > source.size or ss < c_gpt_header.size:
+def _gpt_header(source: BlockSource, lba: int, ss: int) -> _Header | None:
+    if lba < 1 or (lba + 1) * ss > source.size or ss < c_gpt_header.size:
         return None
     raw = bytearray(read_at(source, lba * ss, ss))
-    (signature, _revision, header_size, header_crc, _reserved, my_lba, _alt_lba, _first_usable,
-     _last_usable, disk_guid, entry_lba, n_entries, entry_size, entries_crc) = c_gpt_header.unpack_from(raw)
+    (signature, _revision, header_size, header_crc, _reserved, my_lba, alt_lba, first_usable,
+     last_usable, disk_guid, entry_lba, n_entries, entry_size, entries_crc) = c_gpt_header.unpack_from(raw)
     if signature != GPT_SIGNATURE or not c_gpt_header.size <= header_size <= ss or my_lba != lba:
         return None
     raw[GPT_HEADER_CRC_OFFSET:GPT_HEADER_CRC_OFFSET + 4] = b"\0\0\0\0"
@@ -215,19 +316,37 @@ def _gpt_at(source: BlockSource, lba: int, ss: int) -> PartitionTable | None:
     array = read_at(source, entry_lba * ss, array_len)
     if zlib.crc32(array) != entries_crc:
         return None
+    return _Header(lba, alt_lba, first_usable, last_usable, disk_guid, entry_lba, n_entries, entry_size, array)
+
+
+def _gpt_table(source: BlockSource, ss: int, h: _Header, other_ok: bool, warnings: list[str]) -> PartitionTable:
     parts: list[Partition] = []
-    for index in range(n_entries):
-        type_guid, part_guid, first, last, _attrs, name = c_gpt_entry.unpack_from(array, index * entry_size)
+    missing: list[Partition] = []
+    for index in range(h.n_entries):
+        type_guid, part_guid, first, last, attrs, name = c_gpt_entry.unpack_from(h.array, index * h.entry_size)
         if type_guid == bytes(16) or last < first:
             continue
         type_uuid = UUID(bytes_le=type_guid)
-        offset = first * ss
-        if offset >= source.size:
-            continue
-        parts.append(Partition(
-            number=index + 1, offset=offset, length=min((last - first + 1) * ss, source.size - offset),
+        part, inside = _place(
+            source, index + 1, first * ss, (last - first + 1) * ss,
             type=translate_partition_type(type_uuid), type_id=str(type_uuid),
             name=name.decode("utf-16-le", "replace").split("\x00", 1)[0],
-            uuid=str(UUID(bytes_le=part_guid)),
-        ))
-    return PartitionTable("gpt", str(UUID(bytes_le=disk_guid)), ss, parts)
+            uuid=str(UUID(bytes_le=part_guid)), attributes=attrs,
+        )
+        (parts if inside else missing).append(part)
+    warnings += _truncation_warnings(parts, missing, source.size)
+    if h.lba == 1 and not other_ok:
+        warnings.append(f"the backup GPT (LBA {h.alternate_lba}) is missing or damaged; the primary is used "
+                        "(a restore writes both copies again)")
+    info = GptInfo(h.lba, h.alternate_lba, h.first_usable, h.last_usable, h.entry_lba, h.n_entries,
+                   h.entry_size, other_ok)
+    return PartitionTable("gpt", str(UUID(bytes_le=h.disk_guid)), ss, parts, missing, info, (), None,
+                          tuple(warnings))
+
+
+def gpt_entry_array(source: BlockSource, table: PartitionTable) -> bytes:
+    """The raw entry array of the GPT copy ``table`` was read from (for rewriting it elsewhere)."""
+    if table.gpt is None:
+        raise ValueError("not a GPT table")
+    g = table.gpt
+    return read_at(source, g.entry_lba * table.sector_size, g.entry_count * g.entry_size)

@@ -19,12 +19,25 @@ import threading
 import time
 from typing import Self
 
-from ..errors import PermissionDeniedError, UsageError
+from ..errors import Error, PermissionDeniedError, UsageError
 
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT = 120  # seconds a blocked send may wait for a client that stopped reading
 _TIMEVAL = struct.Struct("ll")
+
+
+def bind_error(host: str, port: int, e: OSError) -> Error:
+    """The one-line error for a listening address that cannot be bound."""
+    where = f"{host}:{port}"
+    if e.errno == errno.EADDRINUSE:
+        return UsageError(f"cannot listen on {where}: address already in use (another server is on that port); "
+                          "choose another with --port")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDeniedError(f"cannot listen on {where}: {e.strerror} (ports below 1024 need root)")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return UsageError(f"cannot listen on {where}: no such address on this machine; check --host")
+    return UsageError(f"cannot listen on {where}: {e.strerror or e} (try another --host or --port)")
 
 
 class Listener(abc.ABC):
@@ -56,10 +69,7 @@ class Listener(abc.ABC):
             sock.bind(addr)
         except OSError as e:
             sock.close()
-            if e.errno == errno.EACCES:
-                raise PermissionDeniedError(f"cannot listen on {host}:{port}: {e.strerror}"
-                                            " (ports below 1024 need root)") from None
-            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror} (try another --port)") from None
+            raise bind_error(host, port, e) from None
         return sock
 
     @staticmethod

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -42,13 +43,25 @@ def image_files(source: BlockSource, table: PartitionTable | None = None) -> dic
     return files
 
 
+def require_fuse() -> None:
+    """Raise ``UnsupportedError`` naming what to install unless mfusepy and libfuse3 load."""
+    _load_mfusepy()
+
+
 def _load_mfusepy() -> Any:
+    bundled = os.path.join(getattr(sys, "_MEIPASS", ""), "libfuse3.so.3")
+    if getattr(sys, "frozen", False) and os.path.exists(bundled):
+        # the standalone build carries the libfuse3 it was tested with (a rescue system may lack it)
+        os.environ.setdefault("FUSE_LIBRARY_PATH", bundled)
     try:
         import mfusepy
     except ImportError:
-        raise UnsupportedError("FUSE support needs mfusepy: pip install 'imaging-utility[fuse]'") from None
-    except OSError as e:  # libfuse3 missing: mfusepy raises at import
-        raise UnsupportedError(f"FUSE is not available: {e} (install fuse3)") from None
+        raise UnsupportedError("FUSE support needs the Python module mfusepy, which is not installed: "
+                               "pip install mfusepy") from None
+    except OSError:  # mfusepy raises at import when it finds no libfuse
+        raise UnsupportedError("FUSE needs the libfuse3 library, which is not installed: "
+                               "apt-get install libfuse3-3 fuse3 (Debian/Ubuntu; dnf install fuse3-libs "
+                               "fuse3 on Fedora)") from None
     return mfusepy
 
 
@@ -76,6 +89,10 @@ def make_operations(files: Mapping[str, BlockSource]) -> Any:
                 config.kernel_cache = 1
             if conn is not None and hasattr(conn, "max_readahead"):
                 conn.max_readahead = min(conn.max_readahead or READ_AHEAD, READ_AHEAD)
+            if conn is not None and hasattr(conn, "max_read"):
+                # libfuse 3 refuses the mount (EPROTO) unless init() agrees with the max_read option;
+                # libfuse 2, which mfusepy prefers when both are installed, has no such field
+                conn.max_read = MAX_READ
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
             base = {"st_uid": self.uid, "st_gid": self.gid, **self.times}

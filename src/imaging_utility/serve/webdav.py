@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import mimetypes
 import posixpath
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,6 +32,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from ..errors import CorruptImageError, Error, NotFoundError
 from ..filesystems.tree import Entry, FileTree
+from ._listener import bind_error
 
 __all__ = ["READ_METHODS", "WebDavServer", "dav_name", "make_app"]
 
@@ -231,6 +233,18 @@ def make_app(tree: FileTree, users: dict[str, str] | None = None) -> WsgiDAVApp:
     return WsgiDAVApp(config)
 
 
+def _bind_errno(host: str, port: int, e: OSError) -> OSError:
+    """cheroot reports a failed bind without its errno: bind once more to learn it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(infos[0][4])
+    except OSError as again:
+        return again
+    return e
+
+
 class WebDavServer:
     """cheroot serving ``make_app(tree, users)`` on ``host:port`` (port 0: any free port)."""
 
@@ -238,7 +252,10 @@ class WebDavServer:
                  users: dict[str, str] | None = None, threads: int = 8) -> None:
         self.server = wsgi.Server((host, port), make_app(tree, users), numthreads=threads,
                                   server_name="imaging-utility")
-        self.server.prepare()
+        try:
+            self.server.prepare()
+        except OSError as e:
+            raise bind_error(host, port, e if e.errno else _bind_errno(host, port, e)) from None
         self._thread: threading.Thread | None = None
 
     @property

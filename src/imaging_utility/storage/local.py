@@ -1,4 +1,5 @@
-"""An image as one file or a set of split parts ``NAME.001``, ``NAME.002``, … seen as one byte stream.
+"""Local storage: an image as one file or a set of split parts ``NAME.001``, ``NAME.002``, … seen as one
+byte stream (the ``base`` protocol for files).
 
 Parts are cut on frame boundaries (a frame never straddles two parts), so
 ``cat NAME.0* | zstd -dc`` works.  ``PartReader`` is thread-safe (positional
@@ -9,9 +10,11 @@ every call raises the same error.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from ..errors import (
 from .destlock import DestLock
 
 MAX_PARTS = 999
+STDOUT = "-"  # DEST that streams the image to standard output
 _PART_RE = re.compile(r"^(.*)\.(\d{3})$")
 
 
@@ -55,11 +59,9 @@ def resolve_parts(path: str) -> list[str]:
         parts.append(part_path(base, len(parts)))
     later = _numbers_after(base, len(parts))
     if later:
-        missing = part_path(base, len(parts))
-        raise CorruptImageError(
-            f"split image {base} is missing part {missing} ({len(parts)} part(s) before it, and "
-            f"{part_path(base, later[0] - 1)} after it): find that part; the image cannot be read without it"
-        )
+        raise CorruptImageError(f"image part {part_path(base, len(parts))} is missing ({part_path(base, later[0] - 1)} "
+                                "exists): the split image needs every part; put the missing one back next to the "
+                                "others")
     return parts
 
 
@@ -94,6 +96,9 @@ def existing_outputs(dest: str) -> list[str]:
 
 
 def _os_error(e: OSError, path: str, what: str) -> Error:
+    if path == STDOUT:
+        why = "the reader went away (broken pipe)" if e.errno == errno.EPIPE else e.strerror
+        return TargetIOError(f"writing the image to standard output failed while {what}: {why}")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpaceError(f"no space left on the filesystem of {path} while {what}; "
                             "free some space and continue with --resume")
@@ -152,6 +157,11 @@ class PartReader:
             n -= take
             i += 1
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def locate(self, offset: int) -> tuple[str, int]:
+        """(part path, offset in that part) of ``offset`` of the joined stream."""
+        i = max(0, bisect.bisect_right(self.starts, offset) - 1)
+        return self.paths[i], offset - self.starts[i]
 
     def close(self) -> None:
         for fd in self.fds:
@@ -227,12 +237,20 @@ class PartWriter:
     def _path(self, index: int) -> str:
         return self.dest if self.split_size is None else part_path(self.dest, index)
 
+    @property
+    def streaming(self) -> bool:
+        """Writing to standard output (``-``): a pipe, never synced, split or resumed."""
+        return self.dest == STDOUT
+
     def _open(self, index: int, truncate_to: int | None = None) -> None:
         if self.fd >= 0:
             self._flusher.wait_idle()
             os.close(self.fd)
             self.fd = -1
         path = self._path(index)
+        if self.streaming:
+            self.fd, self.part_len, self.part_index = os.dup(sys.stdout.fileno()), 0, index
+            return
         try:
             # never O_TRUNC: the part is locked first, then cut
             self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if truncate_to is None else 0), 0o644)
@@ -245,8 +263,10 @@ class PartWriter:
         os.lseek(self.fd, self.part_len, os.SEEK_SET)
         self.part_index = index
 
-    def create(self) -> None:
+    def create(self, header_frame: bytes | None = None) -> None:
         self._open(0)
+        if header_frame is not None:
+            self.write_frame(header_frame)
 
     def reopen_at(self, total: int, part_sizes: list[int]) -> None:
         """Continue after the first ``total`` bytes of the existing parts (sizes ``part_sizes``)."""
@@ -282,17 +302,22 @@ class PartWriter:
         if self._flusher.error is not None:
             self._error = _os_error(self._flusher.error, self._path(self.part_index), "flushing it to disk")
             raise self._error
-        if self.total >= self._next_flush:
+        if self.total >= self._next_flush and not self.streaming:
             self._next_flush = self.total + FLUSH_EVERY
             self._flusher.request(self.fd)
 
     def sync(self) -> None:
-        if self.fd >= 0:
+        if self.fd >= 0 and not self.streaming:
             self._flusher.wait_idle()
             try:
                 os.fsync(self.fd)
             except OSError as e:
                 raise _os_error(e, self._path(self.part_index), "flushing it to disk") from None
+
+    def finish(self) -> list[str]:
+        self.sync()
+        self.close()
+        return self.paths()
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -306,3 +331,59 @@ class PartWriter:
     @staticmethod
     def sizes(paths: list[str]) -> list[int]:
         return [Path(p).stat().st_size for p in paths]
+
+
+HEADER_PROBE = 8  # a skippable frame's magic and size
+
+
+def first_frame(reader: PartReader) -> bytes:
+    """The first frame's bytes as far as they were written (up to the size its first 8 bytes declare)."""
+    head = reader.read_at(0, min(HEADER_PROBE, reader.size))
+    if len(head) < HEADER_PROBE:
+        return head
+    return reader.read_at(0, min(reader.size, HEADER_PROBE + int.from_bytes(head[4:8], "little")))
+
+
+class LocalPartial:
+    """The file(s) an interrupted image left at ``dest``: readable, so a resume keeps a checked prefix."""
+
+    def __init__(self, dest: str, split_size: int | None, lock: DestLock | None = None) -> None:
+        self.dest, self.split_size, self.lock = dest, split_size, lock
+        paths = [p for p in existing_outputs(dest) if split_size is None or p != dest]
+        self.reader: PartReader | None = PartReader(paths) if paths else None
+        self.head = first_frame(self.reader) if self.reader is not None else b""
+        self.name = paths[0] if paths else dest
+
+    def continue_at(self, kept: int) -> PartWriter:
+        assert self.reader is not None
+        parts = PartWriter(self.dest, self.split_size, self.lock)
+        parts.reopen_at(kept, PartWriter.sizes(self.reader.paths))
+        return parts
+
+    def replay(self) -> PartWriter:
+        raise AssertionError("local partial images are read back, not replayed")
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+def remove_outputs(dest: str) -> threading.Thread | None:
+    """Remove an old image at ``dest`` (``--force``).  The files are renamed out of the way at once and
+    unlinked on a background thread (freeing a large file's blocks takes a while); join the thread."""
+    doomed = []
+    for i, p in enumerate(existing_outputs(dest)):
+        tmp = os.path.join(os.path.dirname(p) or ".", f".{os.path.basename(dest)}.{os.getpid()}.{i}.discard")
+        os.rename(p, tmp)
+        doomed.append(tmp)
+    if not doomed:
+        return None
+
+    def unlink_all() -> None:
+        for p in doomed:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+    thread = threading.Thread(target=unlink_all, name="discard-old-image", daemon=True)
+    thread.start()
+    return thread

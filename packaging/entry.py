@@ -1,0 +1,5 @@
+"""Entry point of the standalone executable (PyInstaller)."""
+
+from imaging_utility.cli.main import main
+
+raise SystemExit(main())

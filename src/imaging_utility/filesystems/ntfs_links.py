@@ -1,0 +1,87 @@
+"""NTFS links and special files as Linux sees them: reparse-point symlinks and junctions, and the
+Interix files ntfs-3g writes for ``ln -s``, ``mkfifo`` and ``mknod``.
+
+Reparse points (MS-FSCC 2.1.2): ``IO_REPARSE_TAG_SYMLINK`` (flag 1 = relative target) and
+``IO_REPARSE_TAG_MOUNT_POINT`` (junction, always absolute: ``\\??\\C:\\dir``) become symlinks, as does
+WSL's ``IO_REPARSE_TAG_LX_SYMLINK`` (a version word, then the UTF-8 target).  A relative target gets
+``/`` for ``\\``.  An absolute one names a drive letter this volume does not know; like ntfs-3g, the
+target is looked up in this volume and, when found, the link points there relatively (ntfs-3g points
+through its mount point instead); otherwise the Windows path is kept as the link's text (a dangling
+link that shows where it pointed).
+
+Interix files (ntfs-3g ``src/ntfs-3g.c`` ``ntfs_fuse_getattr``): a non-directory with the SYSTEM
+attribute whose unnamed data is empty (FIFO) or one byte long (socket) when it is not HIDDEN, or begins
+with ``IntxLNK\\1`` (symlink, UTF-16LE target), ``IntxCHR\\0`` or ``IntxBLK\\0`` (device, then u64
+major and minor; exactly 24 bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import struct
+from collections.abc import Callable
+
+FILE_ATTRIBUTE_HIDDEN = 0x0002
+FILE_ATTRIBUTE_SYSTEM = 0x0004
+TAG_MOUNT_POINT = 0xA0000003
+TAG_SYMLINK = 0xA000000C
+TAG_LX_SYMLINK = 0xA000001D
+INTX_SYMLINK = b"IntxLNK\x01"
+INTX_CHAR = b"IntxCHR\x00"
+INTX_BLOCK = b"IntxBLK\x00"
+INTX_DEVICE = struct.Struct("<8sQQ")
+INTX_MAGIC_SIZE = 8
+INTX_MAX = INTX_MAGIC_SIZE + 2 * 4096  # the largest Interix file ntfs-3g reads (PATH_MAX UTF-16 units)
+_DRIVE = re.compile(r"^(?:\\\?\?\\)?[A-Za-z]:\\")
+
+
+def interix_kind(attributes: int, size: int) -> str | None:
+    """What an Interix file of ``size`` bytes is without reading it, ``"read"`` when its bytes decide,
+    or ``None`` for a plain file."""
+    if not attributes & FILE_ATTRIBUTE_SYSTEM:
+        return None
+    if not attributes & FILE_ATTRIBUTE_HIDDEN and size in (0, 1):
+        return "fifo" if size == 0 else "socket"
+    if INTX_MAGIC_SIZE < size <= INTX_MAX:
+        return "read"
+    return None
+
+
+def interix(data: bytes) -> tuple[str, str | None, int | None] | None:
+    """(type, symlink target, device number) of an Interix file's bytes, or ``None`` for a plain file."""
+    magic = data[:INTX_MAGIC_SIZE]
+    if magic == INTX_SYMLINK:
+        return "symlink", data[INTX_MAGIC_SIZE:].decode("utf-16-le", "replace").rstrip("\0"), None
+    if magic in (INTX_CHAR, INTX_BLOCK) and len(data) == INTX_DEVICE.size:
+        _m, major, minor = INTX_DEVICE.unpack(data)
+        if major < 1 << 32 and minor < 1 << 32:
+            return ("char" if magic == INTX_CHAR else "block"), None, os.makedev(major, minor)
+    return None
+
+
+def reparse_target(tag: int, substitute: str | None, relative: bool, buffer: bytes) -> str | None:
+    """The symlink target of a link reparse point (relative ones with ``/``; absolute ones as stored, to be
+    resolved by ``link_target``), or ``None`` when the reparse point is no link."""
+    if tag == TAG_LX_SYMLINK and len(buffer) > 4:
+        return buffer[4:].decode("utf-8", "surrogateescape")
+    if tag not in (TAG_SYMLINK, TAG_MOUNT_POINT) or not substitute:
+        return None
+    if tag == TAG_SYMLINK and relative:
+        return substitute.replace("\\", "/")
+    return substitute
+
+
+def link_target(link_path: str, target: str, find: Callable[[list[str]], str | None]) -> str:
+    """The Linux target of a link at ``link_path`` whose stored target is ``target``: an absolute Windows
+    path found in this volume becomes relative to the link's directory; other absolute Windows paths are
+    kept as their text without the ``\\??\\`` prefix."""
+    if not _DRIVE.match(target):
+        return target.removeprefix("\\??\\") if target.startswith("\\??\\") else target
+    text = target.removeprefix("\\??\\")
+    parts = [p for p in text[3:].split("\\") if p and p != "."]
+    found = find(parts) if ".." not in parts else None
+    if found is None:
+        return text
+    return posixpath.relpath(found, posixpath.dirname(link_path))
