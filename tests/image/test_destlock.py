@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from conftest import cli, need_tools
 from imagetools import run_cli
 from imaging_utility.errors import RefusedError
 from imaging_utility.image.reader import open_image
@@ -99,3 +99,25 @@ def test_lock_is_released_and_reentrant_for_its_own_files(tmp_path: Path) -> Non
             DestLock().add_path(str(f))
     with DestLock() as b:
         b.add_path(str(f))
+
+
+def test_partition_restore_target_in_use_is_refused(tmp_path: Path) -> None:
+    """``restore --partition N`` into a file locks it as a whole restore does; ``restore -`` too."""
+    need_tools("sgdisk")
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(random.Random(6).randbytes(8 * MIB))
+    subprocess.run(["sgdisk", "-n1:2048:+4M", str(disk)], check=True, capture_output=True)
+    assert run_cli("image", disk, tmp_path / "img")[0] == 0
+    target = tmp_path / "p1.raw"
+    target.write_bytes(b"precious")
+    with DestLock("restore target") as held:
+        held.add_path(str(target))
+        code, _, err = run_cli("restore", "--force", "--partition", "1", tmp_path / "img", target)
+        assert code == 9 and f"pid {os.getpid()}: " in err and len(err.strip().splitlines()) == 1, err
+        with open(tmp_path / "img", "rb") as stdin:
+            proc = subprocess.run([sys.executable, "-m", "imaging_utility", "restore", "--force", "-", str(target)],
+                                  stdin=stdin, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 9 and f"pid {os.getpid()}: " in proc.stderr, proc.stderr
+        assert target.read_bytes() == b"precious"
+    assert run_cli("restore", "--force", "--partition", "1", tmp_path / "img", target)[0] == 0
+    assert target.read_bytes() == disk.read_bytes()[MIB : 5 * MIB]
