@@ -42,8 +42,7 @@ def test_golden_vectors_read_byte_exact_from_s3(s3server: S3Server, bucket: str,
     info = json.loads(iu(s3server, "info", "--json", url).stdout)
     assert info["format_version"] == "1.0" and info["layout_bytes"] == exp["layout"]
     assert info["digests"] == exp["trailer"]["meta"]["digests"]
-    iu(s3server, "verify", url)
-    iu(s3server, "restore", url, tmp_path / "out.raw")
+    iu(s3server, "restore", url, tmp_path / "out.raw")  # every chunk checked as it is decoded
     assert hashlib.sha256((tmp_path / "out.raw").read_bytes()).hexdigest() == exp["source_sha256"]
 
 
@@ -65,7 +64,7 @@ def test_split_set_missing_its_last_part_on_s3(s3server: S3Server, bucket: str) 
 
 def test_second_image_onto_an_s3_dest_being_written_is_refused(s3server: S3Server, tmp_path: Path) -> None:
     src = tmp_path / "src.raw"
-    src.write_bytes(random.Random(7).randbytes(24 << 20))
+    src.write_bytes(random.Random(7).randbytes(12 << 20))
     bucket = s3server.bucket("iu-twice")
     dest = f"s3://{bucket}/one.img.zst"
     first = popen(s3server, "image", "--max-throughput", "4M", src, dest)
