@@ -103,7 +103,7 @@ def create_sink(dest: str, split_size: int | None, header_frame: bytes, size_hin
     """A new image at ``dest`` whose first frame is ``header_frame``; ``size_hint``: the source size.
 
     ``lock``: local files (every part) are locked before a byte of them changes; S3 has no locks (an
-    object appears only when its upload completes, and a second run finds the first one's upload)."""
+    object appears only when its upload completes, and a second run finds the first one's resume record)."""
     if is_s3(dest):
         from .s3write import S3Sink, image_bound, part_size_for
 
