@@ -2,9 +2,11 @@
 """Benchmarks against the peer tools, on the same data, in the same run.  Not part of the test suite.
 
     .venv/bin/python benchmarks/run.py [--corpus DIR] [--work DIR] [--reps 3] [--only core,chunks,rss]
+    (--only also takes: used, serve, files, export)
     .venv/bin/python benchmarks/run.py --only linuxfs     (XFS/Btrfs/NTFS used-only; root; bench_linuxfs.py)
     .venv/bin/python benchmarks/run.py --only s3          (images on a local SeaweedFS S3; bench_s3.py)
     .venv/bin/python benchmarks/run.py --only extract     (extract with Linux metadata vs cp -a; root; bench_extract.py)
+    .venv/bin/python benchmarks/run.py --only hardening   (memory under load vs qemu-nbd, rclone; bench_hardening.py)
 
 Builds the corpus with ../shared/corpus/make_corpus.py when it is missing, warms the page cache,
 and prints MiB/s, output size, CPU seconds and peak RSS of every command, with ratios against the peer.
@@ -385,7 +387,7 @@ def main() -> int:
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--only", default="core,chunks,rss,used,serve,files",
                     help="comma-separated: core, chunks, rss, used, serve, files, extract, linuxfs, backup (8 GiB "
-                         "disk, root), release (after scripts/build-release)")
+                         "disk, root), release (after scripts/build-release), s3, export, hardening (root)")
     ap.add_argument("--seconds", type=int, default=10, help="fio run time per measurement (serve)")
     args = ap.parse_args()
     for tool in ("zstd", "sha256sum", "/usr/bin/time"):
@@ -425,6 +427,10 @@ def main() -> int:
         from bench_linuxfs import main_section
 
         main_section(args.corpus, args.work, args.reps, args.level, keep=False)
+    if "hardening" in only:  # not in the default set: root, and several minutes of load
+        import bench_hardening
+
+        bench_hardening.run(args.work)
     if "release" in only:
         from bench_release import bench_release
         bench_release(src, args.work, args.reps)
@@ -432,6 +438,10 @@ def main() -> int:
         from bench_s3 import main_section as s3_section
 
         s3_section(args.corpus, args.work, args.reps, args.level, args.seconds)
+    if "export" in only:
+        from bench_export import bench_export
+
+        bench_export(args.corpus, args.work, args.reps)
     return 0
 
 

@@ -19,7 +19,7 @@ from conftest import need_tools
 from imaging_utility.blocks import BytesSource, WindowSource
 from imaging_utility.errors import EXIT_NOT_FOUND, UnsupportedError
 from imaging_utility.extents import AllocationMap
-from imaging_utility.filesystems import allocation_map, detect, exfat, ext, fat, ntfs
+from imaging_utility.filesystems import _clusters_end, _probe, allocation_map, detect, exfat, ext, fat, ntfs
 
 HINT = "image it in full without --used-only"
 
@@ -98,13 +98,31 @@ def test_gpt_disk(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_truncated_volume(name: str, image: Callable[[str], bytearray]) -> None:
+def test_one_sector_short_is_mapped_with_one_warning(name: str, image: Callable[[str], bytearray]) -> None:
+    """A dump missing its last sector (NTFS backup boot sector, FAT's last sector): every allocated
+    cluster is still there, so the map is the full one cut at the source's end, with one warning."""
     data = image(name)
-    source = BytesSource(bytes(data))
-    info = detect(source)
-    assert info is not None and info.volume_size == len(data)
-    with pytest.raises(UnsupportedError, match=r"spans \d+ bytes but the source ends at \d+ \(truncated\?\)"):
-        allocation_map(WindowSource(source, 0, len(data) // 2))
+    full_info, full = allocation_map(BytesSource(bytes(data)))
+    assert full_info.warnings == ()
+    short = len(data) - 512
+    info, amap = allocation_map(WindowSource(BytesSource(bytes(data)), 0, short))
+    assert amap.size == short
+    assert amap.used_in(0, short) == full.used_in(0, short)
+    assert len(info.warnings) == 1 and "\n" not in info.warnings[0], info.warnings
+    assert f"spans {len(data)} bytes but the source ends 512 bytes earlier" in info.warnings[0]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_truncated_before_an_allocated_cluster_is_refused(name: str, image: Callable[[str], bytearray]) -> None:
+    data = image(name)
+    _info, full = allocation_map(BytesSource(bytes(data)))
+    found = _probe(BytesSource(bytes(data)))
+    assert found is not None
+    end = _clusters_end(found)  # past it only fixed structures: a backup boot sector, spare sectors
+    assert end is not None
+    last = max(e.offset for e in full if e.offset < end)
+    cut = min(end, next(e.offset + e.length for e in full if e.offset == last)) - 512
+    refused(bytes(data[:cut]), "past")
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -148,24 +166,33 @@ def test_ntfs_boot_sector_damaged(image: Callable[[str], bytearray]) -> None:
 
 
 @pytest.mark.parametrize("name", ["ext4", "ext4-4k"])
-def test_ext_group_descriptors_zeroed(name: str, image: Callable[[str], bytearray]) -> None:
+def test_ext_group_descriptors_zeroed_are_kept_whole(name: str, image: Callable[[str], bytearray]) -> None:
+    """Zeroed descriptors fail their checksums: their groups are mapped whole, said in one warning."""
     data = image(name)
     sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
-    assert sb is not None
+    assert sb is not None and sb.groups <= sb.desc_per_block
+    gdt = sb.desc_block(0) * sb.block_size
+    data[gdt : gdt + sb.block_size] = bytes(sb.block_size)
+    info, amap = allocation_map(BytesSource(bytes(data)))
+    assert amap.used_bytes == len(data)
+    assert len(info.warnings) == 1 and "fails its checksum" in info.warnings[0], info.warnings
+
+
+def test_ext_group_descriptors_zeroed_without_checksums(tmp_path: Path) -> None:
+    """Without descriptor checksums nothing tells a zeroed descriptor from a real one but its pointers."""
+    data = bytearray(mkfs("ext2", 4, "mke2fs", "-q", "-F", "-t", "ext2", "-E", "nodiscard")(tmp_path))
+    sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
+    assert sb is not None and sb.desc_checksum(0, bytes(sb.desc_size)) is None
     gdt = sb.desc_block(0) * sb.block_size
     data[gdt : gdt + sb.block_size] = bytes(sb.block_size)
     refused(data, "ext superblock found but group descriptor 0", f"{gdt:#x}", "damaged")
 
 
-@pytest.mark.parametrize(("field", "needle"), [
-    (ext.INCOMPAT_RECOVER, "journal needs recovery"),
-    (ext.RO_COMPAT_BIGALLOC, "bigalloc"),
-])
-def test_ext_untrustworthy_states(field: int, needle: str, image: Callable[[str], bytearray]) -> None:
+def test_ext_journal_needing_recovery_is_refused(image: Callable[[str], bytearray]) -> None:
     data = image("ext4")
-    at = 1024 + (0x60 if field == ext.INCOMPAT_RECOVER else 0x64)
-    data[at : at + 4] = (int.from_bytes(data[at : at + 4], "little") | field).to_bytes(4, "little")
-    refused(data, needle)
+    at = 1024 + 0x60
+    data[at : at + 4] = (int.from_bytes(data[at : at + 4], "little") | ext.INCOMPAT_RECOVER).to_bytes(4, "little")
+    refused(data, "journal needs recovery")
 
 
 def test_ext_superblock_damaged(image: Callable[[str], bytearray]) -> None:
@@ -270,11 +297,58 @@ def test_fuzzed_metadata_gives_a_map_or_unsupported(
 
 @pytest.mark.parametrize("opts", [(), ("-O", "^metadata_csum,uninit_bg")], ids=["metadata_csum", "uninit_bg"])
 def test_ext_descriptor_checksum_mismatch(opts: tuple[str, ...], tmp_path: Path) -> None:
-    """A descriptor whose fields still look plausible but fail their checksum is refused."""
+    """A descriptor whose fields still look plausible but fail their checksum: its group is kept whole."""
     data = bytearray(mkfs("ext4", 4, "mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard", *opts)(tmp_path))
     sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
     assert sb is not None and sb.desc_checksum(0, bytes(sb.desc_size)) is not None
-    allocation_map(BytesSource(bytes(data)))  # intact: fine
+    info, intact = allocation_map(BytesSource(bytes(data)))
+    assert info.warnings == ()
     at = sb.desc_block(0) * sb.block_size + 0x0C  # group 0's bg_free_blocks_count_lo
     data[at] ^= 0x01
-    refused(data, "group descriptor 0", "checksum")
+    info, amap = allocation_map(BytesSource(bytes(data)))
+    assert len(info.warnings) == 1 and "group 0: descriptor at offset" in info.warnings[0], info.warnings
+    group0 = sb.group_blocks(0) * sb.block_size + sb.first_data_block * sb.block_size
+    assert amap.used_in(0, group0) == [(0, group0)]
+    assert amap.used_bytes > intact.used_bytes
+
+
+@pytest.mark.parametrize("name", ["ext4", "ext4-4k"])
+def test_ext_bitmap_marking_less_than_its_free_count_says(name: str, image: Callable[[str], bytearray]) -> None:
+    """A zeroed block bitmap says "all free" while the descriptor's free count says otherwise: the
+    group is kept whole, said in one warning, never mapped as empty."""
+    data = image(name)
+    sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
+    assert sb is not None
+    table = ext._read_groups(BytesSource(bytes(data)), sb)
+    at = table.block_bitmap[0] * sb.block_size
+    data[at : at + sb.block_size] = bytes(sb.block_size)
+    info, amap = allocation_map(BytesSource(bytes(data)))
+    assert len(info.warnings) == 1 and "group 0: its bitmap marks 0 clusters in use" in info.warnings[0]
+    end = (sb.first_data_block + sb.group_blocks(0)) * sb.block_size
+    assert amap.used_in(0, end) == [(0, end)]
+
+
+def test_untrusted_groups_of_a_partition_are_said_for_the_whole_disk(image: Callable[[str], bytearray],
+                                                                      tmp_path: Path) -> None:
+    """A whole-disk used-only map (``image --used-only`` of a disk, ``backup-disk``) says, per partition,
+    what each filesystem's map had to keep whole, as a single-volume image does."""
+    from imaging_utility.ops.diskmap import plan_disk
+
+    need_tools("sfdisk")
+    data = image("ext4")
+    sb = ext.ExtSuper.from_bytes(bytes(data[1024:2048]))
+    assert sb is not None
+    gdt = sb.desc_block(0) * sb.block_size
+    data[gdt : gdt + sb.block_size] = bytes(sb.block_size)
+    disk = tmp_path / "disk.raw"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(disk)], input=b"label: dos\n2048,8192,83\n",
+                   check=True, capture_output=True)
+    with open(disk, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(data)
+    plan = plan_disk(BytesSource(disk.read_bytes()))
+    said = [w for w in plan.warnings if "fails its checksum" in w]
+    assert len(said) == 1 and said[0].startswith("partition 1: "), plan.warnings
+    assert plan.partitions[0].used is not None and plan.partitions[0].used.used_bytes == len(data)

@@ -179,6 +179,7 @@ def test_used_only_copy_is_clean_and_complete(
     vol = volumes(case, True)
     info, amap = mapped(vol.path)
     assert amap.size == os.path.getsize(vol.path) and amap.cluster_size == info.cluster_size
+    assert info.warnings == (), info.warnings  # a healthy volume: nothing kept whole, nothing to say
     copy = tmp_path / "copy.img"
     used_only_copy(vol.path, copy, amap)
     check = fsbuild.fsck(copy, case.kind)

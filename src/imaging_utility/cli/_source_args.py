@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # imported when used: command modules are all loaded at start
     from ..image.reader import ImageReader
 
 #: Commands whose first positional argument is an image (or a set directory).
-SET_COMMANDS = frozenset({"info", "verify", "restore", "serve-proxy", "mount", "ls", "extract", "webdav",
-                          "ntfs-extract", "ntfs-webdav", "ntfs-serve"})
+SET_COMMANDS = frozenset({"info", "verify", "restore", "export", "serve-proxy", "mount", "ls", "extract",
+                          "webdav", "ntfs-extract", "ntfs-webdav", "ntfs-serve"})
 
 
 def add_set_options(p: argparse.ArgumentParser, *, partition: bool = False) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import EXIT_PARTIAL, UsageError
 from ._source_args import warn_table
 from .ls import add_source_options, tree_source_args
-from .output import ProgressBar, print_json, shown
+from .output import ProgressBar, print_json, shown, warn
 
 EXAMPLES = """\
 examples:
@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if args.partition is not None:
         warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
+        for message in tree.warnings:
+            warn(message)
         with ProgressBar(output_label="written") as bar:
             report = extract(tree, paths, dest, opts, progress=bar if bar.enabled else None)
     finally:

@@ -150,6 +150,8 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
             raise
         warn(f"{e}; imaging in full (--used-only=auto)")
         return
+    for message in info.warnings:
+        warn(message)
     opts.allocation = amap
     opts.filesystem = dataclasses.asdict(info)
     for vol in info.volumes:  # LVM2: logical volumes imaged in full, and why

@@ -6,11 +6,12 @@ import argparse
 import os
 import stat
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_PARTIAL
 from ._source_args import add_set_options, warn_table
-from .output import ProgressBar, parse_size, print_json, shown
+from .output import ProgressBar, parse_size, print_json, shown, warn
 
 if TYPE_CHECKING:
     from ..filesystems.tree import Entry
@@ -122,25 +123,35 @@ def run(args: argparse.Namespace) -> int:
     if args.partition is not None:
         warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
+        for message in tree.warnings:
+            warn(message)
         if args.damaged:
             return _damaged(args.json, tree, source)
         top = tree.stat(args.path)
+        entries: Iterator[Any]
         if top.type != "dir":
-            entries = [top]
+            entries = iter([top])
         elif args.recursive:
-            entries = list(tree.walk(top.path))
+            entries = tree.walk(top.path)
         else:
-            entries = tree.list(top.path)
+            entries = tree.iterdir(top.path)
+        # Written as read: a directory of millions of entries costs no more memory than one of ten.
+        import json
+
+        out = sys.stdout
+        bad = 0
         if args.json:
-            print_json([e.to_json() for e in entries])
-        else:
-            out = sys.stdout
-            for e in entries:
-                if e.type != "damaged":
-                    out.write(_line(e, args.long, args.recursive) + "\n")
-        bad = [e for e in entries if e.type == "damaged"]
-        for e in bad:
-            print(f"imaging-utility: error: {shown(e.error or e.path)}", file=sys.stderr)
+            out.write("[")
+        for i, e in enumerate(entries):
+            if e.type == "damaged":
+                bad += 1
+                print(f"imaging-utility: error: {shown(e.error or e.path)}", file=sys.stderr)
+            if args.json:
+                out.write(("\n" if i == 0 else ",\n") + json.dumps(e.to_json(), sort_keys=True, default=str))
+            elif e.type != "damaged":
+                out.write(_line(e, args.long, args.recursive) + "\n")
+        if args.json:
+            out.write("\n]\n")
         return EXIT_PARTIAL if bad else 0
     finally:
         close = getattr(source, "close", None)

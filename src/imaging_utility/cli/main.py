@@ -24,8 +24,8 @@ from .deps import missing_module_message
 from .output import shown
 from .version import VersionAction
 
-COMMANDS = ["image", "backup_disk", "info", "verify", "restore", "ls", "extract", "serve", "mount", "webdav",
-            "completion"]
+COMMANDS = ["image", "backup_disk", "info", "verify", "restore", "export", "ls", "extract", "serve", "mount",
+            "webdav", "completion"]
 
 log = logging.getLogger("imaging_utility")
 

@@ -36,6 +36,8 @@ examples:
   imaging-utility serve-proxy disk.img.zst --offset 1M --length 512M
   imaging-utility serve-proxy disk.img.zst --processes 1
       serve each connection with threads of one process (default: one process per CPU)
+  imaging-utility serve-proxy disk.img.zst --max-connections 16 --idle-timeout 60
+      at most 16 clients; when all 16 are taken, one silent for 60 s makes room for a new one
 """
 
 DEFAULT_PORTS = {"nbd": 10809, "imdproxy": 9000}
@@ -83,6 +85,12 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--processes", type=int, metavar="N", default=None,
                    help=f"NBD: processes serving each connection (default: one per CPU, at most "
                         f"{MAX_PROCESSES}; here {default_processes()}); 1 = threads of one process")
+    p.add_argument("--max-connections", type=int, metavar="N", default=128,
+                   help="clients served at once (default: 128); when all are taken, a new client gets the place "
+                        "of one idle for --idle-timeout, else a clear refusal")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS", default=300,
+                   help="a TCP client that has sent nothing for this long gives up its place when the server is "
+                        "full and another client connects (default: 300; 0 = never)")
     return ["serve-proxy"]
 
 
@@ -143,6 +151,10 @@ def run(args: argparse.Namespace) -> int:
     processes = args.processes if args.processes is not None else default_processes()
     if processes < 1 or processes > 64:
         raise UsageError(f"--processes {processes}: use 1 to 64")
+    if args.max_connections < 1 or args.max_connections > 4096:
+        raise UsageError(f"--max-connections {args.max_connections}: use 1 to 4096")
+    if args.idle_timeout < 0:
+        raise UsageError(f"--idle-timeout {args.idle_timeout:g}: use 0 (never) or more seconds")
     if args.protocol != "nbd":
         if args.processes is not None:
             raise UsageError("--processes applies to --protocol nbd only")
@@ -156,9 +168,11 @@ def run(args: argparse.Namespace) -> int:
         exports = select_exports(image, args)
         server: NbdServer | ImdproxyServer
         if args.protocol == "nbd":
-            server = NbdServer(exports, host=args.host, port=port, unix_path=args.socket, processes=processes)
+            server = NbdServer(exports, host=args.host, port=port, unix_path=args.socket, processes=processes,
+                               max_connections=args.max_connections, idle_timeout=args.idle_timeout)
         else:
-            server = ImdproxyServer(exports[""], host=args.host, port=port, unix_path=args.socket)
+            server = ImdproxyServer(exports[""], host=args.host, port=port, unix_path=args.socket,
+                                    max_connections=args.max_connections, idle_timeout=args.idle_timeout)
         with server:
             if not args.socket and not _is_loopback(args.host):
                 print(f"imaging-utility: warning: listening on {args.host}, not loopback: anyone who can "

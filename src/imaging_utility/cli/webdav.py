@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import NotFoundError, UsageError
 from ._source_args import warn_table
 from .ls import add_source_options, tree_source_args
+from .output import warn
 from .serve import _is_loopback
 
 EXAMPLES = """\
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.partition is not None:
         warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:
+        for message in tree.warnings:
+            warn(message)
         server = WebDavServer(tree, host=args.host, port=args.port, users=users)
         if not _is_loopback(args.host):
             extra = "" if users else " and no password (use --user/--password-file)"

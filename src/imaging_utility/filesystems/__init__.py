@@ -42,6 +42,7 @@ class FilesystemInfo:
     label: str | None
     serial: str | None  # volume serial / UUID as text
     volumes: tuple[VolumeInfo, ...] = ()  # lvm2: each logical volume, its filesystem and used bytes
+    warnings: tuple[str, ...] = ()  # one line each: what the map had to keep whole, and why
 
 
 _Found = (ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot | xfs.XfsSuper | btrfs.BtrfsSuper | lvm.PvLabel
@@ -79,7 +80,8 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
         return FilesystemInfo("exfat", fs.cluster_size, fs.volume_size, exfat.volume_label(source, fs),
                               fs.serial_text)
     if isinstance(fs, ext.ExtSuper):
-        return FilesystemInfo(fs.kind, fs.block_size, fs.blocks_count * fs.block_size, fs.label, fs.serial)
+        return FilesystemInfo(fs.kind, fs.block_size * fs.cluster_ratio, fs.blocks_count * fs.block_size, fs.label,
+                              fs.serial)
     if isinstance(fs, swap.SwapHeader):
         return FilesystemInfo("swap", fs.page_size, fs.volume_size, fs.label, fs.uuid)
     if isinstance(fs, xfs.XfsSuper):
@@ -132,13 +134,13 @@ def _describe(source: BlockSource) -> str:
     return f"first bytes: {head[:8]!r}"
 
 
-def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
+def _ranges(source: BlockSource, fs: _Found, warnings: list[str]) -> Iterator[tuple[int, int]]:
     if isinstance(fs, ntfs.NtfsBoot):
         return ntfs.used_ranges(source, fs)
     if isinstance(fs, exfat.ExfatBoot):
         return exfat.used_ranges(source, fs)
     if isinstance(fs, ext.ExtSuper):
-        return ext.used_ranges(source, fs)
+        return ext.used_ranges(source, fs, warnings)
     if isinstance(fs, xfs.XfsSuper):
         return xfs.used_ranges(source, fs)
     if isinstance(fs, btrfs.BtrfsSuper):
@@ -150,23 +152,48 @@ def _ranges(source: BlockSource, fs: _Found) -> Iterator[tuple[int, int]]:
     raise TypeError(f"no allocation map for {type(fs).__name__}")
 
 
+def _clusters_end(fs: _Found) -> int | None:
+    """Where the volume's allocatable clusters end; only fixed structures (a backup boot sector,
+    sectors too few for a whole cluster) lie between it and the volume's end.  ``None``: not known,
+    a source shorter than the volume is refused."""
+    if isinstance(fs, ntfs.NtfsBoot):
+        return fs.total_clusters * fs.cluster_size
+    if isinstance(fs, exfat.ExfatBoot):
+        return fs.heap_offset * fs.sector_size + fs.cluster_count * fs.cluster_size
+    if isinstance(fs, ext.ExtSuper):
+        return fs.blocks_count * fs.block_size
+    if isinstance(fs, fat.FatBoot):
+        return fs.data_offset + fs.cluster_count * fs.cluster_size
+    return None
+
+
+def _clip(info: FilesystemInfo, end: int, ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """A volume longer than its source: keep the ranges inside the source, or refuse when an
+    allocated cluster lies past its end (dropping it would lose data)."""
+    for off, n in ranges:
+        if n > 0 and off + n > size and off < end:
+            raise UnsupportedError(
+                f"{info.type} filesystem spans {info.volume_size} bytes but the source ends at {size} "
+                f"(truncated?), and its allocated clusters at offset {max(off, size)} lie past that end; {_HINT}")
+    return [(off, min(n, size - off)) for off, n in ranges if off < size]
+
+
 def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
     """Detect the filesystem and map the byte ranges it uses.
 
     The map's ``size`` is ``source.size``; everything from the filesystem's end
     (``FilesystemInfo.volume_size``) to the source's end counts as used.
 
+    What the map had to keep whole (block groups whose metadata contradicts itself) or a volume
+    longer than the source (a missing backup boot sector) is said in ``FilesystemInfo.warnings``.
+
     Raises:
         UnsupportedError: no known filesystem, a damaged one, one whose bitmaps cannot be
-            trusted (journal needing recovery, errors recorded), or a truncated source.
+            trusted (journal needing recovery, errors recorded), or a source that ends before
+            an allocated cluster.
         SourceIOError: reading the source failed.
     """
     return _allocation_map(source, nested=False)
-
-
-def _inner_map(source: BlockSource) -> tuple[str, AllocationMap]:
-    info, amap = _allocation_map(source, nested=True)
-    return info.type, amap
 
 
 def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, AllocationMap]:
@@ -179,16 +206,32 @@ def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, 
                 f"{'' if nested else ' or an LVM2 physical volume'} ({_describe(source)}); {_HINT}"
             )
         info = _info(source, fs)
-    if info.volume_size > source.size:
+    end = _clusters_end(fs)
+    if info.volume_size > source.size and end is None:
         raise UnsupportedError(
             f"{info.type} filesystem spans {info.volume_size} bytes but the source ends at {source.size} "
             f"(truncated?); {_HINT}"
         )
+    warnings: list[str] = []
+
+    def inner_map(inner: BlockSource) -> tuple[str, AllocationMap]:
+        inner_info, amap = _allocation_map(inner, nested=True)
+        warnings.extend(inner_info.warnings)
+        return inner_info.type, amap
+
     with _parsing(f"the {info.type} filesystem"):
         if isinstance(fs, lvm.PvLabel):
-            vg, ranges, volumes = lvm_map.pv_used(source, fs, _inner_map)
+            vg, ranges, volumes = lvm_map.pv_used(source, fs, inner_map)
             info = replace(info, label=vg.name, volumes=tuple(volumes))
         else:
-            ranges = list(_ranges(source, fs))
-    ranges.append((info.volume_size, source.size - info.volume_size))
-    return info, AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)
+            ranges = list(_ranges(source, fs, warnings))
+    if info.volume_size > source.size:
+        assert end is not None
+        ranges = _clip(info, end, ranges, source.size)
+        warnings.append(f"{info.type} filesystem spans {info.volume_size} bytes but the source ends "
+                        f"{info.volume_size - source.size} bytes earlier, at {source.size}; every allocated "
+                        "cluster lies inside the source, so it is imaged as it is")
+    else:
+        ranges.append((info.volume_size, source.size - info.volume_size))
+    amap = AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)
+    return replace(info, warnings=tuple(warnings)), amap

@@ -1,88 +1,66 @@
 """ext2 / ext3 / ext4: used blocks from the per-group block bitmaps.
 
-Spec: Linux ``Documentation/filesystems/ext4/{super,group_descr,blockgroup,bitmaps}.rst``
+Spec: Linux ``Documentation/filesystems/ext4/{super,group_descr,blockgroup,bitmaps,bigalloc}.rst``
 and e2fsprogs ``lib/ext2fs/closefs.c`` (``ext2fs_super_and_bgd_loc2``,
 ``ext2fs_bg_has_super``), as summarised in ``shared/reference/ntfs-bitmap-and-extfs.md`` §2.
+Structures are declared in ``c_ext.py``.
 
 Groups flagged ``BLOCK_UNINIT`` have no valid on-disk bitmap: their used
 blocks are computed (superblock backup, GDT and reserved GDT blocks, and any
 group's bitmaps or inode table inside them).  Every group's metadata is also
-added explicitly, whatever the bitmaps say.  META_BG descriptor placement is
-followed; bigalloc is refused.
+added explicitly, whatever the bitmaps say.  A group whose descriptor, flags or
+bitmap contradict each other is kept whole, with a warning.  META_BG descriptor
+placement is followed; with bigalloc the bitmaps count clusters of several blocks.
+Revision 0 superblocks (no dynamic fields) are read as the kernel reads them.
 """
 
 from __future__ import annotations
 
-import struct
 import uuid
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 
 from ..blocks import BlockSource, read_at
 from ..errors import UnsupportedError
 from ._bitmap import PIECE, RunList, set_runs
-
-SUPERBLOCK_OFFSET = 1024
-EXT_MAGIC = 0xEF53
-
-# Superblock fields up to s_first_meta_bg (0x104); offsets in the comments.
-SUPERBLOCK = struct.Struct(
-    "<II4xI4xI"  # 0x00 s_inodes_count, s_blocks_count_lo, 0x0C s_free_blocks_count_lo, 0x14 s_first_data_block
-    "IIIII"  # 0x18 s_log_block_size, s_log_cluster_size, s_blocks_per_group, s_clusters_per_group, ipg
-    "12xHHH"  # 0x38 s_magic, s_state, s_errors
-    "26xH"  # 0x58 s_inode_size
-    "2xIII"  # 0x5C s_feature_compat, s_feature_incompat, s_feature_ro_compat
-    "16s16s"  # 0x68 s_uuid, s_volume_name
-    "70xH"  # 0xCE s_reserved_gdt_blocks
-    "46xH"  # 0xFE s_desc_size
-    "4xI"  # 0x104 s_first_meta_bg
+from .c_ext import (
+    BG_BLOCK_UNINIT,
+    BG_CHECKSUM_OFFSET,
+    COMPAT_HAS_JOURNAL,
+    COMPAT_SPARSE_SUPER2,
+    CRC16,
+    CRC32C,
+    EXT_MAGIC,
+    GOOD_OLD_FIRST_INO,
+    GOOD_OLD_INODE_SIZE,
+    GOOD_OLD_REV,
+    GROUP_DESC,
+    GROUP_DESC_HI,
+    INCOMPAT_64BIT,
+    INCOMPAT_CSUM_SEED,
+    INCOMPAT_EXTENTS,
+    INCOMPAT_FLEX_BG,
+    INCOMPAT_META_BG,
+    INCOMPAT_RECOVER,
+    RO_COMPAT_BIGALLOC,
+    RO_COMPAT_GDT_CSUM,
+    RO_COMPAT_METADATA_CSUM,
+    RO_COMPAT_SPARSE_SUPER,
+    SB_BACKUP_BGS,
+    SB_BLOCKS_COUNT_HI,
+    SB_CHECKSUM_SEED,
+    SB_FIRST_INO,
+    SB_JOURNAL_INUM,
+    SB_REV_LEVEL,
+    STATE_ERROR_FS,
+    SUPERBLOCK,
+    SUPERBLOCK_OFFSET,
+    crc,
 )
-SB_BLOCKS_COUNT_HI = struct.Struct("<I")  # at 0x150
-SB_LOG_GROUPS_PER_FLEX = struct.Struct("<B")  # at 0x174
-SB_BACKUP_BGS = struct.Struct("<II")  # at 0x24C
 
-# Group descriptor: the 32-byte base and the 64-bit halves at 0x20.
-GROUP_DESC = struct.Struct("<IIIHHHH12x")  # block bitmap, inode bitmap, inode table, 3 counts, bg_flags
-GROUP_DESC_HI = struct.Struct("<III")
-
-STATE_ERROR_FS = 0x0002
-COMPAT_HAS_JOURNAL = 0x0004
-COMPAT_SPARSE_SUPER2 = 0x0200
-INCOMPAT_RECOVER = 0x0004
-INCOMPAT_META_BG = 0x0010
-INCOMPAT_EXTENTS = 0x0040
-INCOMPAT_64BIT = 0x0080
-INCOMPAT_FLEX_BG = 0x0200
-RO_COMPAT_SPARSE_SUPER = 0x0001
-RO_COMPAT_GDT_CSUM = 0x0010
-RO_COMPAT_BIGALLOC = 0x0200
-RO_COMPAT_METADATA_CSUM = 0x0400
-INCOMPAT_CSUM_SEED = 0x2000
-BG_BLOCK_UNINIT = 0x0002
-BG_CHECKSUM_OFFSET = 0x1E
-SB_CHECKSUM_SEED = struct.Struct("<I")  # at 0x270, with INCOMPAT_CSUM_SEED
-
-
-def _crc_table(poly: int) -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ poly if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc_table(0x82F63B78)  # Castagnoli, reflected; as the kernel's crc32c(): no inversions
-_CRC16 = _crc_table(0xA001)  # CRC-16/ANSI reflected; lib/crc16.c
-
-
-def _crc(table: list[int], crc: int, data: bytes) -> int:
-    for b in data:
-        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
-    return crc
+__all__ = ["INCOMPAT_RECOVER", "RO_COMPAT_BIGALLOC", "ExtSuper", "probe", "used_ranges"]
 
 
 def _fail(what: str) -> UnsupportedError:
@@ -108,26 +86,44 @@ class ExtSuper:
     first_meta_bg: int
     backup_bgs: tuple[int, int]
     csum_seed: int
+    rev_level: int = 1
+    cluster_ratio: int = 1  # blocks per allocation cluster (bigalloc), else 1
+    first_ino: int = GOOD_OLD_FIRST_INO
+    journal_inum: int = 0
+    inodes_count: int = 0
 
     @classmethod
     def from_bytes(cls, sb: bytes) -> ExtSuper | None:
-        """Parse the 1024-byte superblock; ``None`` without the magic, ``UnsupportedError`` if damaged."""
+        """Parse the 1024-byte superblock; ``None`` without the magic, ``UnsupportedError`` if damaged.
+
+        Revision 0 (``s_rev_level`` 0, as early mke2fs wrote it) leaves the dynamic fields undefined:
+        as the kernel does, its inodes are 128 bytes and the first ordinary inode is 11.
+        """
         if len(sb) < 1024:
             return None
-        (_, blocks_lo, _, first_data, log_bs, _, bpg, _, ipg, magic, state, _, inode_size, compat,
+        (inodes, blocks_lo, _, first_data, log_bs, log_cs, bpg, cpg, ipg, magic, state, _, inode_size, compat,
          incompat, ro_compat, fs_uuid, name, rsv_gdt, desc_size, first_meta_bg) = SUPERBLOCK.unpack_from(sb)
         if magic != EXT_MAGIC:
             return None
+        rev = SB_REV_LEVEL.unpack_from(sb, 0x4C)[0]
+        first_ino = SB_FIRST_INO.unpack_from(sb, 0x54)[0]
+        if rev == GOOD_OLD_REV:
+            inode_size, first_ino = GOOD_OLD_INODE_SIZE, GOOD_OLD_FIRST_INO
         blocks = blocks_lo
         if incompat & INCOMPAT_64BIT:
             blocks |= SB_BLOCKS_COUNT_HI.unpack_from(sb, 0x150)[0] << 32
         desc = desc_size if incompat & INCOMPAT_64BIT else 32
+        bigalloc = bool(ro_compat & RO_COMPAT_BIGALLOC)
+        ratio = 1 << (log_cs - log_bs) if bigalloc and log_bs <= log_cs <= log_bs + 16 else 1
         bad = None
         if log_bs > 6:
             bad = f"s_log_block_size {log_bs}"
-        elif not (0 < bpg <= 8 << (10 + log_bs)) or not (0 < ipg <= 8 << (10 + log_bs)):
-            bad = f"s_blocks_per_group {bpg} / s_inodes_per_group {ipg}"
-        elif first_data != (1 if log_bs == 0 else 0) or blocks <= first_data:
+        elif bigalloc and not (log_bs <= log_cs <= log_bs + 16):
+            bad = f"s_log_cluster_size {log_cs} with s_log_block_size {log_bs}"
+        elif (not (0 < cpg <= 8 << (10 + log_bs)) if bigalloc else not (0 < bpg <= 8 << (10 + log_bs))) \
+                or (bigalloc and bpg != cpg * ratio) or not (0 < ipg <= 8 << (10 + log_bs)):
+            bad = f"s_blocks_per_group {bpg} / s_clusters_per_group {cpg} / s_inodes_per_group {ipg}"
+        elif first_data != (1 if log_bs == 0 and ratio == 1 else 0) or blocks <= first_data:
             bad = f"s_first_data_block {first_data} / s_blocks_count {blocks}"
         elif desc < 32 or desc & (desc - 1) or desc > 1024 << log_bs:
             bad = f"s_desc_size {desc_size}"
@@ -139,13 +135,14 @@ class ExtSuper:
         if incompat & INCOMPAT_CSUM_SEED:
             seed = SB_CHECKSUM_SEED.unpack_from(sb, 0x270)[0]
         else:
-            seed = _crc(_CRC32C, 0xFFFFFFFF, fs_uuid)
+            seed = crc(CRC32C, 0xFFFFFFFF, fs_uuid)
         return cls(1024 << log_bs, blocks, first_data, bpg, ipg, inode_size, state, compat, incompat,
-                   ro_compat, fs_uuid, name, rsv_gdt, desc, first_meta_bg, (backup[0], backup[1]), seed)
+                   ro_compat, fs_uuid, name, rsv_gdt, desc, first_meta_bg, (backup[0], backup[1]), seed,
+                   rev, ratio, first_ino, SB_JOURNAL_INUM.unpack_from(sb, 0xE0)[0], inodes)
 
     @property
     def kind(self) -> str:
-        if self.incompat & (INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG):
+        if self.incompat & (INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG) or self.cluster_ratio > 1:
             return "ext4"
         return "ext3" if self.compat & COMPAT_HAS_JOURNAL else "ext2"
 
@@ -175,11 +172,11 @@ class ExtSuper:
         group = g.to_bytes(4, "little")
         rest = desc[BG_CHECKSUM_OFFSET + 2 : self.desc_size]
         if self.ro_compat & RO_COMPAT_METADATA_CSUM:
-            crc = _crc(_CRC32C, self.csum_seed, group + desc[:BG_CHECKSUM_OFFSET] + b"\0\0" + rest)
-            return crc & 0xFFFF
+            value = crc(CRC32C, self.csum_seed, group + desc[:BG_CHECKSUM_OFFSET] + b"\0\0" + rest)
+            return value & 0xFFFF
         if self.ro_compat & RO_COMPAT_GDT_CSUM:
             rest = rest if self.incompat & INCOMPAT_64BIT else b""
-            return _crc(_CRC16, 0xFFFF, self.uuid + group + desc[:BG_CHECKSUM_OFFSET] + rest)
+            return crc(CRC16, 0xFFFF, self.uuid + group + desc[:BG_CHECKSUM_OFFSET] + rest)
         return None
 
     def group_first_block(self, g: int) -> int:
@@ -228,7 +225,9 @@ class ExtSuper:
         if self.incompat & INCOMPAT_META_BG and i >= self.first_meta_bg:
             g = i * self.desc_per_block
             return self.group_first_block(g) + (1 if self.has_super(g) else 0)
-        return self.first_data_block + 1 + i
+        # right after the superblock's block (the kernel's descriptor_loc): block 2 with 1 KiB blocks, even
+        # with bigalloc, where s_first_data_block is 0
+        return SUPERBLOCK_OFFSET // self.block_size + 1 + i
 
 
 @dataclass
@@ -238,7 +237,9 @@ class GroupTable:
     block_bitmap: array[int]
     inode_bitmap: array[int]
     inode_table: array[int]
+    free: array[int]  # bg_free_blocks_count: free clusters
     flags: array[int]
+    damaged: dict[int, str] = field(default_factory=dict)  # group -> why its descriptor is not trusted
 
 
 def probe(source: BlockSource) -> ExtSuper | None:
@@ -248,7 +249,8 @@ def probe(source: BlockSource) -> ExtSuper | None:
 
 
 def _read_groups(source: BlockSource, sb: ExtSuper) -> GroupTable:
-    table = GroupTable(array("Q"), array("Q"), array("Q"), array("H"))
+    """The descriptors; one failing its checksum is recorded in ``damaged``, its fields kept as found."""
+    table = GroupTable(array("Q"), array("Q"), array("Q"), array("Q"), array("H"))
     bs, dsz, dpb = sb.block_size, sb.desc_size, sb.desc_per_block
     wide = bool(sb.incompat & INCOMPAT_64BIT) and dsz >= 64
     for i in range(sb.desc_blocks):
@@ -262,23 +264,28 @@ def _read_groups(source: BlockSource, sb: ExtSuper) -> GroupTable:
             want = sb.desc_checksum(g, data[pos : pos + dsz])
             got = int.from_bytes(data[pos + BG_CHECKSUM_OFFSET : pos + BG_CHECKSUM_OFFSET + 2], "little")
             if want is not None and want != got:
-                raise _fail(f"group descriptor {g} at offset {block * bs + pos:#x} is damaged "
-                            f"(checksum {got:#06x}, expected {want:#06x})")
-            bb, ib, it, _, _, _, flags = GROUP_DESC.unpack_from(data, pos)
+                table.damaged[g] = (f"descriptor at offset {block * bs + pos:#x} fails its checksum "
+                                    f"({got:#06x}, expected {want:#06x})")
+            bb, ib, it, free, _, _, flags = GROUP_DESC.unpack_from(data, pos)
             if wide:
-                bb_hi, ib_hi, it_hi = GROUP_DESC_HI.unpack_from(data, pos + 0x20)
-                bb, ib, it = bb | bb_hi << 32, ib | ib_hi << 32, it | it_hi << 32
+                bb_hi, ib_hi, it_hi, free_hi = GROUP_DESC_HI.unpack_from(data, pos + 0x20)
+                bb, ib, it, free = bb | bb_hi << 32, ib | ib_hi << 32, it | it_hi << 32, free | free_hi << 16
             table.block_bitmap.append(bb)
             table.inode_bitmap.append(ib)
             table.inode_table.append(it)
+            table.free.append(free)
             table.flags.append(flags)
     return table
 
 
 def _check_groups(sb: ExtSuper, table: GroupTable, itable_blocks: int) -> None:
-    """A zeroed or garbage descriptor points its bitmaps into the boot area or past the end."""
+    """A zeroed or garbage descriptor points its bitmaps into the boot area or past the end.
+
+    Descriptors already known damaged (checksum) are left out: their group is kept whole instead."""
     low = sum(n for _, n in sb.meta_blocks(0)) + sb.first_data_block
     for g in range(sb.groups):
+        if g in table.damaged:
+            continue
         for name, block, n in (("block bitmap", table.block_bitmap[g], 1),
                                ("inode bitmap", table.inode_bitmap[g], 1),
                                ("inode table", table.inode_table[g], itable_blocks)):
@@ -287,43 +294,111 @@ def _check_groups(sb: ExtSuper, table: GroupTable, itable_blocks: int) -> None:
                 raise _fail(f"group descriptor {g} at offset {off:#x} is damaged ({name} at block {block})")
 
 
-def used_ranges(source: BlockSource, sb: ExtSuper) -> Iterator[tuple[int, int]]:
-    """Used blocks from the bitmaps (computed for BLOCK_UNINIT groups) plus all metadata, in bytes."""
-    if sb.ro_compat & RO_COMPAT_BIGALLOC:
-        raise _fail("it uses bigalloc (not supported)")
+def _group_metadata(sb: ExtSuper, table: GroupTable, itable_blocks: int) -> list[tuple[int, int]]:
+    """``(first block, count)`` of every superblock copy, GDT copy, bitmap and inode table."""
+    out: list[tuple[int, int]] = []
+    for g in range(sb.groups):
+        out.extend(sb.meta_blocks(g))
+        if g not in table.damaged:
+            out.extend(((table.block_bitmap[g], 1), (table.inode_bitmap[g], 1),
+                        (table.inode_table[g], itable_blocks)))
+    return out
+
+
+def _meta_clusters(sb: ExtSuper, metadata: list[tuple[int, int]]) -> array[int]:
+    """How many clusters of each group hold metadata: what a BLOCK_UNINIT group may use, and no more."""
+    ratio, bpg, first = sb.cluster_ratio, sb.blocks_per_group, sb.first_data_block
+    per_group: dict[int, RunList] = {}
+    for start, n in sorted(metadata):
+        block, end = max(start, first), min(start + n, sb.blocks_count)
+        while block < end:
+            g = (block - first) // bpg
+            stop = min(end, sb.group_first_block(g) + bpg)
+            per_group.setdefault(g, RunList()).add(block // ratio, -(-stop // ratio))
+            block = stop
+    counts = array("Q", bytes(8 * sb.groups))
+    for g, runs in per_group.items():
+        counts[g] = runs.units
+    return counts
+
+
+def _untrusted_warning(sb: ExtSuper, untrusted: dict[int, str]) -> str:
+    shown = "; ".join(f"group {g}: {why}" for g, why in sorted(untrusted.items())[:3])
+    more = f"; and {len(untrusted) - 3} more" if len(untrusted) > 3 else ""
+    size = sum(sb.group_blocks(g) for g in untrusted) * sb.block_size
+    n = len(untrusted)
+    return (f"{sb.kind}: the allocation metadata of {n} block group{'s' if n > 1 else ''} cannot be trusted "
+            f"({shown}{more}); {'they are' if n > 1 else 'it is'} imaged in full ({size} bytes)")
+
+
+def used_ranges(source: BlockSource, sb: ExtSuper, warnings: list[str] | None = None) -> Iterator[tuple[int, int]]:
+    """Used clusters from the bitmaps (computed for BLOCK_UNINIT groups) plus all metadata, in bytes.
+
+    A group whose allocation metadata cannot be trusted is kept whole, and one line saying which
+    groups and why is appended to ``warnings``: its descriptor fails its checksum, it is flagged
+    BLOCK_UNINIT while its free count says more is in use than its metadata, or its bitmap marks
+    fewer clusters used than its free count implies.  Data the kernel reads is never dropped
+    because a flag or a bitmap says "free"."""
     if sb.incompat & INCOMPAT_RECOVER:
         raise _fail("its journal needs recovery (mounted, or not cleanly unmounted; run e2fsck)")
     if sb.state & STATE_ERROR_FS:
         raise _fail("it has errors recorded (run e2fsck)")
-    bs = sb.block_size
+    bs, ratio = sb.block_size, sb.cluster_ratio
+    cpg = sb.blocks_per_group // ratio
     itable_blocks = -(-sb.inodes_per_group * sb.inode_size // bs)
     table = _read_groups(source, sb)
     _check_groups(sb, table, itable_blocks)
+    if (cpg + 7) // 8 > bs:
+        raise _fail(f"s_clusters_per_group {cpg} needs a bitmap larger than a block")
     # The kernel honours BLOCK_UNINIT only with group-descriptor checksums.
     csum = bool(sb.ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM))
+    metadata = _group_metadata(sb, table, itable_blocks)
     always: list[tuple[int, int]] = [(0, (sb.first_data_block + 1) * bs)]  # boot area + superblock
-    for g in range(sb.groups):
-        always.extend((b * bs, n * bs) for b, n in sb.meta_blocks(g))
-        always.append((table.block_bitmap[g] * bs, bs))
-        always.append((table.inode_bitmap[g] * bs, bs))
-        always.append((table.inode_table[g] * bs, itable_blocks * bs))
-    if (sb.blocks_per_group + 7) // 8 > bs:
-        raise _fail(f"s_blocks_per_group {sb.blocks_per_group} needs a bitmap larger than a block")
+    always.extend((b * bs, n * bs) for b, n in metadata)
+
+    def uninit(g: int) -> bool:
+        return csum and g not in table.damaged and bool(table.flags[g] & BG_BLOCK_UNINIT)
+
+    meta = _meta_clusters(sb, metadata) if any(uninit(g) for g in range(sb.groups)) else None
+    untrusted = dict(table.damaged)
     used = RunList()
     batch = max(1, PIECE // bs)
     view = memoryview(bytearray(batch * bs))
     g = 0
     while g < sb.groups:
-        if csum and table.flags[g] & BG_BLOCK_UNINIT:
+        first_cluster = sb.group_first_block(g) // ratio
+        clusters = -(-sb.group_blocks(g) // ratio)
+        if g in untrusted:
+            used.add(first_cluster, first_cluster + clusters)
+            g += 1
+            continue
+        if uninit(g):
+            assert meta is not None
+            if table.free[g] != clusters - meta[g]:
+                untrusted[g] = (f"flagged BLOCK_UNINIT, but its free count says {clusters - table.free[g]} "
+                                f"clusters are in use where its metadata takes {meta[g]}")
+                used.add(first_cluster, first_cluster + clusters)
             g += 1  # nothing but the metadata in ``always``
             continue
         # With flex_bg the bitmaps of consecutive groups are consecutive blocks: read them at once.
         first, n = table.block_bitmap[g], 1
         while (g + n < sb.groups and n < batch and table.block_bitmap[g + n] == first + n
-               and not (csum and table.flags[g + n] & BG_BLOCK_UNINIT)):
+               and g + n not in untrusted and not uninit(g + n)):
             n += 1
         source.readinto_at(first * bs, view[: n * bs])
         for k in range(n):
-            used.extend(set_runs(view[k * bs : (k + 1) * bs], sb.group_first_block(g + k), sb.group_blocks(g + k)))
+            h = g + k
+            base = sb.group_first_block(h) // ratio
+            count = -(-sb.group_blocks(h) // ratio)
+            runs = list(set_runs(view[k * bs : (k + 1) * bs], base, count))
+            marked = sum(e - s for s, e in runs)
+            if marked < count - table.free[h]:
+                untrusted[h] = (f"its bitmap marks {marked} clusters in use, its free count says "
+                                f"{count - table.free[h]}")
+                used.add(base, base + count)
+            else:
+                used.extend(runs)
         g += n
-    return chain(always, used.byte_ranges(bs))
+    if untrusted and warnings is not None:
+        warnings.append(_untrusted_warning(sb, untrusted))
+    return chain(always, used.byte_ranges(bs * ratio))

@@ -1,4 +1,4 @@
-"""POSIX metadata of ext2/3/4 inodes that dissect.extfs leaves out or gets wrong for us: owners with their
+"""POSIX metadata of ext2/3/4 inodes beyond the tree's basic fields: owners with their
 high 16 bits, device numbers, and extended attributes (in the inode and in the ``i_file_acl`` block)
 with POSIX ACLs converted to the form Linux's xattr calls take.
 
@@ -10,12 +10,14 @@ block of memory per attribute.  Spec references in ``c_ext_xattr.py``.
 from __future__ import annotations
 
 import os
-from typing import Any
-
-from dissect.extfs.c_ext import c_ext
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptImageError
 from . import c_ext_xattr as c
+
+if TYPE_CHECKING:
+    from .ext_inode import ExtVolume
 
 GOOD_OLD_INODE_SIZE = 128
 
@@ -36,25 +38,11 @@ def device(node: Any) -> int:
     return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
 
 
-def _inode_bytes(fs: Any, inum: int) -> bytes:
-    group, index = divmod(inum - 1, fs.sb.s_inodes_per_group)
-    desc = fs._read_group_desc(group)
-    table = int(desc.bg_inode_table_lo)
-    if fs._group_desc_struct == c_ext.ext4_group_desc:
-        table |= int(desc.bg_inode_table_hi) << 32
-    size = int(fs.sb.s_inode_size) if fs.sb.s_rev_level else GOOD_OLD_INODE_SIZE
-    fs.fh.seek(table * fs.block_size + index * size)
-    raw = fs.fh.read(size)
-    if len(raw) != size:
-        raise CorruptImageError(f"inode {inum} lies past the end of the volume")
-    return bytes(raw)
-
-
-def xattrs(fs: Any, node: Any) -> list[tuple[str, bytes]]:
-    """The inode's extended attributes under their Linux names, in-inode ones first."""
-    label = f"inode {node.inum}"
+def xattrs(vol: ExtVolume, raw: bytes, inum: int, read_value: Callable[[int, int], bytes]) -> list[tuple[str, bytes]]:
+    """The extended attributes of inode ``inum`` (its bytes ``raw``, as ``vol`` read them) under their Linux
+    names, in-inode ones first; ``read_value(inode, size)`` reads a value kept as another inode's data."""
+    label = f"inode {inum}"
     out: list[tuple[str, bytes]] = []
-    raw = _inode_bytes(fs, int(node.inum))
     if len(raw) > GOOD_OLD_INODE_SIZE + 4:
         extra = int.from_bytes(raw[128:130], "little")
         start = GOOD_OLD_INODE_SIZE + extra
@@ -62,22 +50,21 @@ def xattrs(fs: Any, node: Any) -> list[tuple[str, bytes]]:
             (magic,) = c.IBODY_HEADER.unpack_from(raw, start)
             if magic == c.XATTR_MAGIC:
                 body = raw[start + c.IBODY_HEADER.size :]
-                out += _entries(fs, body, 0, body, label + " (in-inode attributes)")
-    block = int(node.inode.i_file_acl_lo) | int(node.inode.i_file_acl_high) << 16 << 16
+                out += _entries(read_value, body, 0, body, label + " (in-inode attributes)")
+    block = int.from_bytes(raw[0x68:0x6C], "little") | int.from_bytes(raw[0x76:0x78], "little") << 32
     if block:
-        if block > fs.last_block:
-            raise CorruptImageError(f"{label}: its attribute block {block} lies outside the volume")
-        fs.fh.seek(block * fs.block_size)
-        data = bytes(fs.fh.read(fs.block_size))
+        vol.check_run(inum, block, 1, "its attribute block")
+        data = vol.read_block(block)
         magic, _refs, blocks, _hash, _sum = c.BLOCK_HEADER.unpack_from(data)
         if magic != c.XATTR_MAGIC or blocks != 1:
             raise CorruptImageError(f"{label}: attribute block {block} has magic {magic:#x} and {blocks} blocks "
                                     f"(expected {c.XATTR_MAGIC:#x} and 1)")
-        out += _entries(fs, data, c.BLOCK_HEADER.size, data, f"{label} (attribute block {block})")
+        out += _entries(read_value, data, c.BLOCK_HEADER.size, data, f"{label} (attribute block {block})")
     return out
 
 
-def _entries(fs: Any, area: bytes, pos: int, values: bytes, label: str) -> list[tuple[str, bytes]]:
+def _entries(read_value: Callable[[int, int], bytes], area: bytes, pos: int, values: bytes,
+             label: str) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     while pos + 4 <= len(area) and area[pos : pos + 4] != b"\0\0\0\0":
         if pos + c.ENTRY.size > len(area):
@@ -87,15 +74,15 @@ def _entries(fs: Any, area: bytes, pos: int, values: bytes, label: str) -> list[
         if len(name) != name_len:
             raise CorruptImageError(f"{label}: entry name at byte {pos} runs past the end")
         pos += (c.ENTRY.size + name_len + c.ENTRY_ROUND - 1) & ~(c.ENTRY_ROUND - 1)
+        prefix = c.INDEX_PREFIX.get(index)
+        if prefix is None:  # system.data (inline data) and other kinds Linux does not list
+            continue
         if vsize > c.XATTR_SIZE_MAX:
             raise CorruptImageError(f"{label}: a value claims {vsize} bytes (at most {c.XATTR_SIZE_MAX})")
         # ea_inode: a value kept as the data of another inode
-        value = bytes(fs.get_inode(vinum).open().read(vsize)) if vinum else values[voff : voff + vsize]
+        value = read_value(vinum, vsize) if vinum else values[voff : voff + vsize]
         if len(value) != vsize:
             raise CorruptImageError(f"{label}: a value of {vsize} bytes at {voff} runs past the end")
-        prefix = c.INDEX_PREFIX.get(index)
-        if prefix is None:
-            continue
         if index in c.INDEX_ACL:
             out.append((prefix, acl_to_xattr(value, label)))
         else:

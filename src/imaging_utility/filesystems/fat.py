@@ -1,9 +1,9 @@
 """FAT12 / FAT16 / FAT32: used clusters are the non-zero FAT entries.
 
 Spec: Microsoft "FAT: General Overview of On-Disk Format" (fatgen103) — BPB
-fields, the FAT type decided by the count of clusters (< 4085 FAT12,
-< 65525 FAT16, else FAT32), entry encodings — as summarised in
-``shared/reference/ntfs-bitmap-and-extfs.md`` §3.
+fields, entry encodings — as summarised in ``shared/reference/ntfs-bitmap-and-extfs.md`` §3.
+The FAT type: FAT32 when BPB_FATSz16 is 0 (as Linux and Windows decide, whatever the
+cluster count), else FAT12 below 4085 clusters and FAT16 from there.
 
 Everything before the data area (boot sector, reserved sectors with FSInfo and
 the backup boot sector, every FAT copy, the FAT12/16 root directory) is always
@@ -61,6 +61,7 @@ class FatBoot:
     root_cluster: int
     serial: int | None
     label: str | None
+    fat32: bool = False  # BPB_FATSz16 is 0
 
     @property
     def cluster_size(self) -> int:
@@ -80,8 +81,12 @@ class FatBoot:
 
     @property
     def bits(self) -> int:
-        n = self.cluster_count
-        return 12 if n < 4085 else 16 if n < 65525 else 32
+        """FAT32 exactly when BPB_FATSz16 is 0, as Linux (``fat_fill_super``) and Windows (fastfat's
+        ``FatIsFat32``) decide: small FAT32 volumes with fewer than 65,525 clusters are common.
+        FAT12 or FAT16 by the cluster count, as fatgen103 says."""
+        if self.fat32:
+            return 32
+        return 12 if self.cluster_count < 4085 else 16
 
     @property
     def volume_size(self) -> int:
@@ -110,14 +115,14 @@ class FatBoot:
         label = vol_lab.decode("cp437").strip() if sig == EXT_BOOT_SIG else ""
         boot = cls(bps, spc, rsvd, nfats, root_ent, total, media, fatsz, ext_flags if not fatsz16 else 0,
                    root_clus if not fatsz16 else 0, vol_id if sig == EXT_BOOT_SIG else None,
-                   None if label in ("", "NO NAME") else label)
+                   None if label in ("", "NO NAME") else label, fatsz16 == 0)
         bad = None
         if boot.first_data_sector >= total or boot.cluster_count < 1:
             bad = f"FirstDataSector {boot.first_data_sector} >= TotSec {total}"
-        elif boot.bits == 32 and (fatsz16 or root_ent):
-            bad = f"FAT32 cluster count {boot.cluster_count} but FATSz16 {fatsz16} / RootEntCnt {root_ent}"
-        elif boot.bits != 32 and not fatsz16:
-            bad = f"FAT{boot.bits} cluster count {boot.cluster_count} but FATSz16 is 0"
+        elif boot.bits == 32 and root_ent:
+            bad = f"FAT32 (FATSz16 0) but RootEntCnt {root_ent}"
+        elif boot.bits == 16 and boot.cluster_count >= 65525:
+            bad = f"FAT16 (FATSz16 {fatsz16}) but {boot.cluster_count} clusters, more than FAT16 can address"
         elif fatsz * bps * 8 < (boot.cluster_count + 2) * boot.bits:
             bad = f"FATSz {fatsz} sectors is too small for {boot.cluster_count} clusters"
         elif boot.bits == 32 and not (2 <= root_clus < boot.cluster_count + 2):

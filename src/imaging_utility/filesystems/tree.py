@@ -24,24 +24,23 @@ record is damaged is returned with ``type == "damaged"`` and ``error`` set, so t
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import datetime as dt
-import io
 import os
 import posixpath
-import stat
 import struct
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import IO, Any, Protocol
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError, UsageError
+from .tree_entry import KINDS, TYPE_BITS, Backend, Entry, Layout, escape_name
+from .tree_stream import BlockFile, FileStream, runs_from_clusters
 
-__all__ = ["Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree"]
+__all__ = ["KINDS", "TYPE_BITS", "BlockFile", "Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree",
+           "runs_from_clusters"]
 
 Run = tuple[int, int, int]  # (file_offset, disk_offset, length)
 RunList = list[Run]  # aliases: inside FileTree, ``list`` is the method
@@ -49,225 +48,32 @@ Names = list[str]
 XattrList = list[tuple[str, bytes]]
 
 
-TYPE_BITS = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO,
-             "socket": stat.S_IFSOCK, "char": stat.S_IFCHR, "block": stat.S_IFBLK}
-KINDS = {bits: kind for kind, bits in TYPE_BITS.items()}  # stat.S_IFMT(mode) -> Entry.type
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One directory entry.
-
-    ``type`` is file, dir, symlink, fifo, socket, char (character device), block (block device),
-    reparse (an NTFS reparse point that is no link), other or damaged.  The POSIX fields (``mode``,
-    ``uid``, ``gid``, ``rdev``, ``atime_ns``) are ``None`` where the filesystem has none (NTFS, FAT,
-    exFAT): a writer then uses its defaults.
-    """
-
-    name: str
-    path: str
-    type: str
-    size: int = 0
-    mtime_ns: int | None = None
-    mode: int | None = None  # permission bits with set-uid/set-gid/sticky (``stat.S_IMODE``)
-    target: str | None = None  # symlink: the target to create (never followed); reparse: as stored
-    inode: int | None = None  # ext inode, NTFS MFT record number, FAT/exFAT first cluster
-    nlink: int | None = None
-    streams: tuple[str, ...] = ()  # NTFS alternate data stream names
-    error: str | None = None  # set when type == "damaged"
-    uid: int | None = None
-    gid: int | None = None
-    atime_ns: int | None = None
-    rdev: int | None = None  # char/block devices: ``os.makedev(major, minor)``
-
-    @property
-    def perm(self) -> int:
-        """``mode``, or what a filesystem without POSIX modes gets: 0755 directories, 0777 symlinks, 0644 others."""
-        if self.mode is not None:
-            return self.mode
-        return {"dir": 0o755, "symlink": 0o777}.get(self.type, 0o644)
-
-    @property
-    def st_mode(self) -> int:
-        """File type and permission bits as ``os.stat`` would give them (type bits 0 for reparse, damaged)."""
-        return TYPE_BITS.get(self.type, 0) | self.perm
-
-    @property
-    def mtime(self) -> dt.datetime | None:
-        if self.mtime_ns is None:
-            return None
-        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=self.mtime_ns // 1000)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "path": self.path, "type": self.type, "size": self.size,
-                               "mtime": self.mtime.isoformat() if self.mtime else None, "inode": self.inode}
-        for key in ("mode", "target", "nlink", "error", "uid", "gid"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        if self.rdev is not None:
-            out["rdev"] = [os.major(self.rdev), os.minor(self.rdev)]
-        if self.streams:
-            out["streams"] = list(self.streams)
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """Where a file's bytes are: ``runs`` ((file_offset, disk_offset or None for a hole, length), covering
-    ``[0, size)`` in order) when they can be read straight from the source, else ``opener`` (a dissect
-    stream for resident, inline or compressed data, read under the tree lock)."""
-
-    size: int
-    runs: list[tuple[int, int | None, int]] | None
-    opener: Callable[[], IO[bytes]] | None = None
-
-
-class Backend(Protocol):
-    """What a filesystem adapter provides.  Nodes and refs are the adapter's own objects.
-
-    Optional: ``xattrs(node) -> list[tuple[str, bytes]]`` (extended attributes under their Linux names,
-    POSIX ACLs as ``system.posix_acl_*`` in the Linux xattr format) and ``link_target(entry, find) -> str``
-    (a symlink's target to create; ``find(components)`` is the volume path a case-insensitive lookup
-    of those components reaches, or ``None``).  Backends without them have neither.
-    """
-
-    fs_type: str
-    case_insensitive: bool
-    dot_entries: bool  # directories hold their own "." and ".." entries (ext, FAT), to be left out
-
-    def root(self) -> Any: ...
-    def children(self, node: Any) -> list[tuple[str, Any]]: ...
-    def load(self, ref: Any) -> Any: ...
-    def describe(self, node: Any, name: str, path: str) -> Entry: ...
-    def layout(self, node: Any, stream: str | None) -> Layout: ...
-    def key(self, node: Any) -> int | None: ...
-    def label(self, node: Any) -> str: ...
-
-
-class _Seekable(io.RawIOBase):
-    """Position bookkeeping shared by the raw streams below: ``size`` bytes, seekable, read-only."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-
-class BlockFile(_Seekable):
-    """A seekable binary file over ``BlockSource.readinto_at`` for dissect; not thread-safe (the tree's lock is)."""
-
-    def __init__(self, source: BlockSource) -> None:
-        super().__init__(source.size)
-        self.source = source
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        n = max(0, min(len(view), self.size - self._pos))
-        if n:
-            self.source.readinto_at(self._pos, view[:n])
-            self._pos += n
-        return n
-
-
-class FileStream(_Seekable):
-    """A readable, seekable stream of one file's data; reads never load more than asked for."""
-
-    def __init__(self, tree: FileTree, layout: Layout, label: str) -> None:
-        super().__init__(layout.size)
-        self._tree = tree
-        self._runs = layout.runs
-        self._starts = [r[0] for r in layout.runs] if layout.runs is not None else []
-        self._fallback: IO[bytes] | None = None
-        if layout.runs is None and layout.opener is not None:
-            with tree._guard(label):
-                self._fallback = layout.opener()
-        self._label = label
-
-    def readinto(self, buf: Any) -> int:
-        view = memoryview(buf).cast("B")
-        want = max(0, min(len(view), self.size - self._pos))
-        if not want:
-            return 0
-        if self._runs is None:
-            return self._read_fallback(view[:want])
-        done = 0
-        i = bisect.bisect_right(self._starts, self._pos) - 1
-        while done < want:
-            if i < 0 or i >= len(self._runs):
-                raise CorruptImageError(f"{self._label}: no data run maps file offset {self._pos}")
-            start, disk, length = self._runs[i]
-            rel = self._pos - start
-            take = min(want - done, length - rel)
-            if take <= 0:
-                i += 1
-                continue
-            part = view[done : done + take]
-            if disk is None:
-                part[:] = bytes(take)
-            else:
-                at, end = disk + rel, self._tree.source.size
-                if at < 0 or at + take > end:  # a run past a truncated or lying volume: this file is damaged
-                    raise CorruptImageError(f"{self._label}: its data at byte {at} lies outside the volume "
-                                            f"({end} bytes)")
-                self._tree.source.readinto_at(at, part)
-            done += take
-            self._pos += take
-            i += 1
-        return done
-
-    def _read_fallback(self, view: memoryview) -> int:
-        assert self._fallback is not None
-        with self._tree._guard(self._label):
-            self._fallback.seek(self._pos)
-            data = self._fallback.read(len(view))
-        if len(data) != len(view):
-            raise CorruptImageError(f"{self._label}: data ends at {self._pos + len(data)}, size says {self.size}")
-        view[:] = data
-        self._pos += len(data)
-        return len(data)
-
-    def holes(self) -> list[tuple[int, int]]:
-        """``(file_offset, length)`` ranges that are sparse holes (read as zeros, not stored)."""
-        return [(s, n) for s, d, n in self._runs or [] if d is None]
-
-
 def _about(path: str, e: Exception) -> str:
     """``e``'s message, naming ``path`` once."""
     return str(e) if path in str(e) else f"{path}: {e}"
 
 
-def escape_name(raw: str) -> str:
-    """A name as a path component: ``/`` → ``%2F``, NUL → ``%00``, empty → ``%``, ``..`` → ``%2E%2E``."""
-    if not raw:
-        return "%"
-    if raw in (".", ".."):
-        return "%2E" * len(raw)
-    return raw.replace("/", "%2F").replace("\0", "%00")
+INDEX_BUDGET = 200_000
+"""Directory entries kept in name indexes for lookups, over all cached directories; a directory
+with more entries than this is scanned for each lookup instead (streaming, bounded memory)."""
 
 
 class FileTree:
-    """The file tree of one filesystem; see the module docstring for paths, threads and errors."""
+    """The file tree of one filesystem; see the module docstring for paths, threads and errors.
+
+    ``warnings`` holds one line for each thing the filesystem said that the reader should know
+    (a journal that needs recovery); the commands show them.
+    """
 
     def __init__(self, backend: Backend, source: BlockSource) -> None:
         self.backend = backend
         self.source = source
         self.fs_type = backend.fs_type
+        self.warnings: list[str] = list(getattr(backend, "warnings", ()))
         self._lock = threading.RLock()
-        self._dirs: OrderedDict[str, tuple[list[tuple[str, Any]], dict[str, Any]]] = OrderedDict()
+        self._indexes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._indexed = 0  # entries in ``_indexes``
+        self._too_big: OrderedDict[str, None] = OrderedDict()  # directories scanned per lookup
         self._nodes: OrderedDict[str, Any] = OrderedDict()
         self._root = backend.root()
         self._resolving = False
@@ -298,31 +104,75 @@ class FileTree:
         norm = posixpath.normpath("/" + path.strip())
         return "/" + norm.lstrip("/")
 
-    def _listing(self, path: str, node: Any) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
-        """A directory's (name, ref) pairs in on-disk order, and the first ref of each name."""
-        cached = self._dirs.get(path)
-        if cached is not None:
-            self._dirs.move_to_end(path)
-            return cached
+    def _scan(self, path: str, node: Any) -> Iterator[tuple[str, Any]]:
+        """A directory's (name, ref) pairs in on-disk order, read as they are consumed.
+
+        The lock is held for each step only, never across a ``yield``: a slow consumer (a WebDAV
+        client reading a listing) does not stall other readers, and memory stays one block."""
+        what = f"directory {path} ({self.backend.label(node)})"
+        dots = {".", ".."} if self.backend.dot_entries else set()
         try:
-            with self._guard(f"directory {path} ({self.backend.label(node)})"):
-                raw = self.backend.children(node)
+            with self._guard(what):
+                it = iter(self.backend.children(node))
+            while True:
+                with self._guard(what):
+                    item: tuple[str, Any] | None = next(it, None)
+                if item is None:
+                    return
+                n, ref = item
+                if n in dots:  # the directory's own entry; a second one is a hostile name, shown escaped
+                    dots.discard(n)
+                    continue
+                yield escape_name(n), ref
         except CorruptImageError as e:
             raise CorruptImageError(_about(f"directory {path}", e)) from None
-        kids: list[tuple[str, Any]] = []
-        dots = {".", ".."} if self.backend.dot_entries else set()
-        for n, ref in raw:
-            if n in dots:  # the directory's own entry; a second one is a hostile name, shown escaped
-                dots.discard(n)
-                continue
-            kids.append((escape_name(n), ref))
-        index: dict[str, Any] = {}
-        for n, ref in kids:
+
+    def _index(self, path: str, node: Any) -> dict[str, Any] | None:
+        """Name → first ref of each name in directory ``path``; ``None`` for a directory too big to
+        keep (``INDEX_BUDGET``), which lookups then scan."""
+        index = self._indexes.get(path)
+        if index is not None:
+            self._indexes.move_to_end(path)
+            return index
+        if path in self._too_big:
+            return None
+        index = {}
+        for n, ref in self._scan(path, node):
             index.setdefault(n, ref)
-        self._dirs[path] = (kids, index)
-        if len(self._dirs) > 256:
-            self._dirs.popitem(last=False)
-        return kids, index
+            if len(index) > INDEX_BUDGET:
+                self._too_big[path] = None
+                if len(self._too_big) > 256:
+                    self._too_big.popitem(last=False)
+                return None
+        while self._indexes and self._indexed + len(index) > INDEX_BUDGET:
+            self._indexed -= len(self._indexes.popitem(last=False)[1])
+        self._indexes[path] = index
+        self._indexed += len(index)
+        return index
+
+    def _match(self, parent_path: str, parent: Any, name: str) -> str | None:
+        """The name as listed that ``name`` matches in the directory: itself, else case-insensitively."""
+        index = self._index(parent_path, parent)
+        if index is not None and name in index:
+            return name
+        folded = name.casefold()
+        return next((n for n, _ in (index.items() if index is not None else self._scan(parent_path, parent))
+                     if n.casefold() == folded), None)
+
+    def _lookup(self, parent_path: str, parent: Any, name: str) -> Any:
+        index = self._index(parent_path, parent)
+        if index is not None:
+            ref = index.get(name)
+            if ref is not None or not self.backend.case_insensitive:
+                return ref
+        folded = name.casefold() if self.backend.case_insensitive else None
+        exact = None
+        for n, r in (index.items() if index is not None else self._scan(parent_path, parent)):
+            if n == name:
+                return r
+            if exact is None and folded is not None and n.casefold() == folded:
+                exact = r
+        return exact
 
     def _node(self, path: str) -> Any:
         path = self.normalize(path)
@@ -336,10 +186,7 @@ class FileTree:
             parent = self._node(parent_path)
             if self.stat(parent_path).type != "dir":
                 raise NotFoundError(f"{parent_path} in the {self.fs_type} filesystem is not a directory")
-            kids, index = self._listing(parent_path, parent)
-            ref = index.get(name)
-            if ref is None and self.backend.case_insensitive:
-                ref = next((r for n, r in kids if n.casefold() == name.casefold()), None)
+            ref = self._lookup(parent_path, parent, name)
             if ref is None:
                 raise NotFoundError(f"{path}: no such file or directory in the {self.fs_type} filesystem")
             try:
@@ -359,37 +206,44 @@ class FileTree:
         with self._guard(f"{path}"):
             return self._linked(self.backend.describe(node, name, path))
 
-    def list(self, path: str = "/") -> list[Entry]:
-        """The entries of directory ``path`` in on-disk order; damaged children come back as ``damaged``."""
+    def iterdir(self, path: str = "/") -> Iterator[Entry]:
+        """The entries of directory ``path`` in on-disk order, read as they are consumed (memory stays
+        bounded however large the directory); damaged children come back as ``damaged``.  A
+        directory that turns out unreadable part way raises ``CorruptImageError`` there."""
         path = self.normalize(path)
         with self._lock:
             if self.stat(path).type != "dir":
                 raise NotFoundError(f"{path} in the {self.fs_type} filesystem is not a directory")
-            kids, _index = self._listing(path, self._node(path))
-            out: list[Entry] = []
-            for name, ref in kids:
-                child = posixpath.join(path, name)
-                try:
-                    with self._guard(child):
-                        node = self.backend.load(ref)
-                        out.append(self._linked(self.backend.describe(node, name, child)))
-                except CorruptImageError as e:
-                    out.append(Entry(name, child, "damaged", error=_about(child, e)))
-            return out
+            node = self._node(path)
+        for name, ref in self._scan(path, node):
+            child = posixpath.join(path, name)
+            try:
+                with self._guard(child):
+                    entry = self._linked(self.backend.describe(self.backend.load(ref), name, child))
+            except CorruptImageError as e:
+                entry = Entry(name, child, "damaged", error=_about(child, e))
+            yield entry
+
+    def list(self, path: str = "/") -> list[Entry]:
+        """The entries of directory ``path`` in on-disk order; damaged children come back as ``damaged``."""
+        return [*self.iterdir(path)]
 
     def _linked(self, entry: Entry) -> Entry:
         """``entry`` with its symlink target as the backend would have it created (NTFS: relative when an
         absolute Windows target lies inside this volume).  Not re-entered: a lookup that meets another
         such link while resolving leaves that one's target as stored."""
         hook = getattr(self.backend, "link_target", None)
-        if hook is None or entry.type != "symlink" or self._resolving:
+        if hook is None or entry.type != "symlink":
             return entry
-        self._resolving = True
-        try:
-            target = hook(entry, self._find)
-            return replace(entry, target=target, size=len(os.fsencode(target)))
-        finally:
-            self._resolving = False
+        with self._lock:  # the flag is the tree's: one resolution at a time
+            if self._resolving:
+                return entry
+            self._resolving = True
+            try:
+                target = hook(entry, self._find)
+                return replace(entry, target=target, size=len(os.fsencode(target)))
+            finally:
+                self._resolving = False
 
     def _find(self, components: Names) -> str | None:
         """The path (names as listed) that ``components`` reach from the root, matching case-insensitively."""
@@ -398,10 +252,9 @@ class FileTree:
             try:
                 if self.stat(path).type != "dir":
                     return None
-                kids, index = self._listing(path, self._node(path))
+                name = self._match(path, self._node(path), comp)
             except (NotFoundError, CorruptImageError):
                 return None
-            name = comp if comp in index else next((n for n, _ in kids if n.casefold() == comp.casefold()), None)
             if name is None:
                 return None
             path = posixpath.join(path, name)
@@ -428,33 +281,43 @@ class FileTree:
 
     def _walk(self, directory: Entry, ancestors: tuple[int | None, ...]) -> Iterator[Entry]:
         try:
-            entries = self.list(directory.path)
+            for entry in self.iterdir(directory.path):
+                yield entry
+                if entry.type != "dir":
+                    continue
+                try:
+                    key = self.backend.key(self._node(entry.path))
+                except CorruptImageError as e:
+                    yield replace(entry, type="damaged", error=str(e))
+                    continue
+                if key is not None and key in ancestors:
+                    yield replace(entry, type="damaged",
+                                  error=f"{self.fs_type}: {entry.path} loops back to a parent directory; not followed")
+                    continue
+                if len(ancestors) > 512:
+                    yield replace(entry, type="damaged", error=f"{entry.path}: directories nest deeper than 512")
+                    continue
+                yield from self._walk(entry, (*ancestors, key))
         except CorruptImageError as e:
             yield replace(directory, type="damaged", error=str(e))
-            return
-        for entry in entries:
-            yield entry
-            if entry.type != "dir":
-                continue
-            key = self.backend.key(self._node(entry.path))
-            if key is not None and key in ancestors:
-                yield replace(entry, type="damaged",
-                              error=f"{self.fs_type}: {entry.path} loops back to a parent directory; not followed")
-                continue
-            if len(ancestors) > 512:
-                yield replace(entry, type="damaged", error=f"{entry.path}: directories nest deeper than 512")
-                continue
-            yield from self._walk(entry, (*ancestors, key))
 
     def layout(self, path: str, stream: str | None = None) -> Layout:
+        """Where the file's bytes are; a run outside the volume (a hostile or damaged map) is a
+        ``CorruptImageError`` naming the file, never a read past the source."""
         path = self.normalize(path)
         entry = self.stat(path)
         if entry.type == "dir" and stream is None:
             raise NotFoundError(f"{path} is a directory in the {self.fs_type} filesystem, not a file")
         if stream and stream not in entry.streams:
             raise NotFoundError(f"{path} has no stream {stream!r} in the {self.fs_type} filesystem")
-        with self._guard(f"data of {path}" + (f":{stream}" if stream else "")):
-            return self.backend.layout(self._node(path), stream)
+        label = path + (f":{stream}" if stream else "")
+        with self._guard(f"data of {label}"):
+            layout = self.backend.layout(self._node(path), stream)
+        for _f, disk, n in layout.runs or []:
+            if disk is not None and (disk < 0 or disk + n > self.source.size):
+                raise CorruptImageError(f"{self.fs_type}: {label}: its data run at byte {disk} (+{n}) lies outside "
+                                        f"the volume of {self.source.size} bytes")
+        return layout
 
     def open(self, path: str, stream: str | None = None) -> FileStream:
         """A stream over the file's data (or its NTFS alternate data stream ``stream``)."""
@@ -467,24 +330,6 @@ class FileTree:
         Data stored inside metadata (NTFS resident, ext inline) or compressed has no plain runs: ``[]``.
         """
         return [(f, d, n) for f, d, n in self.layout(path, stream).runs or [] if d is not None]
-
-
-def runs_from_clusters(runs: list[tuple[int | None, int]], cluster: int, base: int, size: int,
-                       label: str) -> list[tuple[int, int | None, int]]:
-    """``(cluster or None, count)`` runs → byte runs clipped to ``size``; a short chain is an error."""
-    out: list[tuple[int, int | None, int]] = []
-    pos = 0
-    for lcn, count in runs:
-        if pos >= size:
-            break
-        length = min(count * cluster, size - pos)
-        if length <= 0:
-            continue
-        out.append((pos, None if lcn is None else base + lcn * cluster, length))
-        pos += length
-    if pos < size:
-        raise CorruptImageError(f"{label}: its clusters hold {pos} bytes but its size is {size}")
-    return out
 
 
 def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
@@ -520,9 +365,13 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
 
             backend = NtfsBackend(fh)
         elif info.type.startswith("ext"):
-            from .tree_ext import ExtBackend
+            from .tree_ext import ExtBackend, recovered
 
+            source, note = recovered(source)
+            fh = BlockFile(source)
             backend = ExtBackend(fh, info.type)
+            if note:
+                backend.warnings.append(note)
         elif info.type == "xfs":
             from .tree_xfs import XfsBackend
 

@@ -1,4 +1,4 @@
-"""FAT12/16/32 and exFAT adapters of ``tree.FileTree`` over dissect.fat.
+"""FAT12/16/32 (``fat_dir.py``) and exFAT (dissect.fat) adapters of ``tree.FileTree``.
 
 Cluster chains are followed here, not by dissect (exFAT directories: dissect's walk, bounded by
 ``_ExFAT``), with a guard: a chain may visit each cluster once, so a cyclic FAT (damage or a hostile
@@ -11,19 +11,18 @@ file system specification.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterator
 from typing import Any
 
 from dissect.fat import exfat as dexfat
-from dissect.fat.fat import FATFS, DirectoryEntry, RootDirectory
 
+from ..blocks import read_at
 from ..errors import CorruptImageError
+from .fat import FatBoot
+from .fat_dir import FatNode, FatVolume, chain_runs
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
 
-FAT_EOC = {"fat12": 0xFF8, "fat16": 0xFFF8, "fat32": 0x0FFFFFF8}
-FAT_BAD = {"fat12": 0xFF7, "fat16": 0xFFF7, "fat32": 0x0FFFFFF7}
 EXFAT_EOC = 0xFFFFFFF8
-NT_LOWER_BASE = 0x08
-NT_LOWER_EXT = 0x10
 
 
 def _dos_ns(stamp: int, tz: int = 0) -> int | None:
@@ -40,90 +39,55 @@ def _dos_ns(stamp: int, tz: int = 0) -> int | None:
     return secs * 1_000_000_000
 
 
-def _chain_runs(first: int, next_of: Any, eoc: int, bad: int, limit: int, label: str) -> list[tuple[int, int]]:
-    """``(cluster - 2, count)`` runs of the chain starting at ``first``; each cluster at most once."""
-    runs: list[tuple[int, int]] = []
-    seen = 0
-    cluster = first
-    while True:
-        if not 2 <= cluster < limit:
-            raise CorruptImageError(f"{label}: cluster chain points to cluster {cluster:#x}, outside the volume")
-        seen += 1
-        if seen > limit:
-            raise CorruptImageError(f"{label}: cluster chain loops")
-        if runs and runs[-1][0] + runs[-1][1] == cluster - 2:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((cluster - 2, 1))
-        value = next_of(cluster)
-        if value >= eoc:
-            return runs
-        if value in (bad, 0):
-            raise CorruptImageError(f"{label}: cluster chain reaches a {'bad' if value else 'free'} cluster "
-                                    f"after cluster {cluster:#x}")
-        cluster = value
-
-
-def _fat_name(e: DirectoryEntry) -> str:
-    """The long name, else the 8.3 name with the Windows NT case bits (DIR_NTRes 0x08 base, 0x10 ext)."""
-    if e.ldirents or e.short_name in (".", ".."):
-        return str(e.name)
-    base, _, ext = str(e.short_name).partition(".")
-    nt = int(e.dirent.DIR_NTRes)
-    base = base.lower() if nt & NT_LOWER_BASE else base
-    ext = ext.lower() if nt & NT_LOWER_EXT else ext
-    return f"{base}.{ext}" if ext else base
-
-
 class FatBackend:
-    dot_entries = True
+    """FAT12/16/32 through our own reader (``fat_dir.py``): the FAT type as Linux and Windows decide
+    it, names that never make a directory unreadable, a root entry named ``..`` listed escaped."""
+
+    dot_entries = False  # ``FatVolume.entries`` leaves out a subdirectory's own "." and ".."
     case_insensitive = True
 
     def __init__(self, fh: BlockFile, kind: str) -> None:
-        self.fs = FATFS(fh)
-        self.fs_type = kind
-        self._data = self.fs.first_data_sector * self.fs.sector_size
-        self._limit = self.fs.fat.entry_count
+        boot = FatBoot.from_bytes(read_at(fh.source, 0, 512))
+        if boot is None:
+            raise CorruptImageError(f"{kind}: the boot sector is gone")
+        self.vol = FatVolume(fh.source, boot)
+        self.fs_type = boot.type
+        self.cluster_size = boot.cluster_size
+        self._data = boot.data_offset
 
-    def _runs(self, first: int, label: str) -> list[tuple[int, int]]:
-        return _chain_runs(first, self.fs.fat.get, FAT_EOC[self.fs_type], FAT_BAD[self.fs_type], self._limit, label)
-
-    def root(self) -> RootDirectory:
-        root = self.fs.root
-        if self.fs_type == "fat32":
-            root._runlist = self._runs(root.cluster, "fat32 root directory")
+    def root(self) -> FatNode:
+        root = self.vol.root()
+        if self.vol.bits == 32:
+            self.vol.runs(root.cluster, f"{self.fs_type} root directory")
         return root
 
-    def label(self, node: DirectoryEntry) -> str:
-        return f"directory starting at cluster {node.cluster}" if node.cluster else "root directory"
+    def label(self, node: FatNode) -> str:
+        return "root directory" if node.root else f"directory starting at cluster {node.cluster}"
 
-    def children(self, node: DirectoryEntry) -> list[tuple[str, Any]]:
-        if (not isinstance(node, RootDirectory) or self.fs_type == "fat32") and node._runlist is None:
-            node._runlist = self._runs(node.cluster, f"directory {node.name!r}") if node.cluster else []
-        return [(_fat_name(e), e) for e in node.iterdir() if not e.is_volume_id()]
+    def children(self, node: FatNode) -> Iterator[tuple[str, Any]]:
+        return self.vol.entries(node)
 
-    def load(self, ref: DirectoryEntry) -> DirectoryEntry:
+    def load(self, ref: FatNode) -> FatNode:
         return ref
 
-    def key(self, node: DirectoryEntry) -> int | None:
-        return int(node.cluster) if node.cluster is not None else 0
+    def key(self, node: FatNode) -> int | None:
+        return node.cluster
 
-    def describe(self, node: DirectoryEntry, name: str, path: str) -> Entry:
-        if isinstance(node, RootDirectory):
-            return Entry(name=name, path=path, type="dir", inode=node.cluster)
-        d = node.dirent
-        mtime = _dos_ns((d.DIR_WrtDate << 16) | d.DIR_WrtTime)
-        kind = "dir" if node.is_directory() else "file"
-        return Entry(name=name, path=path, type=kind, size=0 if kind == "dir" else int(d.DIR_FileSize),
-                     mtime_ns=mtime, inode=int(node.cluster))
+    def describe(self, node: FatNode, name: str, path: str) -> Entry:
+        if node.root:
+            return Entry(name=name, path=path, type="dir", inode=node.cluster or None)
+        kind = "dir" if node.is_dir else "file"
+        return Entry(name=name, path=path, type=kind, size=0 if kind == "dir" else node.size,
+                     mtime_ns=_dos_ns(node.wrt), inode=node.cluster)
 
-    def layout(self, node: DirectoryEntry, stream: str | None) -> Layout:
-        size = int(node.dirent.DIR_FileSize)
-        if not size:
+    def layout(self, node: FatNode, stream: str | None) -> Layout:
+        if not node.size:
             return Layout(0, [])
         label = f"{self.fs_type} file {node.name!r}"
-        runs: list[tuple[int | None, int]] = list(self._runs(node.cluster, label))
-        return Layout(size, runs_from_clusters(runs, self.fs.cluster_size, self._data, size, label))
+        if node.cluster == 0:
+            raise CorruptImageError(f"{label}: its size is {node.size} but it has no first cluster")
+        runs: list[tuple[int | None, int]] = list(self.vol.runs(node.cluster, label))
+        return Layout(node.size, runs_from_clusters(runs, self.cluster_size, self._data, node.size, label))
 
 
 class _ExFAT(dexfat.ExFAT):  # type: ignore[misc]
@@ -205,5 +169,5 @@ class ExfatBackend:
                 self.fs.fat.seek(c * 4)
                 return int.from_bytes(self.fs.fat.read(4), "little")
 
-            runs = list(_chain_runs(int(st.location), next_of, EXFAT_EOC, 0xFFFFFFF7, self._limit, label))
+            runs = list(chain_runs(int(st.location), next_of, EXFAT_EOC, 0xFFFFFFF7, self._limit, label))
         return Layout(size, runs_from_clusters(runs, cluster, self._heap, size, label))

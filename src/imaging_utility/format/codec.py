@@ -110,6 +110,32 @@ class Codec:
             )
         return bytes(data)
 
+    def decompress_into(self, frame: bytes | memoryview, out: memoryview, chunk: int, offset: int,
+                        where: str | None = None) -> None:
+        """Decode one frame straight into ``out``, which it must fill exactly (no intermediate bytes
+        object, no copy); the content checksum is checked at the frame's end.  Raise ``ChunkCorruptError``
+        naming the chunk as ``where``."""
+        where = where or f"chunk {chunk} (source byte offset {offset})"
+        n = len(out)
+        got = 0
+        try:
+            with self._dctx().stream_reader(frame, read_size=len(frame)) as reader:
+                while got < n:
+                    k = reader.readinto(out[got:])
+                    if not k:
+                        break
+                    got += k
+                extra = reader.read(1)  # reaching the frame's end checks its content checksum
+        except zstandard.ZstdError as e:
+            raise ChunkCorruptError(
+                f"{where} is corrupt: {e}", chunk, offset
+            ) from None
+        if got != n or extra:
+            raise ChunkCorruptError(
+                f"{where} decodes to {got + len(extra)}+ bytes, expected {n}",
+                chunk, offset,
+            )
+
     def decompress_prefix(self, frame: bytes | memoryview, need: int, chunk: int, offset: int,
                           where: str | None = None) -> bytes:
         """The first ``need`` bytes of a frame, decoding no further than the block that holds them.

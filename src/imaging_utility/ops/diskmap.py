@@ -15,7 +15,7 @@ refused: used-only imaging could drop bytes one of them uses.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..blocks import BlockSource, WindowSource
@@ -126,8 +126,8 @@ def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: b
         fs = detect(window)
         if fs is None:
             return PartitionPlan(part, None, None)
-        _info, used = allocation_map(window)
-        return PartitionPlan(part, fs, used)
+        info, used = allocation_map(window)
+        return PartitionPlan(part, replace(fs, warnings=info.warnings), used)  # what the map kept whole, and why
     except UnsupportedError as e:
         fs_type = _safe_type(window)
         what = f"partition {part.number}" + (f" ({fs_type})" if fs_type else "")
@@ -162,6 +162,7 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
         plan = plan_partition(source, Partition(0, 0, size, "whole disk", ""), tolerate_read_errors)
         if plan.used is not None and plan.filesystem is not None:
             warnings.append(f"no partition table: imaged as one {plan.filesystem.type} volume (used-only)")
+            warnings += plan.filesystem.warnings
             amap = plan.used
         else:
             warnings.append("no partition table and no known filesystem: imaged in full"
@@ -175,6 +176,7 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
                            + "; image the disk in full (image without --used-only)")
     plans = [plan_partition(source, p, tolerate_read_errors) for p in table.partitions]
     warnings += [p.note for p in plans if p.note]
+    warnings += [f"partition {p.partition.number}: {w}" for p in plans if p.filesystem for w in p.filesystem.warnings]
     amap = compose(size, [(p.partition.offset, p.partition.length, p.used) for p in plans if p.used is not None],
                    cluster_size=ss)
     return DiskPlan(size, ss, table, plans, amap, None, warnings)

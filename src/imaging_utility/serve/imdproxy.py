@@ -18,7 +18,7 @@ import struct
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError
-from ._listener import Listener
+from ._listener import IDLE_TIMEOUT, Listener
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,11 @@ class ImdproxyServer(Listener):
     """
 
     def __init__(self, source: BlockSource, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 unix_path: str | None = None, max_connections: int = 64) -> None:
+                 unix_path: str | None = None, max_connections: int = 64,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.source = source
-        super().__init__(host=host, port=port, unix_path=unix_path, max_connections=max_connections)
+        super().__init__(host=host, port=port, unix_path=unix_path, max_connections=max_connections,
+                         idle_timeout=idle_timeout)
 
     def handle(self, sock: socket.socket) -> None:
         rfile = sock.makefile("rb", buffering=64 * 1024)

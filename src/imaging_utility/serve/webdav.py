@@ -1,11 +1,23 @@
 """Read-only WebDAV (RFC 4918) and HTML browsing of a ``FileTree``, on wsgidav + cheroot.
 
-Only GET, HEAD (both with Range), OPTIONS and PROPFIND are served; every other method (PUT, DELETE,
-MKCOL, COPY, MOVE, PROPPATCH, LOCK, UNLOCK, POST, …) is answered ``403 Forbidden`` before it reaches
-wsgidav.  Locking is off, so OPTIONS advertises DAV class 1 only.  GET streams the file in 1 MiB
-blocks; nothing reads a whole file.  Paths are resolved inside the tree only (``..`` cannot climb
-above its root), and names that are not valid in XML or URLs (control characters, undecodable
-bytes) are shown %-escaped (``%01``).  Browsers get an HTML listing with sizes and dates.
+Only GET, HEAD, OPTIONS and PROPFIND are served; every other method (PUT, DELETE, MKCOL, COPY, MOVE,
+PROPPATCH, LOCK, UNLOCK, POST, …) is answered ``403 Forbidden``.  GET, HEAD and PROPFIND are answered
+here (``ReadOnlyGate``), OPTIONS and authentication by wsgidav.  Locking is off, so OPTIONS
+advertises DAV class 1 only.
+
+- GET streams the file in 1 MiB blocks; ``Range`` is honoured per RFC 9110 (``httprange.py``: one
+  range 206, several ``multipart/byteranges``, a malformed or unsatisfiable one 416).  A file whose
+  data cannot be read (a run outside the volume, a damaged record) is answered with a one-line 500
+  before any byte is sent; a read that fails part way ends the connection (the client sees a short
+  body, never wrong bytes), with one line in the log.
+- PROPFIND streams its 207 body (``propfind.py``) and refuses ``Depth: infinity`` with 403
+  ``propfind-finite-depth``.
+- A directory GET is an HTML listing: sorted when it has at most ``SORT_LIMIT`` entries, else
+  streamed in on-disk order, so memory stays bounded.
+
+Paths are resolved inside the tree only (``..`` cannot climb above its root), and names that are
+not valid in XML or URLs (control characters, undecodable bytes) are shown %-escaped (``%01``).
+Nothing a client sends leads to a traceback: cheroot's own error log is one line per error.
 
 Thread-safety: cheroot serves each connection on a worker thread; they share the ``FileTree``,
 which is thread-safe.
@@ -13,28 +25,33 @@ which is thread-safe.
 
 from __future__ import annotations
 
-import html
+import logging
 import mimetypes
 import posixpath
+import re
+import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
 from cheroot import wsgi
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
-from wsgidav.error_printer import ErrorPrinter
 from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from ..errors import CorruptImageError, Error, NotFoundError
-from ..filesystems.tree import Entry, FileTree
-from ._listener import bind_error
+from ..filesystems.tree import Entry, FileStream, FileTree
+from . import httprange, propfind
+from ._listener import bind_error, limit_malloc_arenas
+from .dirlisting import listing
 
 __all__ = ["READ_METHODS", "WebDavServer", "dav_name", "make_app"]
+
+log = logging.getLogger(__name__)
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PROPFIND"})
 BLOCK = 1 << 20
@@ -42,12 +59,12 @@ SERVED_TYPES = ("file", "dir")
 StartResponse = Callable[..., Any]
 
 
+_NOT_XML = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def dav_name(name: str) -> str:
     """``name`` with characters XML cannot carry (C0 controls, DEL, lone surrogates) written as ``%XX``."""
-    if all(0x20 <= ord(c) != 0x7F and not 0xD800 <= ord(c) <= 0xDFFF for c in name):
-        return name
-    return "".join(f"%{ord(c):02X}" if ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF else c
-                   for c in name)
+    return _NOT_XML.sub(lambda m: f"%{ord(m.group()):02X}", name)
 
 
 def resolve(tree: FileTree, path: str) -> Entry | None:
@@ -63,18 +80,19 @@ def resolve(tree: FileTree, path: str) -> Entry | None:
             continue
         except NotFoundError:
             pass
-        found = [e for e in tree.list(cur.path) if dav_name(e.name) == comp]
-        if not found:
+        found = next((e for e in tree.iterdir(cur.path) if dav_name(e.name) == comp), None)
+        if found is None:
             return None
-        cur = found[0]
+        cur = found
     return cur
 
 
 class _File(DAVNonCollection):  # type: ignore[misc]
-    def __init__(self, path: str, environ: dict[str, Any], entry: Entry, tree: FileTree) -> None:
+    """What wsgidav sees of a file: enough for OPTIONS (GET and PROPFIND are answered by the gate)."""
+
+    def __init__(self, path: str, environ: dict[str, Any], entry: Entry) -> None:
         super().__init__(path, environ)
         self.entry = entry
-        self.tree = tree
 
     def get_content_length(self) -> int:
         return self.entry.size
@@ -82,52 +100,30 @@ class _File(DAVNonCollection):  # type: ignore[misc]
     def get_content_type(self) -> str:
         return mimetypes.guess_type(self.entry.name)[0] or "application/octet-stream"
 
-    def get_creation_date(self) -> float | None:
+    def get_etag(self) -> str | None:
         return None
 
-    def get_display_name(self) -> str:
-        return dav_name(self.entry.name)
-
-    def get_etag(self) -> str:
-        return f"{self.entry.inode}-{self.entry.size}-{self.entry.mtime_ns}"
-
-    def get_last_modified(self) -> float | None:
-        return self.entry.mtime_ns / 1e9 if self.entry.mtime_ns is not None else None
-
     def support_etag(self) -> bool:
-        return True
+        return False
 
     def support_ranges(self) -> bool:
         return True
 
     def get_content(self) -> Any:
-        return self.tree.open(self.entry.path)
+        raise NotImplementedError("GET is answered by ReadOnlyGate")
 
 
 class _Dir(DAVCollection):  # type: ignore[misc]
-    def __init__(self, path: str, environ: dict[str, Any], entry: Entry, tree: FileTree) -> None:
+    def __init__(self, path: str, environ: dict[str, Any], entry: Entry) -> None:
         super().__init__(path, environ)
         self.entry = entry
-        self.tree = tree
-
-    def get_display_name(self) -> str:
-        return dav_name(self.entry.name) or "/"
-
-    def get_creation_date(self) -> float | None:
-        return None
-
-    def get_last_modified(self) -> float | None:
-        return self.entry.mtime_ns / 1e9 if self.entry.mtime_ns is not None else None
 
     def get_member_names(self) -> list[str]:
-        return [dav_name(e.name) for e in self.tree.list(self.entry.path) if e.type in SERVED_TYPES]
-
-    def get_member(self, name: str) -> Any:
-        return self.provider.get_resource_inst(posixpath.join(self.path, name), self.environ)
+        return []  # PROPFIND is answered by ReadOnlyGate, streamed
 
 
 class TreeProvider(DAVProvider):  # type: ignore[misc]
-    """A read-only wsgidav provider over a ``FileTree``; only files and directories are shown."""
+    """A read-only wsgidav provider over a ``FileTree`` (for OPTIONS); only files and directories."""
 
     def __init__(self, tree: FileTree) -> None:
         super().__init__()
@@ -144,40 +140,55 @@ class TreeProvider(DAVProvider):  # type: ignore[misc]
             return None
         if entry is None or entry.type not in SERVED_TYPES:
             return None
-        cls = _Dir if entry.type == "dir" else _File
-        return cls(path, environ, entry, self.tree)
+        return (_Dir if entry.type == "dir" else _File)(path, environ, entry)
 
 
-def _listing(entry: Entry, children: list[Entry], script: str, path: str) -> bytes:
-    base = script.rstrip("/") + quote(path.rstrip("/"), safe="/")
-    rows = []
-    if path.strip("/"):
-        rows.append(f'<tr><td><a href="{html.escape(base.rsplit("/", 1)[0] + "/")}">../</a></td>'
-                    "<td></td><td></td><td></td></tr>")
-    for e in sorted(children, key=lambda c: (c.type != "dir", c.name.casefold())):
-        shown = dav_name(e.name)
-        href = html.escape(f"{base}/{quote(shown, safe='')}" + ("/" if e.type == "dir" else ""), quote=True)
-        label = html.escape(shown + ("/" if e.type == "dir" else ""))
-        size = "" if e.type == "dir" else f"{e.size:,}"
-        when = e.mtime.strftime("%Y-%m-%d %H:%M:%S UTC") if e.mtime else ""
-        link = f'<a href="{href}">{label}</a>' if e.type in SERVED_TYPES else label
-        note = html.escape(e.target or e.error or "") if e.type not in SERVED_TYPES else ""
-        rows.append(f'<tr><td>{link}</td><td class="n">{size}</td><td>{when}</td>'
-                    f"<td>{html.escape(e.type)} {note}</td></tr>")
-    title = html.escape(path or "/")
-    page = (
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Index of " + title + "</title><style>"
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:2px 12px;"
-        "text-align:left}td.n{text-align:right;font-family:monospace}tr:nth-child(even){background:#f2f2f2}"
-        "</style></head><body><h1>Index of " + title + "</h1><p>read-only view of the image; "
-        f"{len(children)} entries</p><table><tr><th>Name</th><th>Size (bytes)</th><th>Modified</th>"
-        "<th>Type</th></tr>" + "".join(rows) + "</table></body></html>"
-    )
-    return page.encode("utf-8", "surrogateescape")
+def _text(start_response: StartResponse, status: str, message: str,
+          extra: list[tuple[str, str]] | None = None) -> list[bytes]:
+    body = f"{message}\n".encode("utf-8", "replace")
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                            *(extra or [])])
+    return [body]
+
+
+class _Cut(Exception):
+    """A response body that cannot be completed: cheroot drops the connection (one log line)."""
+
+
+def _read(src: FileStream, pos: int, view: memoryview, label: str) -> bytes:
+    src.seek(pos)
+    got = src.readinto(view)
+    if got != len(view):
+        raise CorruptImageError(f"{label}: data ended at byte {pos + got}")
+    return bytes(view)
+
+
+def _stream(src: FileStream, ranges: list[tuple[int, int]], parts: list[bytes] | None, tail: bytes,
+            label: str, first: bytes) -> Iterator[bytes]:
+    """The bytes of ``ranges`` of ``src`` (each preceded by its part header when multipart); ``first``
+    is the first block, read before the status line went out."""
+    view = memoryview(bytearray(BLOCK))
+    try:
+        for k, (a, b) in enumerate(ranges):
+            if parts is not None:
+                yield parts[k]
+            pos = a
+            if k == 0 and first:
+                yield first
+                pos += len(first)
+            while pos <= b:
+                n = min(BLOCK, b + 1 - pos)
+                yield _read(src, pos, view[:n], label)
+                pos += n
+        if tail:
+            yield tail
+    except (Error, OSError) as e:
+        log.warning("GET %s failed part way, connection dropped: %s", label, e)
+        raise _Cut(str(e)) from None
 
 
 class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
-    """403 for every method that is not a read; the HTML listing for GET on a directory."""
+    """403 for every method that is not a read; GET, HEAD and PROPFIND answered here."""
 
     def is_disabled(self) -> bool:
         return False
@@ -185,30 +196,108 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"].upper()
         if method not in READ_METHODS:
-            body = f"{method} refused: this WebDAV share is read-only\n".encode()
-            start_response("403 Forbidden", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return _text(start_response, "403 Forbidden", f"{method} refused: this WebDAV share is read-only")
+        if method == "OPTIONS":
+            result: Iterable[bytes] = self.next_app(environ, start_response)
+            return result
+        tree: FileTree = self.config["imaging_utility.tree"]
+        path = environ.get("PATH_INFO", "/") or "/"
+        try:
+            entry = resolve(tree, path)
+            if entry is None or entry.type not in SERVED_TYPES:
+                return _text(start_response, "404 Not Found", f"{path}: not found in the image")
+            if method == "PROPFIND":
+                return self._propfind(environ, start_response, tree, entry, path)
+            if entry.type == "dir":
+                return self._directory(environ, start_response, tree, entry, path, method)
+            return self._file(environ, start_response, tree, entry, method)
+        except Error as e:
+            message = str(e) if path.rstrip("/") in str(e) else f"{path}: {e}"
+            log.warning("%s %s", method, message)
+            return _text(start_response, "500 Internal Server Error", message)
+
+    def _directory(self, environ: dict[str, Any], start_response: StartResponse, tree: FileTree, entry: Entry,
+                   path: str, method: str) -> Iterable[bytes]:
+        if not path.endswith("/"):
+            loc = environ.get("SCRIPT_NAME", "") + quote(path, safe="/") + "/"
+            start_response("301 Moved Permanently", [("Location", loc), ("Content-Length", "0")])
+            return [b""]
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        if method == "HEAD":
+            return [b""]
+        return listing(tree, entry, environ.get("SCRIPT_NAME", ""), path, dav_name)
+
+    def _file(self, environ: dict[str, Any], start_response: StartResponse, tree: FileTree, entry: Entry,
+              method: str) -> Iterable[bytes]:
+        tag = propfind.etag(entry)
+        modified = propfind.last_modified(entry)
+        headers = [("Accept-Ranges", "bytes"), ("ETag", tag)]
+        if modified:
+            headers.append(("Last-Modified", modified))
+        if tag in [t.strip() for t in environ.get("HTTP_IF_NONE_MATCH", "").split(",")]:
+            start_response("304 Not Modified", headers)
+            return [b""]
+        src = tree.open(entry.path)  # before any header goes out: a damaged file is a clean 500
+        size = src.size
+        ctype = propfind.content_type(entry)
+        if_range = environ.get("HTTP_IF_RANGE")
+        header = environ.get("HTTP_RANGE") if if_range in (None, tag, modified) else None
+        try:
+            ranges = httprange.parse(header, size)
+        except httprange.Unsatisfiable as e:
+            return _text(start_response, "416 Range Not Satisfiable", f"{entry.path}: {e}",
+                         [("Content-Range", f"bytes */{size}"), *headers])
+        parts: list[bytes] | None = None
+        tail = b""
+        whole = ranges is None
+        if ranges is None:
+            ranges = [(0, size - 1)] if size else []
+        first = b""
+        if ranges and method == "GET":  # a file unreadable from its start is a clean error, not a cut body
+            a, b = ranges[0]
+            first = _read(src, a, memoryview(bytearray(min(BLOCK, b + 1 - a))), entry.path)
+        if whole:
+            start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(size)), *headers])
+        elif len(ranges) == 1:
+            a, b = ranges[0]
+            start_response("206 Partial Content", [("Content-Type", ctype), ("Content-Length", str(b - a + 1)),
+                                                   ("Content-Range", f"bytes {a}-{b}/{size}"), *headers])
+        else:
+            boundary = secrets.token_hex(16)
+            pieces, tail, total = httprange.multipart_parts(ranges, size, ctype, boundary)
+            parts = [p[0] for p in pieces]
+            start_response("206 Partial Content", [
+                ("Content-Type", f"multipart/byteranges; boundary={boundary}"), ("Content-Length", str(total)),
+                *headers])
+        if method == "HEAD":
+            return [b""]
+        return _stream(src, ranges, parts, tail, entry.path, first)
+
+    def _propfind(self, environ: dict[str, Any], start_response: StartResponse, tree: FileTree, entry: Entry,
+                  path: str) -> Iterable[bytes]:
+        depth = environ.get("HTTP_DEPTH", "infinity").strip().lower()
+        if depth not in ("0", "1"):
+            body = propfind.FINITE_DEPTH
+            start_response("403 Forbidden", [("Content-Type", "application/xml; charset=utf-8"),
+                                             ("Content-Length", str(len(body)))])
             return [body]
-        if method in ("GET", "HEAD"):
-            tree: FileTree = self.config["imaging_utility.tree"]
-            path = environ.get("PATH_INFO", "/") or "/"
-            try:
-                entry = resolve(tree, path)
-                if entry is not None and entry.type == "dir":
-                    if not path.endswith("/"):
-                        loc = environ.get("SCRIPT_NAME", "") + quote(path, safe="/") + "/"
-                        start_response("301 Moved Permanently", [("Location", loc), ("Content-Length", "0")])
-                        return [b""]
-                    page = _listing(entry, tree.list(entry.path), environ.get("SCRIPT_NAME", ""), path)
-                    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                              ("Content-Length", str(len(page)))])
-                    return [b""] if method == "HEAD" else [page]
-            except Error as e:
-                body = f"{e}\n".encode("utf-8", "surrogateescape")
-                start_response("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
-                                                             ("Content-Length", str(len(body)))])
-                return [body]
-        result: Iterable[bytes] = self.next_app(environ, start_response)
-        return result
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > propfind.MAX_BODY:
+            return _text(start_response, "413 Content Too Large",
+                         f"a PROPFIND body must be at most {propfind.MAX_BODY} bytes")
+        try:
+            mode, wanted = propfind.parse_request(environ["wsgi.input"].read(length) if length else b"")
+        except propfind.BadRequest as e:
+            return _text(start_response, "400 Bad Request", str(e))
+        href = environ.get("SCRIPT_NAME", "").rstrip("/") + quote(path, safe="/")
+        if entry.type == "dir" and not href.endswith("/"):
+            href += "/"
+        start_response("207 Multi-Status", [("Content-Type", "application/xml; charset=utf-8")])
+        return propfind.responses(tree, entry, href, int(depth), mode, wanted, dav_name, SERVED_TYPES,
+                                  lambda m: log.warning("%s", m))
 
 
 def make_app(tree: FileTree, users: dict[str, str] | None = None) -> WsgiDAVApp:
@@ -219,7 +308,9 @@ def make_app(tree: FileTree, users: dict[str, str] | None = None) -> WsgiDAVApp:
         "imaging_utility.tree": tree,
         "lock_storage": False,
         "property_manager": None,
-        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, ReadOnlyGate, RequestResolver],
+        # No ErrorPrinter: it logs tracebacks and answers a failure after the status line with a second
+        # one.  Failures are answered by ReadOnlyGate; anything else reaches cheroot (one log line).
+        "middleware_stack": [HTTPAuthenticator, ReadOnlyGate, RequestResolver],
         "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False,
                                "default_to_digest": False, "trusted_auth_header": None},
         "simple_dc": {"user_mapping": mapping},
@@ -231,6 +322,18 @@ def make_app(tree: FileTree, users: dict[str, str] | None = None) -> WsgiDAVApp:
         "hotfixes": {"emulate_win32_lastmod": True, "re_encode_path_info": True, "unquote_path_info": False},
     }
     return WsgiDAVApp(config)
+
+
+class _Server(wsgi.Server):  # type: ignore[misc]
+    """cheroot with a one-line error log: a client that misbehaves or goes away is never a traceback."""
+
+    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        line = str(msg).strip().splitlines()[0] if str(msg).strip() else "error"
+        if "_Cut(" in line:
+            return  # already logged, with the file's name, where the body was cut
+        log.log(level if level >= logging.WARNING else logging.DEBUG, "WebDAV: %s", line)
+        if traceback:
+            log.debug("WebDAV: details of the error above", exc_info=True)  # shown with --verbose only
 
 
 def _bind_errno(host: str, port: int, e: OSError) -> OSError:
@@ -246,12 +349,17 @@ def _bind_errno(host: str, port: int, e: OSError) -> OSError:
 
 
 class WebDavServer:
-    """cheroot serving ``make_app(tree, users)`` on ``host:port`` (port 0: any free port)."""
+    """cheroot serving ``make_app(tree, users)`` on ``host:port`` (port 0: any free port).
+
+    ``threads`` requests are served at once; further connections wait in cheroot's queue.  A
+    connection that sends nothing for ``timeout`` seconds is closed, so idle clients cannot hold the
+    threads."""
 
     def __init__(self, tree: FileTree, *, host: str = "127.0.0.1", port: int = 18081,
-                 users: dict[str, str] | None = None, threads: int = 8) -> None:
-        self.server = wsgi.Server((host, port), make_app(tree, users), numthreads=threads,
-                                  server_name="imaging-utility")
+                 users: dict[str, str] | None = None, threads: int = 8, timeout: int = 60) -> None:
+        limit_malloc_arenas()
+        self.server = _Server((host, port), make_app(tree, users), numthreads=threads,
+                              server_name="imaging-utility", timeout=timeout)
         try:
             self.server.prepare()
         except OSError as e:
@@ -288,4 +396,3 @@ class WebDavServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from ...blocks import BlockSource
 from ...errors import CorruptImageError, UsageError
 from ...extents import ExtentKind
-from .._listener import Listener
+from .._listener import IDLE_TIMEOUT, Listener
 from . import c_nbd as c
 from .helpers import HelperPool, Slot
 
@@ -81,7 +81,7 @@ class NbdServer(Listener):
     def __init__(self, exports: dict[str, BlockSource], *, host: str = "127.0.0.1", port: int = 10809,
                  unix_path: str | None = None, descriptions: dict[str, str] | None = None,
                  max_connections: int = 128, handshake_timeout: float = 30.0, threads: int | None = None,
-                 processes: int = 1) -> None:
+                 processes: int = 1, idle_timeout: float = IDLE_TIMEOUT) -> None:
         if not exports:
             raise UsageError("NBD server needs at least one export")
         for name in exports:
@@ -90,7 +90,8 @@ class NbdServer(Listener):
         self.exports = dict(exports)
         self.descriptions = dict(descriptions or {})
         self.handshake_timeout = handshake_timeout
-        super().__init__(host=host, port=port, unix_path=unix_path, max_connections=max_connections)
+        super().__init__(host=host, port=port, unix_path=unix_path, max_connections=max_connections,
+                         idle_timeout=idle_timeout)
         self.threads = threads or (THREADS if processes <= 1 else 1)
         self.helpers: HelperPool | None = None
         if processes > 1:
@@ -99,6 +100,31 @@ class NbdServer(Listener):
 
     def handle(self, sock: socket.socket) -> None:
         _Connection(self, sock).run()
+
+    def refuse(self, sock: socket.socket, why: str) -> None:
+        """Negotiate just far enough to say ``why``: every option is answered NBD_REP_ERR_POLICY with
+        that text, up to the client's GO (nbdinfo then says "Operation not permitted", qemu-img prints
+        the text); EXPORT_NAME cannot carry an error, so that client only sees the connection close."""
+        message = why.encode()[:4096]
+        sock.sendall(c.c_server_greeting.pack(c.NBDMAGIC, c.IHAVEOPT,
+                                              c.NBD_FLAG_FIXED_NEWSTYLE | c.NBD_FLAG_NO_ZEROES))
+        _recv_exact(sock, 4)
+        for _ in range(16):
+            magic, opt, length = c.c_option.unpack(_recv_exact(sock, c.c_option.size))
+            if magic != c.IHAVEOPT or length > MAX_OPTION_LENGTH or opt == c.NBD_OPT_EXPORT_NAME:
+                return
+            _recv_exact(sock, length)
+            if opt == c.NBD_OPT_ABORT:
+                sock.sendall(c.c_option_reply.pack(c.REPLY_MAGIC, opt, c.NBD_REP_ACK, 0))
+                return
+            sock.sendall(c.c_option_reply.pack(c.REPLY_MAGIC, opt, c.NBD_REP_ERR_POLICY, len(message)) + message)
+            if opt == c.NBD_OPT_GO:  # INFO and LIST may be followed by a GO, which gets the same answer
+                break
+        # Closing with the client's next option unread would reset the connection and could destroy the
+        # reply before it is read: end our side, then take what the client still sends until it closes.
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
 
     def _serve_share(self, sock: socket.socket, state: dict[str, Any], slot: Slot) -> None:
         """In a helper process: serve a share of a connection the main process negotiated."""
@@ -575,6 +601,16 @@ class _Connection:
         for i, (n, status) in enumerate(pairs):
             c.c_block_status_extent.pack_into(payload, 4 + 8 * i, n, status)
         return self.chunk(cookie, c.NBD_REPLY_TYPE_BLOCK_STATUS, True, payload)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        got = sock.recv(n - len(buf))
+        if not got:
+            raise Disconnect("client closed the connection")
+        buf += got
+    return bytes(buf)
 
 
 def _parse_meta_request(data: bytes) -> tuple[str, list[bytes]] | None:
