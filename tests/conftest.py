@@ -84,3 +84,13 @@ def loopdev() -> Iterator[object]:
     yield attach
     for dev in made:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The 10-minute fuzz runs (``fuzz`` marker) run only when ``-m`` names them."""
+    if "fuzz" in (config.getoption("markexpr") or ""):
+        return
+    dropped = [item for item in items if item.get_closest_marker("fuzz") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item.get_closest_marker("fuzz") is None]

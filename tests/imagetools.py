@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 from pathlib import Path
@@ -81,3 +83,16 @@ def remove(path: Path) -> None:
     for p in [path, *path.parent.glob(path.name + ".0*")]:
         if p.exists():
             os.unlink(p)
+
+
+def run_cli(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
+    """``imaging-utility ARGS`` in this process (fast): exit code, stdout, stderr."""
+    from imaging_utility.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()

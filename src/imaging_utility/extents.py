@@ -148,9 +148,9 @@ class AllocationMap:
         if len(data) % _PAIR.size:
             raise ValueError(f"allocation map length {len(data)} is not a multiple of {_PAIR.size}")
         amap = cls((), size, cluster_size)
-        prev_end = -1
+        prev_end = 0
         for s, e in _PAIR.iter_unpack(data):
-            if not (prev_end < s < e <= size) and not (prev_end == -1 and s == 0 < e <= size):
+            if not prev_end <= s < e <= size:  # sorted, non-empty, not overlapping; touching is allowed
                 raise ValueError(f"allocation map extent [{s}, {e}) is unsorted or out of range")
             amap._starts.append(s)
             amap._ends.append(e)

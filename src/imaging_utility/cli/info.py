@@ -35,6 +35,13 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     return ["info"]
 
 
+def format_version(major: int, minor: int) -> str:
+    """``"1.0"``; pre-release images numbered their 1.0 frames 2.0 (spec §10)."""
+    from ..format import c_image as c
+
+    return "1.0" if (major, minor) == c.PRERELEASE_VERSION else f"{major}.{minor}"
+
+
 def _disk(reader: ImageReader) -> dict[str, Any]:
     """The partition table (from the header's ``disk`` section, else read from the image) or the volume."""
     from ..filesystems import allocation_map, detect
@@ -77,7 +84,7 @@ def describe(reader: ImageReader) -> dict[str, Any]:
     h, t = reader.header, reader.trailer
     info: dict[str, Any] = {
         "image": reader.paths,
-        "format_version": f"{2}.{h.version_minor}",
+        "format_version": format_version(h.version_major, h.version_minor),
         "image_bytes": reader.image_bytes,
         "source_size": reader.size,
         "sector_size": h.sector_size,
@@ -86,13 +93,13 @@ def describe(reader: ImageReader) -> dict[str, Any]:
         "ratio": round(reader.image_bytes / reader.size, 4) if reader.size else None,
         "level": h.meta.get("level"),
         "created": h.meta.get("created"),
-        "finished": t.meta.get("finished") if t else None,
+        "finished": t.meta.get("finished"),
         "tool": h.meta.get("tool"),
         "hostname": h.meta.get("hostname"),
         "command_line": h.meta.get("command_line"),
         "source": h.meta.get("source", {}),
-        "digests": (t.meta.get("digests", {}) if t else {}),
-        "partition_digests": (t.meta.get("partition_digests", {}) if t else {}),
+        "digests": t.meta.get("digests", {}),
+        "partition_digests": t.meta.get("partition_digests", {}),
         "layout_bytes": kinds,
         "used_only": h.meta.get("used_only"),
         "disk": _disk(reader),
@@ -140,7 +147,7 @@ def _print(info: dict[str, Any], partition: int | None) -> None:
 
     parts = info["image"]
     _say(f"image        {parts[0]}" + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else ""))
-    _say(f"format       imaging-utility v{info['format_version']} (seekable zstd, level {info['level']})")
+    _say(f"format       imaging-utility image format {info['format_version']} (seekable zstd, level {info['level']})")
     ratio = f" ({info['ratio'] * 100:.1f}%)" if info["ratio"] is not None else ""
     _say(f"source size  {human_bytes(info['source_size'])} ({info['source_size']} bytes)")
     _say(f"image size   {human_bytes(info['image_bytes'])}{ratio}")

@@ -24,7 +24,11 @@ def resume_command(command_line: Any) -> str:
 
 def report_partial(path: str, as_json: bool, error: IncompleteImageError) -> None:
     """Print what the partial image at ``path`` holds; then re-raise ``error`` (exit 8)."""
-    if os.path.isdir(path):  # a backup set: the error names the image of the set
+    from ..storage import is_remote
+
+    # a backup set: the error names the image of the set; S3: a finished object whose set lacks its last
+    # parts (an interrupted upload is no object at all, and says so)
+    if os.path.isdir(path) or is_remote(path):
         raise error
     part = inspect_partial(path)
     if as_json:

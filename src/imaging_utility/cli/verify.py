@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         for problem in report.problems:
             stderr.print(f"FAILED {problem}")
         for name, d in report.digests.items():
-            if d["actual"] is None:
+            if d.get("unknown"):
+                stdout.print(f"{name:<8} {d['expected']} not checked (a digest this version does not know)")
+            elif d["actual"] is None:
                 stdout.print(f"{name:<8} {d['expected']} not computed (chunks failed)")
             elif d["expected"] is None:
                 stdout.print(f"{name:<8} {d['actual']} (computed now; not stored in the image)")

@@ -1,7 +1,8 @@
 """FAT12/16/32 (``fat_dir.py``) and exFAT (dissect.fat) adapters of ``tree.FileTree``.
 
-Cluster chains are followed here, not by dissect, with a guard: a chain may visit each cluster
-once, so a cyclic FAT (damage or a hostile image) is an error instead of a hang.  FAT and exFAT
+Cluster chains are followed here, not by dissect (exFAT directories: dissect's walk, bounded by
+``_ExFAT``), with a guard: a chain may visit each cluster once, so a cyclic FAT (damage or a hostile
+image) is an error instead of a hang.  FAT and exFAT
 timestamps carry no time zone (exFAT's optional UTC offset is applied when set); they are reported
 as if they were UTC.  Spec: Microsoft "FAT: General Overview of On-Disk Format" v1.03 and the exFAT
 file system specification.
@@ -89,6 +90,30 @@ class FatBackend:
         return Layout(node.size, runs_from_clusters(runs, self.cluster_size, self._data, node.size, label))
 
 
+class _ExFAT(dexfat.ExFAT):  # type: ignore[misc]
+    """dissect's exFAT follows the root's and directories' FAT chains until an end-of-chain mark only:
+    a cyclic chain would loop (and grow its list) forever.  Here a chain ends with an error at a loop,
+    a free, bad or out-of-range entry, or a FAT that ends first."""
+
+    def get_cluster_chain(self, starting_cluster: int) -> list[int]:
+        if starting_cluster < 2:
+            return []
+        limit = int(self.cluster_count) + 2
+        chain: list[int] = []
+        cluster = starting_cluster
+        while cluster < EXFAT_EOC:  # 0xFFFFFFF8 and up end a chain (0xFFFFFFFF as written)
+            if not 2 <= cluster < limit or len(chain) >= limit - 2:
+                raise CorruptImageError(f"exfat directory chain from cluster {starting_cluster} is damaged "
+                                        f"(entry {cluster:#x} after {len(chain)} clusters)")
+            self.fat.seek(cluster * 4)
+            raw = self.fat.read(4)
+            if len(raw) != 4:
+                raise CorruptImageError(f"exfat directory chain from cluster {starting_cluster} runs past the FAT")
+            chain.append(cluster)
+            cluster = int.from_bytes(raw, "little")
+        return chain
+
+
 class ExfatBackend:
     """exFAT: dissect.fat parses the whole directory tree when the volume is opened."""
 
@@ -97,7 +122,7 @@ class ExfatBackend:
     case_insensitive = True
 
     def __init__(self, fh: BlockFile) -> None:
-        self.fs = dexfat.ExFAT(fh)
+        self.fs = _ExFAT(fh)
         self._heap = self.fs.cluster_heap_sector * self.fs.sector_size
         self._limit = self.fs.cluster_count + 2
 

@@ -7,12 +7,14 @@ safe).  ``compress``/``decompress`` release the GIL inside libzstd.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
 import zstandard
 
 from ..errors import ChunkCorruptError
+from . import c_image as c
 
 
 def zstd_library_version() -> str:
@@ -20,14 +22,51 @@ def zstd_library_version() -> str:
                ".".join(map(str, zstandard.ZSTD_VERSION)))
 
 
+def zero_frame_length(length: int) -> int:
+    """Bytes of the zero frame for a chunk of ``length`` bytes (spec §2.1), without building it."""
+    blocks = -(-length // c.ZERO_FRAME_BLOCK)
+    return c.ZERO_FRAME_HEAD.size + 4 * blocks + 4
+
+
+@functools.lru_cache(maxsize=64)
+def zero_checksum(length: int) -> int:
+    """Low 32 bits of XXH64 (seed 0) of ``length`` zero bytes: the zero frame's Content_Checksum.
+
+    libzstd computes XXH64 as it compresses; zeros fed in 1 MiB pieces cost no big buffer."""
+    piece = bytes(min(length, 1 << 20))
+    cobj = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=False).compressobj(length)
+    left = length
+    while left:
+        take = min(left, len(piece))
+        cobj.compress(piece[:take] if take < len(piece) else piece)
+        left -= take
+    return int.from_bytes(cobj.flush()[-4:], "little")
+
+
+@functools.lru_cache(maxsize=64)
+def zero_frame(length: int) -> bytes:
+    """The zero frame for a chunk of ``length`` (1 … 256 MiB) bytes (spec §2.1): a frame header with a
+    128 KiB window and the content size, one RLE block of byte 0 per 128 KiB, the content checksum.
+    Built from the spec, not by a compressor, so it is the same bytes whatever the zstd library."""
+    if not 0 < length <= c.MAX_CHUNK_SIZE:
+        raise ValueError(f"zero frame length {length} out of range")
+    out = bytearray(c.ZERO_FRAME_HEAD.pack(c.ZSTD_MAGIC, c.ZERO_FRAME_DESCRIPTOR, c.ZERO_FRAME_WINDOW, length))
+    left = length
+    while left:
+        take = min(left, c.ZERO_FRAME_BLOCK)
+        left -= take
+        header = (take << 3) | (c.ZSTD_BLOCK_RLE << 1) | (0 if left else 1)
+        out += header.to_bytes(3, "little") + b"\0"
+    out += zero_checksum(length).to_bytes(4, "little")
+    return bytes(out)
+
+
 class Codec:
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int = c.DEFAULT_LEVEL) -> None:
         if not 1 <= level <= 22:
             raise ValueError(f"zstd level {level} out of range 1..22")
         self.level = level
         self._local = threading.local()
-        self._zero_frames: dict[int, bytes] = {}
-        self._lock = threading.Lock()
 
     def _cctx(self) -> Any:
         cctx = getattr(self._local, "cctx", None)
@@ -50,13 +89,8 @@ class Codec:
         return bytes(self._cctx().compress(data))
 
     def zero_frame(self, length: int) -> bytes:
-        """The frame for ``length`` zero bytes; computed once per length, identical every time."""
-        frame = self._zero_frames.get(length)
-        if frame is None:
-            frame = self.compress(bytes(length))
-            with self._lock:
-                self._zero_frames[length] = frame
-        return frame
+        """The zero frame for ``length`` zero bytes (``zero_frame``): whatever the level or library."""
+        return zero_frame(length)
 
     def decompress(self, frame: bytes | memoryview, expected_size: int, chunk: int, offset: int,
                    where: str | None = None) -> bytes:

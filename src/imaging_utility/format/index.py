@@ -10,7 +10,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..errors import CorruptImageError
+from ..errors import CorruptImageError, IncompleteImageError
 from . import c_image as c
 
 ReadAt = Callable[[int, int], bytes]
@@ -59,7 +59,7 @@ class SeekTable:
         footer = read_at(file_size - c.SEEK_FOOTER.size, c.SEEK_FOOTER.size)
         n, descriptor, magic = c.SEEK_FOOTER.unpack(footer)
         if magic != c.SEEKABLE_FOOTER_MAGIC:
-            raise _no_table(magic, file_size)
+            raise _no_table(read_at, magic, n, file_size)
         if descriptor & c.SEEK_DESCRIPTOR_RESERVED:
             raise CorruptImageError(f"seek table descriptor {descriptor:#x} has reserved bits set")
         if descriptor != c.SEEK_DESCRIPTOR_CHECKSUM:
@@ -88,9 +88,18 @@ class SeekTable:
         return table, table_off
 
 
-def _no_table(magic: int, file_size: int) -> CorruptImageError:
-    from ..errors import IncompleteImageError
-
+def _no_table(read_at: ReadAt, magic: int, n: int, file_size: int) -> CorruptImageError:
+    """No seekable magic at the end: an interrupted capture, unless a whole seek-table frame for the
+    footer's Number_Of_Frames still ends exactly there (then only the magic is damaged)."""
+    table_off = file_size - n * c.SEEK_ENTRY.size - c.SEEK_FOOTER.size - c.SKIPPABLE_HEADER.size
+    if table_off >= 0:
+        skip_magic, size_field = c.SKIPPABLE_HEADER.unpack(read_at(table_off, c.SKIPPABLE_HEADER.size))
+        if skip_magic == c.SEEK_TABLE_MAGIC and size_field == n * c.SEEK_ENTRY.size + c.SEEK_FOOTER.size:
+            return CorruptImageError(
+                f"the seek table's footer is damaged: its last 4 bytes are {magic:#010x}, not the seekable "
+                f"magic {c.SEEKABLE_FOOTER_MAGIC:#010x}, though the table of {n} frames is there "
+                f"(offset {table_off:#x})"
+            )
     return IncompleteImageError(
         f"no seek table at the end of the image ({file_size} bytes, last 4 bytes {magic:#010x}): "
         "the capture was interrupted (continue it with 'image --resume') or the file is not an image"

@@ -1,49 +1,45 @@
 """Random-access reader of an image (single file or split parts) — a ``BlockSource``.
 
-Thread-safety: one ``ImageReader`` may be shared by many threads.  Reads are
-positional; decoded chunks go through a lock-protected LRU cache; concurrent
-misses on the same chunk decode it once; sequential readers trigger read-ahead
-of the next chunks on a small background pool.  Every chunk is checked as it
-is decoded (its frame checksum against the seek table, its content checksum and
-its size), so a corrupt chunk raises ``ChunkCorruptError`` and never returns
-wrong bytes.  The trailer's CRC-32 of the compressed frame is checked by
-``verify`` (``check_frame``) and before a prefix decode; a whole decode does not
-need it to return right bytes.
+Opening checks the frame layout (``layout.load_layout``, spec §8).  Thread-safety: one
+``ImageReader`` may be shared by many threads.  Reads are positional; decoded chunks go
+through a lock-protected LRU cache; concurrent misses on the same chunk decode it once;
+sequential readers trigger read-ahead of the next chunks on a small background pool.  Every
+chunk is checked as it is decoded (its frame checksum against the seek table, its content
+checksum and its size), so a corrupt chunk raises ``ChunkCorruptError`` and never returns
+wrong bytes.  A chunk stored as the zero frame returns zeros only after its bytes compared
+equal to the zero frame; any other frame is decoded.  The trailer's CRC-32 of the compressed
+frame is checked by ``verify`` (``check_frame``) and before a prefix decode; a whole decode
+does not need it to return right bytes.
 
 A random read (the first touch of a chunk that does not follow the previous one)
 of a chunk of 1 MiB or more decodes only the frame's blocks up to the bytes it
 needs: on average about 60% of the work for a 1 MiB chunk.  Such a prefix cannot
-be checked by the frame's content checksum (it covers the whole content), so it
-is only done when the trailer holds the CRC-32 of every frame, which is checked
-over the whole compressed frame first.  The next read of that chunk decodes it
-in full.
+be checked by the frame's content checksum (it covers the whole content), so the
+frame's CRC-32 from the trailer is checked over the whole compressed frame first.
+The next read of that chunk decodes it in full.
 """
 
 from __future__ import annotations
 
-import itertools
-import sys
 import threading
 import zlib
-from array import array
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..blocks import check_range
-from ..errors import ChunkCorruptError, CorruptImageError, IncompleteImageError
-from ..extents import AllocationMap, Extent, ExtentKind, coalesce
-from ..format import c_image as c
-from ..format.codec import Codec, frame_checksum
-from ..format.index import SeekTable
-from ..format.metaframe import Event, Header, Trailer
+from ..errors import ChunkCorruptError, CorruptImageError
+from ..extents import Extent, ExtentKind, coalesce
+from ..format.codec import Codec, frame_checksum, zero_checksum, zero_frame, zero_frame_length
 from ..storage import open_reader, resolve
+from .layout import load_layout
 
 DEFAULT_CACHE_BYTES = 64 << 20
 # Below 1 MiB the CRC-32 of the whole frame costs what the prefix saves (measured per random 4 KiB read:
 # 1M chunks 420 µs with prefixes, 450 µs without; 512K 235 both ways; 256K 155-190 against 130).
 PREFIX_MIN_CHUNK = 1 << 20
 ZSTD_BLOCK = 128 << 10
+ZERO_RUN_READ = 1 << 20  # bytes of back-to-back zero frames compared per read
 
 
 class ImageReader:
@@ -51,22 +47,25 @@ class ImageReader:
         self.paths = paths
         self._parts = open_reader(paths)
         try:
-            self._load()
-        except IncompleteImageError:
-            self._parts.close()
-            if len(paths) < 2:
-                raise
-            raise IncompleteImageError(
-                f"no seek table at the end of the last part {paths[-1]}: the capture was interrupted (continue it "
-                f"with 'image --resume'), or the parts after it ({_next_part(paths[-1])} ...) are missing"
-            ) from None
+            layout = load_layout(self._parts)
         except BaseException:
             self._parts.close()
             raise
-        self._codec = Codec(int(self.header.meta.get("level", c.DEFAULT_LEVEL)))
-        self._zero_frames = {n: self._codec.zero_frame(n) for n in {self.chunk_size, self._last_len}}
-        self._zero_sums = {n: frame_checksum(f) for n, f in self._zero_frames.items()}
-        self._zero_data = {n: bytes(n) for n in self._zero_frames}
+        self.header, self.trailer = layout.header, layout.trailer
+        self.size = self.header.source_size
+        self.chunk_size = self.header.chunk_size
+        self.chunk_count = layout.chunk_count
+        self._last_len = layout.last_len
+        self.image_bytes, self.table_offset = layout.image_bytes, layout.table_offset
+        self.chunk_offsets, self.chunk_csizes, self.chunk_sums = (
+            layout.chunk_offsets, layout.chunk_csizes, layout.chunk_sums)
+        self.frame_crcs = layout.frame_crcs
+        self.bad_ranges = layout.bad_ranges
+        self.allocation = layout.allocation
+        self._codec = Codec()
+        self._zero_data: dict[int, bytes] = {}  # length -> zeros, made on first use (up to 256 MiB)
+        # per chunk: 0 not yet compared with the zero frame, 1 is the zero frame, 2 is not
+        self._zero_state = bytearray(self.chunk_count)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_slots = max(2, cache_bytes // self.chunk_size)
         self._inflight: dict[int, _Pending] = {}
@@ -74,79 +73,7 @@ class ImageReader:
         self._recent: list[int] = []
         self._readahead = readahead
         self._pool: ThreadPoolExecutor | None = None
-        self._prefix_ok = self.frame_crcs is not None and self.chunk_size >= PREFIX_MIN_CHUNK
-
-    # --- loading and validation ---------------------------------------------------------
-    def _load(self) -> None:
-        read_at, file_size = self._parts.read_at, self._parts.size
-        table, table_off = SeekTable.load(read_at, file_size)
-        self.image_bytes = file_size
-        if len(table) < 2 or table.dsizes[0] != 0 or table.checksums[0] != c.XXH64_EMPTY_LOW32:
-            raise CorruptImageError("seek table does not start with the image header frame")
-        offsets = array("Q", itertools.accumulate(table.csizes, initial=0))
-        magic, hsize = c.SKIPPABLE_HEADER.unpack(read_at(0, c.SKIPPABLE_HEADER.size))
-        if magic != c.HEADER_MAGIC:
-            raise CorruptImageError(f"not an imaging-utility image: first frame magic {magic:#010x}")
-        if hsize + 8 != table.csizes[0]:
-            raise CorruptImageError(f"header frame size {hsize + 8} disagrees with the seek table ({table.csizes[0]})")
-        self.header = Header.decode(read_at(8, hsize), 8)
-        self.size = self.header.source_size
-        self.chunk_size = self.header.chunk_size
-        self.chunk_count = -(-self.size // self.chunk_size)
-        self._last_len = self.size - (self.chunk_count - 1) * self.chunk_size if self.chunk_count else self.chunk_size
-        self.chunk_offsets = array("Q")
-        self.chunk_csizes = array("I")
-        self.chunk_sums = array("I")
-        self.trailer: Trailer | None = None
-        event_ranges: list[tuple[int, int]] = []
-        for i in range(1, len(table)):
-            dsize, off, csize = table.dsizes[i], offsets[i], table.csizes[i]
-            if dsize:
-                k = len(self.chunk_offsets)
-                expected = min(self.chunk_size, self.size - k * self.chunk_size)
-                if k >= self.chunk_count or dsize != expected:
-                    raise CorruptImageError(
-                        f"seek table entry {i}: chunk {k} holds {dsize} bytes, expected {max(expected, 0)}"
-                    )
-                self.chunk_offsets.append(off)
-                self.chunk_csizes.append(csize)
-                self.chunk_sums.append(table.checksums[i])
-                continue
-            if csize < 8 or table.checksums[i] != c.XXH64_EMPTY_LOW32:
-                raise CorruptImageError(
-                    f"seek table entry {i}: skippable frame of {csize} bytes at offset {off:#x} "
-                    f"with checksum {table.checksums[i]:#010x} (expected {c.XXH64_EMPTY_LOW32:#010x})"
-                )
-            fmagic, fsize = c.SKIPPABLE_HEADER.unpack(read_at(off, 8))
-            if fmagic & c.SKIPPABLE_MASK != c.SKIPPABLE_BASE or fsize + 8 != csize:
-                raise CorruptImageError(f"frame {i} at offset {off:#x} is not the skippable frame the seek table says")
-            if fmagic == c.TRAILER_MAGIC:
-                self.trailer = Trailer.decode(read_at(off + 8, fsize), off + 8)
-            elif fmagic == c.EVENT_MAGIC:
-                event_ranges.extend(Event.decode(read_at(off + 8, fsize), off + 8).bad_ranges)
-        if len(self.chunk_offsets) != self.chunk_count:
-            raise CorruptImageError(
-                f"seek table lists {len(self.chunk_offsets)} chunks, the header's size needs {self.chunk_count}"
-            )
-        if self.trailer is None:
-            raise CorruptImageError("image has no trailer frame")
-        if self.trailer.source_size != self.size or self.trailer.chunk_count != self.chunk_count:
-            raise CorruptImageError("trailer disagrees with the header about the image size")
-        self.frame_crcs: array[int] | None = None
-        if self.trailer.frame_crcs is not None:
-            self.frame_crcs = array("I", self.trailer.frame_crcs)
-            if sys.byteorder == "big":
-                self.frame_crcs.byteswap()
-        self.table_offset = table_off
-        self.bad_ranges: list[tuple[int, int]] = self.trailer.bad_ranges or sorted(event_ranges)
-        self.allocation: AllocationMap | None = None
-        if self.header.used_only:
-            if self.header.allocation is None:
-                raise CorruptImageError("used-only image without an allocation map")
-            try:
-                self.allocation = AllocationMap.decode(self.header.allocation, self.size)
-            except ValueError as e:
-                raise CorruptImageError(f"image header: {e}") from None
+        self._prefix_ok = self.chunk_size >= PREFIX_MIN_CHUNK
 
     # --- BlockSource ----------------------------------------------------------------
     @property
@@ -155,12 +82,49 @@ class ImageReader:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return {"header": self.header.meta, "trailer": self.trailer.meta if self.trailer else {}}
+        return {"header": self.header.meta, "trailer": self.trailer.meta}
 
     def is_zero_chunk(self, index: int) -> bool:
-        """True when the seek table says chunk ``index`` is the precomputed all-zero frame."""
+        """True when the seek table's entry for chunk ``index`` is the zero frame's (size and checksum).
+        Only the frame's bytes prove it (``zero_chunk_checked``)."""
         n = self.chunk_len(index)
-        return self.chunk_csizes[index] == len(self._zero_frames[n]) and self.chunk_sums[index] == self._zero_sums[n]
+        return self.chunk_csizes[index] == zero_frame_length(n) and self.chunk_sums[index] == zero_checksum(n)
+
+    def zero_chunk_checked(self, index: int) -> bool:
+        """True when chunk ``index`` is stored as the zero frame, compared byte for byte (spec §2.1).
+        A damaged zero frame answers False, so whoever then reads the chunk gets its error."""
+        if not self._zero_state[index]:
+            self._check_zero_frames(index, index)
+        return self._zero_state[index] == 1
+
+    def _check_zero_frames(self, first: int, last: int) -> None:
+        """Compare the candidate zero frames of chunks ``first … last`` with the zero frame; frames that
+        lie back to back (a long zero run) are read together."""
+        i = first
+        while i <= last:
+            if self._zero_state[i]:
+                i += 1
+                continue
+            if not self.is_zero_chunk(i):
+                self._zero_state[i] = 2
+                i += 1
+                continue
+            j = i  # extend over the following unchecked candidates stored right after it
+            end = self.chunk_offsets[i] + self.chunk_csizes[i]
+            while (j < last and not self._zero_state[j + 1] and self.chunk_offsets[j + 1] == end
+                   and end - self.chunk_offsets[i] < ZERO_RUN_READ and self.is_zero_chunk(j + 1)):
+                j += 1
+                end += self.chunk_csizes[j]
+            span = self._parts.read_at(self.chunk_offsets[i], end - self.chunk_offsets[i])
+            if j < self.chunk_count - 1 and span == zero_frame(self.chunk_size) * (j - i + 1):
+                self._zero_state[i : j + 1] = b"\1" * (j - i + 1)  # the common case: one compare for the run
+                i = j + 1
+                continue
+            for k in range(i, j + 1):
+                rel = self.chunk_offsets[k] - self.chunk_offsets[i]
+                frame = span[rel : rel + self.chunk_csizes[k]]
+                self._zero_state[k] = 1 if frame == zero_frame(self.chunk_len(k)) else 2
+            i = j + 1
 
     def chunk_len(self, index: int) -> int:
         return self._last_len if index == self.chunk_count - 1 else self.chunk_size
@@ -180,16 +144,17 @@ class ImageReader:
         offset = index * self.chunk_size
         if frame is None:
             frame = self.read_frame(index)
-        partial = need is not None and self.frame_crcs is not None and need < n
-        if (partial or check_frame) and self.frame_crcs is not None and zlib.crc32(frame) != self.frame_crcs[index]:
+        partial = need is not None and need < n
+        if (partial or check_frame) and zlib.crc32(frame) != self.frame_crcs[index]:
             raise ChunkCorruptError(f"{self.where(index)}: its frame's bytes fail their CRC-32 check", index, offset)
         if frame_checksum(frame) != self.chunk_sums[index]:
             raise ChunkCorruptError(
                 f"{self.where(index)}: frame checksum {frame_checksum(frame):#010x} "
                 f"differs from the seek table's {self.chunk_sums[index]:#010x}", index, offset,
             )
-        if frame == self._zero_frames[n]:
-            return self._zero_data[n]
+        if len(frame) == zero_frame_length(n) and frame == zero_frame(n):
+            zeros = self._zero_data.get(n)
+            return zeros if zeros is not None else self._zero_data.setdefault(n, bytes(n))
         if partial:
             assert need is not None
             return self._codec.decompress_prefix(frame, need, index, offset, self.where(index))
@@ -255,8 +220,10 @@ class ImageReader:
                 f"{self.where(index)}: frame checksum {frame_checksum(frame):#010x} "
                 f"differs from the seek table's {self.chunk_sums[index]:#010x}", index, offset,
             )
-        if frame == self._zero_frames[len(out)]:
-            out[:] = self._zero_data[len(out)]
+        n = len(out)
+        if len(frame) == zero_frame_length(n) and frame == zero_frame(n):  # byte for byte (spec §2.1)
+            zeros = self._zero_data.get(n)
+            out[:] = zeros if zeros is not None else self._zero_data.setdefault(n, bytes(n))
         else:
             self._codec.decompress_into(frame, out, index, offset, self.where(index))
         return True
@@ -319,12 +286,13 @@ class ImageReader:
             return []
         first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
         if first == last and self.allocation is None and not self.bad_ranges:  # the common small read
-            return [Extent(offset, length, ExtentKind.ZERO if self.is_zero_chunk(first) else ExtentKind.DATA)]
+            return [Extent(offset, length, ExtentKind.ZERO if self.zero_chunk_checked(first) else ExtentKind.DATA)]
+        self._check_zero_frames(first, last)
         out: list[Extent] = []
         for i in range(first, last + 1):
             s = max(offset, i * self.chunk_size)
             e = min(offset + length, i * self.chunk_size + self.chunk_len(i))
-            kind = ExtentKind.ZERO if self.is_zero_chunk(i) else ExtentKind.DATA
+            kind = ExtentKind.ZERO if self.zero_chunk_checked(i) else ExtentKind.DATA
             if self.allocation is None:
                 out.append(Extent(s, e - s, kind))
                 continue
@@ -397,11 +365,6 @@ def _overlay_bad(extents: list[Extent], bad: list[tuple[int, int]]) -> list[Exte
         if pos < ext.end:
             out.append(Extent(pos, ext.end - pos, ext.kind))
     return coalesce(out)
-
-
-def _next_part(path: str) -> str:
-    stem, _, number = path.rpartition(".")
-    return f"{stem}.{int(number) + 1:03d}" if number.isdigit() else f"{path}.next"
 
 
 def open_image(path: str, **kwargs: Any) -> ImageReader:

@@ -106,6 +106,7 @@ def _recover(
     bad: list[tuple[int, int]] = []
     kept = first.length
     chunk = 0
+    last_event = -1
 
     def decode(off: int, length: int, expected: int, index: int) -> tuple[bytes, int]:
         frame = reader.read_at(off, length)
@@ -153,10 +154,12 @@ def _recover(
                     break
                 try:
                     event = Event.decode(reader.read_at(fr.offset + 8, fr.length - 8), fr.offset)
+                    event.check_chunk(chunk_size, size)
                 except CorruptImageError:
                     break
-                if event.chunk_index != chunk - 1:
+                if event.chunk_index != chunk - 1 or event.chunk_index == last_event:
                     break
+                last_event = event.chunk_index
                 bad.extend(event.bad_ranges)
                 table.append(fr.length, 0, c.XXH64_EMPTY_LOW32)
                 kept += fr.length

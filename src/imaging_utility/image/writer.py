@@ -15,6 +15,7 @@ from ..format.codec import frame_checksum
 from ..format.index import SeekTable
 from ..format.metaframe import Event, Header, Trailer
 from ..storage import FrameSink, create_sink
+from ..storage.destlock import DestLock
 
 
 class ImageWriter:
@@ -29,9 +30,9 @@ class ImageWriter:
         return len(self.frame_crcs)
 
     @classmethod
-    def create(cls, dest: str, split_size: int | None, header: Header) -> ImageWriter:
+    def create(cls, dest: str, split_size: int | None, header: Header, lock: DestLock | None = None) -> ImageWriter:
         frame = header.encode()
-        parts = create_sink(dest, split_size, frame, header.source_size)
+        parts = create_sink(dest, split_size, frame, header.source_size, lock)
         table = SeekTable()
         table.append(len(frame), 0, c.XXH64_EMPTY_LOW32)
         return cls(parts, header, table, array("I"))

@@ -27,7 +27,8 @@ from ..image.digests import DEFAULT, Digests
 from ..image.recover import read_header, recover
 from ..image.writer import ImageWriter
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
-from ..storage import discard, existing_outputs, open_partial
+from ..storage import discard, existing_outputs, is_remote, open_partial
+from ..storage.destlock import DestLock
 from ..storage.local import STDOUT
 from ._pipeline import run_chunks, utc_now
 
@@ -151,6 +152,10 @@ def _mismatch(old: Header, new: Header, opts: CaptureOptions) -> str | None:
         ("split size", old.meta.get("split_size"), new.meta.get("split_size")),
         ("used-only mode", old.used_only, new.used_only),
     ]
+    if (old.version_major, old.version_minor) > (new.version_major, new.version_minor) \
+            and (old.version_major, old.version_minor) != c.PRERELEASE_VERSION:
+        return (f"it was started by a newer version of the tool (image format {old.version_major}."
+                f"{old.version_minor}); continue it with that version")
     for what, a, b in checks:
         if a != b:
             return f"{what} differs: the partial image has {a}, this run has {b}"
@@ -173,7 +178,7 @@ def _identity_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> str |
 
 
 def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec,
-                 progress: ProgressCallback, discards: list[threading.Thread | None],
+                 progress: ProgressCallback, discards: list[threading.Thread | None], lock: DestLock,
                  ) -> tuple[ImageWriter, Digests, int, list[tuple[int, int]]]:
     header = build_header(source, opts)
     if dest == STDOUT:
@@ -181,8 +186,10 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
             raise UsageError("an image written to standard output cannot be split or resumed")
         return ImageWriter.create(dest, None, header), Digests(opts.digests), 0, []
     existing = existing_outputs(dest)
+    for path in [] if is_remote(dest) else existing:  # another run writing DEST stops here, before any change
+        lock.add_path(path)
     if existing and opts.resume:
-        partial = open_partial(dest, opts.split_size)
+        partial = open_partial(dest, opts.split_size, lock)
         try:
             old = read_header(partial)
             if old is not None:
@@ -205,7 +212,7 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
         raise RefusedError(f"{existing[0]} already exists; use --force to overwrite it or --resume to continue it")
     elif existing:
         discards.append(discard(dest))
-    return ImageWriter.create(dest, opts.split_size, header), Digests(opts.digests), 0, []
+    return ImageWriter.create(dest, opts.split_size, header, lock), Digests(opts.digests), 0, []
 
 
 def capture(source: BlockSource, dest: str, opts: CaptureOptions,
@@ -218,12 +225,13 @@ def capture(source: BlockSource, dest: str, opts: CaptureOptions,
     codec = Codec(opts.level)
     discards: list[threading.Thread | None] = []
     try:
-        writer, digests, first_chunk, bad = _open_writer(source, dest, opts, codec, progress, discards)
-        try:
-            out = run_chunks(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started,
-                             control)
-        finally:
-            writer.close()
+        with DestLock("image") as lock:
+            writer, digests, first_chunk, bad = _open_writer(source, dest, opts, codec, progress, discards, lock)
+            try:
+                out = run_chunks(source, dest, opts, codec, writer, digests, first_chunk, bad, progress, started,
+                                 control)
+            finally:
+                writer.close()
     finally:
         for thread in discards:
             if thread is not None:

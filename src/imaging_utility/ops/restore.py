@@ -43,6 +43,7 @@ from ..progress import (
     StageClock,
     no_progress,
 )
+from ..storage.destlock import DestLock, lock_holder
 from .restore_writer import FREE_SKIP, CorruptChunk, write_stored
 
 
@@ -84,7 +85,7 @@ def _write_error(e: OSError, target: str, offset: int) -> Exception:
     return TargetIOError(f"write error on {target} at byte {offset}: {e.strerror}")
 
 
-def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool) -> int:
+def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool, lock: DestLock) -> int:
     if kind == "file" and not force:
         raise RefusedError(f"{target} already exists; use --force to overwrite it")
     if kind == "device" and not confirmed:
@@ -92,18 +93,41 @@ def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool
     try:
         if kind == "device":
             fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
-            dev_size = block_device_size(fd)
+            try:
+                lock.add_fd(fd, target)
+                dev_size = block_device_size(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             if dev_size < size:
                 os.close(fd)
                 raise RefusedError(f"{target} holds {dev_size} bytes, the image needs {size}; choose a larger device")
             return fd
-        return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # not O_TRUNC: another restore may be writing this file; lock it first, then empty it
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            lock.add_fd(fd, target)
+            os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
     except OSError as e:
         if e.errno == errno.EBUSY:
-            raise RefusedError(f"{target} is busy (mounted or in use); unmount it first") from None
+            holder = _device_holder(target)
+            raise RefusedError(f"{target} is busy (mounted or in use{': ' + holder if holder else ''}); "
+                               "unmount it or stop that process first") from None
         if e.errno == errno.ENOENT:
             raise NotFoundError(f"cannot create {target}: directory does not exist") from None
         raise _write_error(e, target, 0) from None
+
+
+def _device_holder(target: str) -> str | None:
+    try:
+        st = os.stat(target)
+    except OSError:
+        return None
+    return lock_holder(st.st_dev, st.st_ino)
 
 
 def restore(reader: ImageReader, target: str, *, force: bool = False,
@@ -120,19 +144,26 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
     threads = threads or os.cpu_count() or 2
     kind = target_kind(target)
     confirmed = kind == "device" and confirm is not None and confirm()
-    fd = _open_target(target, kind, reader.size, force, confirmed)
-    device = kind == "device"
-    if device:
-        return _restore_device(reader, fd, target, threads, verify, progress, continue_on_error, free,
-                               throttle, started, control)
+    with DestLock("restore target") as lock:
+        fd = _open_target(target, kind, reader.size, force, confirmed, lock)
+        if kind == "device":
+            return _restore_device(reader, fd, target, threads, verify, progress, continue_on_error, free,
+                                   throttle, started, control)
+        return _restore_file(reader, target, fd, threads, verify, progress, continue_on_error, throttle, started,
+                             control)
+
+
+def _restore_file(reader: ImageReader, target: str, fd: int, threads: int, verify: bool,
+                  progress: ProgressCallback, continue_on_error: bool, throttle: Throttle | None,
+                  started: float, control: JobControl | None) -> RestoreResult:
     corrupt: list[CorruptChunk] = []
-    expected = dict((reader.trailer.meta if reader.trailer else {}).get("digests", {}))
+    expected = dict(reader.trailer.meta.get("digests", {}))
     digests = Digests([n for n in expected if n in SUPPORTED] if verify else [])
     window = 2 * threads + 2
     ev = ProgressEvent("restore", 0, reader.size, chunk_size=reader.chunk_size, max_workers=threads,
                        max_depth=window + 1)
     clock = StageClock()
-    zeros = memoryview(bytes(reader.chunk_size))
+    zeros = {n: bytes(n) for n in {reader.chunk_size, reader.chunk_len(reader.chunk_count - 1)}}
     written = holes = 0
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
@@ -144,14 +175,8 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                 offset = index * reader.chunk_size
                 n = reader.chunk_len(index)
                 if fut is None:
-                    holes += 1
-                    if verify:
-                        digests.update_chunk(zeros[:n], offset, reader.allocation)
+                    data = zeros[n]
                 else:
-                    if throttle is not None:
-                        t0 = clock.now()
-                        throttle.consume(n)
-                        clock.add(RATE_LIMIT, clock.now() - t0)
                     t0 = clock.now()
                     try:
                         data = fut.result()
@@ -163,15 +188,22 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                         ev.done += n
                         progress(ev)
                         return
-                    if verify:
-                        digests.update_chunk(data, offset, reader.allocation)
-                    t1 = clock.now()
+                    clock.add(COMPRESSION, clock.now() - t0)
+                if verify:
+                    digests.update_chunk(data, offset, reader.allocation)
+                if fut is None or data == zeros[n]:
+                    holes += 1  # the file was emptied: a hole reads back as these zeros
+                else:
+                    if throttle is not None:
+                        t0 = clock.now()
+                        throttle.consume(n)
+                        clock.add(RATE_LIMIT, clock.now() - t0)
+                    t0 = clock.now()
                     try:
                         pwrite_all(fd, data, offset)
                     except OSError as e:
                         raise _write_error(e, target, offset) from None
-                    clock.add(COMPRESSION, t1 - t0)
-                    clock.add(TARGET, clock.now() - t1)
+                    clock.add(TARGET, clock.now() - t0)
                     written += n
                 ev.done += n
                 ev.output_bytes = written
@@ -179,6 +211,8 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                 clock.fill(ev)
                 progress(ev)
 
+            # a zero frame becomes a hole only after its bytes compared equal to the zero frame (spec §2.1;
+            # a 46-byte read per MiB); a damaged one is decoded, and fails
             for index in range(reader.chunk_count):
                 if control is not None and control.stop_requested:
                     while pending:
@@ -186,7 +220,7 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
                     control.checkpoint(ev, progress, f"restore cancelled at byte {ev.done} of {reader.size}; "
                                        f"{target} is incomplete")
                     clock.restart()
-                hole = reader.is_zero_chunk(index)
+                hole = reader.zero_chunk_checked(index)
                 pending.append((index, None if hole else pool.submit(reader.decode_chunk, index)))
                 if len(pending) > window:
                     take()
@@ -199,7 +233,7 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
         # a file is left to the page cache, like cp; a device is fsynced (_restore_device)
     finally:
         os.close(fd)
-    result = RestoreResult(target, device, reader.size, written, holes, time.monotonic() - started,
+    result = RestoreResult(target, False, reader.size, written, holes, time.monotonic() - started,
                            bad_ranges=list(reader.bad_ranges), corrupt=corrupt)
     if verify and not corrupt:
         actual = digests.hexdigests()
@@ -224,7 +258,7 @@ def _restore_device(reader: ImageReader, fd: int, target: str, threads: int, ver
             raise _write_error(e, target, reader.size) from None
     finally:
         os.close(fd)
-    holes = sum(1 for i in range(reader.chunk_count) if reader.is_zero_chunk(i))
+    holes = sum(1 for i in range(reader.chunk_count) if reader.zero_chunk_checked(i))
     result = RestoreResult(target, True, reader.size, report.bytes_written, holes, time.monotonic() - started,
                            bad_ranges=list(reader.bad_ranges), corrupt=report.corrupt)
     if verify and not report.corrupt:

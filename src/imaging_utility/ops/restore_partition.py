@@ -20,9 +20,10 @@ from ..errors import NotFoundError, RefusedError
 from ..image.reader import ImageReader
 from ..partitions import Partition, read_partitions
 from ..progress import ProgressCallback, no_progress
+from ..storage.destlock import DestLock
 from .restore import target_kind
 from .restore_check import PartitionCheck, verify_written
-from .restore_writer import FREE_SKIP, CorruptChunk, ensure_size, write_error, write_stored
+from .restore_writer import FREE_SKIP, CorruptChunk, WriteReport, ensure_size, write_error, write_stored
 from .target import check_device_target
 
 
@@ -39,7 +40,7 @@ class PartitionRestoreResult:
     checks: list[PartitionCheck] = field(default_factory=list)
 
 
-def _open(target: str, kind: str, length: int, force: bool, confirmed: bool) -> int:
+def _open(target: str, kind: str, length: int, force: bool, confirmed: bool, lock: DestLock) -> int:
     if kind == "device":
         if not confirmed:
             raise RefusedError(f"not confirmed: restoring would overwrite {target}")
@@ -49,7 +50,12 @@ def _open(target: str, kind: str, length: int, force: bool, confirmed: bool) -> 
             if e.errno == errno.EBUSY:
                 raise RefusedError(f"{target} is busy (mounted or in use); unmount it first") from None
             raise write_error(e, target, 0) from None
-        size = block_device_size(fd)
+        try:
+            lock.add_fd(fd, target)
+            size = block_device_size(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         if size < length:
             os.close(fd)
             raise RefusedError(f"{target} holds {size} bytes, smaller than the partition ({length} bytes); "
@@ -57,12 +63,22 @@ def _open(target: str, kind: str, length: int, force: bool, confirmed: bool) -> 
         return fd
     if kind == "file" and not force:
         raise RefusedError(f"{target} already exists; use --force to overwrite it")
-    try:
-        return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:  # not O_TRUNC: another restore may be writing this file; lock it first, then empty it
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         if e.errno == errno.ENOENT:
             raise NotFoundError(f"cannot create {target}: directory does not exist") from None
         raise write_error(e, target, 0) from None
+    try:
+        lock.add_fd(fd, target)
+        os.ftruncate(fd, 0)
+    except OSError as e:
+        os.close(fd)
+        raise write_error(e, target, 0) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def restore_partition(reader: ImageReader, number: int, target: str, *, force: bool = False,
@@ -77,7 +93,20 @@ def restore_partition(reader: ImageReader, number: int, target: str, *, force: b
     device = kind == "device"
     if device:
         check_device_target(target)
-    fd = _open(target, kind, part.length, force, device and confirm is not None and confirm(part))
+    with DestLock("restore target") as lock:
+        fd = _open(target, kind, part.length, force, device and confirm is not None and confirm(part), lock)
+        report = _write(reader, fd, target, part, device, free, continue_on_error, threads, throttle, progress)
+    result = PartitionRestoreResult(target, part, device, report.bytes_written, report.bytes_zeroed,
+                                    report.bytes_free, time.monotonic() - started, report.corrupt)
+    if verify and not report.corrupt:
+        result.checks = verify_written(reader, target, device, [(number, part.offset, part.length)],
+                                       shift=-part.offset)
+    return result
+
+
+def _write(reader: ImageReader, fd: int, target: str, part: Partition, device: bool, free: str,
+           continue_on_error: bool, threads: int | None, throttle: Throttle | None,
+           progress: ProgressCallback) -> WriteReport:
     try:
         report = write_stored(reader, fd, target, start=part.offset, length=part.length, device=device,
                               free=free, continue_on_error=continue_on_error,
@@ -91,9 +120,4 @@ def restore_partition(reader: ImageReader, number: int, target: str, *, force: b
             ensure_size(fd, target, part.length)
     finally:
         os.close(fd)
-    result = PartitionRestoreResult(target, part, device, report.bytes_written, report.bytes_zeroed,
-                                    report.bytes_free, time.monotonic() - started, report.corrupt)
-    if verify and not report.corrupt:
-        result.checks = verify_written(reader, target, device, [(number, part.offset, part.length)],
-                                       shift=-part.offset)
-    return result
+    return report

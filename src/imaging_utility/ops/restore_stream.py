@@ -27,8 +27,11 @@ from ..extents import AllocationMap
 from ..format import c_image as c
 from ..format.codec import Codec, frame_checksum
 from ..format.metaframe import Event, Header, Trailer
+from ..format.schema import check_digests_agree
 from ..image.digests import SUPPORTED, Digests
+from ..image.layout import union
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..storage.destlock import DestLock
 from .restore import RestoreResult, _open_target, _write_error, target_kind
 
 MAX_METADATA = 1 << 30  # a header with a huge allocation map stays far below this
@@ -103,11 +106,12 @@ def restore_stream(stream: BinaryIO, target: str, *, force: bool = False, confir
     allocation = AllocationMap.decode(header.allocation, header.source_size) if header.allocation else None
     kind = target_kind(target)
     confirmed = kind == "device" and confirm is not None and confirm()
-    fd = _open_target(target, kind, header.source_size, force, confirmed)
-    try:
-        return _restore(s, header, allocation, fd, target, kind == "device", threads, verify, progress, started)
-    finally:
-        os.close(fd)
+    with DestLock("restore target") as lock:
+        fd = _open_target(target, kind, header.source_size, force, confirmed, lock)
+        try:
+            return _restore(s, header, allocation, fd, target, kind == "device", threads, verify, progress, started)
+        finally:
+            os.close(fd)
 
 
 def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: int, target: str, device: bool,
@@ -122,6 +126,7 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
     trailer: Trailer | None = None
     ev = ProgressEvent("restore", 0, size)
     written = holes = 0
+    last_event = -1
     pending: deque[tuple[int, Future[bytes] | None]] = deque()
 
     def take() -> None:
@@ -171,13 +176,23 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
                 _check_table(body, seen)
                 break
             seen.append((8 + length, 0, c.XXH64_EMPTY_LOW32))
-            if magic == c.EVENT_MAGIC:
-                bad += Event.decode(body, start + 8).bad_ranges
+            if magic == c.EVENT_MAGIC:  # spec §3.2: right after its chunk's data frame, one per chunk
+                event, what = Event.decode(body, start + 8), f"the event frame at byte {start}"
+                if event.chunk_index != len(crcs) - 1 or event.chunk_index == last_event:
+                    raise CorruptImageError(f"{what} names chunk {event.chunk_index}, but follows the data "
+                                            f"frame of chunk {len(crcs) - 1}")
+                event.check_chunk(cs, size, what)
+                last_event = event.chunk_index
+                bad += event.bad_ranges
             elif magic == c.TRAILER_MAGIC:
                 trailer = Trailer.decode(body, start + 8)
         while pending:
             take()
-    _check_end(s, trailer, crcs, count)
+    _check_end(s, header, trailer, crcs, count)
+    assert trailer is not None
+    if union(bad) != union(trailer.bad_ranges):
+        raise CorruptImageError(f"the trailer lists {len(trailer.bad_ranges)} unreadable ranges, the event frames "
+                                f"{len(bad)} that differ from them: an event frame is missing or damaged")
     if not device:
         try:
             os.ftruncate(fd, size)
@@ -213,15 +228,15 @@ def _check_table(body: bytes, seen: list[tuple[int, int, int]]) -> None:
                                     f"(size/length/checksum {want} against {got})")
 
 
-def _check_end(s: _Stream, trailer: Trailer | None, crcs: list[int], count: int) -> None:
+def _check_end(s: _Stream, header: Header, trailer: Trailer | None, crcs: list[int], count: int) -> None:
     if trailer is None:
         raise CorruptImageError("the stream has no trailer frame")
-    if len(crcs) != count or trailer.chunk_count != count:
+    if len(crcs) != count or trailer.chunk_count != count or trailer.source_size != header.source_size:
         raise CorruptImageError(f"the stream holds {len(crcs)} chunks; the image has {count}")
-    if trailer.frame_crcs is not None:
-        stored = list(c.CRC.iter_unpack(trailer.frame_crcs))
-        bad = next((i for i, (want, got) in enumerate(zip(stored, crcs, strict=False)) if want[0] != got), None)
-        if len(stored) != count or bad is not None:
-            raise CorruptImageError(f"data frame {bad} of the stream fails the trailer's CRC-32 check")
+    check_digests_agree(header.meta, trailer.meta, header.used_only)
+    stored = list(c.CRC.iter_unpack(trailer.frame_crcs or b""))
+    bad = next((i for i, (want, got) in enumerate(zip(stored, crcs, strict=False)) if want[0] != got), None)
+    if len(stored) != count or bad is not None:
+        raise CorruptImageError(f"data frame {bad} of the stream fails the trailer's CRC-32 check")
     if not s.at_end():
         raise CorruptImageError(f"the stream goes on after the seek table (byte {s.pos})")

@@ -178,7 +178,7 @@ def write_stored(reader: ImageReader, fd: int, target: str, *, start: int, lengt
                 ranges = [(c0, c1 - c0)] if amap is None else amap.used_in(c0, c1 - c0)
                 _free(out, report, free, c0, c1, ranges, shift)
                 fut: Future[bytes] | None = None
-                if ranges and reader.is_zero_chunk(index):
+                if ranges and reader.zero_chunk_checked(index):  # compared byte for byte (spec §2.1)
                     for o, n in ranges:
                         out.span(FREE_ZERO, o + shift, n)
                         report.bytes_zeroed += n

@@ -8,10 +8,14 @@ the protocol in ``base``, so every command reads and writes both without knowing
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from .base import BlobReader, FrameSink, Partial, StoredImage
 from .s3client import configure as configure_s3
 from .s3client import is_s3
+
+if TYPE_CHECKING:
+    from .destlock import DestLock
 
 __all__ = ["BlobReader", "FrameSink", "Partial", "StoredImage", "abandoned_uploads", "configure_s3",
            "create_sink", "discard", "existing_outputs", "is_listing", "is_remote", "list_images", "open_blob",
@@ -94,8 +98,12 @@ def abandoned_uploads(dest: str) -> list[str]:
             for u in s3_uploads(dest)]
 
 
-def create_sink(dest: str, split_size: int | None, header_frame: bytes, size_hint: int) -> FrameSink:
-    """A new image at ``dest`` whose first frame is ``header_frame``; ``size_hint``: the source size."""
+def create_sink(dest: str, split_size: int | None, header_frame: bytes, size_hint: int,
+                lock: DestLock | None = None) -> FrameSink:
+    """A new image at ``dest`` whose first frame is ``header_frame``; ``size_hint``: the source size.
+
+    ``lock``: local files (every part) are locked before a byte of them changes; S3 has no locks (an
+    object appears only when its upload completes, and a second run finds the first one's resume record)."""
     if is_s3(dest):
         from .s3write import S3Sink, image_bound, part_size_for
 
@@ -105,20 +113,20 @@ def create_sink(dest: str, split_size: int | None, header_frame: bytes, size_hin
         return sink
     from .local import PartWriter
 
-    writer = PartWriter(dest, split_size)
+    writer = PartWriter(dest, split_size, lock)
     writer.create(header_frame)
     return writer
 
 
-def open_partial(dest: str, split_size: int | None) -> Partial:
-    """What an interrupted image at ``dest`` left, for ``--resume``."""
+def open_partial(dest: str, split_size: int | None, lock: DestLock | None = None) -> Partial:
+    """What an interrupted image at ``dest`` left, for ``--resume`` (local parts written on are locked)."""
     if is_s3(dest):
         from .s3write import S3Partial
 
         return S3Partial(dest, split_size)
     from .local import LocalPartial
 
-    return LocalPartial(dest, split_size)
+    return LocalPartial(dest, split_size, lock)
 
 
 def list_images(location: str) -> list[StoredImage]:

@@ -28,6 +28,7 @@ from ..errors import (
     TargetIOError,
     UsageError,
 )
+from .destlock import DestLock
 
 MAX_PARTS = 999
 STDOUT = "-"  # DEST that streams the image to standard output
@@ -56,26 +57,32 @@ def resolve_parts(path: str) -> list[str]:
     parts: list[str] = []
     while os.path.isfile(part_path(base, len(parts))):
         parts.append(part_path(base, len(parts)))
-    later = _later_parts(base, len(parts))
+    later = _numbers_after(base, len(parts))
     if later:
-        raise CorruptImageError(f"image part {part_path(base, len(parts))} is missing ({later[0]} exists): "
-                            "the split image needs every part; put the missing one back next to the others")
+        raise CorruptImageError(f"image part {part_path(base, len(parts))} is missing ({part_path(base, later[0] - 1)} "
+                                "exists): the split image needs every part; put the missing one back next to the "
+                                "others")
     return parts
 
 
-def _later_parts(base: str, count: int) -> list[str]:
-    """Parts of ``base`` numbered after the first ``count`` (which are present): a gap in the set."""
+def _numbers_after(base: str, count: int) -> list[int]:
+    """Part numbers above ``count`` present for ``base``: parts after a gap."""
     folder, name = os.path.split(base)
+    pattern = re.compile(re.escape(name) + r"\.(\d{3})")
     try:
         names = os.listdir(folder or ".")
     except OSError:
         return []
-    found = []
-    for entry in names:
-        m = _PART_RE.match(entry)
-        if m and m.group(1) == name and int(m.group(2)) > count:
-            found.append(os.path.join(folder, entry))
-    return sorted(found)
+    return sorted(n for n in (int(m.group(1)) for m in map(pattern.fullmatch, names) if m) if n > count)
+
+
+def next_part_name(paths: list[str]) -> str | None:
+    """For a split image read from ``paths``, the name of the part after the last one; else None."""
+    first = _PART_RE.match(paths[0]) if paths else None
+    last = _PART_RE.match(paths[-1]) if paths else None
+    if first is None or last is None or first.group(2) != "001" or int(last.group(2)) >= MAX_PARTS:
+        return None
+    return part_path(last.group(1), int(last.group(2)))
 
 
 def existing_outputs(dest: str) -> list[str]:
@@ -210,11 +217,15 @@ FLUSH_EVERY = 32 << 20
 
 
 class PartWriter:
-    """Appends whole frames; starts a new part when a frame would not fit in ``split_size``."""
+    """Appends whole frames; starts a new part when a frame would not fit in ``split_size``.
 
-    def __init__(self, dest: str, split_size: int | None) -> None:
+    With a ``lock``, every part is locked before a byte of it changes (``DestLock``): a part held by
+    another run raises ``RefusedError`` with nothing written."""
+
+    def __init__(self, dest: str, split_size: int | None, lock: DestLock | None = None) -> None:
         self.dest = dest
         self.split_size = split_size
+        self.lock = lock
         self.fd = -1
         self.part_index = -1
         self.part_len = 0
@@ -241,13 +252,12 @@ class PartWriter:
             self.fd, self.part_len, self.part_index = os.dup(sys.stdout.fileno()), 0, index
             return
         try:
-            if truncate_to is None:
-                self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                self.part_len = 0
-            else:
-                self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                os.ftruncate(self.fd, truncate_to)
-                self.part_len = truncate_to
+            # never O_TRUNC: the part is locked first, then cut
+            self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT if truncate_to is None else 0), 0o644)
+            if self.lock is not None:
+                self.lock.add_fd(self.fd, path)
+            self.part_len = truncate_to or 0
+            os.ftruncate(self.fd, self.part_len)
         except OSError as e:
             raise _os_error(e, path, "opening it") from None
         os.lseek(self.fd, self.part_len, os.SEEK_SET)
@@ -337,8 +347,8 @@ def first_frame(reader: PartReader) -> bytes:
 class LocalPartial:
     """The file(s) an interrupted image left at ``dest``: readable, so a resume keeps a checked prefix."""
 
-    def __init__(self, dest: str, split_size: int | None) -> None:
-        self.dest, self.split_size = dest, split_size
+    def __init__(self, dest: str, split_size: int | None, lock: DestLock | None = None) -> None:
+        self.dest, self.split_size, self.lock = dest, split_size, lock
         paths = [p for p in existing_outputs(dest) if split_size is None or p != dest]
         self.reader: PartReader | None = PartReader(paths) if paths else None
         self.head = first_frame(self.reader) if self.reader is not None else b""
@@ -346,7 +356,7 @@ class LocalPartial:
 
     def continue_at(self, kept: int) -> PartWriter:
         assert self.reader is not None
-        parts = PartWriter(self.dest, self.split_size)
+        parts = PartWriter(self.dest, self.split_size, self.lock)
         parts.reopen_at(kept, PartWriter.sizes(self.reader.paths))
         return parts
 

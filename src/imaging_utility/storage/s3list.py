@@ -31,13 +31,14 @@ def resolve_objects(name: str) -> list[str]:
     url = S3Url.parse(name)
     if not url.key or url.key.endswith("/"):
         raise UsageError(f"{name} names a prefix, not an image; 'info {name}' lists the images under it")
-    try:
-        client().head_object(Bucket=url.bucket, Key=url.key)
-        return [name]
-    except Exception as e:
-        if not is_missing(e):
-            raise translate(e, url, "opening") from None
     m = _SPLIT.match(url.key)
+    if not (m and m.group(2) == "001"):  # KEY.001 is the first part of a set: read all of them, as for files
+        try:
+            client().head_object(Bucket=url.bucket, Key=url.key)
+            return [name]
+        except Exception as e:
+            if not is_missing(e):
+                raise translate(e, url, "opening") from None
     base = m.group(1) if m and m.group(2) == "001" else url.key
     numbers = sorted(int(k[len(base) + 1:]) for k in (o["Key"] for o in _list(url, base + "."))
                      if _SPLIT.match(k) and k.rsplit(".", 1)[0] == base)

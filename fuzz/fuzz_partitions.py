@@ -1,0 +1,42 @@
+"""Fuzz the MBR (with extended chains) and GPT parsers.
+
+Input: a flags byte (bit 0: 4096-byte sectors; bit 1: recompute the GPT CRC-32s after patching, so
+mutations get past them), ``u32`` disk size in sectors minus one, then patch
+records (``_common.patches``) laid over an all-zero disk of that size (at most 64 MiB).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import atheris
+
+with atheris.instrument_imports():
+    from _common import PatchedSource, fix_gpt, fuzz_main, patches
+
+    from imaging_utility.errors import Error
+    from imaging_utility.partitions.table import partition_source, read_partitions
+
+MAX_SECTORS = (64 << 20) // 512
+
+
+def TestOneInput(data: bytes) -> None:
+    if len(data) < 5:
+        return
+    sector = 4096 if data[0] & 1 else 512
+    size = (struct.unpack_from("<I", data, 1)[0] % MAX_SECTORS + 1) * 512
+    source = PatchedSource(b"", size, patches(data[5:], size), sector)
+    if data[0] & 2:
+        fix_gpt(source)
+    try:
+        table = read_partitions(source)
+        for part in table.partitions:
+            part.describe()
+            window = partition_source(source, part.number, table)
+            window.readinto_at(0, bytearray(min(512, window.size)))
+    except Error:
+        pass
+
+
+if __name__ == "__main__":
+    fuzz_main(TestOneInput, __file__)

@@ -1,0 +1,208 @@
+"""Build the fuzzers' base volumes (``fuzz/bases/*.zst``) and seed corpora (``fuzz/corpus/<harness>/``).
+
+Real structures made by their own tools: mkntfs + ntfs-3g, mke2fs -d, mkfs.fat + mtools, mkfs.exfat +
+exfat-fuse (root, for the two mounts), sfdisk and sgdisk for partition tables, and images written by
+this tool.  Run once (``.venv/bin/python fuzz/make_seeds.py``); the results are committed.  Free space is
+zero so the bases compress to little.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import zstandard
+
+FUZZ = Path(__file__).resolve().parent
+sys.path.insert(0, str(FUZZ.parent / "tests"))
+sys.path.insert(0, str(FUZZ.parent / "tests" / "format"))
+
+MIB = 1 << 20
+
+
+def run(*args: object) -> None:
+    subprocess.run([str(a) for a in args], check=True, capture_output=True)
+
+
+def text(n: int, seed: int) -> bytes:
+    line = b"%06d fuzz seed file %d, imaging-utility\n"
+    return b"".join(line % (i, seed) for i in range(n // 36 + 1))[:n]
+
+
+def fill_tree(root: Path) -> None:
+    """Small and larger files, nested directories, a directory with many entries, a symlink."""
+    (root / "docs" / "deep" / "deeper").mkdir(parents=True, exist_ok=True)
+    (root / "many").mkdir(exist_ok=True)
+    (root / "hello.txt").write_bytes(b"hello, world\n")
+    (root / "docs" / "big.bin").write_bytes(text(300_000, 1))
+    (root / "docs" / "deep" / "mid.txt").write_bytes(text(9000, 2))
+    (root / "docs" / "deep" / "deeper" / "tiny").write_bytes(b"x")
+    for i in range(60):
+        (root / "many" / f"entry-{i:03d}-with-a-long-name.txt").write_bytes(text(100 + i, i))
+
+
+def save_base(name: str, raw: bytes) -> None:
+    (FUZZ / "bases").mkdir(exist_ok=True)
+    (FUZZ / "bases" / f"{name}.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(raw))
+
+
+def seed(harness: str, data: bytes) -> None:
+    folder = FUZZ / "corpus" / harness
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"seed-{hashlib.sha1(data).hexdigest()[:16]}").write_bytes(data)
+
+
+def filesystems(tmp: Path) -> list[str]:
+    from fsbuild import mounted
+
+    files = tmp / "files"
+    fill_tree(files)
+    names = []
+    vol = tmp / "ntfs.raw"
+    vol.write_bytes(bytes(4 * MIB))
+    run("mkntfs", "-F", "-Q", "-L", "FUZZ", "-c", "1024", vol)
+    with mounted(vol, "ntfs") as mnt:
+        shutil.copytree(files, mnt, dirs_exist_ok=True, symlinks=True)
+        (mnt / "hello.txt:stream").write_bytes(b"an alternate data stream\n")
+    save_base("ntfs", vol.read_bytes())
+    names.append("ntfs")
+    (files / "link").symlink_to("docs/deep/mid.txt")
+    for kind, size, opts in (("ext4", 4, ("-b", "1024", "-N", "256", "-J", "size=1")),
+                             ("ext2", 2, ("-b", "1024", "-N", "128"))):
+        vol = tmp / f"{kind}.raw"
+        vol.write_bytes(bytes(size * MIB))
+        run("mke2fs", "-q", "-F", "-t", kind, "-E", "nodiscard,root_owner=0:0", "-L", "FUZZ", *opts, "-d", files, vol)
+        save_base(kind, vol.read_bytes())
+        names.append(kind)
+    (files / "link").unlink()
+    for kind, size, opts in (("fat12", 2, ("-F", "12")), ("fat32", 34, ("-F", "32", "-s", "1"))):
+        vol = tmp / f"{kind}.raw"
+        vol.write_bytes(bytes(size * MIB))
+        run("mkfs.fat", *opts, "-n", "FUZZ", "-i", "00c0ffee", vol)
+        run("mcopy", "-s", "-i", vol, *sorted(files.iterdir()), "::/")
+        save_base(kind, vol.read_bytes())
+        names.append(kind)
+    vol = tmp / "exfat.raw"
+    vol.write_bytes(bytes(8 * MIB))
+    run("mkfs.exfat", "-L", "FUZZ", vol)
+    with mounted(vol, "exfat") as mnt:
+        shutil.copytree(files, mnt, dirs_exist_ok=True)
+    save_base("exfat", vol.read_bytes())
+    names.append("exfat")
+    return names
+
+
+def fs_seeds(names: list[str]) -> None:
+    for i in range(len(names)):
+        if names[i] in ("ext4", "exfat"):  # checksums recomputed after patching
+            seed("filesystems", bytes([i | 0x80, 0]) + struct.pack("<IB", 1024 + 88, 1) + b"\0\0")
+        seed("filesystems", bytes([i, 0]))  # the pristine volume
+        seed("filesystems", bytes([i, 200]))  # the same, cut short
+        seed("filesystems", bytes([i, 0]) + struct.pack("<IB", 0, 0) + b"\xff")  # a damaged first byte
+        seed("filesystems", bytes([i, 0]) + struct.pack("<IB", 1024 + 88, 1) + b"\0\0")
+
+
+def to_patches(raw: bytes) -> bytes:
+    """The non-zero parts of ``raw`` as ``fuzz/_common.patches`` records."""
+    out = bytearray()
+    pos = 0
+    while pos < len(raw):
+        if not raw[pos]:
+            nxt = len(raw) - len(raw[pos:].lstrip(b"\0"))
+            pos = nxt
+            continue
+        piece = raw[pos : pos + 256].rstrip(b"\0")
+        out += struct.pack("<IB", pos, len(piece) - 1) + piece
+        pos += len(piece)
+    return bytes(out)
+
+
+def partition_seeds(tmp: Path) -> None:
+    layouts = {
+        "mbr": ["sfdisk", "--quiet"], "gpt": ["sfdisk", "--quiet"],
+    }
+    scripts = {
+        "mbr": "label: dos\n,2M,83\n,2M,7\n,,5\n,1M,83\n,1M,b\n",
+        "gpt": "label: gpt\nsize=2M, type=L, name=root\nsize=2M, type=U\ntype=L\n",
+    }
+    for name, script in scripts.items():
+        disk = tmp / f"{name}.raw"
+        disk.write_bytes(bytes(10 * MIB))
+        subprocess.run([*layouts[name], str(disk)], input=script.encode(), check=True, capture_output=True)
+        raw = disk.read_bytes()
+        size_field = struct.pack("<I", len(raw) // 512 - 1)
+        for flags in (b"\0", b"\1", b"\2", b"\3"):  # 512/4096-byte sectors, GPT CRCs as is/recomputed
+            seed("partitions", flags + size_field + to_patches(raw))
+    seed("partitions", b"\0" + struct.pack("<I", 2047))
+
+
+def image_seeds(tmp: Path) -> None:
+    from golden_lib import GOLDEN, image_paths
+
+    for path in sorted(GOLDEN.glob("*.img*")):
+        if path.suffix == ".img" or path.name.endswith(".001"):
+            raw = b"".join(p.read_bytes() for p in image_paths(path.name.split(".img")[0]))
+            if len(raw) < 64 * 1024:
+                for mode in (b"\0", b"\1"):  # as is / checksums and seek table recomputed
+                    seed("image", mode + raw)
+                    seed("image", mode + raw[: len(raw) * 2 // 3])  # an interrupted capture (resume scan)
+                meta_seeds(raw)
+
+
+def meta_seeds(raw: bytes) -> None:
+    n = struct.unpack_from("<I", raw, len(raw) - 9)[0]
+    table = len(raw) - 17 - 12 * n
+    off = 0
+    for k in range(n):
+        csize, dsize, _ = struct.unpack_from("<III", raw, table + 8 + 12 * k)
+        magic = struct.unpack_from("<I", raw, off)[0]
+        kind = {0x184D2A51: 0, 0x184D2A52: 1, 0x184D2A53: 2}.get(magic)
+        if not dsize and kind is not None:
+            seed("metadata", bytes([kind]) + raw[off + 8 : off + csize])
+            seed("metadata", bytes([kind | 4]) + raw[off + 8 : off + csize])  # CRC recomputed
+        off += csize
+
+
+def server_seeds() -> None:
+    """Client byte streams: NBD handshakes with options and requests, IMDPROXY request sequences."""
+    opt = lambda code, data=b"": struct.pack(">QII", 0x49484156454F5054, code, len(data)) + data  # noqa: E731
+    req = lambda cmd, off, n, flags=0: struct.pack(">IHHQQI", 0x25609513, flags, cmd, 7, off, n)  # noqa: E731
+    go = struct.pack(">I", 0) + struct.pack(">H", 2) + struct.pack(">HH", 0, 3)
+    meta = struct.pack(">I", 0) + struct.pack(">I", 1) + struct.pack(">I", 15) + b"base:allocation"
+    hello = struct.pack(">I", 3)
+    seed("servers", b"\0" + hello + opt(8) + opt(10, meta) + opt(9, meta) + opt(7, go)
+         + req(0, 0, 4096) + req(7, 0, 1 << 20) + req(0, 65536, 70000, 1) + req(0, 1 << 40, 10) + req(2, 0, 0))
+    seed("servers", b"\0" + hello + opt(3) + opt(6, go) + opt(1, b"")
+         + req(0, 0, 512) + req(1, 0, 4) + b"abcd" + req(3, 0, 0) + req(5, 0, 100) + req(2, 0, 0))
+    seed("servers", b"\0" + hello + opt(2))
+    imd = lambda *f: b"".join(struct.pack("<Q", v) for v in f)  # noqa: E731
+    seed("servers", b"\1" + imd(1) + imd(2, 0, 4096) + imd(2, 65536, 200000) + imd(3, 0, 8) + b"12345678"
+         + imd(0) + imd(2, 1 << 50, 1) + imd(5))
+    seed("servers", b"\1" + imd(9, 1, 2))
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        sys.exit("make_seeds.py needs root (ntfs-3g and exfat-fuse mounts)")
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        names = filesystems(tmp)
+        fs_seeds(names)
+        (FUZZ / "bases" / "filesystems.txt").write_text("\n".join(names) + "\n")
+        partition_seeds(tmp)
+        image_seeds(tmp)
+        server_seeds()
+    for folder in sorted((FUZZ / "corpus").iterdir()):
+        print(folder.name, len(list(folder.iterdir())), "seeds")
+    for base in sorted((FUZZ / "bases").iterdir()):
+        print(base.name, base.stat().st_size, "bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Inputs the fuzz harnesses found (fuzz/crashes/filesystems), rebuilt from real volumes: each must end
+in one line and a documented exit code, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import need_tools
+from imagetools import run_cli
+
+
+def test_exfat_root_chain_that_loops_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    need_tools("mkfs.exfat")
+    vol = tmp_path / "exfat.raw"
+    vol.write_bytes(bytes(8 << 20))
+    subprocess.run(["mkfs.exfat", str(vol)], check=True, capture_output=True)
+    raw = bytearray(vol.read_bytes())
+    fat_offset, _, _, _, root = struct.unpack_from("<IIIII", raw, 80)
+    bps = 1 << raw[108]
+    struct.pack_into("<I", raw, fat_offset * bps + 4 * root, root)  # the root's chain points to itself
+    vol.write_bytes(raw)
+    started = time.monotonic()
+    code, _, err = run_cli("ls", vol)
+    assert code == 8 and "exfat directory chain" in err and len(err.strip().splitlines()) == 1
+    assert time.monotonic() - started < 60
+
+
+def test_file_whose_data_lies_past_a_truncated_volume_is_reported(tmp_path: Path) -> None:
+    need_tools("mkfs.fat", "mcopy")
+    vol = tmp_path / "fat.raw"
+    subprocess.run(["mkfs.fat", "-C", "-F", "12", str(vol), "2048"], check=True, capture_output=True)
+    (tmp_path / "small.txt").write_bytes(b"kept\n")
+    (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 4000)
+    for name in ("small.txt", "big.bin"):
+        subprocess.run(["mcopy", "-i", str(vol), str(tmp_path / name), f"::{name.upper()}"], check=True)
+    with open(vol, "r+b") as fh:
+        fh.truncate(200 * 1024)  # the FAT and root survive, most of BIG.BIN's clusters do not
+    code, _, err = run_cli("extract", vol, "/", tmp_path / "out")
+    assert code == 3, err
+    assert "BIG.BIN" in err.upper() and "outside the volume" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "SMALL.TXT").read_bytes() == b"kept\n"
