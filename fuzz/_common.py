@@ -127,6 +127,8 @@ def fix_image(raw: bytes) -> bytes:
             break
         frame = bytearray(raw[fr.offset : fr.offset + fr.length])
         if fr.magic == c.ZSTD_MAGIC:
+            if (fr.content_size or 0) > 0xFFFFFFFF:  # no seek table can hold it: leave the input as it is
+                return raw
             crcs += struct.pack("<I", zlib.crc32(frame))
             table.append(len(frame), fr.content_size, fr.checksum or 0)
         else:
