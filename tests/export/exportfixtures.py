@@ -19,7 +19,7 @@ BIG_CHUNK = 16 * MiB
 
 
 @pytest.fixture(scope="session")
-def disks(tmp_path_factory: pytest.TempPathFactory) -> Disks:
+def export_disks(tmp_path_factory: pytest.TempPathFactory) -> Disks:
     """{(scheme, mode): (image, raw bytes it stands for)} for scheme dos/gpt and mode full/used."""
     need_export_tools()
     work = tmp_path_factory.mktemp("export-disks")

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from exportfixtures import Disks, disks  # noqa: F401  (fixtures)
+from exportfixtures import Disks, export_disks  # noqa: F401  (fixtures)
 from exporthelpers import ALL_FORMATS, check_all_readers, qemu_compare
 
 from imaging_utility.ops.export import export_image
@@ -19,9 +19,9 @@ VARIANTS = [*ALL_FORMATS, "qcow2-zstd"]
 @pytest.mark.parametrize("mode", ["full", "used"])
 @pytest.mark.parametrize("scheme", ["dos", "gpt"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_export_is_read_identically(disks: Disks, tmp_path: Path,
+def test_export_is_read_identically(export_disks: Disks, tmp_path: Path,
                                     variant: str, scheme: str, mode: str) -> None:
-    image, raw = disks[scheme, mode]
+    image, raw = export_disks[scheme, mode]
     fmt = "qcow2" if variant == "qcow2-zstd" else variant
     out = tmp_path / f"disk.{fmt}"
     result = export_image(str(image), str(out), fmt, compress=variant == "qcow2-zstd")
@@ -32,19 +32,19 @@ def test_export_is_read_identically(disks: Disks, tmp_path: Path,
         assert result.read_bytes < os.path.getsize(raw)  # unallocated ranges are not read
 
 
-def test_used_only_exports_are_smaller(disks: Disks, tmp_path: Path) -> None:
+def test_used_only_exports_are_smaller(export_disks: Disks, tmp_path: Path) -> None:
     """The free space of the disks is random bytes: a full export keeps it, a used-only one does not."""
     for fmt in ("vhdx", "vhd", "qcow2", "vmdk", "raw"):
         sizes = {}
         for mode in ("full", "used"):
             out = tmp_path / f"{mode}.{fmt}"
-            export_image(str(disks["gpt", mode][0]), str(out), fmt)
+            export_image(str(export_disks["gpt", mode][0]), str(out), fmt)
             sizes[mode] = out.stat().st_blocks * 512
         assert sizes["used"] < sizes["full"] * 0.8, (fmt, sizes)
 
 
-def test_partition_and_window(disks: Disks, tmp_path: Path) -> None:
-    image, raw = disks["gpt", "full"]
+def test_partition_and_window(export_disks: Disks, tmp_path: Path) -> None:
+    image, raw = export_disks["gpt", "full"]
     data = raw.read_bytes()
     part = tmp_path / "p2.raw"
     part.write_bytes(data[16 << 20 : 28 << 20])
