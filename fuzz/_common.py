@@ -199,7 +199,7 @@ def fix_filesystem(source: PatchedSource) -> None:
         return
     if sb is None or sb.desc_checksum(0, bytes(sb.desc_size)) is None:
         return
-    for g in range(min(sb.groups, 4096)):
+    for g in range(min(sb.groups, 512)):  # each fix is a patch every later read walks: keep it quadratic-small
         off = sb.desc_block(g // sb.desc_per_block) * sb.block_size + g % sb.desc_per_block * sb.desc_size
         if off + sb.desc_size > source.size:
             return

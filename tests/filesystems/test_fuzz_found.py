@@ -42,3 +42,21 @@ def test_file_whose_data_lies_past_a_truncated_volume_is_reported(tmp_path: Path
     assert code == 3, err
     assert "BIG.BIN" in err.upper() and "outside the volume" in err and "Traceback" not in err
     assert (tmp_path / "out" / "SMALL.TXT").read_bytes() == b"kept\n"
+
+
+def test_ext_claiming_far_more_groups_than_the_source_holds_fails_at_once(tmp_path: Path) -> None:
+    need_tools("mkfs.ext4")
+    vol = tmp_path / "ext.raw"
+    vol.write_bytes(bytes(4 << 20))
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", "-O", "^metadata_csum,^64bit", str(vol)],
+                   check=True, capture_output=True)
+    with open(vol, "r+b") as f:
+        f.seek(1024 + 4)  # s_blocks_count_lo: 4 GiB of 1 KiB blocks
+        f.write(struct.pack("<I", 4 << 20))
+        f.seek(1024 + 32)  # s_blocks_per_group 8: 524,288 groups in 16,384 descriptor blocks
+        f.write(struct.pack("<I", 8))
+    for command in (["ls", vol], ["image", "--used-only", vol, tmp_path / "x.img.zst"]):
+        started = time.monotonic()
+        code, _, err = run_cli(*command)
+        assert code == 4 and "past the end of the source" in err and len(err.strip().splitlines()) == 1, err
+        assert time.monotonic() - started < 30

@@ -98,18 +98,19 @@ def fixed_metadata() -> Iterator[None]:
     comes from git tags, and its length changes the header frame's size)."""
     import sys
 
-    from imaging_utility.ops import capture
+    from imaging_utility.ops import _pipeline, capture
 
-    saved = capture.utc_now, capture.platform.node, sys.argv, capture.__version__
+    saved = capture.utc_now, _pipeline.utc_now, capture.platform.node, sys.argv, capture.__version__
     capture.__version__ = GOLDEN_VERSION
     times = iter([FIXED_META["created"], FIXED_META["finished"]] * 2)
-    capture.utc_now = lambda: next(times)  # type: ignore[assignment]
+    capture.utc_now = _pipeline.utc_now = lambda: next(times)  # type: ignore[assignment]  # header, trailer
     capture.platform.node = lambda: FIXED_META["hostname"]  # type: ignore[assignment]
     sys.argv = list(FIXED_META["command_line"])
     try:
         yield
     finally:
-        capture.utc_now, capture.platform.node, sys.argv, capture.__version__ = saved  # type: ignore[assignment]
+        (capture.utc_now, _pipeline.utc_now, capture.platform.node, sys.argv,  # type: ignore[assignment]
+         capture.__version__) = saved
 
 
 def write_image(recipe: Recipe, source: bytes, dest: Path, amap: list[tuple[int, int]] | None = None,

@@ -253,6 +253,11 @@ def _read_groups(source: BlockSource, sb: ExtSuper) -> GroupTable:
     table = GroupTable(array("Q"), array("Q"), array("Q"), array("Q"), array("H"))
     bs, dsz, dpb = sb.block_size, sb.desc_size, sb.desc_per_block
     wide = bool(sb.incompat & INCOMPAT_64BIT) and dsz >= 64
+    if sb.desc_blocks:  # every descriptor block is needed: one past the end fails before any is read
+        last = sb.desc_block(sb.desc_blocks - 1)
+        if (last + 1) * bs > source.size:
+            raise _fail(f"group descriptor block {sb.desc_blocks - 1} at offset {last * bs:#x} is past the end "
+                        f"of the source ({sb.groups} groups claimed)")
     for i in range(sb.desc_blocks):
         block = sb.desc_block(i)
         if (block + 1) * bs > source.size:
