@@ -17,14 +17,12 @@ from typing import Any
 import mfusepy
 
 
-class EioFS(mfusepy.Operations):  # type: ignore[misc]
-    use_ns = True
+class OneFileFS(mfusepy.Operations):  # type: ignore[misc]
+    """A directory holding one read-only file ``/disk`` of ``size`` bytes, opened with ``direct_io``;
+    subclasses answer its reads."""
 
-    def __init__(self, backing: str, sector_size: int, bad: set[int]) -> None:
-        self.fd = os.open(backing, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
-        self.sector_size = sector_size
-        self.bad = bad
+    use_ns = True
+    size = 0
 
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         if path == "/":
@@ -41,6 +39,15 @@ class EioFS(mfusepy.Operations):  # type: ignore[misc]
             raise mfusepy.FuseOSError(errno.ENOENT)
         fi.direct_io = 1
         return 0
+
+
+class EioFS(OneFileFS):
+
+    def __init__(self, backing: str, sector_size: int, bad: set[int]) -> None:
+        self.fd = os.open(backing, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self.sector_size = sector_size
+        self.bad = bad
 
     def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
         end = min(offset + size, self.size)

@@ -8,41 +8,23 @@ at most ten times a second), the way a disk shared with a busy neighbour answers
 
 from __future__ import annotations
 
-import errno
-import stat
 import sys
 import time
 from typing import Any
 
 import mfusepy
+from eio_fuse import OneFileFS  # the script's own folder is on sys.path
 
 PATTERN = bytes(range(256)) * 512  # 128 KiB, not all zero: the engine reads and compresses it
 
 
-class SlowFS(mfusepy.Operations):  # type: ignore[misc]
-    use_ns = True
+class SlowFS(OneFileFS):
 
     def __init__(self, size: int, delay_file: str) -> None:
         self.size = size
         self.delay_file = delay_file
         self.delay = 0.0
         self.checked = 0.0
-
-    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
-        if path == "/":
-            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
-        if path == "/disk":
-            return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": self.size}
-        raise mfusepy.FuseOSError(errno.ENOENT)
-
-    def readdir(self, path: str, fh: Any) -> list[str]:
-        return [".", "..", "disk"]
-
-    def open(self, path: str, fi: Any) -> int:
-        if path != "/disk":
-            raise mfusepy.FuseOSError(errno.ENOENT)
-        fi.direct_io = 1
-        return 0
 
     def read(self, path: str, size: int, offset: int, fh: Any) -> bytes:
         now = time.monotonic()
