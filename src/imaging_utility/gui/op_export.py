@@ -10,15 +10,14 @@ import os
 import shlex
 from typing import Any
 
-from ..errors import Error, UsageError
+from ..errors import UsageError
 from ..export import FORMATS
 from ..ops.export import ExportResult, export, open_export_source
 from ..ops.imaging import PROGRAM
-from ..ops.manifest import load_manifest
 from ..progress import JobControl, ProgressCallback
 from ..units import human_bytes, parse_size
 from .job import Plan, Warn
-from .operation import BackupSet, Field, ImageFile, Selection, Values, flag, number, text
+from .operation import BackupSet, Field, ImageFile, Selection, Values, flag, number, set_disk_fields, text
 
 EXTENSIONS = {".vhdx": "vhdx", ".vhd": "vhd", ".qcow2": "qcow2", ".vmdk": "vmdk", ".raw": "raw", ".img": "raw"}
 FROM_NAME = "from the name"
@@ -39,15 +38,8 @@ class ExportOperation:
         return isinstance(sel, ImageFile | BackupSet)
 
     def fields(self, sel: Selection) -> list[Field]:
-        disk = []
-        if isinstance(sel, BackupSet):
-            try:
-                names = [d["name"] for d in load_manifest(sel.path)["disks"]]
-            except Error:
-                names = []  # the plan says what is wrong with the manifest
-            disk = [Field("disk", "Disk of the set", names[0] if names else "", help=", ".join(names))]
         return [
-            *disk,
+            *set_disk_fields(sel),
             Field("out", "Output file", os.path.abspath(f"{_stem(sel.path)}.vhdx"), help="OUT"),
             Field("format", "Format", FROM_NAME,
                   choices=((FROM_NAME, "from OUT's extension"), *((f, f) for f in FORMATS))),

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import shlex
 
-from ..errors import Error, RefusedError, UsageError
+from ..errors import RefusedError, UsageError
 from ..ops.diskmap import partition_table_of
 from ..ops.imaging import PROGRAM
-from ..ops.manifest import load_manifest, open_image_or_set
+from ..ops.manifest import open_image_or_set
 from ..ops.restore import restore
 from ..ops.restore_target import inspect_target
 from ..progress import JobControl, ProgressCallback
 from ..units import human_bytes
 from .job import Confirmation, Plan, Warn
-from .operation import BackupSet, Field, ImageFile, Selection, Values, flag, number, text
+from .operation import BackupSet, Field, ImageFile, Selection, Values, flag, number, set_disk_fields, text
 
 
 class RestoreOperation:
@@ -33,15 +33,8 @@ class RestoreOperation:
         return isinstance(sel, ImageFile | BackupSet)
 
     def fields(self, sel: Selection) -> list[Field]:
-        disk = []
-        if isinstance(sel, BackupSet):
-            try:
-                names = [d["name"] for d in load_manifest(sel.path)["disks"]]
-            except Error:
-                names = []  # the plan says what is wrong with the manifest
-            disk = [Field("disk", "Disk of the set", names[0] if names else "", help=", ".join(names))]
         return [
-            *disk,
+            *set_disk_fields(sel),
             Field("target", "Target", "", help="a block device or a file path", suggestions=self.targets),
             Field("force", "Overwrite an existing target file", False),
             Field("verify", "Verify the digests while writing", False),

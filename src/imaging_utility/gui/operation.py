@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import UsageError
+from ..errors import Error, UsageError
 from ..ops.inventory import Volume
+from ..ops.manifest import load_manifest
 from ..units import human_bytes
 from .job import Plan
 
@@ -50,6 +51,17 @@ class Field:
     choices: tuple[tuple[str, str], ...] = ()  # (value, label): a choice; else text or, for a bool default, a box
     help: str = ""
     suggestions: tuple[str, ...] = ()
+
+
+def set_disk_fields(sel: Selection) -> list[Field]:
+    """The "disk of the set" field a backup set needs (none for anything else)."""
+    if not isinstance(sel, BackupSet):
+        return []
+    try:
+        names = [d["name"] for d in load_manifest(sel.path)["disks"]]
+    except Error:
+        names = []  # the plan says what is wrong with the manifest
+    return [Field("disk", "Disk of the set", names[0] if names else "", help=", ".join(names))]
 
 
 class Operation(Protocol):
