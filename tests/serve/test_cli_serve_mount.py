@@ -233,3 +233,57 @@ def test_fuse_foreground_sigterm_unmounts_and_eio(gpt_disk, procs, mounts, tmp_p
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     assert not os.path.ismount(mnt)
+
+
+def test_webdav_and_nbd_stop_cleanly_on_every_signal(gpt_disk, procs) -> None:  # type: ignore[no-untyped-def]
+    """A signal that arrives while the server is busy stops it cleanly, every time (a ``KeyboardInterrupt``
+    raised inside cheroot's worker queue used to leave the process hanging on exit, about one WebDAV stop in
+    seven: 19 of them miss it about one time in twenty)."""
+    need_tools("curl", "nbdinfo")
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for i in range(22):
+        sig = signals[i % len(signals)]
+        if i % 6 == 5:
+            proc = _cli("serve-proxy", gpt_disk.path, "--port", "0")
+            procs.append(proc)
+            uri = _serving(proc)
+            subprocess.run(["nbdinfo", "--size", uri + "p2"], capture_output=True, check=True)
+        else:
+            proc = _cli("webdav", gpt_disk.path, "--partition", "2", "--port", "0")
+            procs.append(proc)
+            url = _serving(proc).rstrip(";")
+            got = subprocess.run(["curl", "-sf", url + "hello.txt"], capture_output=True, check=True)
+            assert got.stdout == gpt_disk.files["hello.txt"]
+        proc.send_signal(sig)
+        assert proc.wait(10) == 0, (i, sig)
+        assert proc.stderr is not None and "imaging-utility: stopped" in proc.stderr.read()
+
+
+def test_a_server_that_will_not_stop_is_ended(tmp_path: Path) -> None:
+    """A stop that hangs past the deadline, or a second signal, ends the process with exit 130."""
+    script = tmp_path / "hang.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        "from imaging_utility.cli import _serving\n"
+        "_serving.STOP_DEADLINE = float(sys.argv[1])\n"
+        "done = threading.Event()\n"
+        "def serve():\n"
+        "    print('serving', flush=True)\n"
+        "    done.wait()\n"
+        "_serving.serve_until_signalled(serve, lambda: time.sleep(3600))\n")
+    for deadline, signals in ((1.0, (signal.SIGTERM,)), (60.0, (signal.SIGTERM, signal.SIGINT))):
+        proc = subprocess.Popen([sys.executable, str(script), str(deadline)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "serving\n"
+            for sig in signals:
+                proc.send_signal(sig)
+                time.sleep(0.3)
+            assert proc.wait(10) == 130
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+            assert ("did not stop within 1 s" if len(signals) == 1 else "interrupted again") in err, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from ..image.reader import DEFAULT_CACHE_BYTES
     from ..serve.imdproxy import ImdproxyServer
     from ..serve.nbd import NbdServer
+    from ._serving import serve_until_signalled
 
     port = args.port if args.port is not None else DEFAULT_PORTS[args.protocol]
     processes = args.processes if args.processes is not None else default_processes()
@@ -186,8 +187,6 @@ def run(args: argparse.Namespace) -> int:
             names = ", ".join(repr(n) for n in exports) if args.protocol == "nbd" else "whole source"
             print(f"serving {args.image} read-only over {args.protocol} at {where} (exports: {names}); "
                   "Ctrl-C to stop", flush=True)
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
+            if serve_until_signalled(server.serve_forever, server.shutdown):
                 print("imaging-utility: stopped", file=sys.stderr)
     return 0

@@ -65,6 +65,7 @@ def _users(args: argparse.Namespace) -> dict[str, str] | None:
 def run(args: argparse.Namespace) -> int:
     from ..ops.files import open_image_tree
     from ..serve.webdav import WebDavServer
+    from ._serving import serve_until_signalled
 
     users = _users(args)
     tree, source = open_image_tree(args.image, **tree_source_args(args))
@@ -81,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"serving {args.image} ({tree.fs_type}) read-only over WebDAV at {server.url}; Ctrl-C to stop",
               flush=True)
         try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("imaging-utility: stopped", file=sys.stderr)
+            if serve_until_signalled(server.serve_forever, server.stop):
+                print("imaging-utility: stopped", file=sys.stderr)
         finally:
             server.stop()
     finally:
