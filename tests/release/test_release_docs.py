@@ -10,7 +10,7 @@ import pytest
 
 from conftest import cli, need_tools
 from imaging_utility.cli.docgen import commands, completion_script, man_page
-from imaging_utility.cli.main import build_parser
+from imaging_utility.cli.parser import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 

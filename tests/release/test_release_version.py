@@ -51,8 +51,14 @@ def test_help_imports_nothing_heavy(argv: list[str]) -> None:
 
 
 def test_version_imports_only_zstandard() -> None:
-    """--version needs the zstd library's version, and nothing else."""
-    assert {m.split(".")[0] for m in _heavy(_loaded_after(["--version"]))} == {"zstandard"}
+    """--version needs the zstd library's version, and nothing else: not even argparse or a command module
+    (it is answered before the parser is built)."""
+    loaded = _loaded_after(["--version"])
+    assert {m.split(".")[0] for m in _heavy(loaded)} == {"zstandard"}
+    assert not {"argparse", "logging", "imaging_utility.cli.parser", "imaging_utility.cli.image"} & loaded
+    through_argparse = _loaded_after(["-v", "--version"])
+    assert {m.split(".")[0] for m in _heavy(through_argparse)} == {"zstandard"}
+    assert "argparse" in through_argparse
 
 
 def test_version_output() -> None:

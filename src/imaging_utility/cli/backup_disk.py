@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EXIT_PARTIAL, UsageError
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from ..progress import Throttled
 from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
 
 if TYPE_CHECKING:  # imported when the command runs (every command module loads at start-up)
@@ -80,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices.throttle import parse_rate
     from ..ops.backup import BackupOptions, backup_disks
     from ..ops.capture import CaptureOptions
+    from ..progress import Throttled
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if len(args.paths) < 2:

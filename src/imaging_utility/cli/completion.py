@@ -29,7 +29,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from .docgen import completion_script
-    from .main import build_parser
+    from .parser import build_parser
 
     parser, _ = build_parser()
     sys.stdout.write(completion_script(parser, args.shell))

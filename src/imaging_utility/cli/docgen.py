@@ -1,6 +1,6 @@
 """The man page and the bash/zsh/fish completions, generated from the argparse parser.
 
-A command added to ``main.COMMANDS`` appears in all four without further work: its help line, usage,
+A command added to ``parser.COMMANDS`` appears in all four without further work: its help line, usage,
 description, options (with their value names and choices) and the examples of its epilog.
 
     python -m imaging_utility.cli.docgen man > imaging-utility.1
@@ -344,7 +344,7 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .main import build_parser
+    from .parser import build_parser
 
     what = (argv if argv is not None else sys.argv[1:]) or ["man"]
     parser, _ = build_parser()

@@ -7,7 +7,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_PARTIAL, RefusedError
-from ..progress import Throttled
 from ._source_args import add_set_options, open_reader
 from .output import ProgressBar, human_bytes, print_json, stderr, stdout, warn
 
@@ -170,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _plain(args: argparse.Namespace, reader: ImageReader, throttle: Throttle | None) -> int:
     from ..ops.restore import restore
+    from ..progress import Throttled
 
     def confirm() -> bool:
         if args.yes:
@@ -202,6 +202,7 @@ def _plain(args: argparse.Namespace, reader: ImageReader, throttle: Throttle | N
 
 def _disk(args: argparse.Namespace, reader: ImageReader, throttle: Throttle | None) -> int:
     from ..ops.restore_disk import plan_disk_restore, run_disk_restore
+    from ..progress import Throttled
 
     plan = plan_disk_restore(reader, args.target, allow_smaller=args.allow_smaller, force=args.force,
                              new_ids=args.new_ids)
@@ -236,6 +237,7 @@ def _disk(args: argparse.Namespace, reader: ImageReader, throttle: Throttle | No
 
 def _partition(args: argparse.Namespace, reader: ImageReader, throttle: Throttle | None) -> int:
     from ..ops.restore_partition import restore_partition
+    from ..progress import Throttled
 
     def confirm(part: Partition) -> bool:
         if args.yes:

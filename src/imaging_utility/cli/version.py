@@ -1,11 +1,10 @@
-"""``--version``: the tool, the image format, the zstd library and Python, computed only when asked."""
+"""``--version``: the tool, the image format, the zstd library and Python, computed only when asked.
+
+Imported without argparse: ``main`` answers a lone ``--version`` before building the parser."""
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from .. import __version__
 from ..format import c_image
@@ -24,16 +23,3 @@ def version_lines() -> list[str]:
         f"zstd {zstd} (python-zstandard {zstandard.__version__})",
         f"Python {platform.python_version()} ({platform.python_implementation()}, {platform.machine()}, {build})",
     ]
-
-
-class VersionAction(argparse.Action):
-    """Like argparse's ``version`` action, but imports zstandard only when ``--version`` is given."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
-        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        sys.stdout.write("\n".join(version_lines()) + "\n")
-        parser.exit()
