@@ -8,6 +8,7 @@ job); otherwise ``scripts/build-release --no-sign`` builds one here.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -16,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,8 +30,10 @@ from fsbuild import hash_dir, make_ext, make_tree
 
 pytestmark = pytest.mark.release
 REPO = Path(__file__).resolve().parents[2]
+SFX_CACHE = tempfile.mkdtemp(prefix="iu-sfx-cache-")  # where the single file unpacks itself in these tests
+atexit.register(shutil.rmtree, SFX_CACHE, True)
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-             "LANG": "C.UTF-8"}
+             "LANG": "C.UTF-8", "IU_CACHE_DIR": SFX_CACHE}
 # fields of `info --json` that name the run, not the data (the tool's version and command line are in the
 # header, so its size differs too; the data frames are compared through `zstd -dc` and restore)
 RUN_FIELDS = ("image", "created", "finished", "tool", "hostname", "command_line", "source", "image_bytes", "ratio")
@@ -130,6 +134,29 @@ def test_standalone_runs_without_python(exe: Path) -> None:
     folder_exe = next(unpack.glob("*/imaging-utility"))
     assert subprocess.run([str(folder_exe), "--version"], capture_output=True, text=True, env=CLEAN_ENV,
                           check=True, timeout=120).stdout == out
+
+
+def test_single_file_unpacks_once_or_for_one_run(exe: Path, tmp_path: Path) -> None:
+    """The single file unpacks into its cache on the first run and starts from there after; with no place
+    to keep it, it unpacks for one run and the program removes that copy when it ends."""
+    need_root()
+    cache = tmp_path / "cache"
+    env = {**CLEAN_ENV, "IU_CACHE_DIR": str(cache)}
+    first = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env, check=True, timeout=120)
+    [unpacked] = cache.glob("*/*/imaging-utility")
+    stamp = unpacked.stat().st_mtime_ns
+    second = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env, check=True, timeout=120)
+    assert second.stdout == first.stdout and "standalone executable" in first.stdout
+    assert [p.name for p in cache.iterdir()] == [unpacked.parent.parent.name]
+    assert unpacked.stat().st_mtime_ns == stamp
+    tmp = tmp_path / "tmp"
+    squatted = tmp / "imaging-utility-0"  # the /tmp place taken by another user: never used
+    squatted.mkdir(parents=True, mode=0o777)
+    os.chown(squatted, 65534, 65534)
+    env = {k: v for k, v in CLEAN_ENV.items() if k not in ("HOME", "IU_CACHE_DIR")} | {"TMPDIR": str(tmp)}
+    once = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env, check=True, timeout=120)
+    assert once.stdout == first.stdout
+    assert list(tmp.iterdir()) == [squatted] and list(squatted.iterdir()) == []
 
 
 def test_standalone_gives_the_venv_results(exe: Path, volume: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
