@@ -199,6 +199,31 @@ def test_standalone_gives_the_venv_results(exe: Path, volume: tuple[Path, dict[s
     assert results["standalone"] == results["venv"]
 
 
+def test_standalone_s3(exe: Path, s3server, volume: tuple[Path, dict[str, str]], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """s3:// with the standalone build, whose botocore keeps only the models the tool needs; an
+    assume-role profile reaches STS (refused here: the test server has no STS, but the model loads)."""
+    vol, _ = volume
+    bucket = s3server.bucket("standalone")
+    env = {**CLEAN_ENV, **s3server.env}
+    url = f"s3://{bucket}/vol.img.zst"
+    for args in (("image", vol, url), ("verify", url), ("restore", url, tmp_path / "back.raw")):
+        proc = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, (args, proc.stderr)
+    assert _sha(tmp_path / "back.raw") == _sha(vol)
+    config = tmp_path / "aws-config"
+    config.write_text("[profile role]\nrole_arn = arn:aws:iam::123456789012:role/x\nsource_profile = base\n"
+                      "[profile base]\nregion = us-east-1\n")
+    creds = tmp_path / "aws-credentials"
+    creds.write_text(f"[base]\naws_access_key_id = {s3server.env['AWS_ACCESS_KEY_ID']}\n"
+                     f"aws_secret_access_key = {s3server.env['AWS_SECRET_ACCESS_KEY']}\n")
+    env = {**CLEAN_ENV, "AWS_CONFIG_FILE": str(config), "AWS_SHARED_CREDENTIALS_FILE": str(creds),
+           "AWS_ENDPOINT_URL": s3server.env["AWS_ENDPOINT_URL"]}
+    proc = subprocess.run([str(exe), "info", "--profile", "role", url], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "UnknownServiceError" not in proc.stderr and "DataNotFound" not in proc.stderr, proc.stderr
+
+
 def test_standalone_mount(exe: Path, volume: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     need_root()
     need_tools("fusermount3")
