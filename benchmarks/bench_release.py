@@ -44,18 +44,18 @@ def _startup_ms(argv: list[str], env: dict[str, str], runs: int = 20) -> tuple[f
     return statistics.median(walls), statistics.median(cpus)
 
 
-def _installed_env() -> dict[str, str]:
-    """This environment, with the package's byte-code compiled as an installed copy has it.
+def _compile_package() -> None:
+    """Compile the package's byte-code, as an installed copy has it.
 
     pip and apt install byte-code (.pyc) with the modules. A source checkout run under
     PYTHONDONTWRITEBYTECODE=1 (as on the project's VM) has none and compiles all ~30 modules of the CLI
-    on every start, about 40 ms that no installed copy pays: compile them first, as pip would."""
+    on every start, about 40 ms that no installed copy pays.  Every program then runs in the same clean
+    environment (``CLEAN_ENV``, which does not set PYTHONDONTWRITEBYTECODE)."""
     import compileall
 
     import imaging_utility
 
     compileall.compile_dir(Path(imaging_utility.__file__).parent, quiet=1)
-    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def _dir_bytes(path: Path) -> int:
@@ -82,7 +82,8 @@ def bench_release(src: Path, work: Path, reps: int, dist: Path | None = None) ->
         tar.extractall(folder_root, filter="tar")
     folder_exe = next(folder_root.glob("*/imaging-utility"))
     venv_script = Path(sys.executable).parent / "imaging-utility"
-    venv_env = _installed_env()
+    _compile_package()
+    venv_env = CLEAN_ENV
 
     print(f"\n## release build — {exe.name}\n")
     print("| artifact | size |\n|---|---:|")
@@ -122,20 +123,29 @@ def bench_release(src: Path, work: Path, reps: int, dist: Path | None = None) ->
     cmds = {"venv": ([str(venv_script)], venv_env), "single-file executable": ([str(exe)], sfx_env),
             "one-folder build": ([str(folder_exe)], CLEAN_ENV)}
     walls: dict[str, list[float]] = {name: [] for name in cmds}
+    cpus: dict[str, list[float]] = {name: [] for name in cmds}
     out = work / "release-bench.img.zst"
-    for _ in range(reps):
-        for name, (argv, env) in cmds.items():
+    names = list(cmds)
+    for rep in range(reps):
+        for name in names[rep % 3:] + names[: rep % 3]:  # each program first in turn
+            argv, env = cmds[name]
             subprocess.run(["sync"], check=True)
+            before = os.times()
             start = time.perf_counter()
             subprocess.run([*argv, "image", "--force", str(src), str(out)], stdout=subprocess.DEVNULL, env=env,
                            check=True)
             walls[name].append(time.perf_counter() - start)
+            after = os.times()
+            cpus[name].append(after.children_user - before.children_user + after.children_system
+                              - before.children_system)
     out.unlink(missing_ok=True)
     venv_wall = statistics.median(walls["venv"])
-    print("| program | MiB/s | × venv |\n|---|---:|---:|")
+    print("| program | MiB/s | × venv | CPU s (median) | every run, s |\n|---|---:|---:|---:|---|")
     for name, ws in walls.items():
         wall = statistics.median(ws)
-        print(f"| {name} | {src.stat().st_size / MiB / wall:.0f} | {venv_wall / wall:.3f} |")
+        runs = " ".join(f"{w:.2f}" for w in ws)
+        print(f"| {name} | {src.stat().st_size / MiB / wall:.0f} | {venv_wall / wall:.3f} | "
+              f"{statistics.median(cpus[name]):.1f} | {runs} |")
     shutil.rmtree(folder_root, ignore_errors=True)
     shutil.rmtree(work / "sfx-cache", ignore_errors=True)
 
