@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_root, need_tools
+from conftest import need_root
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "packaging"))
@@ -113,7 +113,6 @@ def test_first_runs_at_once_unpack_one_copy(sfx: Path, tmp_path: Path) -> None:
 
 def test_a_directory_of_another_user_or_noexec_is_never_used(sfx: Path, tmp_path: Path) -> None:
     need_root()
-    need_tools("setpriv")
     foreign = tmp_path / "foreign"
     foreign.mkdir(mode=0o777)
     os.chown(foreign, 65534, 65534)
