@@ -4,7 +4,9 @@ DESIGN §4: this thread reads chunk *i* into a reused buffer and hands it to the
 compression pool and to the single digest thread; finished frames are written
 strictly in chunk order.  Memory is bounded by ``(2 × threads + 4) × chunk_size``.
 All-zero chunks, and chunks the allocation map says are unused, become one
-precomputed frame with no compression work.  Where the main thread waits (source,
+precomputed frame with no compression work; they hold no buffer, so up to ``ZERO_AHEAD`` of them
+may wait behind a chunk being compressed while reading goes on (a run of free space then does not
+drain the compression pool).  Where the main thread waits (source,
 a compression result, the target, the rate limit) feeds the events' bottleneck.
 """
 
@@ -56,6 +58,8 @@ class Outcome:
     read_bytes: int
     event: ProgressEvent
     bad_ranges: list[tuple[int, int]]
+
+ZERO_AHEAD = 1024  # chunks without a buffer (zero frames) that may be pending beyond the buffers
 
 
 def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, writer: ImageWriter,
@@ -132,7 +136,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         ev.done = min(size, ev.done + length)
         ev.output_bytes = writer.bytes_written
         ev.read_bytes = read_bytes
-        ev.depth = len(pending)
+        ev.depth = n_buffers - len(free)
         if throttle is not None:
             ev.rate_limit = throttle.rate
         clock.fill(ev)
@@ -201,7 +205,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                         pending.append((pool.submit(compress, view),
                                         hasher.submit(feed, view, off),
                                         buf, length, bad_here))
-                while pending and (len(pending) > n_buffers or _done(pending[0][0])):
+                while pending and (len(pending) > n_buffers + ZERO_AHEAD or _done(pending[0][0])):
                     retire_one()
             while pending:
                 retire_one()
