@@ -23,11 +23,9 @@ from ..devices.source import block_device_size
 from ..devices.throttle import Throttle
 from ..errors import (
     ChunkCorruptError,
-    NoSpaceError,
     NotFoundError,
     PermissionDeniedError,
     RefusedError,
-    TargetIOError,
     UsageError,
     VerificationError,
 )
@@ -44,7 +42,7 @@ from ..progress import (
     no_progress,
 )
 from ..storage.destlock import DestLock, lock_holder
-from .restore_writer import FREE_SKIP, CorruptChunk, write_stored
+from .restore_writer import FREE_SKIP, CorruptChunk, write_error, write_stored
 
 
 @dataclass
@@ -77,19 +75,16 @@ def target_kind(target: str) -> str:
     raise UsageError(f"restore target {target} is neither a regular file nor a block device")
 
 
-def _write_error(e: OSError, target: str, offset: int) -> Exception:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return NoSpaceError(f"no space left on {target} at byte {offset}: {e.strerror}")
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDeniedError(f"cannot write {target}: {e.strerror}")
-    return TargetIOError(f"write error on {target} at byte {offset}: {e.strerror}")
-
-
-def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool, lock: DestLock) -> int:
+def open_target(target: str, kind: str, size: int, force: bool, confirmed: bool, lock: DestLock, *,
+                unconfirmed: str = "every byte of ", too_small: str = "the image needs {size}; choose a larger device",
+                ) -> int:
+    """Open (and lock) the restore target for writing: a device only if ``confirmed`` and at least ``size``
+    bytes, a file only with ``force`` when it exists (then emptied).  ``unconfirmed`` and ``too_small`` word
+    the refusals for what is being restored (``too_small`` may use ``{size}``)."""
     if kind == "file" and not force:
         raise RefusedError(f"{target} already exists; use --force to overwrite it")
     if kind == "device" and not confirmed:
-        raise RefusedError(f"not confirmed: restoring would overwrite every byte of {target}")
+        raise RefusedError(f"not confirmed: restoring would overwrite {unconfirmed}{target}")
     try:
         if kind == "device":
             fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
@@ -101,7 +96,7 @@ def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool
                 raise
             if dev_size < size:
                 os.close(fd)
-                raise RefusedError(f"{target} holds {dev_size} bytes, the image needs {size}; choose a larger device")
+                raise RefusedError(f"{target} holds {dev_size} bytes, {too_small.format(size=size)}")
             return fd
         # not O_TRUNC: another restore may be writing this file; lock it first, then empty it
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -119,7 +114,7 @@ def _open_target(target: str, kind: str, size: int, force: bool, confirmed: bool
                                "unmount it or stop that process first") from None
         if e.errno == errno.ENOENT:
             raise NotFoundError(f"cannot create {target}: directory does not exist") from None
-        raise _write_error(e, target, 0) from None
+        raise write_error(e, target, 0) from None
 
 
 def _device_holder(target: str) -> str | None:
@@ -145,7 +140,7 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
     kind = target_kind(target)
     confirmed = kind == "device" and confirm is not None and confirm()
     with DestLock("restore target") as lock:
-        fd = _open_target(target, kind, reader.size, force, confirmed, lock)
+        fd = open_target(target, kind, reader.size, force, confirmed, lock)
         if kind == "device":
             return _restore_device(reader, fd, target, threads, verify, progress, continue_on_error, free,
                                    throttle, started, control)
@@ -202,7 +197,7 @@ def _restore_file(reader: ImageReader, target: str, fd: int, threads: int, verif
                     try:
                         pwrite_all(fd, data, offset)
                     except OSError as e:
-                        raise _write_error(e, target, offset) from None
+                        raise write_error(e, target, offset) from None
                     clock.add(TARGET, clock.now() - t0)
                     written += n
                 ev.done += n
@@ -229,7 +224,7 @@ def _restore_file(reader: ImageReader, target: str, fd: int, threads: int, verif
         try:  # trailing zero chunks were holes: give the file its full size
             os.ftruncate(fd, reader.size)
         except OSError as e:
-            raise _write_error(e, target, reader.size) from None
+            raise write_error(e, target, reader.size) from None
         # a file is left to the page cache, like cp; a device is fsynced (_restore_device)
     finally:
         os.close(fd)
@@ -255,7 +250,7 @@ def _restore_device(reader: ImageReader, fd: int, target: str, threads: int, ver
         try:  # a device must be durable before we say so
             os.fsync(fd)
         except OSError as e:
-            raise _write_error(e, target, reader.size) from None
+            raise write_error(e, target, reader.size) from None
     finally:
         os.close(fd)
     holes = sum(1 for i in range(reader.chunk_count) if reader.zero_chunk_checked(i))

@@ -8,20 +8,17 @@ partition's digest read back from the target.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..devices.source import block_device_size
 from ..devices.throttle import Throttle
-from ..errors import NotFoundError, RefusedError
 from ..image.reader import ImageReader
 from ..partitions import Partition, read_partitions
 from ..progress import ProgressCallback, no_progress
 from ..storage.destlock import DestLock
-from .restore import target_kind
+from .restore import open_target, target_kind
 from .restore_check import PartitionCheck, verify_written
 from .restore_writer import FREE_SKIP, CorruptChunk, WriteReport, ensure_size, write_error, write_stored
 from .target import check_device_target
@@ -40,45 +37,7 @@ class PartitionRestoreResult:
     checks: list[PartitionCheck] = field(default_factory=list)
 
 
-def _open(target: str, kind: str, length: int, force: bool, confirmed: bool, lock: DestLock) -> int:
-    if kind == "device":
-        if not confirmed:
-            raise RefusedError(f"not confirmed: restoring would overwrite {target}")
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
-        except OSError as e:
-            if e.errno == errno.EBUSY:
-                raise RefusedError(f"{target} is busy (mounted or in use); unmount it first") from None
-            raise write_error(e, target, 0) from None
-        try:
-            lock.add_fd(fd, target)
-            size = block_device_size(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        if size < length:
-            os.close(fd)
-            raise RefusedError(f"{target} holds {size} bytes, smaller than the partition ({length} bytes); "
-                               "choose a partition at least as large")
-        return fd
-    if kind == "file" and not force:
-        raise RefusedError(f"{target} already exists; use --force to overwrite it")
-    try:  # not O_TRUNC: another restore may be writing this file; lock it first, then empty it
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise NotFoundError(f"cannot create {target}: directory does not exist") from None
-        raise write_error(e, target, 0) from None
-    try:
-        lock.add_fd(fd, target)
-        os.ftruncate(fd, 0)
-    except OSError as e:
-        os.close(fd)
-        raise write_error(e, target, 0) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+_TOO_SMALL = "smaller than the partition ({size} bytes); choose a partition at least as large"
 
 
 def restore_partition(reader: ImageReader, number: int, target: str, *, force: bool = False,
@@ -94,7 +53,8 @@ def restore_partition(reader: ImageReader, number: int, target: str, *, force: b
     if device:
         check_device_target(target)
     with DestLock("restore target") as lock:
-        fd = _open(target, kind, part.length, force, device and confirm is not None and confirm(part), lock)
+        fd = open_target(target, kind, part.length, force, device and confirm is not None and confirm(part), lock,
+                         unconfirmed="", too_small=_TOO_SMALL)
         report = _write(reader, fd, target, part, device, free, continue_on_error, threads, throttle, progress)
     result = PartitionRestoreResult(target, part, device, report.bytes_written, report.bytes_zeroed,
                                     report.bytes_free, time.monotonic() - started, report.corrupt)

@@ -32,7 +32,8 @@ from ..image.digests import SUPPORTED, Digests
 from ..image.layout import union
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from ..storage.destlock import DestLock
-from .restore import RestoreResult, _open_target, _write_error, target_kind
+from .restore import RestoreResult, open_target, target_kind
+from .restore_writer import write_error
 
 MAX_METADATA = 1 << 30  # a header with a huge allocation map stays far below this
 _FHD_DID = (0, 1, 2, 4)
@@ -107,7 +108,7 @@ def restore_stream(stream: BinaryIO, target: str, *, force: bool = False, confir
     kind = target_kind(target)
     confirmed = kind == "device" and confirm is not None and confirm()
     with DestLock("restore target") as lock:
-        fd = _open_target(target, kind, header.source_size, force, confirmed, lock)
+        fd = open_target(target, kind, header.source_size, force, confirmed, lock)
         try:
             return _restore(s, header, allocation, fd, target, kind == "device", threads, verify, progress, started)
         finally:
@@ -140,7 +141,7 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
             try:
                 pwrite_all(fd, data, index * cs)
             except OSError as e:
-                raise _write_error(e, target, index * cs) from None
+                raise write_error(e, target, index * cs) from None
             written += n
         else:
             holes += 1
@@ -197,12 +198,12 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
         try:
             os.ftruncate(fd, size)
         except OSError as e:
-            raise _write_error(e, target, size) from None
+            raise write_error(e, target, size) from None
     else:
         try:
             os.fsync(fd)
         except OSError as e:
-            raise _write_error(e, target, size) from None
+            raise write_error(e, target, size) from None
     result = RestoreResult(target, device, size, written, holes, time.monotonic() - started, bad_ranges=sorted(bad))
     if verify:
         assert trailer is not None
