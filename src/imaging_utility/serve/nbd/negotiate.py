@@ -8,6 +8,7 @@ Spec: NetworkBlockDevice/nbd ``doc/proto.md`` ("Handshake", "Option types"); dig
 from __future__ import annotations
 
 import struct
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from . import c_nbd as c
@@ -24,18 +25,18 @@ class Disconnect(Exception):
     """End this connection (EOF, protocol violation, or a reply that cannot be completed)."""
 
 
-class Negotiation:
+class Negotiation(ABC):
     """The handshake half of a connection; the connection supplies ``send``/``recv`` and the state below."""
 
     server: NbdServer
     structured: bool
     meta_export: str | None
 
-    def send(self, *parts: bytes | bytearray | memoryview) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def send(self, *parts: bytes | bytearray | memoryview) -> None: ...
 
-    def recv(self, n: int) -> bytes:
-        raise NotImplementedError
+    @abstractmethod
+    def recv(self, n: int) -> bytes: ...
 
     def handshake(self) -> str | None:
         """Negotiate; return the export to serve, or None when the client aborted."""
