@@ -22,7 +22,6 @@ The next read of that chunk decodes it in full.
 from __future__ import annotations
 
 import threading
-import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +30,7 @@ from ..blocks import check_range
 from ..errors import ChunkCorruptError, CorruptImageError
 from ..extents import Extent, ExtentKind, coalesce
 from ..format.codec import Codec, frame_checksum, zero_checksum, zero_frame, zero_frame_length
+from ..format.crc import crc32
 from ..storage import open_reader, resolve
 from .layout import load_layout
 
@@ -145,7 +145,7 @@ class ImageReader:
         if frame is None:
             frame = self.read_frame(index)
         partial = need is not None and need < n
-        if (partial or check_frame) and zlib.crc32(frame) != self.frame_crcs[index]:
+        if (partial or check_frame) and crc32(frame) != self.frame_crcs[index]:
             raise ChunkCorruptError(f"{self.where(index)}: its frame's bytes fail their CRC-32 check", index, offset)
         if frame_checksum(frame) != self.chunk_sums[index]:
             raise ChunkCorruptError(

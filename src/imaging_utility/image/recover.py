@@ -11,7 +11,6 @@ the store keeps what it already holds (``storage.base.Partial.replay``).
 
 from __future__ import annotations
 
-import zlib
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from ..errors import ChunkCorruptError, CorruptImageError, ResumeMismatchError
 from ..extents import AllocationMap
 from ..format import c_image as c
 from ..format.codec import Codec
+from ..format.crc import crc32
 from ..format.index import SeekTable, walk_frames
 from ..format.metaframe import Event, Header
 from ..storage import BlobReader, Partial
@@ -110,7 +110,7 @@ def _recover(
 
     def decode(off: int, length: int, expected: int, index: int) -> tuple[bytes, int]:
         frame = reader.read_at(off, length)
-        return codec.decompress(frame, expected, index, index * chunk_size), zlib.crc32(frame)
+        return codec.decompress(frame, expected, index, index * chunk_size), crc32(frame)
 
     crcs: array[int] = array("I")
     pending: deque[tuple[Future[tuple[bytes, int]], int, int, int]] = deque()

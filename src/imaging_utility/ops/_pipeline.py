@@ -15,16 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..blocks import BlockSource
+from ..devices.source import buffer_address
 from ..errors import Interrupted
 from ..extents import ExtentKind
 from ..format.codec import Codec
+from ..format.crc import crc32
 from ..format.metaframe import Event, Trailer
 from ..image.digests import Digests
 from ..image.writer import ImageWriter
@@ -60,6 +61,16 @@ class Outcome:
     bad_ranges: list[tuple[int, int]]
 
 ZERO_AHEAD = 1024  # chunks without a buffer (zero frames) that may be pending beyond the buffers
+ALIGN = 4096  # buffers start on a page: an O_DIRECT source reads into them with no bounce copy
+Buffer = tuple[bytearray, int]  # a chunk buffer: its bytes begin at this offset of the bytearray
+
+
+def _aligned_buffers(count: int, chunk_size: int) -> deque[Buffer]:
+    buffers: deque[Buffer] = deque()
+    for _ in range(count):
+        raw = bytearray(chunk_size + ALIGN)
+        buffers.append((raw, -buffer_address(memoryview(raw)) % ALIGN))
+    return buffers
 
 
 def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, writer: ImageWriter,
@@ -72,7 +83,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
     zero_bytes = bytes(cs)
     zeros = memoryview(zero_bytes)
     n_buffers = int(os.environ.get("IU_NBUF", 2 * opts.threads + 4))
-    free: deque[bytearray] = deque(bytearray(cs) for _ in range(n_buffers))
+    free = _aligned_buffers(n_buffers, cs)
     read_chunk = opts.chunk_reader or _plain_reader(source)
     done0 = min(size, first_chunk * cs)
     ev = ProgressEvent("image", done0, size, writer.bytes_written, started=started, chunk_size=cs,
@@ -94,7 +105,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         frame = codec.zero_frame(length)
         crc = zero_crcs.get(length)
         if crc is None:
-            crc = zero_crcs[length] = zlib.crc32(frame)
+            crc = zero_crcs[length] = crc32(frame)
         return frame, crc
 
     observer = opts.observer
@@ -107,10 +118,10 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
     def compress(view: memoryview) -> Compressed:
         t0 = time.perf_counter()
         frame = codec.compress(view)
-        crc = zlib.crc32(frame)
+        crc = crc32(frame)
         return frame, crc, time.perf_counter() - t0
     # Each pending entry: ((frame, crc) or its future, digest future, buffer or None, length, bad ranges)
-    pending: deque[tuple[Future[Compressed] | Framed, Future[None], bytearray | None, int, list[tuple[int, int]]]]
+    pending: deque[tuple[Future[Compressed] | Framed, Future[None], Buffer | None, int, list[tuple[int, int]]]]
     pending = deque()
 
     def retire_one() -> None:
@@ -179,7 +190,8 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                     while not free:
                         retire_one()
                     buf = free.popleft()
-                    view = memoryview(buf)[:length]
+                    raw, start = buf
+                    view = memoryview(raw)[start : start + length]
                     want = sum(n for _, n in used)
                     if throttle is not None:
                         t0 = clock.now()
@@ -195,7 +207,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                     if bad_here:
                         bad.extend(bad_here)
                         note_bad(bad_here)
-                    if (buf == zero_bytes) if length == cs else (bytes(view) == zero_bytes[:length]):
+                    if raw.startswith(zero_bytes if length == cs else zero_bytes[:length], start):
                         zero_chunks += 1
                         ev.zero_bytes += want
                         pending.append((zero_framed(length),

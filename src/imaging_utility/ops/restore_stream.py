@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +25,7 @@ from ..errors import CorruptImageError, VerificationError
 from ..extents import AllocationMap
 from ..format import c_image as c
 from ..format.codec import Codec, frame_checksum
+from ..format.crc import crc32
 from ..format.metaframe import Event, Header, Trailer
 from ..format.schema import check_digests_agree
 from ..image.digests import SUPPORTED, Digests
@@ -160,7 +160,7 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
                     raise CorruptImageError(f"the stream holds more than the {count} chunks its header says")
                 n = min(cs, size - index * cs)
                 frame = _zstd_frame(s, raw, n + (n >> 7) + (1 << 16), f"chunk {index}")
-                crcs.append(zlib.crc32(frame))
+                crcs.append(crc32(frame))
                 seen.append((len(frame), n, frame_checksum(frame)))
                 hole = frame == codec.zero_frame(n)
                 pending.append((index, None if hole else pool.submit(codec.decompress, frame, n, index, index * cs)))

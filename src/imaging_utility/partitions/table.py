@@ -24,8 +24,6 @@ import zlib
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from dissect.volume.disk.partition import translate_partition_type
-
 from ..blocks import BlockSource, WindowSource, read_at
 from ..errors import NotFoundError
 from .c_table import (
@@ -238,7 +236,7 @@ class _Mbr:
                               container, tuple(warnings), extended_number)
 
     def _add(self, number: int, offset: int, length: int, ptype: int, status: int) -> None:
-        part, inside = _place(self.source, number, offset, length, type=translate_partition_type(ptype),
+        part, inside = _place(self.source, number, offset, length, type=_type_name(ptype),
                               type_id=f"0x{ptype:02x}", bootable=status == MBR_STATUS_ACTIVE)
         (self.parts if inside else self.missing).append(part)
 
@@ -329,7 +327,7 @@ def _gpt_table(source: BlockSource, ss: int, h: _Header, other_ok: bool, warning
         type_uuid = UUID(bytes_le=type_guid)
         part, inside = _place(
             source, index + 1, first * ss, (last - first + 1) * ss,
-            type=translate_partition_type(type_uuid), type_id=str(type_uuid),
+            type=_type_name(type_uuid), type_id=str(type_uuid),
             name=name.decode("utf-16-le", "replace").split("\x00", 1)[0],
             uuid=str(UUID(bytes_le=part_guid)), attributes=attrs,
         )
@@ -350,3 +348,11 @@ def gpt_entry_array(source: BlockSource, table: PartitionTable) -> bytes:
         raise ValueError("not a GPT table")
     g = table.gpt
     return read_at(source, g.entry_lba * table.sector_size, g.entry_count * g.entry_size)
+
+
+def _type_name(ptype: int | UUID) -> str:
+    """dissect's readable name of an MBR type id or GPT type GUID.  Imported on first use: the import
+    loads every partition scheme dissect knows (about 40 ms), which commands on a volume never need."""
+    from dissect.volume.disk.partition import translate_partition_type
+
+    return str(translate_partition_type(ptype))
