@@ -15,6 +15,14 @@ Two read modes:
   block device (4096 for regular files).  Callers that want the fast path
   allocate buffers with :func:`aligned_buffer`; any other buffer or an
   unaligned range is read through a per-thread aligned bounce buffer.
+
+A buffered block device may also read its large reads directly
+(:meth:`FileSource.read_large_direct`, which a capture turns on): reads of at
+least ``DIRECT_MIN`` bytes that are aligned go through a second, ``O_DIRECT``
+descriptor, everything else through the page cache.  A whole-disk capture then
+costs one copy less per byte and does not push the machine's working set out
+of the page cache, while the short reads of a fragmented filesystem keep the
+read-ahead that ``O_DIRECT`` would lose.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ FILE_DIRECT_ALIGN = 4096
 BOUNCE_MAX = 8 << 20
 #: Buffered reads at least this long trigger a WILLNEED hint for the following window.
 READAHEAD_MIN = 64 << 10
+#: With ``read_large_direct``: aligned reads at least this long bypass the page cache.
+DIRECT_MIN = 256 << 10
 
 
 def _ioctl_int(fd: int, request: int, fmt: str) -> int:
@@ -140,6 +150,8 @@ class FileSource:
         )
         self._local = threading.local()
         self._next_sequential = -1
+        self._direct_fd = -1  # read_large_direct's O_DIRECT descriptor (open until close())
+        self._direct_on = False
         if not direct:
             try:
                 os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -158,6 +170,31 @@ class FileSource:
         """A buffer that ``readinto_at`` fills without a bounce copy (see :func:`aligned_buffer`)."""
         return aligned_buffer(size)
 
+    def read_large_direct(self) -> bool:
+        """From now on read aligned ranges of ``DIRECT_MIN`` bytes or more with ``O_DIRECT`` (a buffered
+        block device only).  Only for a device nobody writes through the page cache (no read-write
+        mount): a direct read would miss data still waiting there.  False when it is not possible."""
+        if self.direct or not self.is_block_device:
+            return False
+        if self._direct_fd < 0:
+            try:
+                self._direct_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+            except OSError:
+                return False  # the device refuses O_DIRECT: every read stays buffered
+            if os.fstat(self._direct_fd).st_rdev != os.fstat(self.fd).st_rdev:
+                self._close_direct()  # the path now names another device: never read it
+                return False
+        self._direct_on = True
+        return True
+
+    def reads_direct(self, offset: int, length: int) -> bool:
+        """Whether a read of ``length`` bytes at ``offset`` (into an aligned buffer) bypasses the page cache."""
+        if self.direct:
+            return True
+        a = self.alignment
+        return (self._direct_on and length >= DIRECT_MIN and offset % a == 0
+                and (length % a == 0 or offset + length == self._size))
+
     def readinto_at(self, offset: int, buf: memoryview | bytearray | mmap.mmap) -> None:
         """Fill ``buf`` with the bytes at ``offset`` or raise ``SourceIOError`` naming the failed byte."""
         view = memoryview(buf).cast("B")
@@ -165,8 +202,18 @@ class FileSource:
         if not view:
             return
         if not self.direct:
+            if (self._direct_on and self.reads_direct(offset, len(view)) and not view.readonly
+                    and buffer_address(view) % self.alignment == 0):
+                try:
+                    self._pread_full(view, offset, len(view), offset, self._direct_fd)
+                    return
+                except _DirectRefused:
+                    # the device wants stricter alignment than it reports: read buffered from now on (the
+                    # descriptor stays open until close(): another thread may be reading through it)
+                    self._direct_on = False
             self._pread_full(view, offset, len(view), offset)
-            self._advise_next(offset, len(view))
+            if not self._direct_on:
+                self._advise_next(offset, len(view))
         elif self._aligned(offset, view):
             self._pread_full(view, offset, len(view), offset)
         else:
@@ -203,14 +250,17 @@ class FileSource:
             self._local.bounce = cur
         return cur
 
-    def _pread_full(self, view: memoryview, offset: int, need: int, report_from: int) -> None:
+    def _pread_full(self, view: memoryview, offset: int, need: int, report_from: int, fd: int = -1) -> None:
         """Read into ``view`` at ``offset`` until ``need`` bytes arrived; errors name the byte that
         failed, but never one before ``report_from`` (the caller's first byte)."""
+        fd = self.fd if fd < 0 else fd
         done = 0
         while done < need:
             try:
-                n = os.preadv(self.fd, [view[done:]], offset + done)
+                n = os.preadv(fd, [view[done:]], offset + done)
             except OSError as e:
+                if e.errno == errno.EINVAL and fd == self._direct_fd:
+                    raise _DirectRefused from None
                 raise self._read_error(max(offset + done, report_from), e) from None
             if n == 0:
                 at = max(offset + done, report_from)
@@ -269,7 +319,14 @@ class FileSource:
             return whole  # a filesystem without SEEK_DATA support: read everything
         return out
 
+    def _close_direct(self) -> None:
+        self._direct_on = False
+        if self._direct_fd >= 0:
+            os.close(self._direct_fd)
+            self._direct_fd = -1
+
     def close(self) -> None:
+        self._close_direct()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -279,6 +336,10 @@ class FileSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _DirectRefused(Exception):
+    """An O_DIRECT read of ``read_large_direct`` was refused (EINVAL): the device wants other alignment."""
 
 
 def _round_up(n: int, a: int) -> int:

@@ -41,7 +41,7 @@ from .manifest import (
     pending_entry,
     write_manifest,
 )
-from .reading import chunk_reader
+from .reading import chunk_reader, read_direct_when_safe
 
 
 @dataclass
@@ -181,7 +181,9 @@ def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupO
         on_warning(f"{name}: {message}")
     copts = dataclasses.replace(opts.capture, extra_meta={}, identity=identity, identity_check=identity_mismatch)
     apply_disk_plan(copts, plan)
-    copts.chunk_reader = chunk_reader(src, path, opts.rescue, opts.retries, throttle, copts.allocation)
+    read_direct_when_safe(src, path)
+    copts.chunk_reader = chunk_reader(src, path, opts.rescue, opts.retries, throttle, copts.allocation,
+                                      copts.chunk_size)
     manifest["disks"][index] = {**pending_entry(name, path, STATUS_RUNNING), "started": utc_now()}
     write_manifest(set_dir, manifest)
     result = capture(src, dest, copts, progress, control)

@@ -31,7 +31,7 @@ from ..storage.local import STDOUT
 from ..units import format_size
 from .capture import CaptureOptions, CaptureResult, Pacer, capture
 from .diskmap import apply_disk_plan, partition_table_of, plan_disk
-from .reading import chunk_reader
+from .reading import chunk_reader, read_direct_when_safe
 
 PROGRAM = "imaging-utility"
 USED_ONLY_MODES = (None, "yes", "auto")
@@ -145,7 +145,9 @@ def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, contr
         if req.used_only:
             _use_allocation_map(source, opts, req.used_only == "auto", req.rescue, warn)
         # the pipeline paces the reads (opts.throttle): the reader itself is not throttled
-        opts.chunk_reader = chunk_reader(source, req.source, req.rescue, req.retries, None, opts.allocation)
+        read_direct_when_safe(file_source, req.source)
+        opts.chunk_reader = chunk_reader(source, req.source, req.rescue, req.retries, None, opts.allocation,
+                                         opts.chunk_size)
         opts.throttle = _pacer(req)
         return capture(source, req.dest, opts, progress, control)
 
