@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
+import mmap
 import os
 import random
 from pathlib import Path
@@ -96,3 +98,26 @@ def run_cli(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
         except SystemExit as e:
             code = int(e.code or 0)
     return code, out.getvalue(), err.getvalue()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+
+
+def resident(dev: str, offset: int, length: int) -> int:
+    """Bytes of the file or device ``dev`` in [offset, offset + length) that are in its page cache (mincore)."""
+    fd = os.open(dev, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = (ctypes.c_ubyte * -(-length // mmap.PAGESIZE))()
+            assert _libc.mincore(addr, length, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(v & 1 for v in vec) * mmap.PAGESIZE
+        finally:
+            _libc.munmap(addr, length)
+    finally:
+        os.close(fd)

@@ -3,9 +3,7 @@ with mincore(2) on the real loop device's page cache; short or unaligned reads a
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +13,7 @@ import pytest
 from devhelpers import mkfs_ext4, mounted, random_file
 
 from conftest import cli
+from imagetools import resident
 from imaging_utility.devices import source as source_mod
 from imaging_utility.devices.source import DIRECT_MIN, FileSource, aligned_buffer
 from imaging_utility.image.reader import open_image
@@ -22,29 +21,6 @@ from imaging_utility.ops.reading import _pieces, read_direct_when_safe
 
 LoopDev = Callable[..., str]
 MiB = 1 << 20
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-
-
-def resident(dev: str, offset: int, length: int) -> int:
-    """Bytes of ``dev`` in [offset, offset + length) that are in its page cache (mincore)."""
-    fd = os.open(dev, os.O_RDONLY)
-    try:
-        addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
-        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-        try:
-            vec = (ctypes.c_ubyte * (length // mmap.PAGESIZE))()
-            assert _libc.mincore(addr, length, vec) == 0, os.strerror(ctypes.get_errno())
-            return sum(v & 1 for v in vec) * mmap.PAGESIZE
-        finally:
-            _libc.munmap(addr, length)
-    finally:
-        os.close(fd)
-
 
 @contextmanager
 def held_open(dev: str) -> Iterator[None]:

@@ -131,3 +131,46 @@ def test_threads_and_chunk_sizes_give_identical_images(tmp_path: Path) -> None:
     image_file(src, tmp_path / "a", chunk_size=CHUNK, threads=1)
     image_file(src, tmp_path / "b", chunk_size=CHUNK, threads=4)
     assert data_frames(tmp_path / "a") == data_frames(tmp_path / "b")
+
+
+def test_every_split_part_is_synced_and_leaves_the_page_cache(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each finished part is fsynced before the next starts (a power cut after the image finished must
+    not lose the tail of an earlier part), then dropped from the page cache."""
+    import os
+
+    from imaging_utility.storage import local
+
+    synced: list[str] = []
+    dropped: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def drop(fd: int) -> None:
+        dropped.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(local.os, "fsync", fsync)
+    monkeypatch.setattr(local, "drop_cached", drop)
+    src = tmp_path / "src"
+    src.write_bytes(mixed_bytes(2 << 20, 12))
+    image_file(src, tmp_path / "s.img", chunk_size=CHUNK, split_size=256 * 1024)
+    with open_image(str(tmp_path / "s.img")) as im:
+        parts = [str(Path(p).resolve()) for p in im.paths]
+    assert len(parts) > 2
+    assert set(parts) <= set(synced) and set(parts) <= set(dropped)
+
+
+def test_written_image_leaves_the_page_cache(tmp_path: Path) -> None:
+    """The image's pages are dropped once on the disk (checked with mincore on the real file)."""
+    import random as rnd
+
+    from imagetools import resident
+
+    src = tmp_path / "src"
+    src.write_bytes(rnd.Random(3).randbytes(12 << 20))  # incompressible: the image is as large
+    image_file(src, tmp_path / "r.img", chunk_size=CHUNK)
+    size = (tmp_path / "r.img").stat().st_size
+    assert size > 12 << 20 and resident(str(tmp_path / "r.img"), 0, size) <= 1 << 20

@@ -173,8 +173,9 @@ class _Flusher:
     """Background ``fdatasync`` of the part being written, requested every ``FLUSH_EVERY`` bytes.
 
     Keeps the durable prefix of an interrupted image close to what was written (power loss) and
-    leaves little for the final fsync, without stalling the writing thread.  The writer waits for
-    it to go idle before closing or switching the file descriptor.
+    leaves little for the final fsync, without stalling the writing thread.  What is on the disk then
+    leaves the page cache (``drop_cached``).  The writer waits for it to go idle before closing or
+    switching the file descriptor.
     """
 
     def __init__(self) -> None:
@@ -206,6 +207,7 @@ class _Flusher:
                 fd, self._pending, self._busy = self._fd, False, True
             try:
                 os.fdatasync(fd)
+                drop_cached(fd)
             except OSError as e:
                 self.error = e
             with self._cv:
@@ -214,6 +216,17 @@ class _Flusher:
 
 
 FLUSH_EVERY = 32 << 20
+
+
+def drop_cached(fd: int) -> None:
+    """Drop the file's pages that are on the disk from the page cache (``POSIX_FADV_DONTNEED``): an image
+    is written once and seldom read back at once, so its gigabytes would only push the machine's working
+    set out of memory, and a full page cache makes every page written cost a reclaim (measured: a third
+    of ``backup-disk``'s system time on a machine whose memory was full of cache).  Only a hint."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
 
 
 class PartWriter:
@@ -244,7 +257,7 @@ class PartWriter:
 
     def _open(self, index: int, truncate_to: int | None = None) -> None:
         if self.fd >= 0:
-            self._flusher.wait_idle()
+            self.sync()  # a finished part is on the disk before the next one starts, like the last one
             os.close(self.fd)
             self.fd = -1
         path = self._path(index)
@@ -313,6 +326,7 @@ class PartWriter:
                 os.fsync(self.fd)
             except OSError as e:
                 raise _os_error(e, self._path(self.part_index), "flushing it to disk") from None
+            drop_cached(self.fd)
 
     def finish(self) -> list[str]:
         self.sync()
