@@ -109,6 +109,8 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         return frame, crc
 
     observer = opts.observer
+    nothing: Future[None] = Future()
+    nothing.set_result(None)
 
     def feed(view: memoryview, offset: int) -> None:
         digests.update_chunk(view, offset, amap)
@@ -183,8 +185,9 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                     ev.unallocated_bytes += length - sum(n for _, n in used)
                 if not used:
                     zero_chunks += 1
+                    # unused space adds nothing to a used-only digest: no hand-off to the digest thread
                     pending.append((zero_framed(length),
-                                    hasher.submit(feed, zeros[:length], off),
+                                    hasher.submit(feed, zeros[:length], off) if amap is None else nothing,
                                     None, length, []))
                 else:
                     while not free:

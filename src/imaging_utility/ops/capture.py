@@ -59,7 +59,8 @@ ChunkReader = Callable[[int, memoryview], list[tuple[int, int]]]
 
 class ChunkObserver(Protocol):
     """Sees every chunk's bytes in order on the digest thread (and a resume's kept chunks first), e.g. to
-    compute per-partition digests; adds its result to the trailer's metadata."""
+    compute per-partition digests; adds its result to the trailer's metadata.  In a used-only capture the
+    chunks with no used byte are not shown: an observer digests allocated bytes, as the image's do."""
 
     def update(self, data: bytes | bytearray | memoryview, offset: int) -> None: ...
 
