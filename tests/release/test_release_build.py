@@ -125,6 +125,7 @@ def test_standalone_runs_without_python(exe: Path) -> None:
                          check=True).stdout
     assert re.match(r"imaging-utility \d+\.\d+\.\d+", out)
     assert "standalone executable" in out and "zstd 1." in out
+    assert "CRC-32 ISA-L " in out  # the bundle carries python-isal (else frame CRCs fall back to zlib's)
     # the .tar.gz holds the same program as a folder
     tarball = _one(exe.parent, "imaging-utility-*-linux-*.tar.gz")
     unpack = exe.parent.parent / "unpacked"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import isal
 import pytest
 import zstandard
 
@@ -71,6 +72,7 @@ def test_version_output() -> None:
         f"imaging-utility {version}",
         f"image format {c_image.FORMAT_VERSION_MAJOR}.{c_image.FORMAT_VERSION_MINOR} (seekable zstd)",
         f"zstd {zstd} (python-zstandard {zstandard.__version__})",
+        f"CRC-32 ISA-L {isal.ISAL_VERSION} (python-isal {isal.__version__})",
         f"Python {platform.python_version()} ({platform.python_implementation()}, {platform.machine()}, "
         f"{sys.executable})",
     ]

@@ -1,4 +1,4 @@
-"""``--version``: the tool, the image format, the zstd library and Python, computed only when asked.
+"""``--version``: the tool, the image format, the zstd and CRC libraries and Python, computed only when asked.
 
 Imported without argparse: ``main`` answers a lone ``--version`` before building the parser."""
 
@@ -15,11 +15,14 @@ def version_lines() -> list[str]:
 
     import zstandard
 
+    from ..format import crc
+
     zstd = ".".join(str(n) for n in zstandard.ZSTD_VERSION)
     build = "standalone executable" if getattr(sys, "frozen", False) else sys.executable
     return [
         f"imaging-utility {__version__}",
         f"image format {c_image.FORMAT_VERSION_MAJOR}.{c_image.FORMAT_VERSION_MINOR} (seekable zstd)",
         f"zstd {zstd} (python-zstandard {zstandard.__version__})",
+        f"CRC-32 {crc.describe()}",
         f"Python {platform.python_version()} ({platform.python_implementation()}, {platform.machine()}, {build})",
     ]
