@@ -251,3 +251,17 @@ def test_corrupt_chunk_exit_8_nothing_left(mixed_image: tuple[Path, Path], tmp_p
     out.mkdir()
     _one_line_error(cli("export", broken, out / "b.qcow2", check=None), 8, f"chunk {index}")
     _nothing_left(out, set())
+
+
+@pytest.mark.parametrize("fmt", ["vhdx", "qcow2", "raw"])
+def test_exported_disk_leaves_the_page_cache(fmt: str, mixed_image: tuple[Path, Path], tmp_path: Path) -> None:
+    """What the export wrote is dropped from the page cache once on the disk (mincore on the real file):
+    a virtual disk written once must not push the machine's working set out."""
+    from imagetools import resident
+
+    image, raw = mixed_image
+    out = tmp_path / f"m.{fmt}"
+    cli("export", "-f", fmt, image, out)
+    size = out.stat().st_size
+    assert size > 8 * MiB and resident(str(out), 0, size) <= MiB
+    qemu_compare(fmt, raw, out)

@@ -4,7 +4,9 @@ OS errors become the project's errors here, with the path and offset: no space (
 EFBIG) → ``NoSpaceError`` (exit 7), permission → ``PermissionDeniedError``, anything else →
 ``TargetIOError``.  The sink is sticky: after its first error every call raises that error again.
 Every 64 MiB written it starts the writeback of the new range (``sync_file_range``), so the final
-fsync does not wait for the whole file.  Not thread-safe: one writer thread uses it.
+fsync does not wait for the whole file, and drops the range before it, by then on the disk, from the page
+cache (as ``storage.local`` does for images: a virtual disk of many gigabytes written once would push the
+machine's working set out of memory).  Not thread-safe: one writer thread uses it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Sink:
         self._error: Error | None = None
         self._kicked = 0  # ``written`` at the last write-behind
         self._behind = 0  # file offset up to which writeback was started
+        self._dropped = 0  # file offset up to which pages were dropped from the page cache
 
     def _fail(self, e: OSError, offset: int) -> Error:
         if e.errno in _NO_SPACE:
@@ -75,6 +78,9 @@ class Sink:
         not pile up to the kernel's throttling limits).  Writers append, so the range is the file's end."""
         self._kicked = self.written
         start, self._behind = self._behind, self.end
+        if start > self._dropped:  # the range whose writeback started last time: written out by now
+            _drop(self.fd, self._dropped, start - self._dropped)
+            self._dropped = start
         if _sync_file_range is not None and self.end > start:
             _sync_file_range(self.fd, start, self.end - start, SYNC_FILE_RANGE_WRITE)
 
@@ -95,3 +101,12 @@ class Sink:
             os.fsync(self.fd)
         except OSError as e:
             raise self._fail(e, self.end) from None
+        _drop(self.fd, 0, 0)
+
+
+def _drop(fd: int, offset: int, length: int) -> None:
+    """``POSIX_FADV_DONTNEED``: clean pages leave the page cache (pages still being written stay).  A hint."""
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
