@@ -135,3 +135,22 @@ def test_captures_of_a_device_read_it_past_the_page_cache(command: str, random_l
     image = dest / "d.img.zst" if command == "image" else next(dest.glob("*.img.zst"))
     with open_image(str(image)) as reader:
         assert reader.read(0, len(data)) == data
+
+
+@pytest.mark.parametrize("command", ["image", "backup-disk"])
+def test_buffered_keeps_every_read_in_the_page_cache(command: str, random_loop: tuple[str, bytes],
+                                                     tmp_path: Path) -> None:
+    """``--buffered`` (a device slow or wrong with O_DIRECT) reads everything through the page cache;
+    ``--direct`` with it is a usage error."""
+    dev, data = random_loop
+    dest = tmp_path / "out"
+    dest.mkdir()
+    target = [str(dest / "d.img.zst")] if command == "image" else [str(dest / "set")]
+    with held_open(dev):
+        cli(command, "--buffered", dev, *target)
+        assert resident(dev, 0, len(data)) >= len(data) * 3 // 4
+    image = dest / "d.img.zst" if command == "image" else next((dest / "set").glob("*.img.zst"))
+    with open_image(str(image)) as reader:
+        assert reader.read(0, len(data)) == data
+    both = cli(command, "--direct", "--buffered", dev, str(dest / "other"), check=2)
+    assert "not allowed with argument" in both.stderr

@@ -49,7 +49,11 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     g.add_argument("--force", action="store_true", help="replace an existing set in DIR")
     g.add_argument("--resume", action="store_true",
                    help="continue the set in DIR: finished disks are kept, the one in progress continues")
-    p.add_argument("--direct", action="store_true", help="read with O_DIRECT (bypass the page cache)")
+    reads = p.add_mutually_exclusive_group()
+    reads.add_argument("--direct", action="store_true",
+                       help="every read with O_DIRECT (by default only whole-chunk reads bypass the page cache)")
+    reads.add_argument("--buffered", action="store_true",
+                       help="every read through the page cache (for a device that is slow or wrong with O_DIRECT)")
     p.add_argument("--rescue", action="store_true",
                    help="keep going past unreadable sectors (zero-filled, recorded, exit 3)")
     p.add_argument("--retries", type=int, default=1, metavar="N", help="with --rescue: extra attempts per sector")
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             chunk_size=parse_size(args.chunk_size, "--chunk-size"), level=args.level, threads=args.threads,
             split_size=parse_size(args.split_size, "--split-size") if args.split_size else None,
             digests=parse_hash_names(args.hash), force=args.force, resume=args.resume),
-        rescue=args.rescue, retries=args.retries, direct=args.direct,
+        rescue=args.rescue, retries=args.retries, direct=args.direct, buffered=args.buffered,
         max_throughput=parse_rate(args.max_throughput) if args.max_throughput else None,
         allow_mounted=args.allow_mounted)
     with ProgressBar() as bar:

@@ -73,8 +73,12 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--offset", default="0", metavar="BYTES",
                    help="image only the window of SOURCE starting here (e.g. a partition inside a disk)")
     p.add_argument("--length", metavar="BYTES", help="length of that window (default: to the end of SOURCE)")
-    p.add_argument("--direct", action="store_true",
-                   help="read with O_DIRECT (bypass the page cache; for devices whose data would only pollute it)")
+    reads = p.add_mutually_exclusive_group()
+    reads.add_argument("--direct", action="store_true",
+                       help="every read with O_DIRECT (by default only the whole-chunk reads of a block device "
+                       "nothing has mounted read-write bypass the page cache)")
+    reads.add_argument("--buffered", action="store_true",
+                       help="every read through the page cache (for a device that is slow or wrong with O_DIRECT)")
     p.add_argument("--rescue", action="store_true",
                    help="keep going past unreadable sectors like GNU ddrescue: split failed reads down to the "
                    "sector, retry, zero-fill what stays unreadable and record it in the image (exit 3)")
@@ -170,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         offset=parse_size(args.offset, "--offset"),
         length=parse_size(args.length, "--length") if args.length else None,
         direct=args.direct,
+        buffered=args.buffered,
         rescue=args.rescue,
         retries=args.retries,
         max_throughput=parse_rate(args.max_throughput) if args.max_throughput else None,

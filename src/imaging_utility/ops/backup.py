@@ -50,6 +50,7 @@ class BackupOptions:
     rescue: bool = False
     retries: int = 1
     direct: bool = False
+    buffered: bool = False  # not even whole chunks read with O_DIRECT
     max_throughput: int | None = None  # bytes/s over all disks
     allow_mounted: bool = False
 
@@ -181,7 +182,8 @@ def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupO
         on_warning(f"{name}: {message}")
     copts = dataclasses.replace(opts.capture, extra_meta={}, identity=identity, identity_check=identity_mismatch)
     apply_disk_plan(copts, plan)
-    read_direct_when_safe(src, path)
+    if not opts.buffered:
+        read_direct_when_safe(src, path)
     copts.chunk_reader = chunk_reader(src, path, opts.rescue, opts.retries, throttle, copts.allocation,
                                       copts.chunk_size)
     manifest["disks"][index] = {**pending_entry(name, path, STATUS_RUNNING), "started": utc_now()}

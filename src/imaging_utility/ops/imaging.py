@@ -58,6 +58,7 @@ class ImageRequest:
     offset: int = 0
     length: int | None = None
     direct: bool = False
+    buffered: bool = False  # not even whole chunks of a block device read with O_DIRECT
     rescue: bool = False
     retries: int = 1
     max_throughput: int | None = None
@@ -109,7 +110,7 @@ class ImageRequest:
         for flag, value, default, spell in pairs:
             if value != default and value is not None:
                 argv += [flag, spell(value)]
-        for flag, on in (("--direct", self.direct), ("--rescue", self.rescue),
+        for flag, on in (("--direct", self.direct), ("--buffered", self.buffered), ("--rescue", self.rescue),
                          ("--adaptive-rate-limit", self.adaptive_rate_limit),
                          ("--allow-mounted", self.allow_mounted)):
             if on:
@@ -145,7 +146,8 @@ def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, contr
         if req.used_only:
             _use_allocation_map(source, opts, req.used_only == "auto", req.rescue, warn)
         # the pipeline paces the reads (opts.throttle): the reader itself is not throttled
-        read_direct_when_safe(file_source, req.source)
+        if not req.buffered:
+            read_direct_when_safe(file_source, req.source)
         opts.chunk_reader = chunk_reader(source, req.source, req.rescue, req.retries, None, opts.allocation,
                                          opts.chunk_size)
         opts.throttle = _pacer(req)
