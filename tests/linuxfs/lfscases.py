@@ -28,11 +28,13 @@ CASES = [
     Case("xfs-v4", "xfs", 64, ("-m", "crc=0")),  # built by mkfs -p: this kernel has no v4 support
     Case("xfs-rmap-reflink-8ag", "xfs", 128, ("-m", "rmapbt=1,reflink=1", "-d", "agcount=8")),
     Case("xfs-1k-2ag-deep", "xfs", 64, ("-b", "size=1024", "-d", "agcount=2", "-m", "reflink=0"), small=1200),
+    Case("xfs-nrext64", "xfs", 64, ("-i", "nrext64=1")),  # large extent counters (xfsprogs 5.19+)
     Case("btrfs-default", "btrfs", 128),
     Case("btrfs-single", "btrfs", 128, ("-m", "single", "-d", "single")),
     Case("btrfs-mixed-dup", "btrfs", 160, ("-M", "-m", "dup", "-d", "dup")),  # data dup: min 229 MiB unmixed
     Case("btrfs-mixed", "btrfs", 64, ("-M",)),
     Case("btrfs-4k-nodes-deep", "btrfs", 128, ("-n", "4096", "-m", "single"), small=1500),
+    Case("btrfs-xxhash-64k-nodes", "btrfs", 128, ("--csum", "xxhash", "-n", "65536")),  # not crc32c
 ]
 BY_ID = {c.id: c for c in CASES}
 

@@ -101,9 +101,11 @@ def test_xfs_extract_everything(xfs_files: tuple[Path, dict[str, str]], tmp_path
     assert len(listing) == 700
 
 
-@pytest.mark.parametrize("case_id", ["xfs-1k-2ag-deep", "xfs-v4", "btrfs-default"])
+@pytest.mark.parametrize("case_id", ["xfs-1k-2ag-deep", "xfs-v4", "xfs-nrext64", "btrfs-default",
+                                     "btrfs-xxhash-64k-nodes"])
 def test_extract_aged_volumes(case_id: str, volume: Callable[[str], Volume], tree_dir: Path, tmp_path: Path) -> None:
-    """The deep case has 4 KiB directory blocks over 1 KiB filesystem blocks; v4 has no CRCs."""
+    """The deep case has 4 KiB directory blocks over 1 KiB filesystem blocks; v4 has no CRCs; nrext64 has
+    64-bit extent counters in its inodes; the xxhash case checksums its 64 KiB nodes with xxhash64."""
     vol = volume(case_id)
     assert extracted(tmp_path, vol.path, "/") == vol.expected
 
