@@ -202,7 +202,7 @@ class FileSource:
         if not view:
             return
         if not self.direct:
-            if (self._direct_on and self.reads_direct(offset, len(view)) and not view.readonly
+            if (self.reads_direct(offset, len(view)) and not view.readonly
                     and buffer_address(view) % self.alignment == 0):
                 try:
                     self._pread_full(view, offset, len(view), offset, self._direct_fd)

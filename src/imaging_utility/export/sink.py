@@ -16,7 +16,7 @@ import errno
 import os
 from collections.abc import Callable
 
-from .._io import pwrite_all
+from .._io import drop_cached, pwrite_all
 from ..errors import Error, NoSpaceError, PermissionDeniedError, TargetIOError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -79,7 +79,7 @@ class Sink:
         self._kicked = self.written
         start, self._behind = self._behind, self.end
         if start > self._dropped:  # the range whose writeback started last time: written out by now
-            _drop(self.fd, self._dropped, start - self._dropped)
+            drop_cached(self.fd, self._dropped, start - self._dropped)
             self._dropped = start
         if _sync_file_range is not None and self.end > start:
             _sync_file_range(self.fd, start, self.end - start, SYNC_FILE_RANGE_WRITE)
@@ -101,12 +101,5 @@ class Sink:
             os.fsync(self.fd)
         except OSError as e:
             raise self._fail(e, self.end) from None
-        _drop(self.fd, 0, 0)
+        drop_cached(self.fd)
 
-
-def _drop(fd: int, offset: int, length: int) -> None:
-    """``POSIX_FADV_DONTNEED``: clean pages leave the page cache (pages still being written stay).  A hint."""
-    try:
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-    except OSError:
-        pass

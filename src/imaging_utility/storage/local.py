@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .._io import PIECE
+from .._io import PIECE, drop_cached
 from ..errors import (
     CorruptImageError,
     Error,
@@ -216,17 +216,6 @@ class _Flusher:
 
 
 FLUSH_EVERY = 32 << 20
-
-
-def drop_cached(fd: int) -> None:
-    """Drop the file's pages that are on the disk from the page cache (``POSIX_FADV_DONTNEED``): an image
-    is written once and seldom read back at once, so its gigabytes would only push the machine's working
-    set out of memory, and a full page cache makes every page written cost a reclaim (measured: a third
-    of ``backup-disk``'s system time on a machine whose memory was full of cache).  Only a hint."""
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError:
-        pass
 
 
 class PartWriter:
