@@ -14,6 +14,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import sys
 import threading
 from pathlib import Path
@@ -385,8 +386,27 @@ def remove_outputs(dest: str) -> threading.Thread | None:
     def unlink_all() -> None:
         for p in doomed:
             with contextlib.suppress(OSError):
-                os.unlink(p)
+                _unlink_and_free(p)
 
     thread = threading.Thread(target=unlink_all, name="discard-old-image", daemon=True)
     thread.start()
     return thread
+
+
+def _unlink_and_free(path: str) -> None:
+    """Unlink ``path`` and free its blocks now.  The run's ``DestLock`` holds the old file open (its lock
+    must outlive the rename), so an unlink alone would free the blocks only when the run ends, on its
+    critical path; truncating through a descriptor of our own frees them here, in the background.  Only
+    a regular file (never a link's target: ``O_NOFOLLOW``) that no other name still reaches is truncated."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        os.unlink(path)
+        return
+    try:
+        os.unlink(path)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 0:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
