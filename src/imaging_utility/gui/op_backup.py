@@ -47,6 +47,7 @@ class BackupDiskOperation:
             Field("resume", "Resume a partial set", False),
             Field("force", "Replace an existing set", False),
             Field("direct", "O_DIRECT reads (bypass the page cache)", False),
+            Field("buffered", "Buffered reads only (no O_DIRECT, even for whole chunks)", False),
             Field("rescue", "Rescue: go on past unreadable sectors", False),
             Field("retries", "Rescue retries", "1"),
         ]
@@ -71,12 +72,14 @@ class BackupDiskOperation:
             "digests": parse_hash_names(text(values, "hash")), "force": force, "resume": resume,
         }
         rate = parse_rate(text(values, "max_throughput")) if text(values, "max_throughput") else None
-        rescue, direct = flag(values, "rescue"), flag(values, "direct")
+        rescue, direct, buffered = flag(values, "rescue"), flag(values, "direct"), flag(values, "buffered")
+        if direct and buffered:
+            raise UsageError("--direct and --buffered exclude each other")
         CaptureOptions(**kw).validate()
 
         def options() -> BackupOptions:
             return BackupOptions(capture=CaptureOptions(**kw), rescue=rescue, retries=retries, direct=direct,
-                                 max_throughput=rate, allow_mounted=sel.read_write)
+                                 buffered=buffered, max_throughput=rate, allow_mounted=sel.read_write)
 
         d = CaptureOptions()
         argv = [PROGRAM, "backup-disk"]
@@ -92,8 +95,8 @@ class BackupDiskOperation:
         for name, value, default, spell in pairs:
             if value != default and value is not None:
                 argv += [name, spell(value)]
-        for name, on in (("--direct", direct), ("--rescue", rescue), ("--allow-mounted", sel.read_write),
-                         ("--resume", resume), ("--force", force)):
+        for name, on in (("--direct", direct), ("--buffered", buffered), ("--rescue", rescue),
+                         ("--allow-mounted", sel.read_write), ("--resume", resume), ("--force", force)):
             if on:
                 argv.append(name)
         return [*argv, sel.path, set_dir], options, set_dir

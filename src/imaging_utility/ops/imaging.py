@@ -71,6 +71,8 @@ class ImageRequest:
             raise UsageError("image needs a SOURCE and a DEST")
         if self.force and self.resume:
             raise UsageError("--force and --resume exclude each other")
+        if self.direct and self.buffered:
+            raise UsageError("--direct and --buffered exclude each other")
         if self.used_only not in USED_ONLY_MODES:
             raise UsageError(f"--used-only must be one of yes, auto, not {self.used_only!r}")
         if self.retries < 0:
