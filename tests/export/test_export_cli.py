@@ -4,6 +4,7 @@ a full disk (exit 7, nothing left behind), interrupts, a split image, progress e
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -125,6 +126,24 @@ def test_existing_out(mixed_image: tuple[Path, Path], tmp_path: Path) -> None:
     qemu_compare("vmdk", raw, out)
     _one_line_error(cli("export", "--force", image, image, "-f", "raw", check=None), 9, "the image being exported")
     assert image.stat().st_size < raw.stat().st_size  # the image is untouched
+
+
+def test_partial_held_by_another_export(mixed_image: tuple[Path, Path], tmp_path: Path) -> None:
+    """A second export to the same OUT stops at once (exit 9) and leaves the first one's partial file alone."""
+    image, raw = mixed_image
+    out = tmp_path / "disk.qcow2"
+    partial = tmp_path / "disk.qcow2.partial"
+    partial.write_bytes(b"the first export's bytes")
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as the first export holds it
+        _one_line_error(cli("export", "--force", image, out, check=None), 9, "being written by another export")
+        assert partial.read_bytes() == b"the first export's bytes" and not out.exists()
+    finally:
+        os.close(fd)
+    cli("export", image, out)  # once it is released, the export goes ahead
+    qemu_compare("qcow2", raw, out)
+    assert not partial.exists()
 
 
 def test_full_disk_exit_7(mixed_image: tuple[Path, Path], tmp_path: Path) -> None:
