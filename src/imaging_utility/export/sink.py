@@ -11,31 +11,14 @@ machine's working set out of memory).  Not thread-safe: one writer thread uses i
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-from collections.abc import Callable
 
-from .._io import drop_cached, pwrite_all
+from .._io import drop_cached, pwrite_all, start_writeback
 from ..errors import Error, NoSpaceError, PermissionDeniedError, TargetIOError
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 WRITE_BEHIND = 64 << 20
-SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages in the range, do not wait
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """glibc's ``sync_file_range`` (Linux); ``None`` elsewhere: then the final fsync does all the work."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_sync_file_range = _load_sync_file_range()
 
 
 class Sink:
@@ -81,8 +64,7 @@ class Sink:
         if start > self._dropped:  # the range whose writeback started last time: written out by now
             drop_cached(self.fd, self._dropped, start - self._dropped)
             self._dropped = start
-        if _sync_file_range is not None and self.end > start:
-            _sync_file_range(self.fd, start, self.end - start, SYNC_FILE_RANGE_WRITE)
+        start_writeback(self.fd, start, self.end - start)
 
     def truncate(self, size: int) -> None:
         """Give the file exactly ``size`` bytes (a hole at the end reads as zeros)."""

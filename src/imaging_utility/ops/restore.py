@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .._io import pwrite_all
+from .._io import drop_cached, pwrite_all
 from ..devices.source import block_device_size
 from ..devices.throttle import Throttle
 from ..errors import (
@@ -251,6 +251,7 @@ def _restore_device(reader: ImageReader, fd: int, target: str, threads: int, ver
             os.fsync(fd)
         except OSError as e:
             raise write_error(e, target, reader.size) from None
+        drop_cached(fd)  # on the disk now: out of the page cache (restore_writer.WriteBehind)
     finally:
         os.close(fd)
     holes = sum(1 for i in range(reader.chunk_count) if reader.zero_chunk_checked(i))

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._io import drop_cached
 from ..devices.blockdev import update_kernel_partitions
 from ..devices.identity import source_identity
 from ..devices.source import FileSource, block_device_size
@@ -159,6 +160,7 @@ def run_disk_restore(plan: DiskRestorePlan, *, free: str = FREE_SKIP, verify: bo
             os.fsync(fd)
         except OSError as e:
             raise write_error(e, path, 0) from None
+        drop_cached(fd)
         update_kernel_partitions(fd, path, kernel_view(plan.table))
     finally:
         os.close(fd)

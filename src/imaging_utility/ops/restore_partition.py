@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .._io import drop_cached
 from ..devices.throttle import Throttle
 from ..image.reader import ImageReader
 from ..partitions import Partition, read_partitions
@@ -76,6 +77,7 @@ def _write(reader: ImageReader, fd: int, target: str, part: Partition, device: b
                 os.fsync(fd)
             except OSError as e:
                 raise write_error(e, target, 0) from None
+            drop_cached(fd, part.offset, part.length)
         else:
             ensure_size(fd, target, part.length)
     finally:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
-from .._io import pwrite_all
+from .._io import drop_cached, pwrite_all
 from ..errors import CorruptImageError, VerificationError
 from ..extents import AllocationMap
 from ..format import c_image as c
@@ -204,6 +204,7 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
             os.fsync(fd)
         except OSError as e:
             raise write_error(e, target, size) from None
+        drop_cached(fd)
     result = RestoreResult(target, device, size, written, holes, time.monotonic() - started, bad_ranges=sorted(bad))
     if verify:
         assert trailer is not None

@@ -6,7 +6,9 @@ makes it read back as zeros).  Stored all-zero chunks become ``BLKZEROOUT`` on a
 and holes in a file.  Chunks are decoded on a thread pool and written in order with ``pwrite``; each one
 is checked as it is decoded, and a corrupt one stops the restore (exit 8) or, with
 ``continue_on_error``, is zero-filled and reported.  The same writes in the same places every time, so a
-restore killed half-way and run again ends the same.
+restore killed half-way and run again ends the same.  On a device, what is written goes to the disk as
+the restore goes (``WriteBehind``) and then leaves the page cache: gigabytes restored once would otherwise
+push the machine's working set out of memory and leave everything to the final fsync.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .._io import pwrite_all
+from .._io import drop_cached, pwrite_all, start_writeback
 from ..devices.blockdev import discard, zero_out
 from ..devices.throttle import Throttle
 from ..errors import ChunkCorruptError, NoSpaceError, PermissionDeniedError, TargetIOError
@@ -35,6 +37,30 @@ from ..progress import (
 
 FREE_SKIP, FREE_DISCARD, FREE_ZERO = "skip", "discard", "zero"
 ZERO_BLOCK = bytes(1 << 20)
+WRITE_BEHIND = 64 << 20
+
+
+class WriteBehind:
+    """Every ``WRITE_BEHIND`` bytes written to a device: start the writeback of the span written since the
+    last time (``start_writeback``, no waiting) and drop the span before it, on the disk by then, from the
+    page cache.  Writes within one restore go forward, so a span is one range."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._lo = self._hi = self._pending = 0
+        self._started: tuple[int, int] | None = None  # the span whose writeback started last time
+
+    def wrote(self, offset: int, n: int) -> None:
+        if self._pending:
+            self._lo, self._hi = min(self._lo, offset), max(self._hi, offset + n)
+        else:
+            self._lo, self._hi = offset, offset + n
+        self._pending += n
+        if self._pending >= WRITE_BEHIND:
+            if self._started is not None:
+                drop_cached(self.fd, *self._started)
+            start_writeback(self.fd, self._lo, self._hi - self._lo)
+            self._started, self._pending = (self._lo, self._hi - self._lo), 0
 
 
 @dataclass
@@ -69,6 +95,7 @@ class TargetWriter:
         self.fd, self.name, self.device, self.throttle = fd, name, device, throttle
         self.clock = clock or StageClock()
         self._runs: dict[str, list[int]] = {}
+        self._behind = WriteBehind(fd) if device else None
 
     def write(self, data: memoryview, offset: int) -> None:
         clock = self.clock
@@ -81,6 +108,8 @@ class TargetWriter:
             pwrite_all(self.fd, data, offset)
         except OSError as e:
             raise write_error(e, self.name, offset) from None
+        if self._behind is not None:
+            self._behind.wrote(offset, len(data))
         clock.add(TARGET, clock.now() - t0)
 
     def span(self, kind: str, offset: int, length: int) -> None:
