@@ -4,11 +4,16 @@ written (not when the run ends), and nothing another name still reaches is touch
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from conftest import need_root
 from imagetools import run_cli
 
 MIB = 1 << 20
@@ -68,3 +73,38 @@ def test_force_leaves_other_names_and_link_targets_alone(tmp_path: Path) -> None
     assert run_cli("image", "--force", src, link)[0] == 0
     assert target.read_bytes() == old and not link.is_symlink()
     assert run_cli("verify", link)[0] == 0
+
+
+def _special(kind: str, path: Path, loopdev: Callable[..., str], tmp_path: Path) -> None:
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "char device":
+        os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 3))  # another /dev/null
+    elif kind == "link to a block device":
+        (tmp_path / "backing").write_bytes(bytes(1 << 20))
+        path.symlink_to(loopdev(tmp_path / "backing"))
+    elif kind == "link to a directory":
+        (tmp_path / "adir").mkdir()
+        path.symlink_to(tmp_path / "adir")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "char device", "link to a block device",
+                                  "link to a directory"])
+@pytest.mark.parametrize("mode", ["--force", "--resume", None])
+def test_dest_that_is_not_a_file_is_refused(kind: str, mode: str | None, tmp_path: Path,
+                                            loopdev: Callable[..., str]) -> None:
+    """A device node, a pipe or a directory at DEST (or a link to one) is never renamed away, resumed into
+    or written: ``image --force SRC /dev/sdb`` once moved the node out of /dev and filled RAM with a file."""
+    need_root()
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.write_bytes(os.urandom(MIB))
+    _special(kind, dest, loopdev, tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run_cli("image", *([mode] if mode else []), src, dest)
+    assert code == 9, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "dest" in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not dest.is_file()

@@ -26,6 +26,7 @@ from ..errors import (
     NoSpaceError,
     NotFoundError,
     PermissionDeniedError,
+    RefusedError,
     TargetIOError,
     UsageError,
 )
@@ -94,6 +95,36 @@ def existing_outputs(dest: str) -> list[str]:
         found.append(part_path(dest, i))
         i += 1
     return found
+
+
+def refuse_special(path: str) -> None:
+    """Refuse (``RefusedError``) an existing ``path`` that an image may not replace: anything but a regular
+    file, a symbolic link to one, or a dangling link (a link is replaced, never followed).  ``--force``
+    renames the old image away, which would take a device node or a udev link out of ``/dev`` (and write
+    the image into its RAM-backed filesystem); ``--resume`` would append to it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    what = path
+    if stat.S_ISLNK(mode):
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return  # dangling: the link is replaced
+        what = f"{path} (a link to {os.path.realpath(path)})"
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise RefusedError(f"{what} is a directory; give the image file's name, "
+                           f"e.g. {os.path.join(path, 'disk.img.zst')}")
+    if stat.S_ISBLK(mode):
+        raise RefusedError(f"{what} is a block device; image writes image files "
+                           "(to write a device, restore an image onto it)")
+    if stat.S_ISFIFO(mode):
+        raise RefusedError(f"{what} is a named pipe; to stream an image, write it to standard output: "
+                           "image SOURCE - > PIPE")
+    raise RefusedError(f"{what} exists and is not a regular file; image writes regular files")
 
 
 def _os_error(e: OSError, path: str, what: str) -> Error:
