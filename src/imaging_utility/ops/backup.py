@@ -11,6 +11,7 @@ Callable from Python (the GUI); nothing here prints.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import platform
 import re
@@ -24,7 +25,16 @@ from ..devices.identity import identity_mismatch, source_identity
 from ..devices.mounts import check_source_mounts
 from ..devices.source import FileSource
 from ..devices.throttle import Throttle
-from ..errors import CorruptImageError, NotFoundError, RefusedError, ResumeMismatchError, UsageError
+from ..errors import (
+    CorruptImageError,
+    NoSpaceError,
+    NotFoundError,
+    PermissionDeniedError,
+    RefusedError,
+    ResumeMismatchError,
+    TargetIOError,
+    UsageError,
+)
 from ..image.reader import open_image
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ._pipeline import utc_now
@@ -128,7 +138,7 @@ def backup_disks(disks: list[str], set_dir: str, opts: BackupOptions, *,
     if not disks:
         raise UsageError("name at least one disk to back up")
     names = _names(disks)
-    os.makedirs(set_dir, exist_ok=True)
+    _make_set_dir(set_dir)
     manifest = _start_manifest(set_dir, names, disks, opts)
     throttle = Throttle(opts.max_throughput) if opts.max_throughput else None
     done: list[DiskBackup] = []
@@ -151,6 +161,24 @@ def backup_disks(disks: list[str], set_dir: str, opts: BackupOptions, *,
         write_manifest(set_dir, manifest)
     return BackupResult(set_dir, os.path.join(set_dir, MANIFEST), done, time.monotonic() - started, total,
                         sum(d.entry.get("image_bytes", 0) for d in done))
+
+
+def _make_set_dir(set_dir: str) -> None:
+    """Create the set directory (and its parents); one clear error when that cannot be done."""
+    try:
+        os.makedirs(set_dir, exist_ok=True)
+    except FileExistsError:
+        raise RefusedError(f"{set_dir} exists and is not a directory; backup-disk writes a set directory "
+                           "(give a new or existing directory)") from None
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionDeniedError(f"cannot create the set directory {set_dir}: {e.strerror}") from None
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(f"no space to create the set directory {set_dir}: {e.strerror}") from None
+        if e.errno == errno.ENOTDIR:
+            raise RefusedError(f"cannot create the set directory {set_dir}: a part of its path is not a "
+                               "directory") from None
+        raise TargetIOError(f"cannot create the set directory {set_dir}: {e.strerror}") from None
 
 
 def _finished_image(dest: str, name: str, path: str, identity: dict[str, Any]) -> dict[str, Any] | None:
