@@ -5,10 +5,12 @@ onto files.  Extraction itself is ``extract.py`` (the walk and the writers) over
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
+import stat
 
 from ..blocks import BlockSource, WindowSource
-from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, UsageError
+from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, UnsupportedError, UsageError
 from ..filesystems import detect
 from ..filesystems.tree import FileTree, open_tree
 from ..format import c_image
@@ -27,6 +29,10 @@ def _open_source(path: str, disk: str | None = None) -> BlockSource:
 
     if disk is not None or os.path.isdir(path):
         return open_image_or_set(path, disk)  # one disk of a backup set (docs/backup-sets.md)
+    with contextlib.suppress(OSError):  # a FIFO or a character device: refused before an open that blocks
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode) or stat.S_ISDIR(mode)):
+            raise UnsupportedError(f"{path} is neither an image, a volume file nor a block device")
     try:
         with open(path, "rb") as f:
             head = f.read(4)

@@ -28,6 +28,7 @@ from ..errors import (
     PermissionDeniedError,
     RefusedError,
     TargetIOError,
+    UnsupportedError,
     UsageError,
 )
 from .destlock import DestLock
@@ -154,10 +155,19 @@ class PartReader:
         total = 0
         try:
             for p in paths:
-                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block the open
                 self.fds.append(fd)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a named pipe"
+                            if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+                    raise UnsupportedError(f"image {p} is {kind}; an image is read from a file "
+                                           "(a stream: restore - < PIPE)")
                 self.starts.append(total)
-                total += os.fstat(fd).st_size
+                total += st.st_size
+        except UnsupportedError:
+            self.close()
+            raise
         except PermissionError:
             self.close()
             raise PermissionDeniedError(f"permission denied reading image {p}") from None
