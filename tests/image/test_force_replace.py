@@ -108,3 +108,23 @@ def test_dest_that_is_not_a_file_is_refused(kind: str, mode: str | None, tmp_pat
     assert len(lines) == 1 and "Traceback" not in err and "dest" in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not dest.is_file()
+
+
+@pytest.mark.parametrize("how", ["same path", "hard link", "symlink"])
+def test_source_as_dest_is_refused(how: str, tmp_path: Path) -> None:
+    """``image --force X X`` once discarded the source under the running capture (an I/O error half-way,
+    or an image of a file that no longer exists); it is refused before anything changes."""
+    src = tmp_path / "disk.raw"
+    data = os.urandom(4 * MIB)
+    src.write_bytes(data)
+    dest = src
+    if how == "hard link":
+        dest = tmp_path / "hard"
+        os.link(src, dest)
+    elif how == "symlink":
+        dest = tmp_path / "link"
+        dest.symlink_to(src)
+    for mode in ("--force", "--resume"):
+        code, _, err = run_cli("image", mode, src, dest)
+        assert code == 9 and "is the source being imaged" in err and len(err.strip().splitlines()) == 1, err
+        assert src.read_bytes() == data

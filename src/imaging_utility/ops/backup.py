@@ -37,6 +37,7 @@ from ..errors import (
 )
 from ..image.reader import open_image
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
+from ..storage.local import refuse_source_as_dest
 from ._pipeline import utc_now
 from .capture import CaptureOptions, CaptureResult, capture
 from .diskmap import apply_disk_plan, plan_disk
@@ -216,6 +217,7 @@ def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupO
                                       copts.chunk_size)
     manifest["disks"][index] = {**pending_entry(name, path, STATUS_RUNNING), "started": utc_now()}
     write_manifest(set_dir, manifest)
+    refuse_source_as_dest(src.fd, dest)
     result = capture(src, dest, copts, progress, control)
     with open_image(dest) as reader:
         entry = entry_from_image(reader, name, path)

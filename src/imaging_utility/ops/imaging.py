@@ -27,7 +27,8 @@ from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT
 from ..progress import JobControl, ProgressCallback, no_progress
-from ..storage.local import STDOUT
+from ..storage import is_remote
+from ..storage.local import STDOUT, refuse_source_as_dest
 from ..units import format_size
 from .capture import CaptureOptions, CaptureResult, Pacer, capture
 from .diskmap import apply_disk_plan, partition_table_of, plan_disk
@@ -133,6 +134,8 @@ def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, contr
     """Image ``req.source`` into ``req.dest``; ``warn`` gets one line per thing the user should know."""
     opts = req.options()
     with FileSource(req.source, direct=req.direct) as file_source:
+        if not is_remote(req.dest) and req.dest != STDOUT:
+            refuse_source_as_dest(file_source.fd, req.dest)
         for message in check_source_mounts(req.source, req.allow_mounted):
             warn(message)
         source: BlockSource = file_source

@@ -128,6 +128,19 @@ def refuse_special(path: str) -> None:
     raise RefusedError(f"{what} exists and is not a regular file; image writes regular files")
 
 
+def refuse_source_as_dest(source_fd: int, dest: str) -> None:
+    """Refuse (``RefusedError``) a DEST, or a part of it, that is the file being imaged (through any link
+    or hard link): ``--force`` would discard the source under the running capture."""
+    src = os.fstat(source_fd)
+    for path in existing_outputs(dest):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (src.st_dev, src.st_ino):
+            raise RefusedError(f"{path} is the source being imaged; give the image another name")
+
+
 def _os_error(e: OSError, path: str, what: str) -> Error:
     if path == STDOUT:
         why = "the reader went away (broken pipe)" if e.errno == errno.EPIPE else e.strerror
