@@ -14,7 +14,7 @@ import os
 import stat
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -77,10 +77,11 @@ def target_kind(target: str) -> str:
 
 def open_target(target: str, kind: str, size: int, force: bool, confirmed: bool, lock: DestLock, *,
                 unconfirmed: str = "every byte of ", too_small: str = "the image needs {size}; choose a larger device",
-                ) -> int:
+                inputs: Sequence[str | int] = ()) -> int:
     """Open (and lock) the restore target for writing: a device only if ``confirmed`` and at least ``size``
-    bytes, a file only with ``force`` when it exists (then emptied).  ``unconfirmed`` and ``too_small`` word
-    the refusals for what is being restored (``too_small`` may use ``{size}``)."""
+    bytes, a file only with ``force`` when it exists (then emptied), never one of ``inputs`` (the image's
+    files, or the descriptor it streams from), by any name.  ``unconfirmed`` and ``too_small`` word the
+    refusals for what is being restored (``too_small`` may use ``{size}``)."""
     if kind == "file" and not force:
         raise RefusedError(f"{target} already exists; use --force to overwrite it")
     if kind == "device" and not confirmed:
@@ -101,6 +102,7 @@ def open_target(target: str, kind: str, size: int, force: bool, confirmed: bool,
         # not O_TRUNC: another restore may be writing this file; lock it first, then empty it
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
+            _refuse_input(fd, target, inputs)
             lock.add_fd(fd, target)
             os.ftruncate(fd, 0)
         except BaseException:
@@ -115,6 +117,18 @@ def open_target(target: str, kind: str, size: int, force: bool, confirmed: bool,
         if e.errno == errno.ENOENT:
             raise NotFoundError(f"cannot create {target}: directory does not exist") from None
         raise write_error(e, target, 0) from None
+
+
+def _refuse_input(fd: int, target: str, inputs: Sequence[str | int]) -> None:
+    """``RefusedError`` when the file open on ``fd`` is one of ``inputs`` (paths or descriptors)."""
+    mine = os.fstat(fd)
+    for what in inputs:
+        try:
+            st = os.fstat(what) if isinstance(what, int) else os.stat(what)
+        except (OSError, ValueError):
+            continue  # an object-store URL, a closed descriptor: not this file
+        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            raise RefusedError(f"{target} is the image being restored; restore it to another file or a device")
 
 
 def _device_holder(target: str) -> str | None:
@@ -140,7 +154,7 @@ def restore(reader: ImageReader, target: str, *, force: bool = False,
     kind = target_kind(target)
     confirmed = kind == "device" and confirm is not None and confirm()
     with DestLock("restore target") as lock:
-        fd = open_target(target, kind, reader.size, force, confirmed, lock)
+        fd = open_target(target, kind, reader.size, force, confirmed, lock, inputs=reader.paths)
         if kind == "device":
             return _restore_device(reader, fd, target, threads, verify, progress, continue_on_error, free,
                                    throttle, started, control)

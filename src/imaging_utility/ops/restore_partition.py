@@ -55,7 +55,7 @@ def restore_partition(reader: ImageReader, number: int, target: str, *, force: b
         check_device_target(target)
     with DestLock("restore target") as lock:
         fd = open_target(target, kind, part.length, force, device and confirm is not None and confirm(part), lock,
-                         unconfirmed="", too_small=_TOO_SMALL)
+                         unconfirmed="", too_small=_TOO_SMALL, inputs=reader.paths)
         report = _write(reader, fd, target, part, device, free, continue_on_error, threads, throttle, progress)
     result = PartitionRestoreResult(target, part, device, report.bytes_written, report.bytes_zeroed,
                                     report.bytes_free, time.monotonic() - started, report.corrupt)

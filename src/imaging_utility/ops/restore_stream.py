@@ -91,6 +91,14 @@ def _zstd_frame(s: _Stream, magic: bytes, limit: int, what: str) -> bytes:
     return bytes(out)
 
 
+def _fileno(stream: BinaryIO) -> tuple[int, ...]:
+    """The descriptor under ``stream`` (standard input redirected from a file may be the target)."""
+    try:
+        return (stream.fileno(),)
+    except (OSError, ValueError, AttributeError):
+        return ()
+
+
 def restore_stream(stream: BinaryIO, target: str, *, force: bool = False, confirm: Callable[[], bool] | None = None,
                    threads: int | None = None, verify: bool = False,
                    progress: ProgressCallback = no_progress) -> RestoreResult:
@@ -108,7 +116,7 @@ def restore_stream(stream: BinaryIO, target: str, *, force: bool = False, confir
     kind = target_kind(target)
     confirmed = kind == "device" and confirm is not None and confirm()
     with DestLock("restore target") as lock:
-        fd = open_target(target, kind, header.source_size, force, confirmed, lock)
+        fd = open_target(target, kind, header.source_size, force, confirmed, lock, inputs=_fileno(stream))
         try:
             return _restore(s, header, allocation, fd, target, kind == "device", threads, verify, progress, started)
         finally:
