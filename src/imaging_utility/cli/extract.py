@@ -80,14 +80,14 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..ops.files import ExtractOptions, extract, open_image_tree
+    from ..ops.files import ExtractOptions, extract, open_image_tree, source_files
 
     if len(args.paths) < 2:
         raise UsageError("give at least one PATH inside the image and a DEST directory")
     *paths, dest = args.paths
-    opts = ExtractOptions(streams=args.streams, owner=args.owner, xattrs=args.xattrs, overwrite=args.overwrite,
-                          users=dict(args.map_owner), groups=dict(args.map_group))
     tree, source = open_image_tree(args.image, **tree_source_args(args))
+    opts = ExtractOptions(streams=args.streams, owner=args.owner, xattrs=args.xattrs, overwrite=args.overwrite,
+                          keep_files=source_files(source), users=dict(args.map_owner), groups=dict(args.map_group))
     if args.partition is not None:
         warn_table(source)  # a truncated disk: which partitions are cut or missing
     try:

@@ -23,7 +23,7 @@ import os
 import stat
 import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import NoSpaceError
@@ -114,12 +114,39 @@ class Names:
         return self.folding
 
 
+_KEPT: set[tuple[int, int]] = set()  # (st_dev, st_ino) of files never replaced: see ``keeping``
+
+
+@contextlib.contextmanager
+def keeping(paths: Iterable[str]) -> Iterator[None]:
+    """While the block runs, ``--overwrite`` never unlinks these files, whatever their name in DEST: the
+    image being read (extracting into its own directory would otherwise replace it by a file of the same
+    name from inside it)."""
+    added = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue  # an object-store URL: nothing in DEST can be it
+        key = (st.st_dev, st.st_ino)
+        if key not in _KEPT:
+            _KEPT.add(key)
+            added.append(key)
+    try:
+        yield
+    finally:
+        _KEPT.difference_update(added)
+
+
 def _clear(dir_fd: int, name: str, overwrite: bool, what: str) -> None:
-    """An entry named ``name`` is in the way: unlink it when replacing was asked for (never a directory)."""
+    """An entry named ``name`` is in the way: unlink it when replacing was asked for (never a directory,
+    never a file ``keeping`` protects)."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError as e:
         raise dest_error(e, what) from None
+    if (st.st_dev, st.st_ino) in _KEPT:
+        raise DestFailure("the image being read has that name in the destination; not replaced")
     kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a symlink" if stat.S_ISLNK(st.st_mode) else "a file"
     if not overwrite or stat.S_ISDIR(st.st_mode):
         hint = "" if stat.S_ISDIR(st.st_mode) else " (add --overwrite to replace it)"

@@ -26,7 +26,7 @@ from ..errors import Error, NoSpaceError, TargetIOError
 from ..filesystems.tree import Entry, FileTree
 from ..progress import ProgressCallback, ProgressEvent, Throttled
 from . import destdir
-from .destdir import DestFailure, Notes, Restore, sanitize_name
+from .destdir import DestFailure, Notes, Restore, keeping, sanitize_name
 from .extract_batch import BatchWriter, DestDir, ExtractReport, FileJob, LinkJob, Origin
 
 __all__ = ["ExtractOptions", "ExtractReport", "extract"]
@@ -43,6 +43,7 @@ class ExtractOptions:
     owner: bool | None = None
     xattrs: bool | None = None
     overwrite: bool = False
+    keep_files: tuple[str, ...] = ()  # never replaced by --overwrite, by any name: the image's own files
     users: dict[int, int] = field(default_factory=dict)
     groups: dict[int, int] = field(default_factory=dict)
 
@@ -223,13 +224,14 @@ def extract(tree: FileTree, paths: list[str], dest: str, options: ExtractOptions
     root = DestDir(dest_fd, None, (), False, [])
     ex = _Extractor(tree, root, report, opts, restore, progress, total)
     try:
-        for top in tops:
-            if top.path == "/":
-                for child in tree.list("/"):
-                    ex.entry(child, root, frozenset({top.inode} if top.inode is not None else ()))
-            else:
-                ex.entry(top, root, frozenset())
-        ex.flush()
+        with keeping(opts.keep_files):
+            for top in tops:
+                if top.path == "/":
+                    for child in tree.list("/"):
+                        ex.entry(child, root, frozenset({top.inode} if top.inode is not None else ()))
+                else:
+                    ex.entry(top, root, frozenset())
+            ex.flush()
     finally:
         ex.close()
         os.close(dest_fd)

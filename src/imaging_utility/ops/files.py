@@ -19,7 +19,7 @@ from .destdir import sanitize_name
 from .extract import ExtractOptions, ExtractReport, extract
 
 __all__ = ["ExtractOptions", "ExtractReport", "corrupt_ranges", "damaged_files", "extract", "open_image_tree",
-           "sanitize_name", "volume_bad_ranges"]
+           "sanitize_name", "source_files", "volume_bad_ranges"]
 
 
 def _open_source(path: str, disk: str | None = None) -> BlockSource:
@@ -45,6 +45,22 @@ def _open_source(path: str, disk: str | None = None) -> BlockSource:
     if len(head) == 4 and int.from_bytes(head, "little") == c_image.HEADER_MAGIC:
         return open_image(path)
     return FileSource(path)
+
+
+def source_files(source: BlockSource) -> tuple[str, ...]:
+    """The files a source reads (an image's parts, a volume file or device), through windows."""
+    seen: object = source
+    for _ in range(8):
+        paths = getattr(seen, "paths", None)
+        if isinstance(paths, list):
+            return tuple(str(p) for p in paths)
+        path = getattr(seen, "path", None)
+        if isinstance(path, str):
+            return (path,)
+        seen = getattr(seen, "base", None)
+        if seen is None:
+            break
+    return ()
 
 
 def open_image_tree(path: str, *, partition: int | None = None, offset: int | None = None,
