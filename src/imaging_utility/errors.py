@@ -61,6 +61,11 @@ class SourceIOError(Error, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class SourceShrankError(SourceIOError):
+    """The source ended before its size (a file truncated, a device resized while being read): never an
+    unreadable sector to retry or zero-fill."""
+
+
 class TargetIOError(Error, OSError):
     exit_code = EXIT_IO
 

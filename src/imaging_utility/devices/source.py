@@ -43,6 +43,7 @@ from ..errors import (
     PermissionDeniedError,
     RefusedError,
     SourceIOError,
+    SourceShrankError,
     UnsupportedError,
 )
 from ..extents import Extent, ExtentKind
@@ -264,8 +265,10 @@ class FileSource:
                 raise self._read_error(max(offset + done, report_from), e) from None
             if n == 0:
                 at = max(offset + done, report_from)
-                raise SourceIOError(
-                    f"{self.path} ended at byte {at}, expected {self._size} bytes (did the source shrink?)",
+                now = "" if self.is_block_device else f" (now {os.fstat(fd).st_size} bytes)"
+                raise SourceShrankError(
+                    f"{self.path} ended at byte {at}{now}, expected {self._size} bytes: the source shrank "
+                    "while being read (a file being truncated or rewritten, a device resized?)",
                     offset=at,
                 )
             done += n
