@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..image.reader import open_image
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
-from ..storage.local import refuse_source_as_dest
+from ..storage.local import refuse_new_in_dev, refuse_source_as_dest
 from ._pipeline import utc_now
 from .capture import CaptureOptions, CaptureResult, capture
 from .diskmap import apply_disk_plan, plan_disk
@@ -166,6 +166,7 @@ def backup_disks(disks: list[str], set_dir: str, opts: BackupOptions, *,
 
 def _make_set_dir(set_dir: str) -> None:
     """Create the set directory (and its parents); one clear error when that cannot be done."""
+    refuse_new_in_dev(set_dir)
     try:
         os.makedirs(set_dir, exist_ok=True)
     except FileExistsError:

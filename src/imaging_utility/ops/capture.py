@@ -29,7 +29,7 @@ from ..image.writer import ImageWriter
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import discard, existing_outputs, is_remote, open_partial
 from ..storage.destlock import DestLock
-from ..storage.local import STDOUT, refuse_special
+from ..storage.local import STDOUT, refuse_new_in_dev, refuse_special
 from ._pipeline import run_chunks, utc_now
 
 
@@ -187,6 +187,8 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
             raise UsageError("an image written to standard output cannot be split or resumed")
         return ImageWriter.create(dest, None, header), Digests(opts.digests), 0, []
     existing = existing_outputs(dest)
+    if not is_remote(dest):
+        refuse_new_in_dev(dest)
     for path in [] if is_remote(dest) else existing:  # a device node, a directory: never replaced or resumed
         refuse_special(path)
     for path in [] if is_remote(dest) else existing:  # another run writing DEST stops here, before any change

@@ -38,6 +38,7 @@ from ..image.reader import ImageReader
 from ..partitions import read_partitions
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import is_remote
+from ..storage.local import refuse_new_in_dev
 from .manifest import choose_disk, is_set_dir, load_manifest, open_image_or_set
 
 # Export ids are uuid5 names in this namespace: the same image bytes exported again get the same id.
@@ -160,6 +161,7 @@ def _partial(out: str, force: bool, image_paths: list[str]) -> Iterator[tuple[in
             raise RefusedError(f"{out} is the image being exported; choose another output name")
         if not force:
             raise RefusedError(f"{out} already exists; use --force to overwrite it")
+    refuse_new_in_dev(out)
     partial = out + ".partial"
     try:
         fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)

@@ -190,7 +190,9 @@ def _sizes(tree: FileTree, paths: list[str], streams: bool) -> int:
 
 def _open_dest(dest: str) -> int:
     from ..errors import PermissionDeniedError
+    from ..storage.local import refuse_new_in_dev
 
+    refuse_new_in_dev(dest)
     try:
         os.makedirs(dest, exist_ok=True)
         return os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

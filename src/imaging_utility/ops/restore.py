@@ -42,6 +42,7 @@ from ..progress import (
     no_progress,
 )
 from ..storage.destlock import DestLock, lock_holder
+from ..storage.local import refuse_new_in_dev
 from .restore_writer import FREE_SKIP, CorruptChunk, write_error, write_stored
 
 
@@ -63,6 +64,7 @@ def target_kind(target: str) -> str:
     try:
         st = os.stat(target)
     except FileNotFoundError:
+        refuse_new_in_dev(target)
         return "new"
     except PermissionError:
         raise PermissionDeniedError(f"permission denied: {target}") from None

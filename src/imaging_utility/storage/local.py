@@ -128,6 +128,26 @@ def refuse_special(path: str) -> None:
     raise RefusedError(f"{what} exists and is not a regular file; image writes regular files")
 
 
+DEV = "/dev"
+
+
+def refuse_new_in_dev(path: str) -> None:
+    """``NotFoundError`` when ``path`` does not exist and would be created in ``/dev`` itself (not in a
+    filesystem mounted below it, such as ``/dev/shm``): a device node that is not there (a disk not
+    connected, a mistyped name) must not become a regular file in the memory-backed ``/dev`` that a
+    restore, an image or an export then fills and reports as done."""
+    if os.path.lexists(path):
+        return
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    try:
+        in_dev = os.path.commonpath([parent, DEV]) == DEV and os.stat(parent).st_dev == os.stat(DEV).st_dev
+    except (OSError, ValueError):
+        return
+    if in_dev:
+        raise NotFoundError(f"{path} does not exist: is the device connected? (it would be created as a "
+                            f"file in {DEV}, which lives in memory)")
+
+
 def refuse_source_as_dest(source_fd: int, dest: str) -> None:
     """Refuse (``RefusedError``) a DEST, or a part of it, that is the file being imaged (through any link
     or hard link): ``--force`` would discard the source under the running capture."""
