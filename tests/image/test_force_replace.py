@@ -128,3 +128,16 @@ def test_source_as_dest_is_refused(how: str, tmp_path: Path) -> None:
         code, _, err = run_cli("image", mode, src, dest)
         assert code == 9 and "is the source being imaged" in err and len(err.strip().splitlines()) == 1, err
         assert src.read_bytes() == data
+
+
+def test_file_behind_the_loop_device_being_imaged_is_refused(tmp_path: Path,
+                                                             loopdev: Callable[..., str]) -> None:
+    """``image --force /dev/loopN FILE`` where FILE is the loop device's backing file: refused (exit 9),
+    FILE untouched; --force would have discarded the source's own bytes."""
+    backing = tmp_path / "disk.raw"
+    data = os.urandom(4 * MIB)
+    backing.write_bytes(data)
+    dev = loopdev(backing, read_only=True)
+    code, _, err = run_cli("image", "--force", dev, backing)
+    assert code == 9 and "is the source being imaged" in err, err
+    assert backing.read_bytes() == data

@@ -218,7 +218,7 @@ def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupO
                                       copts.chunk_size)
     manifest["disks"][index] = {**pending_entry(name, path, STATUS_RUNNING), "started": utc_now()}
     write_manifest(set_dir, manifest)
-    refuse_source_as_dest(src.fd, dest)
+    refuse_source_as_dest(src.fd, dest, identity.get("backing_file"))
     result = capture(src, dest, copts, progress, control)
     with open_image(dest) as reader:
         entry = entry_from_image(reader, name, path)

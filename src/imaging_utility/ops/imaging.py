@@ -134,12 +134,12 @@ def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, contr
     """Image ``req.source`` into ``req.dest``; ``warn`` gets one line per thing the user should know."""
     opts = req.options()
     with FileSource(req.source, direct=req.direct) as file_source:
-        if not is_remote(req.dest) and req.dest != STDOUT:
-            refuse_source_as_dest(file_source.fd, req.dest)
         for message in check_source_mounts(req.source, req.allow_mounted):
             warn(message)
         source: BlockSource = file_source
         opts.identity = source_identity(req.source, file_source)
+        if not is_remote(req.dest) and req.dest != STDOUT:
+            refuse_source_as_dest(file_source.fd, req.dest, opts.identity.get("backing_file"))
         opts.identity_check = identity_mismatch
         if req.offset or req.length:
             length = req.length if req.length is not None else file_source.size - req.offset

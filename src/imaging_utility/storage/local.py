@@ -148,16 +148,22 @@ def refuse_new_in_dev(path: str) -> None:
                             f"file in {DEV}, which lives in memory)")
 
 
-def refuse_source_as_dest(source_fd: int, dest: str) -> None:
+def refuse_source_as_dest(source_fd: int, dest: str, backing_file: object = None) -> None:
     """Refuse (``RefusedError``) a DEST, or a part of it, that is the file being imaged (through any link
-    or hard link): ``--force`` would discard the source under the running capture."""
+    or hard link) or the file behind the loop device being imaged (``backing_file``): ``--force`` would
+    discard the source under the running capture."""
     src = os.fstat(source_fd)
+    sources = {(src.st_dev, src.st_ino)}
+    if isinstance(backing_file, str) and backing_file:
+        with contextlib.suppress(OSError):
+            st = os.stat(backing_file.removesuffix(" (deleted)"))
+            sources.add((st.st_dev, st.st_ino))
     for path in existing_outputs(dest):
         try:
             st = os.stat(path)
         except OSError:
             continue
-        if (st.st_dev, st.st_ino) == (src.st_dev, src.st_ino):
+        if (st.st_dev, st.st_ino) in sources:
             raise RefusedError(f"{path} is the source being imaged; give the image another name")
 
 
