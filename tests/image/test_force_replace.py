@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_root
+from conftest import cli, need_root, need_tools
 from imagetools import run_cli
 
 MIB = 1 << 20
@@ -141,3 +141,24 @@ def test_file_behind_the_loop_device_being_imaged_is_refused(tmp_path: Path,
     code, _, err = run_cli("image", "--force", dev, backing)
     assert code == 9 and "is the source being imaged" in err, err
     assert backing.read_bytes() == data
+
+
+def test_old_image_that_cannot_be_moved_is_kept_whole(tmp_path: Path) -> None:
+    """``--force`` over a split image one part of which cannot be renamed (immutable): one line, exit 5,
+    and every part of the old image back in its place (none left renamed away)."""
+    need_root()
+    need_tools("chattr")
+    src, dest = tmp_path / "src", tmp_path / "img"
+    src.write_bytes(os.urandom(3 * MIB))
+    cli("image", "--split-size", "1M", "--chunk-size", "256K", src, dest)
+    parts = sorted(tmp_path.glob("img.*"))
+    assert len(parts) >= 3
+    before = {p.name: p.read_bytes() for p in parts}
+    subprocess.run(["chattr", "+i", str(parts[1])], check=True)
+    try:
+        code, _, err = run_cli("image", "--force", src, dest)
+    finally:
+        subprocess.run(["chattr", "-i", str(parts[1])], check=True)
+    assert code == 5 and "cannot replace" in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in sorted(tmp_path.glob("img.*"))} == before
+    assert not list(tmp_path.glob(".*discard"))

@@ -455,18 +455,26 @@ class LocalPartial:
 def remove_outputs(dest: str) -> threading.Thread | None:
     """Remove an old image at ``dest`` (``--force``).  The files are renamed out of the way at once and
     unlinked on a background thread (freeing a large file's blocks takes a while); join the thread."""
-    doomed = []
+    doomed: list[tuple[str, str]] = []
     for i, p in enumerate(existing_outputs(dest)):
         tmp = os.path.join(os.path.dirname(p) or ".", f".{os.path.basename(dest)}.{os.getpid()}.{i}.discard")
-        os.rename(p, tmp)
-        doomed.append(tmp)
+        try:
+            os.rename(p, tmp)
+        except OSError as e:
+            for old, moved in reversed(doomed):  # put back what was moved: all of the old image, or nothing
+                with contextlib.suppress(OSError):
+                    os.rename(moved, old)
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise PermissionDeniedError(f"cannot replace {p}: {e.strerror}") from None
+            raise TargetIOError(f"cannot replace {p}: {e.strerror}") from None
+        doomed.append((p, tmp))
     if not doomed:
         return None
 
     def unlink_all() -> None:
-        for p in doomed:
+        for _old, moved in doomed:
             with contextlib.suppress(OSError):
-                _unlink_and_free(p)
+                _unlink_and_free(moved)
 
     thread = threading.Thread(target=unlink_all, name="discard-old-image", daemon=True)
     thread.start()
