@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from conftest import need_root
 from imagetools import run_cli
 
 MIB = 1 << 20
@@ -31,3 +33,22 @@ def test_set_dir_that_is_not_a_directory(kind: str, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if kind != "fifo":
         assert there.read_bytes() == b"not a set"
+
+
+def test_no_space_for_the_manifest(tmp_path: Path) -> None:
+    """DIR on a filesystem with no room even for the manifest: exit 7 in one line (it was an internal
+    error), and no temporary manifest left behind."""
+    need_root()
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(os.urandom(MIB))
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(mnt)], check=True)
+    try:
+        (mnt / "fill").write_bytes(bytes(6 * 1024))
+        code, _, err = run_cli("backup-disk", disk, mnt / "set")
+        assert code == 7, err
+        assert "no space left to write" in err and "internal error" not in err
+        assert not [p for p in (mnt / "set").iterdir() if p.name != "backup.manifest.json"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

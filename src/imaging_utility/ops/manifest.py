@@ -11,13 +11,21 @@ image (other table, partitions or digests) is an error (exit 8), as is a disk wh
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 from typing import Any
 
 from .. import __version__
-from ..errors import CorruptImageError, NotFoundError, UsageError
+from ..errors import (
+    CorruptImageError,
+    NoSpaceError,
+    NotFoundError,
+    PermissionDeniedError,
+    TargetIOError,
+    UsageError,
+)
 from ..image.reader import ImageReader, open_image
 from ._pipeline import utc_now
 
@@ -70,15 +78,26 @@ def entry_from_image(reader: ImageReader, name: str, source: str) -> dict[str, A
 
 
 def write_manifest(set_dir: str, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically (a temporary file, fsynced, renamed, the directory fsynced); a
+    failure leaves the previous manifest as it was and no temporary file behind."""
     manifest["updated"] = utc_now()
     path = os.path.join(set_dir, MANIFEST)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(f"no space left to write {path}: {e.strerror}") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermissionDeniedError(f"cannot write {path}: {e.strerror}") from None
+        raise TargetIOError(f"cannot write {path}: {e.strerror}") from None
     fd = os.open(set_dir, os.O_RDONLY | os.O_DIRECTORY)
     with contextlib.suppress(OSError):
         os.fsync(fd)
