@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EXIT_PARTIAL, UsageError
 from ..format import c_image as c
 from ..image.digests import DEFAULT, parse_hash_names
-from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, warn
+from .output import ProgressBar, human_bytes, parse_size, print_json, stdout, thread_count, warn
 
 if TYPE_CHECKING:  # imported when the command runs (every command module loads at start-up)
     from ..ops.backup import BackupResult
@@ -40,7 +40,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("paths", metavar="DISK… DIR", nargs="+", help="one or more disks, then the set directory")
     p.add_argument("--chunk-size", default="1M", metavar="SIZE", help="bytes per chunk (default 1M; 64K..256M)")
     p.add_argument("--level", type=int, default=c.DEFAULT_LEVEL, help="zstd level 1..22 (default 3)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2,
+    p.add_argument("--threads", type=thread_count, default=os.cpu_count() or 2,
                    help="compression threads (default: number of CPUs)")
     p.add_argument("--split-size", metavar="SIZE", help="cut each image into parts NAME.001, NAME.002, … of SIZE")
     p.add_argument("--hash", default=",".join(DEFAULT), metavar="LIST",

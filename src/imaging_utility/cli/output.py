@@ -6,9 +6,11 @@ Every command module imports this one to build the parser, so rich is imported o
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import TYPE_CHECKING, Any, cast
 
+from ..limits import MAX_THREADS
 from ..units import human_bytes, parse_size
 
 if TYPE_CHECKING:
@@ -36,10 +38,21 @@ class _LazyConsole:
         return getattr(self.real(), name)
 
 
-__all__ = ["ProgressBar", "human_bytes", "parse_size", "print_json", "stderr", "stdout", "warn"]
+__all__ = ["ProgressBar", "human_bytes", "parse_size", "print_json", "stderr", "stdout", "thread_count", "warn"]
 
 stderr = cast("Console", _LazyConsole(stderr=True, highlight=False, soft_wrap=True))
 stdout = cast("Console", _LazyConsole(highlight=False, soft_wrap=True))
+
+def thread_count(text: str) -> int:
+    """``--threads N``: 1 to ``MAX_THREADS`` (a job then runs fewer when its chunks would not fit in memory)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of threads") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{n}: use 1 to {MAX_THREADS}")
+    return n
+
 
 def print_json(obj: Any) -> None:
     import json

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EXIT_PARTIAL, RefusedError
 from ._source_args import add_set_options, open_reader
-from .output import ProgressBar, human_bytes, print_json, stderr, stdout, warn
+from .output import ProgressBar, human_bytes, print_json, stderr, stdout, thread_count, warn
 
 if TYPE_CHECKING:  # the rest is imported when the command runs (every command module loads at start-up)
     from ..devices.throttle import Throttle
@@ -57,7 +57,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     p.add_argument("--continue-on-error", action="store_true",
                    help="zero-fill corrupt chunks, list them, and go on (exit 3)")
     p.add_argument("--max-throughput", metavar="RATE", help="cap the write rate, e.g. 100M (bytes/s)")
-    p.add_argument("--threads", type=int, default=None, help="decoding threads (default: number of CPUs)")
+    p.add_argument("--threads", type=thread_count, default=None, help="decoding threads (default: number of CPUs)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_set_options(p, partition=True)
     return ["restore"]

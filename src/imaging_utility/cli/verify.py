@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import EXIT_CORRUPT, IncompleteImageError, UsageError
 from ..image.digests import parse_hash_names
 from ._source_args import add_set_options, open_reader
-from .output import ProgressBar, print_json, stderr, stdout
+from .output import ProgressBar, print_json, stderr, stdout, thread_count
 
 EXAMPLES = """
 examples:
@@ -31,7 +31,7 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                    help="chunks to check with --quick (default: enough to catch a corruption of 1%% of the chunks "
                         "with 95%% probability: at most 299)")
     p.add_argument("--seed", type=int, help="random seed for --quick (printed, to repeat a run)")
-    p.add_argument("--threads", type=int, default=None, help="decoding threads (default: number of CPUs)")
+    p.add_argument("--threads", type=thread_count, default=None, help="decoding threads (default: number of CPUs)")
     p.add_argument("--hash", metavar="LIST", default="",
                    help="also compute these digests (sha256, blake3, md5), e.g. the SHA-256 of an image made "
                    "without it: for a full image it equals 'sha256sum' of the source")

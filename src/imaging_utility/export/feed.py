@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..blocks import BlockSource
 from ..extents import ExtentKind
+from ..limits import threads_within
 
 UNIT = 4 << 20
 EXTENT_WINDOW = 1 << 30  # extents are asked for a window at a time: bounded memory on huge sources
@@ -66,7 +67,7 @@ class Feed:
             raise ValueError(f"granule {granule} does not divide the unit of {UNIT} bytes")
         self.source = source
         self.granule = granule
-        self.threads = max(1, threads or os.cpu_count() or 2)
+        self.threads = threads_within(threads or os.cpu_count() or 2, UNIT)
         self.depth = depth or 2 * self.threads + 2
         self.transform = transform
         self.on_progress = on_progress

@@ -25,6 +25,7 @@ from ..format.codec import Codec
 from ..format.crc import crc32
 from ..format.index import SeekTable, walk_frames
 from ..format.metaframe import Event, Header
+from ..limits import threads_within
 from ..storage import BlobReader, Partial
 from .digests import Digests
 from .writer import ImageWriter
@@ -100,6 +101,7 @@ def _recover(
     table.append(first.length, 0, c.XXH64_EMPTY_LOW32)
     chunk_size, size = header.chunk_size, header.source_size
     n_chunks = -(-size // chunk_size)
+    threads = threads_within(threads, chunk_size)
     digests = Digests(digest_names)
     allocation = (AllocationMap.decode(header.allocation, size)
                   if header.used_only and header.allocation is not None else None)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ChunkCorruptError, CorruptImageError
 from ..format.metaframe import allocation_sha256
+from ..limits import threads_within
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from .digests import SUPPORTED, Digests
 
@@ -145,6 +146,7 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
     expected: dict[str, str] = dict(reader.trailer.meta.get("digests", {}))
     names = list(dict.fromkeys([n for n in expected if n in SUPPORTED] + [n for n in extra if n in SUPPORTED]))
     digests = Digests(names)
+    threads = threads_within(threads, reader.chunk_size)
     window = 2 * threads + 2
     ev = ProgressEvent("verify", 0, reader.size, chunk_size=reader.chunk_size, max_workers=threads,
                        max_depth=window + 1)
@@ -196,7 +198,7 @@ def corrupt_chunks(reader: ImageReader, offset: int, length: int, *, threads: in
                    progress: ProgressCallback = no_progress) -> list[tuple[int, str]]:
     """(chunk index, error) of every chunk overlapping ``[offset, offset + length)`` that fails its checks
     (the whole frame is decoded and its frame CRC checked, as ``verify`` does)."""
-    threads = threads or os.cpu_count() or 2
+    threads = threads_within(threads or os.cpu_count() or 2, reader.chunk_size)
     if length <= 0 or not reader.chunk_count:
         return []
     first, last = offset // reader.chunk_size, min(reader.chunk_count, -(-(offset + length) // reader.chunk_size))

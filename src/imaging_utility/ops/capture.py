@@ -26,6 +26,7 @@ from ..format.metaframe import Header
 from ..image.digests import DEFAULT, Digests
 from ..image.recover import read_header, recover
 from ..image.writer import ImageWriter
+from ..limits import threads_within
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import discard, existing_outputs, is_remote, open_partial
 from ..storage.destlock import DestLock
@@ -226,6 +227,7 @@ def capture(source: BlockSource, dest: str, opts: CaptureOptions,
     written and synced, nothing read while paused) or cancels (``Interrupted``, the partial image
     kept for ``--resume``) from another thread."""
     opts.validate()
+    opts.threads = threads_within(opts.threads, opts.chunk_size, fixed=4)  # (2 × threads + 4) chunk buffers
     started = time.monotonic()
     codec = Codec(opts.level)
     discards: list[threading.Thread | None] = []

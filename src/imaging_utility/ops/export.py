@@ -34,7 +34,9 @@ from ..errors import (
     UsageError,
 )
 from ..export import ExportOptions, Feed, Sink, make_writer
+from ..export.feed import UNIT
 from ..image.reader import ImageReader
+from ..limits import threads_within
 from ..partitions import read_partitions
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import is_remote
@@ -225,7 +227,9 @@ def export(src: ExportSource, out: str, fmt: str, *, block_size: int | None = No
                 control.checkpoint(ev, progress, f"export cancelled at byte {done} of {source.size}; {out} was "
                                    "not written")
 
-        feed = Feed(source, writer.granule, threads=threads, transform=writer.transform, on_progress=on_progress)
+        # each thread holds a unit and decodes a chunk of the image: both count against the memory budget
+        workers = threads_within(threads or os.cpu_count() or 2, src.reader.chunk_size + UNIT)
+        feed = Feed(source, writer.granule, threads=workers, transform=writer.transform, on_progress=on_progress)
         writer.write(sink, feed)
         sink.sync()
         try:

@@ -31,6 +31,7 @@ from ..errors import (
 )
 from ..image.digests import SUPPORTED, Digests
 from ..image.reader import ImageReader
+from ..limits import threads_within
 from ..progress import (
     COMPRESSION,
     RATE_LIMIT,
@@ -170,6 +171,7 @@ def _restore_file(reader: ImageReader, target: str, fd: int, threads: int, verif
     corrupt: list[CorruptChunk] = []
     expected = dict(reader.trailer.meta.get("digests", {}))
     digests = Digests([n for n in expected if n in SUPPORTED] if verify else [])
+    threads = threads_within(threads, reader.chunk_size)
     window = 2 * threads + 2
     ev = ProgressEvent("restore", 0, reader.size, chunk_size=reader.chunk_size, max_workers=threads,
                        max_depth=window + 1)

@@ -30,6 +30,7 @@ from ..format.metaframe import Event, Header, Trailer
 from ..format.schema import check_digests_agree
 from ..image.digests import SUPPORTED, Digests
 from ..image.layout import union
+from ..limits import threads_within
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from ..storage.destlock import DestLock
 from .restore import RestoreResult, open_target, target_kind
@@ -127,6 +128,7 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
              threads: int, verify: bool, progress: ProgressCallback, started: float) -> RestoreResult:
     cs, size = header.chunk_size, header.source_size
     count = -(-size // cs)
+    threads = threads_within(threads, cs)
     codec = Codec(int(header.meta.get("level", c.DEFAULT_LEVEL)))
     digests = Digests([n for n in header.meta.get("digests", []) if n in SUPPORTED] if verify else [])
     crcs: list[int] = []

@@ -24,6 +24,7 @@ from ..devices.blockdev import discard, zero_out
 from ..devices.throttle import Throttle
 from ..errors import ChunkCorruptError, NoSpaceError, PermissionDeniedError, TargetIOError
 from ..image.reader import ImageReader
+from ..limits import threads_within
 from ..progress import (
     COMPRESSION,
     RATE_LIMIT,
@@ -160,7 +161,7 @@ def write_stored(reader: ImageReader, fd: int, target: str, *, start: int, lengt
     cs = reader.chunk_size
     end = start + length
     shift = dest_offset - start
-    threads = max(1, threads)
+    threads = threads_within(threads, cs)
     window = 2 * threads + 2
     ev = ProgressEvent(operation, 0, length, chunk_size=cs, max_workers=threads, max_depth=window + 1)
     # (chunk, ranges to write, decoding future or None for a stored zero chunk, window bytes)
