@@ -6,6 +6,8 @@ memory budget, whatever ``--threads`` asks and whatever chunk size an image decl
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,17 @@ def test_jobs_run_within_the_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         assert (tmp_path / "r.raw").read_bytes() == data
         report = verify_image(reader, threads=1024)
         assert report.ok
+
+
+def test_small_source_takes_small_buffers(tmp_path: Path) -> None:
+    """Chunk buffers are made as the pipeline fills and are no larger than the source: a 3 MiB file imaged
+    with 1024 threads and 256 MiB chunks stays small (it took 4.2 GB, all buffers up front)."""
+    src = tmp_path / "small.raw"
+    src.write_bytes(os.urandom(3 * MIB))
+    proc = subprocess.Popen([sys.executable, "-m", "imaging_utility", "image", "--threads", "1024",
+                             "--chunk-size", "256M", str(src), str(tmp_path / "s.img")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert usage.ru_maxrss < 200 * 1024, f"peak RSS {usage.ru_maxrss} KiB"
+    cli("verify", tmp_path / "s.img")

@@ -65,12 +65,9 @@ ALIGN = 4096  # buffers start on a page: an O_DIRECT source reads into them with
 Buffer = tuple[bytearray, int]  # a chunk buffer: its bytes begin at this offset of the bytearray
 
 
-def _aligned_buffers(count: int, chunk_size: int) -> deque[Buffer]:
-    buffers: deque[Buffer] = deque()
-    for _ in range(count):
-        raw = bytearray(chunk_size + ALIGN)
-        buffers.append((raw, -buffer_address(memoryview(raw)) % ALIGN))
-    return buffers
+def _aligned_buffer(size: int) -> Buffer:
+    raw = bytearray(size + ALIGN)
+    return raw, -buffer_address(memoryview(raw)) % ALIGN
 
 
 def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Codec, writer: ImageWriter,
@@ -83,7 +80,11 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
     zero_bytes = bytes(cs)
     zeros = memoryview(zero_bytes)
     n_buffers = int(os.environ.get("IU_NBUF", 2 * opts.threads + 4))
-    free = _aligned_buffers(n_buffers, cs)
+    # made as the pipeline fills, never more than it needs: a source of a few chunks takes a few buffers,
+    # and none is larger than the source
+    free: deque[Buffer] = deque()
+    made = 0
+    buffer_size = max(1, min(cs, size))
     read_chunk = opts.chunk_reader or _plain_reader(source)
     done0 = min(size, first_chunk * cs)
     ev = ProgressEvent("image", done0, size, writer.bytes_written, started=started, chunk_size=cs,
@@ -149,7 +150,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
         ev.done = min(size, ev.done + length)
         ev.output_bytes = writer.bytes_written
         ev.read_bytes = read_bytes
-        ev.depth = n_buffers - len(free)
+        ev.depth = made - len(free)
         if throttle is not None:
             ev.rate_limit = throttle.rate
         clock.fill(ev)
@@ -190,6 +191,9 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                                     hasher.submit(feed, zeros[:length], off) if amap is None else nothing,
                                     None, length, []))
                 else:
+                    if not free and made < n_buffers:
+                        free.append(_aligned_buffer(buffer_size))
+                        made += 1
                     while not free:
                         retire_one()
                     buf = free.popleft()
