@@ -31,6 +31,7 @@ from ..errors import ChunkCorruptError, CorruptImageError
 from ..extents import Extent, ExtentKind, coalesce
 from ..format.codec import Codec, frame_checksum, zero_checksum, zero_frame, zero_frame_length
 from ..format.crc import crc32
+from ..limits import DECODES
 from ..storage import open_reader, resolve
 from .layout import load_layout
 
@@ -188,7 +189,8 @@ class ImageReader:
                 return pending.data
             # another thread decoded a shorter prefix: try again (and decode it ourselves)
         try:
-            data = self.decode_chunk(index, need=need)
+            with DECODES.hold(want):
+                data = self.decode_chunk(index, need=need)
         except BaseException as e:
             with self._lock:
                 del self._inflight[index]
