@@ -87,6 +87,19 @@ def remove(path: Path) -> None:
             os.unlink(p)
 
 
+def another_name(path: Path, how: str) -> Path:
+    """``path`` itself (``how`` anything else), or a new "hard link" or "symlink" to it beside it."""
+    if how == "hard link":
+        other = path.with_name(path.name + ".hard")
+        os.link(path, other)
+        return other
+    if how == "symlink":
+        other = path.with_name(path.name + ".link")
+        other.symlink_to(path)
+        return other
+    return path
+
+
 def run_cli(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
     """``imaging-utility ARGS`` in this process (fast): exit code, stdout, stderr."""
     from imaging_utility.cli.main import main

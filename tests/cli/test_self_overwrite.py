@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli
+from imagetools import another_name
 
 MIB = 1 << 20
 
@@ -26,15 +27,7 @@ def test_restore_onto_its_own_image(how: str, tmp_path: Path) -> None:
     parts = sorted(tmp_path.glob("disk.img.zst*"))
     before = {p: p.read_bytes() for p in parts}
     image_arg: Path | str = parts[0] if split else img
-    target = img
-    if how == "hard link":
-        target = tmp_path / "hard"
-        os.link(img, target)
-    elif how == "symlink":
-        target = tmp_path / "link"
-        target.symlink_to(img)
-    elif split:
-        target = parts[1]
+    target = parts[1] if split else another_name(img, how)
     if how == "standard input":
         with open(img, "rb") as stdin:
             proc = subprocess.run([sys.executable, "-m", "imaging_utility", "restore", "--force", "-", str(img)],

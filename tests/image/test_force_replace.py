@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, need_root, need_tools
-from imagetools import run_cli
+from imagetools import another_name, run_cli
 
 MIB = 1 << 20
 
@@ -117,13 +117,7 @@ def test_source_as_dest_is_refused(how: str, tmp_path: Path) -> None:
     src = tmp_path / "disk.raw"
     data = os.urandom(4 * MIB)
     src.write_bytes(data)
-    dest = src
-    if how == "hard link":
-        dest = tmp_path / "hard"
-        os.link(src, dest)
-    elif how == "symlink":
-        dest = tmp_path / "link"
-        dest.symlink_to(src)
+    dest = another_name(src, how)
     for mode in ("--force", "--resume"):
         code, _, err = run_cli("image", mode, src, dest)
         assert code == 9 and "is the source being imaged" in err and len(err.strip().splitlines()) == 1, err
