@@ -48,8 +48,8 @@ class PermissionDeniedError(Error, PermissionError):
     exit_code = EXIT_PERMISSION
 
 
-class SourceIOError(Error, OSError):
-    """Reading the source failed; ``offset`` is the byte offset of the failed read when known."""
+class _SourceReadError(Error, OSError):
+    """A read of the source failed; ``offset`` is the byte offset of the failed read when known."""
 
     exit_code = EXIT_IO
 
@@ -61,9 +61,13 @@ class SourceIOError(Error, OSError):
         return str(self.args[0]) if self.args else ""
 
 
-class SourceShrankError(SourceIOError):
-    """The source ended before its size (a file truncated, a device resized while being read): never an
-    unreadable sector to retry or zero-fill."""
+class SourceIOError(_SourceReadError):
+    """Unreadable bytes in the source: what ``--rescue`` retries and zero-fills."""
+
+
+class SourceShrankError(_SourceReadError):
+    """The source ended before its size (a file truncated, a device resized while being read).  Not a
+    ``SourceIOError``: nothing that retries or zero-fills unreadable sectors may take it for one."""
 
 
 class TargetIOError(Error, OSError):
@@ -115,3 +119,16 @@ class ResumeMismatchError(Error):
 
 class Interrupted(Error):
     exit_code = EXIT_INTERRUPTED
+
+
+def target_error(e: OSError, what: str) -> Error:
+    """The error for an ``OSError`` met while trying to ``what`` (e.g. "write /x/backup.manifest.json") on a
+    target: no space (ENOSPC, EDQUOT, EFBIG) → ``NoSpaceError``, permission (EACCES, EPERM, EROFS) →
+    ``PermissionDeniedError``, anything else → ``TargetIOError``."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return NoSpaceError(f"no space left to {what}: {e.strerror}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDeniedError(f"cannot {what}: {e.strerror}")
+    return TargetIOError(f"cannot {what}: {e.strerror}")

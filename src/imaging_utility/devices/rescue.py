@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..blocks import BlockSource
-from ..errors import SourceIOError, SourceShrankError
+from ..errors import SourceIOError
 
 
 class RescueReader:
@@ -52,8 +52,6 @@ class RescueReader:
         try:
             self.source.readinto_at(offset, view)
             return []
-        except SourceShrankError:
-            raise
         except SourceIOError:
             pass
         state = _Scan(offset, self.on_bad)
@@ -75,8 +73,6 @@ class RescueReader:
         for off, part in ((offset, view[:cut]), (mid, view[cut:])):
             try:
                 self.source.readinto_at(off, part)
-            except SourceShrankError:
-                raise
             except SourceIOError:
                 self._split(off, part, state)
             else:
@@ -86,8 +82,6 @@ class RescueReader:
         for _ in range(self.retries):
             try:
                 self.source.readinto_at(offset, view)
-            except SourceShrankError:
-                raise
             except SourceIOError:
                 continue
             state.good()

@@ -27,13 +27,11 @@ from ..devices.source import FileSource
 from ..devices.throttle import Throttle
 from ..errors import (
     CorruptImageError,
-    NoSpaceError,
     NotFoundError,
-    PermissionDeniedError,
     RefusedError,
     ResumeMismatchError,
-    TargetIOError,
     UsageError,
+    target_error,
 )
 from ..image.reader import open_image
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
@@ -173,14 +171,10 @@ def _make_set_dir(set_dir: str) -> None:
         raise RefusedError(f"{set_dir} exists and is not a directory; backup-disk writes a set directory "
                            "(give a new or existing directory)") from None
     except OSError as e:
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionDeniedError(f"cannot create the set directory {set_dir}: {e.strerror}") from None
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpaceError(f"no space to create the set directory {set_dir}: {e.strerror}") from None
         if e.errno == errno.ENOTDIR:
             raise RefusedError(f"cannot create the set directory {set_dir}: a part of its path is not a "
                                "directory") from None
-        raise TargetIOError(f"cannot create the set directory {set_dir}: {e.strerror}") from None
+        raise target_error(e, f"create the set directory {set_dir}") from None
 
 
 def _finished_image(dest: str, name: str, path: str, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -216,9 +210,9 @@ def _one_disk(path: str, name: str, src: FileSource, set_dir: str, opts: BackupO
         read_direct_when_safe(src, path)
     copts.chunk_reader = chunk_reader(src, path, opts.rescue, opts.retries, throttle, copts.allocation,
                                       copts.chunk_size)
+    refuse_source_as_dest(src.fd, dest, identity.get("backing_file"))
     manifest["disks"][index] = {**pending_entry(name, path, STATUS_RUNNING), "started": utc_now()}
     write_manifest(set_dir, manifest)
-    refuse_source_as_dest(src.fd, dest, identity.get("backing_file"))
     result = capture(src, dest, copts, progress, control)
     with open_image(dest) as reader:
         entry = entry_from_image(reader, name, path)

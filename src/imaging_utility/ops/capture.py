@@ -190,10 +190,10 @@ def _open_writer(source: BlockSource, dest: str, opts: CaptureOptions, codec: Co
     existing = existing_outputs(dest)
     if not is_remote(dest):
         refuse_new_in_dev(dest)
-    for path in [] if is_remote(dest) else existing:  # a device node, a directory: never replaced or resumed
-        refuse_special(path)
-    for path in [] if is_remote(dest) else existing:  # another run writing DEST stops here, before any change
-        lock.add_path(path)
+        for path in existing:  # a device node, a directory: never replaced or resumed
+            refuse_special(path)
+        for path in existing:  # another run writing DEST stops here, before any change
+            lock.add_path(path)
     if existing and opts.resume:
         partial = open_partial(dest, opts.split_size, lock)
         try:

@@ -17,12 +17,11 @@ its owner, mode, attributes and times.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..errors import Error, NoSpaceError, TargetIOError
+from ..errors import Error, target_error
 from ..filesystems.tree import Entry, FileTree
 from ..progress import ProgressCallback, ProgressEvent, Throttled
 from . import destdir
@@ -189,7 +188,6 @@ def _sizes(tree: FileTree, paths: list[str], streams: bool) -> int:
 
 
 def _open_dest(dest: str) -> int:
-    from ..errors import PermissionDeniedError
     from ..storage.local import refuse_new_in_dev
 
     refuse_new_in_dev(dest)
@@ -197,12 +195,7 @@ def _open_dest(dest: str) -> int:
         os.makedirs(dest, exist_ok=True)
         return os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as e:
-        msg = f"cannot use {dest} as the destination directory: {e.strerror}"
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionDeniedError(msg) from None
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpaceError(msg) from None
-        raise TargetIOError(msg) from None
+        raise target_error(e, f"use {dest} as the destination directory") from None
 
 
 def extract(tree: FileTree, paths: list[str], dest: str, options: ExtractOptions | None = None, *,

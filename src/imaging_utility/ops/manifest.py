@@ -11,21 +11,13 @@ image (other table, partitions or digests) is an error (exit 8), as is a disk wh
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
 from typing import Any
 
 from .. import __version__
-from ..errors import (
-    CorruptImageError,
-    NoSpaceError,
-    NotFoundError,
-    PermissionDeniedError,
-    TargetIOError,
-    UsageError,
-)
+from ..errors import CorruptImageError, NotFoundError, UsageError, target_error
 from ..image.reader import ImageReader, open_image
 from ._pipeline import utc_now
 
@@ -93,11 +85,7 @@ def write_manifest(set_dir: str, manifest: dict[str, Any]) -> None:
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise NoSpaceError(f"no space left to write {path}: {e.strerror}") from None
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionDeniedError(f"cannot write {path}: {e.strerror}") from None
-        raise TargetIOError(f"cannot write {path}: {e.strerror}") from None
+        raise target_error(e, f"write {path}") from None
     fd = os.open(set_dir, os.O_RDONLY | os.O_DIRECTORY)
     with contextlib.suppress(OSError):
         os.fsync(fd)

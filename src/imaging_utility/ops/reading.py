@@ -10,7 +10,7 @@ from ..devices.mounts import mount_state
 from ..devices.rescue import RescueReader
 from ..devices.source import FileSource
 from ..devices.throttle import Throttle
-from ..errors import SourceIOError, SourceShrankError
+from ..errors import SourceIOError
 from ..extents import AllocationMap
 from .capture import ChunkReader
 
@@ -54,8 +54,6 @@ def chunk_reader(source: BlockSource, label: str, rescue: bool, retries: int,
             return rescuer.read_chunk(offset, buf)
         try:
             source.readinto_at(offset, buf)
-        except SourceShrankError:
-            raise
         except SourceIOError:
             # Name the first unreadable sector, not just the start of the failed chunk.
             bad = locate.read_chunk(offset, buf)

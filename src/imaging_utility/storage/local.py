@@ -30,6 +30,7 @@ from ..errors import (
     TargetIOError,
     UnsupportedError,
     UsageError,
+    target_error,
 )
 from .destlock import DestLock
 
@@ -464,9 +465,7 @@ def remove_outputs(dest: str) -> threading.Thread | None:
             for old, moved in reversed(doomed):  # put back what was moved: all of the old image, or nothing
                 with contextlib.suppress(OSError):
                     os.rename(moved, old)
-            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise PermissionDeniedError(f"cannot replace {p}: {e.strerror}") from None
-            raise TargetIOError(f"cannot replace {p}: {e.strerror}") from None
+            raise target_error(e, f"replace {p}") from None
         doomed.append((p, tmp))
     if not doomed:
         return None
