@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ..errors import NoSpaceError
 from ..filesystems.ext_meta import map_acl_ids
 from ..filesystems.tree import TYPE_BITS, Entry
+from ..storage.local import file_key
 
 NAME_MAX = 255
 PROBE = ".imaging-utility-case-probe"
@@ -124,12 +125,8 @@ def keeping(paths: Iterable[str]) -> Iterator[None]:
     name from inside it)."""
     added = []
     for path in paths:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            continue  # an object-store URL: nothing in DEST can be it
-        key = (st.st_dev, st.st_ino)
-        if key not in _KEPT:
+        key = file_key(path)  # None for an object-store URL: nothing in DEST can be it
+        if key is not None and key not in _KEPT:
             _KEPT.add(key)
             added.append(key)
     try:

@@ -43,7 +43,7 @@ from ..progress import (
     no_progress,
 )
 from ..storage.destlock import DestLock, lock_holder
-from ..storage.local import refuse_new_in_dev
+from ..storage.local import file_key, refuse_new_in_dev
 from .restore_writer import FREE_SKIP, CorruptChunk, write_error, write_stored
 
 
@@ -124,14 +124,9 @@ def open_target(target: str, kind: str, size: int, force: bool, confirmed: bool,
 
 def _refuse_input(fd: int, target: str, inputs: Sequence[str | int]) -> None:
     """``RefusedError`` when the file open on ``fd`` is one of ``inputs`` (paths or descriptors)."""
-    mine = os.fstat(fd)
-    for what in inputs:
-        try:
-            st = os.fstat(what) if isinstance(what, int) else os.stat(what)
-        except (OSError, ValueError):
-            continue  # an object-store URL, a closed descriptor: not this file
-        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-            raise RefusedError(f"{target} is the image being restored; restore it to another file or a device")
+    mine = file_key(fd)
+    if mine is not None and mine in {file_key(what) for what in inputs}:
+        raise RefusedError(f"{target} is the image being restored; restore it to another file or a device")
 
 
 def _device_holder(target: str) -> str | None:

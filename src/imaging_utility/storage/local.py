@@ -149,22 +149,26 @@ def refuse_new_in_dev(path: str) -> None:
                             f"file in {DEV}, which lives in memory)")
 
 
+def file_key(what: str | int) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of a path (links followed) or an open descriptor: the file whatever its name;
+    None when there is none (missing, an object-store URL, a closed descriptor)."""
+    try:
+        st = os.fstat(what) if isinstance(what, int) else os.stat(what)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def refuse_source_as_dest(source_fd: int, dest: str, backing_file: object = None) -> None:
     """Refuse (``RefusedError``) a DEST, or a part of it, that is the file being imaged (through any link
     or hard link) or the file behind the loop device being imaged (``backing_file``): ``--force`` would
     discard the source under the running capture."""
-    src = os.fstat(source_fd)
-    sources = {(src.st_dev, src.st_ino)}
+    sources = {file_key(source_fd)}
     if isinstance(backing_file, str) and backing_file:
-        with contextlib.suppress(OSError):
-            st = os.stat(backing_file.removesuffix(" (deleted)"))
-            sources.add((st.st_dev, st.st_ino))
+        sources.add(file_key(backing_file.removesuffix(" (deleted)")))
+    sources.discard(None)
     for path in existing_outputs(dest):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) in sources:
+        if file_key(path) in sources:
             raise RefusedError(f"{path} is the source being imaged; give the image another name")
 
 
