@@ -2,7 +2,9 @@
 
 Real structures made by their own tools: mkntfs + ntfs-3g, mke2fs -d, mkfs.fat + mtools, mkfs.exfat +
 exfat-fuse (root, for the two mounts), sfdisk and sgdisk for partition tables, and images written by
-this tool.  Run once (``.venv/bin/python fuzz/make_seeds.py``); the results are committed.  Free space is
+this tool; mkfs.xfs, mkfs.btrfs, pvcreate/vgcreate/lvcreate (activation off) and mkswap for the Linux
+server filesystems.  Run once (``.venv/bin/python fuzz/make_seeds.py``, or ``… make_seeds.py linuxfs`` for
+those alone); the results are committed.  Free space is
 zero so the bases compress to little.
 """
 
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -96,6 +99,118 @@ def filesystems(tmp: Path) -> list[str]:
     save_base("exfat", vol.read_bytes())
     names.append("exfat")
     return names
+
+
+def _lfs() -> object:
+    sys.path.insert(0, str(FUZZ.parent / "tests" / "linuxfs"))
+    import lfsbuild
+
+    return lfsbuild
+
+
+def _fill_linux(mnt: Path, files: Path) -> None:
+    """The seed tree plus what only a Linux filesystem holds: hard links, a fragmented file (a B+tree
+    or many extent items), a sparse file, a long symlink, extended attributes, a directory large enough
+    to leave the inode (XFS leaf and node directories)."""
+    shutil.copytree(files, mnt, dirs_exist_ok=True, symlinks=True)
+    os.link(mnt / "hello.txt", mnt / "hello-link")
+    (mnt / "long-link").symlink_to("x" * 200)
+    with open(mnt / "sparse", "wb") as f:
+        f.seek(3 * MIB)
+        f.write(b"end of a sparse file\n")
+    os.setxattr(mnt / "hello.txt", "user.fuzz", b"an extended attribute")
+    frag = mnt / "fragmented"
+    with open(frag, "wb") as f:
+        for i in range(96):  # interleaved with a filler, synced: one extent per piece
+            f.write(text(4096, i))
+            f.flush()
+            os.fsync(f.fileno())
+            (mnt / f"filler-{i}").write_bytes(b"f" * 4096)
+            os.sync()
+    for i in range(0, 96, 2):
+        (mnt / f"filler-{i}").unlink()
+    (mnt / "big-dir").mkdir()
+    for i in range(400):
+        (mnt / "big-dir" / f"name-{i:04d}-{'y' * 40}").write_bytes(b"")
+    os.sync()
+
+
+def linuxfs(tmp: Path) -> list[str]:
+    """XFS v5 and v4, Btrfs (single and mixed block groups, a subvolume, compressed extents), an LVM2
+    PV with an XFS and a two-segment ext4 LV, Linux swap."""
+    lfs: Any = _lfs()
+    files = tmp / "files"
+    fill_tree(files)
+    names = []
+    vol = tmp / "xfs.raw"
+    vol.write_bytes(bytes(16 * MIB))
+    run("mkfs.xfs", "-q", "-f", "--unsupported", "-m", "rmapbt=1,reflink=1", "-L", "FUZZ", vol)
+    with lfs.mounted(vol) as mnt:
+        _fill_linux(mnt, files)
+    save_base("xfs", vol.read_bytes())
+    names.append("xfs")
+    vol = tmp / "xfs4.raw"
+    vol.write_bytes(bytes(16 * MIB))
+    lines: list[str] = []
+    lfs._proto_lines(files, 1, lines, {}, "")
+    proto = tmp / "xfs4.proto"
+    proto.write_text("\n".join(["/dev/null", "0 0", "d--755 0 0", *lines, "$", ""]))
+    run("mkfs.xfs", "-q", "-f", "--unsupported", "-m", "crc=0", "-L", "FUZZ", "-p", proto, vol)
+    save_base("xfs4", vol.read_bytes())
+    names.append("xfs4")
+    for name, size, opts in (("btrfs", 114, ()), ("btrfs-mixed", 16, ("-M",))):
+        vol = tmp / f"{name}.raw"
+        vol.write_bytes(bytes(size * MIB))
+        run("mkfs.btrfs", "-q", "-f", "-L", "FUZZ", *opts, vol)
+        with lfs.mounted(vol) as mnt:
+            run("btrfs", "subvolume", "create", mnt / "sub")
+            (mnt / "sub" / "in-sub.txt").write_bytes(text(5000, 7))
+            for algo in ("zlib", "lzo", "zstd"):
+                (mnt / algo).mkdir()
+                run("btrfs", "property", "set", mnt / algo, "compression", algo)
+                (mnt / algo / "text").write_bytes(text(200_000, 3))
+            _fill_linux(mnt, files)
+            run("btrfs", "subvolume", "set-default", mnt / "sub")
+        save_base(name, vol.read_bytes())
+        names.append(name)
+    vol = tmp / "lvm.raw"
+    vol.write_bytes(bytes(40 * MIB))
+    with lfs.loop(vol) as dev:
+        vg = "fuzzvg"
+        lfs.lvm(dev, "pvcreate", "-ff", "-y", dev)
+        lfs.lvm(dev, "vgcreate", "-s", "1M", vg, dev)
+        for lv, size in (("data", 16), ("home", 3), ("raw", 1)):
+            lfs.lvm(dev, "lvcreate", "-an", "-Zn", "-Wn", "-y", "-n", lv, "-L", f"{size}M", vg)
+        lfs.lvm(dev, "lvextend", "-L", "+3M", f"{vg}/home")
+        places = lfs.lv_places(dev, vg)
+    (off, size), = places["data"].pieces
+    with lfs.loop(vol, offset=off, size=size) as dev:
+        run("mkfs.xfs", "-q", "-f", "--unsupported", "-L", "lvdata", dev)
+    with lfs.mounted(vol, offset=off, size=size) as mnt:
+        shutil.copytree(files, mnt, dirs_exist_ok=True, symlinks=True)
+    home = tmp / "home.raw"
+    home.write_bytes(bytes(places["home"].size))
+    run("mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard,root_owner=0:0", "-b", "1024", "-d", files, home)
+    lfs.write_lv(vol, places["home"], home)
+    save_base("lvm", vol.read_bytes())
+    names.append("lvm")
+    vol = tmp / "swap.raw"
+    vol.write_bytes(bytes(1 * MIB))
+    run("mkswap", "-L", "FUZZ", vol)
+    save_base("swap", vol.read_bytes())
+    names.append("swap")
+    return names
+
+
+def linuxfs_seeds(names: list[str]) -> None:
+    for i, name in enumerate(names):
+        seed("linuxfs", bytes([i, 0]))  # the pristine volume
+        seed("linuxfs", bytes([i, 200]))  # the same, cut short
+        seed("linuxfs", bytes([i | 0x80, 0]) + struct.pack("<IB", 0, 0) + b"\xff")  # checksums recomputed
+        if name != "swap":
+            seed("linuxfs", bytes([i | 0x80, 0]) + struct.pack("<IB", 65536 + 4, 0) + b"\0")
+            for k in range(4):  # a byte in one of the first metadata blocks (fuzz_linuxfs.patches)
+                seed("linuxfs", bytes([i | 0x80, 0]) + struct.pack("<IB", 1 << 31 | k << 16 | 40, 0) + b"\x7f")
 
 
 def fs_seeds(names: list[str]) -> None:
@@ -190,8 +305,15 @@ def server_seeds() -> None:
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("make_seeds.py needs root (ntfs-3g and exfat-fuse mounts)")
+    only = sys.argv[1:]
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
+        if not only or "linuxfs" in only:
+            names = linuxfs(tmp)
+            linuxfs_seeds(names)
+            (FUZZ / "bases" / "linuxfs.txt").write_text("\n".join(names) + "\n")
+        if only:
+            return
         names = filesystems(tmp)
         fs_seeds(names)
         (FUZZ / "bases" / "filesystems.txt").write_text("\n".join(names) + "\n")

@@ -255,3 +255,15 @@ def test_random_damage_never_crashes(case_id: str, volume: Callable[[str], Volum
                 assert "\n" not in str(e)
         for off, _ in spots:
             patch(img, off, original[off : off + 1])
+
+
+@pytest.mark.parametrize("case_id", ["xfs-v5", "btrfs-default"])
+def test_files_of_a_cut_short_volume(case_id: str, volume: Callable[[str], Volume], tmp_path: Path) -> None:
+    """A volume cut short after its superblock, so that its root directory lies past the end: ``ls`` says
+    so in one line, exit 8 (found by fuzz_linuxfs: XFS's root inode was read outside every guard)."""
+    img = copy_of(volume(case_id).path, tmp_path)
+    with open(img, "r+b") as f:
+        f.truncate(8192 if case_id.startswith("xfs") else 1 << 20)
+    proc = cli("ls", img, check=8)
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "root" in proc.stderr

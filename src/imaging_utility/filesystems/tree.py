@@ -75,8 +75,9 @@ class FileTree:
         self._indexed = 0  # entries in ``_indexes``
         self._too_big: OrderedDict[str, None] = OrderedDict()  # directories scanned per lookup
         self._nodes: OrderedDict[str, Any] = OrderedDict()
-        self._root = backend.root()
         self._resolving = False
+        with self._guard("the root directory"):
+            self._root = backend.root()
 
     @contextlib.contextmanager
     def _guard(self, what: str) -> Iterator[None]:

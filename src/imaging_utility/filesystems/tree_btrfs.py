@@ -1,12 +1,14 @@
 """Btrfs (one device) adapter of ``tree.FileTree`` over dissect.btrfs, one subvolume at a time.
 
-dissect.btrfs reads inodes, directories, symlinks and compressed or inline data.  Before it is
+dissect.btrfs reads inodes, directories and symlinks.  Before it is
 trusted, the chunk tree and the root tree are walked with our own checked reader (``btrfs.py``:
 checksums, addresses, levels, loops), every tree block dissect reads afterwards is checked the
 same way, and its cursors may only descend (a child pointing back up is a loop, not a hang).
 
 Plain data (uncompressed, not inline) is mapped to device runs through the chunk map and read
-with ``readinto_at``; a preallocated extent reads as zeros.  Subvolumes nested in the one opened
+with ``readinto_at``; a preallocated extent reads as zeros.  Inline and compressed data are decoded
+by ``btrfs_extent`` with every claimed size bounded (dissect's decoders expand a stream as far as it
+goes).  Subvolumes nested in the one opened
 appear as directories; their entries' inode numbers are shown as ``subvolume id << 48 | inode``
 so that they stay distinct from the opened subvolume's own.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
+from typing import IO, Any, cast
 
 from dissect.btrfs import Btrfs
 from dissect.btrfs.btrfs import INode, Subvolume
@@ -26,6 +28,7 @@ from ..blocks import BlockSource
 from ..errors import CorruptImageError, NotFoundError, UnsupportedError
 from . import btrfs
 from . import c_btrfs as c
+from .btrfs_extent import COMPRESS_ZSTD, ExtentFile, Piece, check_compressed
 from .tree import KINDS, BlockFile, Entry, Layout
 
 MAX_DEPTH = c.MAX_LEVEL + 1
@@ -83,6 +86,7 @@ class BtrfsBackend:
         except UnsupportedError as e:
             raise CorruptImageError(_plain(e)) from None
         self.source = source
+        self.sectorsize = sb.sectorsize
         self.fs = Btrfs(fh)
         self.fs._read_node = self._read_node
         self.fs._root_tree = _checked(self.fs._root_tree)
@@ -182,27 +186,52 @@ class BtrfsBackend:
         size = int(node.size)
         if not size:
             return Layout(0, [])
+        what = f"btrfs {self.label(node)}"
         runs: list[tuple[int, int | None, int]] = []
+        pieces: list[Piece] = []
         pos = 0
         cursor = node.subvolume.tree.cursor()
         for item, data in cursor.iter(node.inum, c_btrfs.BTRFS_EXTENT_DATA_KEY, 0, ignore_offset=True):
-            _, _, compression, encryption, _, etype = c.FILE_EXTENT.unpack_from(data)
-            if etype == c.FILE_EXTENT_INLINE or compression or encryption:
-                return Layout(size, None, node.open)
-            disk, _, offset, length = c.FILE_EXTENT_REG.unpack_from(data, c.FILE_EXTENT.size)
+            data = bytes(data)
+            if len(data) < c.FILE_EXTENT.size:
+                raise CorruptImageError(f"{what}: a file extent item of {len(data)} bytes")
+            _, ram_bytes, compression, encryption, other, etype = c.FILE_EXTENT.unpack_from(data)
             start = int(item.key.offset)
             if start < pos:
-                raise CorruptImageError(f"btrfs {self.label(node)}: file extents overlap at byte {start}")
+                raise CorruptImageError(f"{what}: file extents overlap at byte {start}")
             if start >= size:
                 break
+            if encryption or other or compression > COMPRESS_ZSTD or etype > c.FILE_EXTENT_PREALLOC:
+                raise CorruptImageError(f"{what}: a file extent of type {etype}, compression {compression}, "
+                                        f"encoding {encryption}/{other}")
+            if etype == c.FILE_EXTENT_INLINE:
+                ram = ram_bytes if compression else len(data) - c.FILE_EXTENT.size
+                length = min(ram, size - start)
+                pieces.append(Piece(start, length, compression=compression, ram_bytes=ram,
+                                    data=data[c.FILE_EXTENT.size :]))
+                pos = start + length
+                continue
+            if len(data) < c.FILE_EXTENT.size + c.FILE_EXTENT_REG.size:
+                raise CorruptImageError(f"{what}: a file extent item of {len(data)} bytes")
+            disk, disk_length, offset, length = c.FILE_EXTENT_REG.unpack_from(data, c.FILE_EXTENT.size)
+            length = min(length, size - start)
             if start > pos:
                 runs.append((pos, None, start - pos))
-            length = min(length, size - start)
-            where = None
-            if disk and etype == c.FILE_EXTENT_REGULAR:
+            if not disk or etype != c.FILE_EXTENT_REGULAR:
+                runs.append((start, None, length))
+                pieces.append(Piece(start, length))
+            elif compression:
+                check_compressed(disk_length, ram_bytes, offset, length, what)
+                where = self._physical(node, disk, disk_length)
+                pieces.append(Piece(start, length, where, disk_length, compression, ram_bytes, offset))
+            else:
                 where = self._physical(node, disk + offset, length)
-            runs.append((start, where, length))
+                runs.append((start, where, length))
+                pieces.append(Piece(start, length, where))
             pos = start + length
+        if any(p.data is not None or p.compression for p in pieces):
+            sector = self.sectorsize
+            return Layout(size, None, lambda: cast(IO[bytes], ExtentFile(self.source, size, pieces, sector, what)))
         if pos < size:
             runs.append((pos, None, size - pos))
         return Layout(size, runs)
