@@ -9,6 +9,7 @@ then images it in full.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -127,9 +128,9 @@ def test_btrfs_superblock_checksum(volume: Callable[[str], Volume], tmp_path: Pa
     assert "Btrfs superblock at offset 0x10000 is damaged: checksum mismatch" in refused(img)
 
 
-def _extent_root(img: Path) -> tuple[int, int, int]:
-    """(device offsets of each copy..., level) of the extent tree root, from our chunk map."""
-    text = subprocess.run(["btrfs", "inspect-internal", "dump-tree", "-t", "extent", str(img)],
+def _extent_root(img: Path, tree: str = "extent") -> tuple[int, int, int]:
+    """(logical address, level, 0) of the root of the extent tree (or of ``tree``), from btrfs-progs."""
+    text = subprocess.run(["btrfs", "inspect-internal", "dump-tree", "-t", tree, str(img)],
                           capture_output=True, text=True, check=True).stdout
     m = re.search(r"^(?:node|leaf) (\d+) (?:level (\d+) )?items", text, re.M)
     assert m
@@ -172,6 +173,62 @@ def test_btrfs_tree_loop(volume: Callable[[str], Volume], tmp_path: Path) -> Non
     patch(img, off + 101 + 33 + 17, first)
     _fix_csum(img, off, 4096)
     assert "loops" in refused(img)
+
+
+def _lowest_node(img: Path, tree: str) -> tuple[int, list[tuple[int, int, int, int, int]]]:
+    """(device offset, key pointers) of the leftmost node just above the leaves of ``tree``."""
+    logical, level, _ = _extent_root(img, tree)
+    assert level >= 1
+    while True:
+        (off,) = _physical(img, logical)
+        node = read(img, off, 4096)
+        count = struct.unpack_from("<I", node, 96)[0]
+        ptrs = [struct.unpack_from("<QBQQQ", node, 101 + 33 * i) for i in range(count)]
+        if level == 1:
+            return off, ptrs
+        logical, level = ptrs[0][3], level - 1
+
+
+def test_btrfs_file_extents_in_a_damaged_leaf(tmp_path: Path) -> None:
+    """A file whose extent items run on into a leaf that fails its checksum: the file is an error, not its
+    first extents followed by zeros (dissect's cursor took the error for the end of the items)."""
+    img = tmp_path / "frag.img"
+    img.write_bytes(bytes(128 << 20))
+    lfsbuild.run("mkfs.btrfs", "-q", "-f", "-n", "4096", "-m", "single", img)
+    with lfsbuild.mounted(img) as mnt:
+        with open(mnt / "frag", "wb") as f, open(mnt / "other", "wb") as g:
+            for i in range(300):  # one extent item per piece: ~6 leaves of 4 KiB
+                for out, data in ((f, bytes([i % 251 + 1]) * 4096), (g, b"o" * 4096)):
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+        ino = os.stat(mnt / "frag").st_ino
+    _, ptrs = _lowest_node(img, "fs")
+    i = next(i for i in range(1, len(ptrs)) if ptrs[i][:2] == (ino, 108) and ptrs[i - 1][0] == ino)
+    (leaf,) = _physical(img, ptrs[i][3])
+    patch(img, leaf + 2000, bytes([read(img, leaf + 2000, 1)[0] ^ 0xFF]))
+    proc = cli("extract", img, "/", tmp_path / "out", check=3)
+    assert "/frag:" in proc.stderr and "checksum mismatch" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "out" / "other").read_bytes() == b"o" * 4096 * 300
+
+
+def test_btrfs_files_of_a_tree_with_a_shared_block(volume: Callable[[str], Volume], tmp_path: Path) -> None:
+    """A node points twice at one leaf: listing the directory whose entries run on into the repeated leaf
+    stops at the first key that goes back (a chain of such blocks would repeat the listing without end;
+    before, dissect's cursor took the error for the end of the items, and the first copy of this test
+    showed every entry twice).  One line for that directory, the others listed, exit 3."""
+    img = copy_of(volume("btrfs-4k-nodes-deep").path, tmp_path)
+    off, ptrs = _lowest_node(img, "fs")
+    # A leaf whose first key is a directory entry of the same directory as its left sibling's: that
+    # directory's entries cross between them, so its listing walks on into the repeated leaf.
+    i = next(i for i in range(1, len(ptrs)) if ptrs[i][:2] == ptrs[i - 1][:2] and ptrs[i][1] == 96)
+    patch(img, off + 101 + 33 * i + 17, read(img, off + 101 + 33 * (i - 1) + 17, 16))
+    _fix_csum(img, off, 4096)
+    proc = cli("ls", "-R", img, "/", check=3)
+    bad = [line for line in proc.stderr.splitlines() if "a shared or looping tree block" in line]
+    assert len(bad) == 1 and "directory /" in bad[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stdout.splitlines()) == len(set(proc.stdout.splitlines()))
 
 
 # --- LVM2 -----------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class FileTree:
                 raise CorruptImageError(f"{self.fs_type}: {what}: directory structure nests too deep "
                                         "(a loop?)") from None
             except (ValueError, KeyError, IndexError, EOFError, OverflowError, struct.error, TypeError,
-                    AttributeError, UnicodeError, OSError) as e:
+                    AttributeError, UnicodeError, OSError, NotImplementedError) as e:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise CorruptImageError(f"{self.fs_type}: {what} is unreadable: {msg}") from None
             except Exception as e:  # dissect's own exception classes

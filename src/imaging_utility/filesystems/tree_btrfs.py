@@ -15,9 +15,11 @@ so that they stay distinct from the opened subvolume's own.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
-from typing import IO, Any, cast
+from collections.abc import Callable
+from typing import IO, Any, TypeVar, cast
 
 from dissect.btrfs import Btrfs
 from dissect.btrfs.btrfs import INode, Subvolume
@@ -25,13 +27,34 @@ from dissect.btrfs.c_btrfs import c_btrfs
 from dissect.btrfs.tree import BTree, Cursor
 
 from ..blocks import BlockSource
-from ..errors import CorruptImageError, NotFoundError, UnsupportedError
+from ..errors import EXIT_CORRUPT, CorruptImageError, Error, NotFoundError, UnsupportedError
 from . import btrfs
 from . import c_btrfs as c
 from .btrfs_extent import COMPRESS_ZSTD, ExtentFile, Piece, check_compressed
 from .tree import KINDS, BlockFile, Entry, Layout
 
 MAX_DEPTH = c.MAX_LEVEL + 1
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _TreeDamage(Error):
+    """A damaged tree block met inside a dissect cursor.  Not a ``ValueError`` (as ``CorruptImageError``
+    is): dissect's cursors take ``ValueError`` for "no more items", so a damaged leaf would end a
+    directory listing or a file's extent list early, and silently.  The backend's methods turn it back
+    into ``CorruptImageError``."""
+
+    exit_code = EXIT_CORRUPT
+
+
+def _surfaced(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _TreeDamage as e:
+            raise CorruptImageError(str(e)) from None
+
+    return cast(F, wrapper)
 
 
 def _plain(e: Exception) -> str:
@@ -40,7 +63,18 @@ def _plain(e: Exception) -> str:
 
 
 class _CheckedCursor(Cursor):  # type: ignore[misc]
-    """A cursor that refuses to descend to a node that is not below the one it is in."""
+    """A cursor that refuses to descend to a node that is not below the one it is in, and to step to an
+    item whose key is not above the last one's (a block shared by two parents would repeat its items,
+    and a chain of such blocks repeats them without end)."""
+
+    def next(self) -> None:
+        key = self.item().key
+        before = (key.objectid, key.type, key.offset)
+        super().next()
+        key = self.item().key
+        if (key.objectid, key.type, key.offset) <= before:
+            raise _TreeDamage(f"btrfs: tree keys go back from {before} to "
+                                    f"{(key.objectid, key.type, key.offset)}: a shared or looping tree block")
 
     def push(self, address: int, initial_index: int = 0) -> None:
         parent = self._header
@@ -48,7 +82,7 @@ class _CheckedCursor(Cursor):  # type: ignore[misc]
         if parent is not None and (self._header.level >= parent.level or len(self._path) > MAX_DEPTH):
             level = self._header.level
             self.pop()
-            raise CorruptImageError(f"btrfs: the tree block at logical {address:#x} (level {level}) is not "
+            raise _TreeDamage(f"btrfs: the tree block at logical {address:#x} (level {level}) is not "
                                     f"below its parent (level {parent.level}): a loop")
 
 
@@ -92,13 +126,14 @@ class BtrfsBackend:
         self.fs._root_tree = _checked(self.fs._root_tree)
         open_tree = self.fs._open_tree
         self.fs._open_tree = lambda objectid: _checked(open_tree(objectid))
+        _checked(self.fs.default_subvolume.tree)  # opened by Btrfs() itself, before the lines above
         self.subvolume = self._select(subvolume)
 
     def _read_node(self, logical: int) -> bytes:
         try:
             return bytes(self.reader.node(logical, None, None))
         except UnsupportedError as e:
-            raise CorruptImageError(_plain(e)) from None
+            raise _TreeDamage(_plain(e)) from None
 
     def _physical(self, node: INode, logical: int, length: int) -> int:
         try:
@@ -108,6 +143,7 @@ class BtrfsBackend:
                                     "lies outside every chunk") from None
         return chunk.stripes[0] + logical - chunk.logical
 
+    @_surfaced
     def _select(self, name: str | None) -> Subvolume:
         if name is None:
             return self.fs.default_subvolume
@@ -121,6 +157,7 @@ class BtrfsBackend:
             listing.append(f"{sv.objectid} ({path or 'top level'})")
         raise NotFoundError(f"btrfs subvolume {name!r} not found (subvolumes: {', '.join(listing)})")
 
+    @_surfaced
     def root(self) -> INode:
         return self.subvolume.root
 
@@ -134,11 +171,13 @@ class BtrfsBackend:
             return None
         return int(node.subvolume.objectid) << 64 | int(node.inum)
 
+    @_surfaced
     def load(self, ref: INode | _EmptyDir) -> INode | _EmptyDir:
         if isinstance(ref, INode):
             ref.inode  # noqa: B018 - reads (and checks) the inode item
         return ref
 
+    @_surfaced
     def children(self, node: INode | _EmptyDir) -> list[tuple[str, Any]]:
         if isinstance(node, _EmptyDir):
             return []
@@ -160,6 +199,7 @@ class BtrfsBackend:
             return False
         return bool(int.from_bytes(bytes(data[:8]), "little") == parent.inum)
 
+    @_surfaced
     def describe(self, node: INode | _EmptyDir, name: str, path: str) -> Entry:
         if isinstance(node, _EmptyDir):
             return Entry(name=name, path=path, type="dir", mode=0o755, inode=node.objectid << 48 | 2)
@@ -182,6 +222,7 @@ class BtrfsBackend:
                      nlink=int(node.inode.nlink), uid=int(node.inode.uid), gid=int(node.inode.gid),
                      atime_ns=int(node.atime_ns), rdev=rdev)
 
+    @_surfaced
     def layout(self, node: INode, stream: str | None) -> Layout:
         size = int(node.size)
         if not size:

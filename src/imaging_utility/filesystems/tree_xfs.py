@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from dissect.xfs import XFS
-from dissect.xfs.xfs import INode
+from dissect.xfs.xfs import INode, parse_fsblock
 
 from ..errors import CorruptImageError, UnsupportedError
 from .tree import KINDS, BlockFile, Entry, Layout
@@ -31,6 +32,10 @@ FMT_LOCAL = 1
 FMT_EXTENTS = 2
 FMT_BTREE = 3
 DIFLAG_REALTIME = 0x1
+BMAP_MAGICS = {4: b"BMAP", 5: b"BMA3"}
+BMAP_HEADER = {4: 24, 5: 72}  # xfs_btree_lblock, without and with the v5 (CRC) fields
+BMAP_MAX_LEVEL = 10  # above what any XFS extent tree can reach (XFS_BM_MAXLEVELS is 9 with 64-bit counts)
+BMDR_HEADER = struct.Struct(">HH")  # level, numrecs of the root kept in the inode
 
 Run = tuple[int, int | None, int]  # (file block, disk block or None for unwritten, blocks)
 
@@ -71,7 +76,8 @@ class XfsBackend:
         """The inode's data-fork extents as linear block runs, checked to lie inside the volume."""
         out: list[Run] = []
         mask = (1 << self.agblklog) - 1
-        for offset, fsb, count, flag in node._iter_blocks():
+        records = self._btree_records(node) if int(node.inode.di_format) == FMT_BTREE else node._iter_blocks()
+        for offset, fsb, count, flag in records:
             agno, agbno = fsb >> self.agblklog, fsb & mask
             if agno >= self.agcount or agbno + count > self.agblocks or not count:
                 raise CorruptImageError(f"xfs inode {node.inum}: extent at file block {offset} points to "
@@ -80,6 +86,44 @@ class XfsBackend:
                 raise CorruptImageError(f"xfs inode {node.inum}: extents overlap at file block {offset}")
             out.append((offset, None if flag else agno * self.agblocks + agbno, count))
         return out
+
+    def _btree_records(self, node: INode) -> Iterator[tuple[int, int, int, int]]:
+        """The extent records of a B+tree data fork, walked here rather than by dissect: each block must
+        have the right magic, sit one level below its parent, hold no more records than fit, and be
+        reached once (a shared or looping block would repeat its subtree without end)."""
+        what = f"xfs inode {node.inum}: its extent B+tree"
+        root = node.datafork().read()
+        if len(root) < BMDR_HEADER.size:
+            raise CorruptImageError(f"{what} root is truncated")
+        level, count = BMDR_HEADER.unpack_from(root)
+        maxrecs = (len(root) - BMDR_HEADER.size) // 16
+        if not 1 <= level <= BMAP_MAX_LEVEL or count > maxrecs:
+            raise CorruptImageError(f"{what} root claims level {level} with {count} records")
+        hdr, magic = BMAP_HEADER[self.version], BMAP_MAGICS[self.version]
+        fit = (self.bs - hdr) // 16
+        stack = [(ptr, level - 1) for ptr in reversed(struct.unpack_from(f">{count}Q", root, 4 + maxrecs * 8))]
+        seen: set[int] = set()
+        mask = (1 << self.agblklog) - 1
+        while stack:
+            fsb, lvl = stack.pop()
+            agno, agbno = fsb >> self.agblklog, fsb & mask
+            block = agno * self.agblocks + agbno
+            if agno >= self.agcount or agbno >= self.agblocks or block in seen:
+                why = "is reached twice" if block in seen else "is outside the volume"
+                raise CorruptImageError(f"{what}: block {fsb} {why}")
+            seen.add(block)
+            buf = bytearray(self.bs)
+            self.fh.source.readinto_at(block * self.bs, buf)
+            got, blevel, n = struct.unpack_from(">4sHH", buf)
+            if got != magic or blevel != lvl or n > fit:
+                raise CorruptImageError(f"{what}: block {fsb} has magic {bytes(got)!r}, level {blevel} (expected "
+                                        f"{lvl}) and {n} records")
+            if lvl:
+                ptrs = struct.unpack_from(f">{n}Q", buf, hdr + fit * 8)
+                stack.extend((ptr, lvl - 1) for ptr in reversed(ptrs))
+            else:
+                for i in range(n):
+                    yield parse_fsblock(bytes(buf[hdr + 16 * i : hdr + 16 * i + 16]))
 
     def _read(self, node: INode, runs: list[Run], file_off: int, length: int) -> bytes | None:
         """``length`` bytes at ``file_off`` of the file, or ``None`` when that range is not all mapped."""
