@@ -16,6 +16,7 @@ import tempfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -69,6 +70,26 @@ class PatchedSource:
     def add_patch(self, offset: int, data: bytes) -> None:
         if offset < self._size:
             self._patches.append((offset, data))
+
+
+def walk_files(tree: Any, max_entries: int = 100, read: int = 64 * 1024) -> None:
+    """List ``tree`` from its root as ``ls -R`` does and read the start of every file and stream, as
+    ``extract`` does, up to ``max_entries`` entries; the project's own error for one file is allowed."""
+    import itertools
+
+    from imaging_utility.errors import Error
+
+    for entry in itertools.islice(tree.walk("/"), max_entries):
+        if entry.type != "file":
+            continue
+        try:
+            with tree.open(entry.path) as stream:
+                stream.read(read)
+            for name in entry.streams:
+                with tree.open(entry.path, name) as stream:
+                    stream.read(read)
+        except Error:
+            pass
 
 
 def patches(data: bytes, size: int) -> list[tuple[int, bytes]]:

@@ -10,35 +10,16 @@ every file and stream, up to a bound.
 
 from __future__ import annotations
 
-import itertools
-
 import atheris
 
 with atheris.instrument_imports():
-    from _common import BASES, PatchedSource, base_image, fix_filesystem, fuzz_main, patches
+    from _common import BASES, PatchedSource, base_image, fix_filesystem, fuzz_main, patches, walk_files
 
     from imaging_utility.errors import Error
     from imaging_utility.filesystems import allocation_map, tree_ext, tree_fat, tree_ntfs  # noqa: F401  (imported lazily)
     from imaging_utility.filesystems.tree import open_tree
 
 NAMES = (BASES / "filesystems.txt").read_text().split()
-MAX_ENTRIES = 100
-READ = 64 * 1024
-
-
-def _walk(source: PatchedSource) -> None:
-    tree = open_tree(source)
-    for entry in itertools.islice(tree.walk("/"), MAX_ENTRIES):
-        if entry.type != "file":
-            continue
-        try:
-            with tree.open(entry.path) as stream:
-                stream.read(READ)
-            for name in entry.streams:
-                with tree.open(entry.path, name) as stream:
-                    stream.read(READ)
-        except Error:
-            pass
 
 
 def TestOneInput(data: bytes) -> None:
@@ -54,7 +35,7 @@ def TestOneInput(data: bytes) -> None:
     except Error:
         pass
     try:
-        _walk(source)
+        walk_files(open_tree(source))
     except Error:
         pass
 

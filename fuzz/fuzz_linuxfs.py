@@ -21,7 +21,7 @@ import struct
 import atheris
 
 with atheris.instrument_imports():
-    from _common import BASES, PatchedSource, _read, fuzz_main
+    from _common import BASES, PatchedSource, _read, fuzz_main, walk_files
 
     from imaging_utility.errors import Error
     from imaging_utility.filesystems import allocation_map, btrfs, lvm, tree_btrfs, tree_xfs, xfs  # noqa: F401
@@ -33,9 +33,7 @@ with atheris.instrument_imports():
 import zstandard
 
 NAMES = (BASES / "linuxfs.txt").read_text().split()
-MAX_ENTRIES = 100
 MAX_LVS = 4
-READ = 64 * 1024
 XFS_AB3B = b"AB3B"
 XFS_SBLOCK_CRC = 52
 BTRFS_SUPERS = (64 << 10, 64 << 20)
@@ -167,15 +165,7 @@ def fix_lvm(source: PatchedSource) -> None:
 
 
 def _walk(source: PatchedSource, subvolume: str | None = None) -> None:
-    tree = open_tree(source, subvolume)
-    for entry in itertools.islice(tree.walk("/"), MAX_ENTRIES):
-        if entry.type != "file":
-            continue
-        try:
-            with tree.open(entry.path) as stream:
-                stream.read(READ)
-        except Error:
-            pass
+    walk_files(open_tree(source, subvolume))
 
 
 def _try(fn: object, *args: object) -> None:
