@@ -8,17 +8,21 @@ compressed data is read through dissect's streams instead.
 
 Records are loaded by our own parser (``ntfs_record.py``, ten times faster) whenever it can take them
 whole; records with an attribute list, a reparse point, compressed or encrypted data, or anything that
-fails its checks go through dissect, and directories always list through dissect's $I30 index.
+fails its checks go through dissect.  Directories list through the $I30 index, read with dissect's
+structures but walked here (``i30_entries``): only the index buffers its bitmap marks in use.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dissect.ntfs import NTFS
 from dissect.ntfs.c_ntfs import ATTRIBUTE_FLAG_COMPRESSION_MASK, ATTRIBUTE_TYPE_CODE, FILE_NAME_DOS
+from dissect.ntfs.exceptions import Error as DissectError
+from dissect.ntfs.index import IndexBuffer
 from dissect.ntfs.mft import MftRecord
 from dissect.ntfs.util import segment_reference
 
@@ -31,6 +35,44 @@ from .tree import BlockFile, Entry, Layout, runs_from_clusters
 FIRST_USER_RECORD = 24  # records 0-23 are reserved for metafiles
 FILE_NAME_NAME = 0x42  # offset of the name in a $FILE_NAME value (length and namespace bytes just before)
 RECORD_IN_USE = 0x0001
+
+
+def i30_entries(node: MftRecord) -> Iterator[Any]:
+    """The entries of a directory's $I30 index: those of $INDEX_ROOT, then those of each index buffer of
+    $INDEX_ALLOCATION that the index's $BITMAP marks in use, each up to its end entry.
+
+    dissect's own walk reads every buffer of the allocation and skips the ones that fail their checks:
+    a buffer freed when the directory shrank still holds its old entries, so deleted names came back
+    (some pointing to records since reused for other files), and a damaged buffer in use was skipped
+    without a word.  Here a buffer in use that fails its checks is an error."""
+    index = node.index("$I30")
+    for entry in index.root.entries():
+        if entry.is_end:
+            break
+        yield entry
+    stream = index._index_stream
+    if not stream:
+        return
+    size = int(index.root.bytes_per_index_buffer)
+    if size < 512 or size & (size - 1):
+        raise CorruptImageError(f"ntfs: the $I30 index root of MFT record {node.segment} claims index buffers "
+                                f"of {size} bytes")
+    count = stream.size // size
+    try:
+        bitmap = node.open("$I30", ATTRIBUTE_TYPE_CODE.BITMAP).read((count + 7) // 8)
+    except FileNotFoundError:
+        raise CorruptImageError(f"ntfs: directory MFT record {node.segment} has an $INDEX_ALLOCATION but no "
+                                "$BITMAP") from None
+    for i in range(min(count, len(bitmap) * 8)):
+        if not bitmap[i >> 3] >> (i & 7) & 1:
+            continue
+        try:
+            buffer = IndexBuffer(index, stream, i * size, size)
+            entries = list(itertools.takewhile(lambda e: not e.is_end, buffer.entries()))
+        except (DissectError, EOFError) as e:
+            raise CorruptImageError(f"ntfs: index buffer {i} of directory MFT record {node.segment} is "
+                                    f"damaged: {e or type(e).__name__}") from None
+        yield from entries
 
 
 class NtfsBackend:
@@ -58,7 +100,7 @@ class NtfsBackend:
             node = self.fs.mft.get(node.number)
         out: list[tuple[str, Any]] = []
         is_root = node.segment == 5
-        for ie in node.index("$I30").entries():
+        for ie in i30_entries(node):
             key = ie.key
             if len(key) < FILE_NAME_NAME:
                 continue
