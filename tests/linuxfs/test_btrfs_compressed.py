@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -116,16 +118,28 @@ def _status_kib(field: str) -> int:
 
 
 def test_decompression_bombs_stop_at_what_the_extent_claims() -> None:
-    """A 128 KiB extent whose stream would expand to 1 GiB: the decoders stop at ``ram_bytes``, and this
-    process's peak memory (reset first, through ``clear_refs``) stays near where it was."""
+    """Streams in a 128 KiB extent that would expand to 256 MiB or 1 GiB (a zstd frame with its size in the
+    header, one without): each is an error, and this process's peak memory (reset first, through
+    ``clear_refs``) stays near where it was."""
     bomb_zlib = zlib.compress(bytes(256 << 20), 9)[:MAX_EXTENT]
     bomb_zstd = zstandard.ZstdCompressor(level=19).compress(bytes(1 << 30))
-    assert len(bomb_zstd) < MAX_EXTENT
+    stream = zstandard.ZstdCompressor(level=19, write_content_size=False).compressobj()
+    bomb_zstd_unsized = stream.compress(bytes(1 << 30)) + stream.flush()
+    assert max(len(bomb_zstd), len(bomb_zstd_unsized)) < MAX_EXTENT
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     base = _status_kib("VmRSS")
-    for algo, bomb in ((COMPRESS_ZLIB, bomb_zlib), (COMPRESS_ZSTD, bomb_zstd)):
-        assert decode(bomb, algo, MAX_EXTENT, 4096, "test") == bytes(MAX_EXTENT)
+    for algo, bomb in ((COMPRESS_ZLIB, bomb_zlib), (COMPRESS_ZSTD, bomb_zstd), (COMPRESS_ZSTD, bomb_zstd_unsized)):
+        with pytest.raises(CorruptImageError, match=r"expands past|frame of|does not decompress"):
+            decode(bomb, algo, MAX_EXTENT, 4096, "test")
     assert _status_kib("VmHWM") - base < 32 << 10
+
+
+def test_a_stream_of_exactly_its_size_and_padding() -> None:
+    """What the kernel writes: the stream, then zeros to the end of the sector."""
+    data = _text(MAX_EXTENT, 5)
+    assert decode(zlib.compress(data) + bytes(1000), COMPRESS_ZLIB, MAX_EXTENT, 4096, "t") == data
+    assert decode(zstandard.ZstdCompressor().compress(data) + bytes(1000), COMPRESS_ZSTD, MAX_EXTENT, 4096,
+                  "t") == data
 
 
 @pytest.mark.parametrize("claim", [MAX_EXTENT + 1, 1 << 40, -1])
@@ -153,3 +167,14 @@ def test_a_stream_that_ends_early_reads_as_zeros_after_it() -> None:
     assert decode(zlib.compress(b"abc"), COMPRESS_ZLIB, 8, 4096, "t") == b"abc" + bytes(5)
     assert decode(zstandard.ZstdCompressor().compress(b"abc") + bytes(100), COMPRESS_ZSTD, 8, 4096, "t") == \
         b"abc" + bytes(5)
+
+
+def test_a_missing_module_is_named_not_taken_for_damage(compressed: tuple[Path, dict[str, str]]) -> None:
+    """An installation without a module a filesystem reader needs: the message says what to install
+    (exit 4), where it said "btrfs filesystem: cannot open its root structures" (exit 8)."""
+    path, _ = compressed
+    code = ("import sys; sys.modules['dissect.btrfs'] = None; from imaging_utility.cli.main import main; "
+            f"sys.exit(main(['ls', {str(path)!r}, '/']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 4, proc.stderr
+    assert "the Python module 'dissect.btrfs', which is not installed: pip install dissect.btrfs" in proc.stderr

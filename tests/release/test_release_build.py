@@ -200,6 +200,45 @@ def test_standalone_gives_the_venv_results(exe: Path, volume: tuple[Path, dict[s
     assert results["standalone"] == results["venv"]
 
 
+# the fuzzers' real volumes (fuzz/make_seeds.py): every filesystem the file readers know, with what each
+# needs beyond the basics (NTFS streams, Btrfs zlib/LZO/zstd extents, XFS B+tree files, LVs)
+FS_VOLUMES = [("ntfs", ()), ("ext4", ()), ("ext2", ()), ("fat12", ()), ("fat32", ()), ("exfat", ()), ("xfs", ()),
+              ("xfs4", ()), ("btrfs", ()), ("btrfs", ("--subvolume", "5")), ("btrfs-mixed", ("--subvolume", "5")),
+              ("lvm", ("--lv", "fuzzvg/data")), ("lvm", ("--lv", "fuzzvg/home"))]
+
+
+def test_standalone_reads_every_filesystem(exe: Path, tmp_path: Path) -> None:
+    """A module the bundle left out shows only when its filesystem is read: list and extract each kind of
+    volume with both programs, and compare."""
+    import zstandard
+
+    for name, opts in FS_VOLUMES:
+        raw = tmp_path / f"{name}.raw"
+        if not raw.exists():
+            raw.write_bytes(zstandard.ZstdDecompressor().decompress(
+                (REPO / "fuzz" / "bases" / f"{name}.zst").read_bytes(), max_output_size=256 << 20))
+        seen = {}
+        for run in _runners(exe):
+            out = tmp_path / f"{name}{''.join(opts)}-{run.name}"
+            listing = json.loads(run("ls", "-R", "--json", *opts, raw, "/").stdout)
+            run("extract", *opts, raw, "/", out)
+            seen[run.name] = (listing, _tree_digest(out))
+        assert seen["standalone"] == seen["venv"], (name, opts)
+        assert len(seen["venv"][1]) >= 3, (name, opts)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    """``{relpath: sha256 of a file, or "-> target" of a symlink}`` (a dangling link is not followed)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            out[rel] = _sha(path)
+    return out
+
+
 def test_standalone_s3(exe: Path, s3server, volume: tuple[Path, dict[str, str]], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """s3:// with the standalone build, whose botocore keeps only the models the tool needs; an
     assume-role profile reaches STS (refused here: the test server has no STS, but the model loads)."""

@@ -3,9 +3,11 @@
 A file extent item (Linux ``fs/btrfs/ctree.h``, ``btrfs_file_extent_item``) says how many bytes its
 extent decompresses to (``ram_bytes``) and how many it takes on disk (``disk_num_bytes``).  Both are
 claims: btrfs never writes a compressed extent over 128 KiB either way (``BTRFS_MAX_COMPRESSED``,
-``BTRFS_MAX_UNCOMPRESSED``), nor inline data past its item, so larger claims are damage, and every
-decoder stops at ``ram_bytes`` however much a hostile stream would expand.  As the kernel does, a
-stream that ends cleanly before ``ram_bytes`` reads as zeros after its end; one that breaks is an error.
+``BTRFS_MAX_UNCOMPRESSED``), nor inline data past its item, so larger claims are damage.  Every decoder
+stops at ``ram_bytes`` however much a hostile stream would expand, and a stream that would give more
+(a zstd frame that says so in its header is refused before it is decoded) is an error.  As the kernel
+does, a stream that ends cleanly before ``ram_bytes`` reads as zeros after its end; one that breaks is
+an error.
 
 LZO extents (``fs/btrfs/lzo.c``): a 4-byte total length, then segments of a 4-byte length and LZO1X
 data, each decompressing to at most one sector; a segment header never crosses a sector boundary
@@ -20,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import pyzstd
+import zstandard
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError
@@ -61,16 +63,21 @@ def decode(data: bytes, compression: int, ram_bytes: int, sector: int, what: str
         if compression == COMPRESS_ZLIB:
             inflate = zlib.decompressobj()
             out = inflate.decompress(data, ram_bytes)
-            ended = inflate.eof
-        elif compression == COMPRESS_ZSTD:
-            unzstd = pyzstd.ZstdDecompressor()  # one frame, then padding
-            out = unzstd.decompress(data, ram_bytes)
-            ended = unzstd.eof
+            if len(out) == ram_bytes and not inflate.eof and inflate.decompress(inflate.unconsumed_tail, 1):
+                raise CorruptImageError(f"{what}: its zlib data expands past the {ram_bytes} bytes of its extent")
+            ended = inflate.eof or len(out) == ram_bytes
+        elif compression == COMPRESS_ZSTD:  # one frame, then padding
+            claimed = zstandard.get_frame_parameters(data).content_size
+            if claimed != zstandard.CONTENTSIZE_UNKNOWN and claimed > ram_bytes:  # it would be allocated whole
+                raise CorruptImageError(f"{what}: a zstd frame of {claimed} bytes in an extent of {ram_bytes}")
+            out, ended = zstandard.ZstdDecompressor().decompress(data, max_output_size=ram_bytes), True
         elif compression == COMPRESS_LZO:
             out, ended = _lzo(data, ram_bytes, sector, what), True
+            if len(out) > ram_bytes:
+                raise CorruptImageError(f"{what}: its LZO data expands past the {ram_bytes} bytes of its extent")
         else:
             raise CorruptImageError(f"{what}: unknown compression type {compression}")
-    except (zlib.error, pyzstd.ZstdError, ValueError, IndexError, EOFError, RuntimeError) as e:
+    except (zlib.error, zstandard.ZstdError, ValueError, IndexError, EOFError, RuntimeError) as e:
         name = NAMES.get(compression, str(compression))
         raise CorruptImageError(f"{what}: its {name} data does not decompress: {e}") from None
     if len(out) < ram_bytes and not ended:

@@ -389,7 +389,7 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
             from .tree_fat import FatBackend
 
             backend = FatBackend(fh, info.type)
-    except Error:
+    except (Error, ImportError):  # a module left out of an installation is named by the CLI, not taken for damage
         raise
     except RecursionError:
         raise CorruptImageError(f"{info.type}: directory structure nests too deep (a loop?)") from None
