@@ -37,14 +37,15 @@ FILE_NAME_NAME = 0x42  # offset of the name in a $FILE_NAME value (length and na
 RECORD_IN_USE = 0x0001
 
 
-def i30_entries(node: MftRecord) -> Iterator[Any]:
+def i30_entries(node: MftRecord, volume_size: int) -> Iterator[Any]:
     """The entries of a directory's $I30 index: those of $INDEX_ROOT, then those of each index buffer of
     $INDEX_ALLOCATION that the index's $BITMAP marks in use, each up to its end entry.
 
     dissect's own walk reads every buffer of the allocation and skips the ones that fail their checks:
     a buffer freed when the directory shrank still holds its old entries, so deleted names came back
     (some pointing to records since reused for other files), and a damaged buffer in use was skipped
-    without a word.  Here a buffer in use that fails its checks is an error."""
+    without a word.  Here a buffer in use that fails its checks is an error.  The sizes the index claims
+    are capped by the volume's: no more buffers than ``volume_size`` can hold."""
     index = node.index("$I30")
     for entry in index.root.entries():
         if entry.is_end:
@@ -57,15 +58,15 @@ def i30_entries(node: MftRecord) -> Iterator[Any]:
     if size < 512 or size & (size - 1):
         raise CorruptImageError(f"ntfs: the $I30 index root of MFT record {node.segment} claims index buffers "
                                 f"of {size} bytes")
-    count = stream.size // size
+    count = min(stream.size, volume_size) // size
     try:
         bitmap = node.open("$I30", ATTRIBUTE_TYPE_CODE.BITMAP).read((count + 7) // 8)
     except FileNotFoundError:
         raise CorruptImageError(f"ntfs: directory MFT record {node.segment} has an $INDEX_ALLOCATION but no "
                                 "$BITMAP") from None
-    for i in range(min(count, len(bitmap) * 8)):
-        if not bitmap[i >> 3] >> (i & 7) & 1:
-            continue
+    used = (i for byte, bits in enumerate(bitmap) if bits for i in range(byte * 8, byte * 8 + 8)
+            if bits >> (i & 7) & 1)
+    for i in itertools.takewhile(lambda i: i < count, used):
         try:
             buffer = IndexBuffer(index, stream, i * size, size)
             entries = list(itertools.takewhile(lambda e: not e.is_end, buffer.entries()))
@@ -100,7 +101,7 @@ class NtfsBackend:
             node = self.fs.mft.get(node.number)
         out: list[tuple[str, Any]] = []
         is_root = node.segment == 5
-        for ie in i30_entries(node):
+        for ie in i30_entries(node, self.source.size):
             key = ie.key
             if len(key) < FILE_NAME_NAME:
                 continue
