@@ -23,10 +23,10 @@ import pytest
 from lfscases import Volume, lvm_volume, tree_dir, volume  # noqa: F401
 
 from conftest import cli
+from imaging_utility.crc32c import crc32c
 from imaging_utility.devices.source import FileSource
 from imaging_utility.errors import UnsupportedError
 from imaging_utility.filesystems import allocation_map, btrfs
-from imaging_utility.filesystems._crc import crc32c
 from imaging_utility.filesystems.c_lvm import calc_crc
 
 

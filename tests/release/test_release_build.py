@@ -126,6 +126,7 @@ def test_standalone_runs_without_python(exe: Path) -> None:
     assert re.match(r"imaging-utility \d+\.\d+\.\d+", out)
     assert "standalone executable" in out and "zstd 1." in out
     assert "CRC-32 ISA-L " in out  # the bundle carries python-isal (else frame CRCs fall back to zlib's)
+    assert "CRC-32C google-crc32c " in out  # and google-crc32c's C extension (else XFS/Btrfs checks are slower)
     # the .tar.gz holds the same program as a folder
     tarball = _one(exe.parent, "imaging-utility-*-linux-*.tar.gz")
     unpack = exe.parent.parent / "unpacked"

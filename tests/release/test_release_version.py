@@ -8,6 +8,7 @@ import platform
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import isal
@@ -73,6 +74,7 @@ def test_version_output() -> None:
         f"image format {c_image.FORMAT_VERSION_MAJOR}.{c_image.FORMAT_VERSION_MINOR} (seekable zstd)",
         f"zstd {zstd} (python-zstandard {zstandard.__version__})",
         f"CRC-32 ISA-L {isal.ISAL_VERSION} (python-isal {isal.__version__})",
+        f"CRC-32C google-crc32c {metadata.version('google-crc32c')} (CPU instructions)",
         f"Python {platform.python_version()} ({platform.python_implementation()}, {platform.machine()}, "
         f"{sys.executable})",
     ]

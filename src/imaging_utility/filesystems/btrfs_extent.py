@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import io
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +120,10 @@ def check_compressed(disk_length: int, ram_bytes: int, skip: int, length: int, w
 class ExtentFile(io.RawIOBase):
     """A seekable stream over a file's ``pieces``; one decoded extent is kept for the next read."""
 
-    def __init__(self, source: BlockSource, size: int, pieces: list[Piece], sector: int, what: str) -> None:
+    def __init__(self, source: BlockSource, size: int, pieces: list[Piece], sector: int, what: str,
+                 check: Callable[[int, memoryview], None] | None = None) -> None:
         super().__init__()
+        self._check = check
         self._source, self._size, self._pieces = source, size, pieces
         self._starts = [p.start for p in pieces]
         self._sector, self._what = sector, what
@@ -161,6 +164,8 @@ class ExtentFile(io.RawIOBase):
                 elif piece.compression == COMPRESS_NONE and piece.data is None:
                     assert piece.disk is not None
                     self._source.readinto_at(piece.disk + rel, part)
+                    if self._check is not None:
+                        self._check(piece.disk + rel, part)
                 else:
                     decoded = self._decoded(piece)
                     part[:] = decoded[piece.skip + rel : piece.skip + rel + take]
@@ -177,6 +182,8 @@ class ExtentFile(io.RawIOBase):
             assert piece.disk is not None
             buf = bytearray(piece.disk_length)
             self._source.readinto_at(piece.disk, buf)
+            if self._check is not None:
+                self._check(piece.disk, memoryview(buf))
             raw = bytes(buf)
         if piece.compression == COMPRESS_NONE:
             data = raw[: piece.ram_bytes] + bytes(max(0, piece.ram_bytes - len(raw)))

@@ -30,6 +30,7 @@ from ..blocks import BlockSource
 from ..errors import EXIT_CORRUPT, CorruptImageError, Error, NotFoundError, UnsupportedError
 from . import btrfs
 from . import c_btrfs as c
+from .btrfs_csum import CSUM_TREE, DataSums
 from .btrfs_extent import COMPRESS_ZSTD, ExtentFile, Piece, check_compressed
 from .tree import KINDS, BlockFile, Entry, Layout
 
@@ -115,8 +116,13 @@ class BtrfsBackend:
         try:
             self.chunks = btrfs.read_chunks(source, sb)
             self.reader = btrfs.Reader(source, sb, self.chunks)
-            for _ in self.reader.items(sb.root, sb.root_level):
-                pass  # the root tree is sound before dissect walks it
+            csum_root: tuple[int, int] | None = None
+            for item in self.reader.items(sb.root, sb.root_level):  # the root tree is sound before dissect walks it
+                if (item.objectid, item.type) == (CSUM_TREE, c.ROOT_ITEM) and len(item.data) > c.ROOT_ITEM_LEVEL_OFFSET:
+                    bytenr = int.from_bytes(item.data[c.ROOT_ITEM_BYTENR_OFFSET : c.ROOT_ITEM_BYTENR_OFFSET + 8],
+                                            "little")
+                    csum_root = bytenr, item.data[c.ROOT_ITEM_LEVEL_OFFSET]
+            self.sums = DataSums.open(source, self.reader, self.chunks, csum_root)
         except UnsupportedError as e:
             raise CorruptImageError(_plain(e)) from None
         self.source = source
@@ -270,9 +276,16 @@ class BtrfsBackend:
                 runs.append((start, where, length))
                 pieces.append(Piece(start, length, where))
             pos = start + length
+        sums = self.sums
+        check = None if sums is None else functools.partial(_check_sums, sums, what)
         if any(p.data is not None or p.compression for p in pieces):
             sector = self.sectorsize
-            return Layout(size, None, lambda: cast(IO[bytes], ExtentFile(self.source, size, pieces, sector, what)))
+            return Layout(size, None,
+                          lambda: cast(IO[bytes], ExtentFile(self.source, size, pieces, sector, what, check)))
         if pos < size:
             runs.append((pos, None, size - pos))
-        return Layout(size, runs)
+        return Layout(size, runs, check=check)
+
+
+def _check_sums(sums: DataSums, what: str, physical: int, data: memoryview) -> None:
+    sums.check(physical, data, what)

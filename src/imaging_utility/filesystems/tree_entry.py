@@ -78,11 +78,14 @@ class Entry:
 class Layout:
     """Where a file's bytes are: ``runs`` ((file_offset, disk_offset or None for a hole, length), covering
     ``[0, size)`` in order) when they can be read straight from the source, else ``opener`` (a dissect
-    stream for resident, inline or compressed data, read under the tree lock)."""
+    stream for resident, inline or compressed data, read under the tree lock).  ``check(disk_offset,
+    data)``, when given, is called under the tree lock with what was read from each run, and raises
+    if the filesystem's own data checksums say it is damaged."""
 
     size: int
     runs: list[tuple[int, int | None, int]] | None
     opener: Callable[[], IO[bytes]] | None = None
+    check: Callable[[int, memoryview], None] | None = None
 
 
 class Backend(Protocol):

@@ -63,6 +63,7 @@ class FileStream(_Seekable):
         super().__init__(layout.size)
         self._tree = tree
         self._runs = layout.runs
+        self._check = layout.check
         self._starts = [r[0] for r in layout.runs] if layout.runs is not None else []
         self._fallback: IO[bytes] | None = None
         if layout.runs is None and layout.opener is not None:
@@ -93,6 +94,9 @@ class FileStream(_Seekable):
                 part[:] = bytes(take)
             else:
                 self._tree.source.readinto_at(disk + rel, part)
+                if self._check is not None:
+                    with self._tree._guard(self._label):
+                        self._check(disk + rel, part)
             done += take
             self._pos += take
             i += 1

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..blocks import BlockSource, read_at
+from ..crc32c import crc32c
 from ..errors import UnsupportedError
 from . import c_xfs as c
-from ._crc import crc32c
 
 _HINT = "image it in full without --used-only"
 

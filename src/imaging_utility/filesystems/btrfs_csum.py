@@ -1,0 +1,148 @@
+"""Btrfs data checksums: every sector of file data read for ``ls``/``extract``/``webdav`` is checked
+against the checksum tree, as the kernel checks it, so a block that rotted on the disk is an error
+and not silently different bytes.
+
+The checksum tree (tree 7; Linux ``fs/btrfs/file-item.c``) holds items keyed ``(EXTENT_CSUM_OBJECTID,
+EXTENT_CSUM, logical)``: an array of one checksum per sector, for the sectors from ``logical`` on.
+They cover the bytes as stored: the compressed bytes of a compressed extent.  Sectors without a
+checksum (``nodatasum`` files, preallocated extents, inline data) are not checked.  Checksum types:
+CRC-32C (the default), SHA-256 and BLAKE2b; xxhash64 has no implementation here, and data on such a
+volume is read unchecked (its tree blocks are still checked structurally).
+
+Lookups descend the tree by key through ``btrfs.Reader`` (every block checked; the depth can only
+fall), and the run of checksums, or the gap without any, around the last sector asked for is kept, so
+reading a file in order costs one descent per checksum item.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Callable
+
+from ..blocks import BlockSource
+from ..crc32c import crc32c
+from ..errors import CorruptImageError, UnsupportedError
+from . import c_btrfs as c
+from .btrfs import ChunkMap, Reader
+
+CSUM_TREE = 7
+EXTENT_CSUM_OBJECTID = (1 << 64) - 10
+EXTENT_CSUM = 128
+_NOWHERE = 1 << 64
+
+
+def _digest(csum_type: int) -> tuple[int, Callable[[bytes], bytes]] | None:
+    if csum_type == c.CSUM_CRC32C:
+        return 4, lambda b: crc32c(b).to_bytes(4, "little")
+    if csum_type == c.CSUM_SHA256:
+        return 32, lambda b: hashlib.sha256(b).digest()
+    if csum_type == c.CSUM_BLAKE2:
+        return 32, lambda b: hashlib.blake2b(b, digest_size=32).digest()
+    return None
+
+
+class DataSums:
+    """Checks file data read at device offsets against the checksum tree.  Not thread-safe."""
+
+    def __init__(self, source: BlockSource, reader: Reader, chunks: ChunkMap, root: tuple[int, int]) -> None:
+        self._source, self._reader = source, reader
+        self._root, self._level = root
+        self._sector = reader.sb.sectorsize
+        digest = _digest(reader.sb.csum_type)
+        assert digest is not None
+        self._size, self._hash = digest
+        # device offset -> logical, through each chunk's first copy (the one file reads use)
+        spans = sorted((ch.stripes[0], ch.logical, ch.length) for ch in chunks.chunks)
+        self._phys = [s[0] for s in spans]
+        self._spans = spans
+        self._run: tuple[int, int, bytes | None] = (0, 0, None)  # [start, end) logical, checksums or a gap
+
+    @classmethod
+    def open(cls, source: BlockSource, reader: Reader, chunks: ChunkMap,
+             root: tuple[int, int] | None) -> DataSums | None:
+        """``None`` when there is nothing to check against: no checksum tree, or xxhash64 checksums."""
+        if root is None or _digest(reader.sb.csum_type) is None:
+            return None
+        return cls(source, reader, chunks, root)
+
+    def check(self, physical: int, data: memoryview, what: str) -> None:
+        """``data`` was read at device offset ``physical``: every sector it touches that has a checksum
+        must match (a sector it covers only in part is read whole)."""
+        sec = self._sector
+        end = physical + len(data)
+        pos = physical - physical % sec
+        while pos < end:
+            logical, room = self._logical(pos, what)
+            start, stop, sums = self._run_at(logical, what)
+            n = min(end - pos, room, stop - logical)
+            n += -n % sec
+            if n <= 0:
+                raise CorruptImageError(f"{what}: the checksum tree is out of order at logical {logical:#x}")
+            if sums is not None:
+                first = (logical - start) // sec * self._size
+                got = b"".join(self._hash(self._sector_at(p, physical, data)) for p in range(pos, pos + n, sec))
+                want = sums[first : first + len(got)]
+                if got != want:
+                    bad = next(i for i in range(0, len(got), self._size)
+                               if got[i : i + self._size] != want[i : i + self._size]) // self._size * sec
+                    raise CorruptImageError(
+                        f"{what}: the data checksum of the sector at logical {logical + bad:#x} (device offset "
+                        f"{pos + bad:#x}) does not match: the data is damaged")
+            pos += n
+
+    def _sector_at(self, pos: int, physical: int, data: memoryview) -> bytes:
+        sec = self._sector
+        if pos >= physical and pos + sec <= physical + len(data):
+            return bytes(data[pos - physical : pos - physical + sec])
+        whole = bytearray(sec)
+        self._source.readinto_at(pos, memoryview(whole))
+        return bytes(whole)
+
+    def _logical(self, physical: int, what: str) -> tuple[int, int]:
+        """The logical address of device offset ``physical``, and the bytes left in its chunk from there."""
+        i = bisect.bisect_right(self._phys, physical) - 1
+        if i >= 0:
+            dev, logical, length = self._spans[i]
+            if physical < dev + length:
+                return logical + physical - dev, dev + length - physical
+        raise CorruptImageError(f"{what}: device offset {physical:#x} lies in no chunk")
+
+    def _run_at(self, logical: int, what: str) -> tuple[int, int, bytes | None]:
+        if not self._run[0] <= logical < self._run[1]:
+            try:
+                self._run = self._lookup(logical)
+            except UnsupportedError as e:
+                raise CorruptImageError(f"{what}: its data checksums cannot be read: "
+                                        f"{str(e).split('; image it in full')[0]}") from None
+        return self._run
+
+    def _lookup(self, logical: int) -> tuple[int, int, bytes | None]:
+        """The checksum item around ``logical``, or the gap from it to the next item."""
+        want = (EXTENT_CSUM_OBJECTID, EXTENT_CSUM, logical)
+        block_at, level, generation = self._root, self._level, None
+        following = _NOWHERE  # the first checksum item after ``logical`` seen on the way down
+        while True:
+            block = self._reader.node(block_at, level, generation)
+            count = c.HEADER.unpack_from(block)[7]
+            shape = c.KEY_PTR if level else c.ITEM
+            rows = [shape.unpack_from(block, c.HEADER.size + i * shape.size) for i in range(count)]
+            i = bisect.bisect_right([r[:3] for r in rows], want) - 1
+            if i + 1 < count and rows[i + 1][:2] == want[:2] and rows[i + 1][2] > logical:
+                following = min(following, rows[i + 1][2])
+            if i < 0:
+                return logical, following, None
+            if level:
+                block_at, generation, level = rows[i][3], rows[i][4], level - 1
+                continue
+            objectid, typ, start, offset, size = rows[i]
+            if (objectid, typ) != want[:2]:
+                return logical, following, None
+            first = c.HEADER.size + offset
+            if first < c.HEADER.size + count * c.ITEM.size or first + size > len(block):
+                raise UnsupportedError(f"the checksum leaf at logical {block_at:#x} has an item outside the block")
+            n = size // self._size
+            stop = start + n * self._sector
+            if logical >= stop:
+                return logical, following, None
+            return start, stop, bytes(block[first : first + n * self._size])
