@@ -25,7 +25,8 @@ def _google() -> Callable[[bytes], int] | None:
 
 
 @functools.cache
-def _impl() -> Callable[[bytes], int]:
+def function() -> Callable[[bytes], int]:
+    """The implementation itself (``bytes`` in, the CRC out), for loops over many small blocks."""
     fast = _google()
     if fast is not None:
         return fast
@@ -51,4 +52,4 @@ def describe() -> str:
 
 
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    return int(_impl()(bytes(data)))
+    return int(function()(bytes(data)))

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import struct
 from collections.abc import Callable
 
+from .. import crc32c
 from ..blocks import BlockSource
-from ..crc32c import crc32c
 from ..errors import CorruptImageError, UnsupportedError
 from . import c_btrfs as c
 from .btrfs import ChunkMap, Reader
@@ -32,13 +33,18 @@ EXTENT_CSUM = 128
 _NOWHERE = 1 << 64
 
 
-def _digest(csum_type: int) -> tuple[int, Callable[[bytes], bytes]] | None:
+def _digest(csum_type: int, sector: int) -> tuple[int, Callable[[bytes], bytes]] | None:
+    """(checksum size, a function from whole sectors to their checksums, concatenated)."""
     if csum_type == c.CSUM_CRC32C:
-        return 4, lambda b: crc32c(b).to_bytes(4, "little")
+        crc = crc32c.function()
+        return 4, lambda buf: struct.pack(f"<{len(buf) // sector}I",
+                                          *[crc(buf[i : i + sector]) for i in range(0, len(buf), sector)])
     if csum_type == c.CSUM_SHA256:
-        return 32, lambda b: hashlib.sha256(b).digest()
+        return 32, lambda buf: b"".join(hashlib.sha256(buf[i : i + sector]).digest()
+                                        for i in range(0, len(buf), sector))
     if csum_type == c.CSUM_BLAKE2:
-        return 32, lambda b: hashlib.blake2b(b, digest_size=32).digest()
+        return 32, lambda buf: b"".join(hashlib.blake2b(buf[i : i + sector], digest_size=32).digest()
+                                        for i in range(0, len(buf), sector))
     return None
 
 
@@ -49,9 +55,9 @@ class DataSums:
         self._source, self._reader = source, reader
         self._root, self._level = root
         self._sector = reader.sb.sectorsize
-        digest = _digest(reader.sb.csum_type)
+        digest = _digest(reader.sb.csum_type, self._sector)
         assert digest is not None
-        self._size, self._hash = digest
+        self._size, self._sums = digest
         # device offset -> logical, through each chunk's first copy (the one file reads use)
         spans = sorted((ch.stripes[0], ch.logical, ch.length) for ch in chunks.chunks)
         self._phys = [s[0] for s in spans]
@@ -62,7 +68,7 @@ class DataSums:
     def open(cls, source: BlockSource, reader: Reader, chunks: ChunkMap,
              root: tuple[int, int] | None) -> DataSums | None:
         """``None`` when there is nothing to check against: no checksum tree, or xxhash64 checksums."""
-        if root is None or _digest(reader.sb.csum_type) is None:
+        if root is None or _digest(reader.sb.csum_type, reader.sb.sectorsize) is None:
             return None
         return cls(source, reader, chunks, root)
 
@@ -81,7 +87,7 @@ class DataSums:
                 raise CorruptImageError(f"{what}: the checksum tree is out of order at logical {logical:#x}")
             if sums is not None:
                 first = (logical - start) // sec * self._size
-                got = b"".join(self._hash(self._sector_at(p, physical, data)) for p in range(pos, pos + n, sec))
+                got = self._sums(self._sectors(pos, pos + n, physical, data))
                 want = sums[first : first + len(got)]
                 if got != want:
                     bad = next(i for i in range(0, len(got), self._size)
@@ -91,11 +97,23 @@ class DataSums:
                         f"{pos + bad:#x}) does not match: the data is damaged")
             pos += n
 
-    def _sector_at(self, pos: int, physical: int, data: memoryview) -> bytes:
-        sec = self._sector
-        if pos >= physical and pos + sec <= physical + len(data):
-            return bytes(data[pos - physical : pos - physical + sec])
-        whole = bytearray(sec)
+    def _sectors(self, lo: int, hi: int, physical: int, data: memoryview) -> bytes:
+        """The whole sectors from device offset ``lo`` to ``hi``: from ``data`` where it holds them, the
+        first and last read whole from the source where ``data`` starts or ends inside them."""
+        sec, end = self._sector, physical + len(data)
+        inner_lo = lo if lo >= physical else lo + sec
+        inner_hi = hi if hi <= end else hi - sec
+        parts = []
+        if inner_lo > lo:
+            parts.append(self._read_sector(lo))
+        if inner_hi > inner_lo:
+            parts.append(bytes(data[inner_lo - physical : inner_hi - physical]))
+        if inner_hi < hi and inner_hi >= inner_lo:
+            parts.append(self._read_sector(inner_hi))
+        return b"".join(parts)
+
+    def _read_sector(self, pos: int) -> bytes:
+        whole = bytearray(self._sector)
         self._source.readinto_at(pos, memoryview(whole))
         return bytes(whole)
 
