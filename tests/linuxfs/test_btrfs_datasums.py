@@ -1,7 +1,8 @@
 """Btrfs data checksums (``filesystems/btrfs_csum.py``): file data read for ``extract``/``ls``/``webdav``
-is checked against the checksum tree as the kernel checks it.  A damaged sector is an error where the
-kernel gives EIO, never different bytes; data the kernel does not checksum (``nodatacow``) reads as
-the kernel reads it; reads at any offset of a sound volume raise nothing."""
+is checked against the checksum tree as the kernel checks it, whichever of the four checksum types.
+A damaged sector is an error where the kernel gives EIO, never different bytes; data the kernel does
+not checksum (``nodatacow``) reads as the kernel reads it; reads at any offset of a sound volume raise
+nothing."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def test_data_without_checksums_reads_as_the_kernel_reads_it(crc32c_volume: Volu
 
 @pytest.mark.parametrize("csum", ["sha256", "blake2", "xxhash"])
 def test_every_checksum_type(csum: str, tmp_path: Path) -> None:
-    """SHA-256 and BLAKE2b are checked; xxhash64 (no implementation here) reads unchecked."""
+    """The other three checksum types btrfs has are checked as CRC-32C is (tree blocks and data)."""
     require("btrfs")
     path = tmp_path / "vol.img"
     files = _build(path, csum)
@@ -143,8 +144,10 @@ def test_every_checksum_type(csum: str, tmp_path: Path) -> None:
     for name, data in files.items():
         assert (tmp_path / "sound" / name).read_bytes() == data
     damaged = _damaged((path, files), "plain.bin", 5000, tmp_path)
-    proc = cli("extract", damaged, "/plain.bin", tmp_path / "out", check=None)
-    if csum == "xxhash":
-        assert proc.returncode == 0, proc.stderr
-    else:
-        assert proc.returncode == 3 and "data checksum" in proc.stderr, proc.stderr
+    proc = cli("extract", damaged, "/plain.bin", tmp_path / "out", check=3)
+    assert "data checksum" in proc.stderr, proc.stderr
+    with open(damaged, "r+b") as f:  # the label: covered by the superblock's checksum only
+        f.seek(64 * 1024 + 299)
+        f.write(b"\xff")
+    proc = cli("ls", damaged, check=None)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr

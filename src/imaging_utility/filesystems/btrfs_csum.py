@@ -6,8 +6,7 @@ The checksum tree (tree 7; Linux ``fs/btrfs/file-item.c``) holds items keyed ``(
 EXTENT_CSUM, logical)``: an array of one checksum per sector, for the sectors from ``logical`` on.
 They cover the bytes as stored: the compressed bytes of a compressed extent.  Sectors without a
 checksum (``nodatasum`` files, preallocated extents, inline data) are not checked.  Checksum types:
-CRC-32C (the default), SHA-256 and BLAKE2b; xxhash64 has no implementation here, and data on such a
-volume is read unchecked (its tree blocks are still checked structurally).
+all four btrfs has: CRC-32C (the default), xxhash64, SHA-256 and BLAKE2b.
 
 Lookups descend the tree by key through ``btrfs.Reader`` (every block checked; the depth can only
 fall), and the run of checksums, or the gap without any, around the last sector asked for is kept, so
@@ -20,6 +19,8 @@ import bisect
 import hashlib
 import struct
 from collections.abc import Callable
+
+import xxhash
 
 from .. import crc32c
 from ..blocks import BlockSource
@@ -42,6 +43,9 @@ def _digest(csum_type: int, sector: int) -> tuple[int, Callable[[bytes], bytes]]
     if csum_type == c.CSUM_SHA256:
         return 32, lambda buf: b"".join(hashlib.sha256(buf[i : i + sector]).digest()
                                         for i in range(0, len(buf), sector))
+    if csum_type == c.CSUM_XXHASH:
+        return 8, lambda buf: struct.pack(f"<{len(buf) // sector}Q", *[xxhash.xxh64_intdigest(buf[i : i + sector])
+                                                                       for i in range(0, len(buf), sector)])
     if csum_type == c.CSUM_BLAKE2:
         return 32, lambda buf: b"".join(hashlib.blake2b(buf[i : i + sector], digest_size=32).digest()
                                         for i in range(0, len(buf), sector))
