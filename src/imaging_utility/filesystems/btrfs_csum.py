@@ -71,7 +71,7 @@ class DataSums:
     @classmethod
     def open(cls, source: BlockSource, reader: Reader, chunks: ChunkMap,
              root: tuple[int, int] | None) -> DataSums | None:
-        """``None`` when there is nothing to check against: no checksum tree, or xxhash64 checksums."""
+        """``None`` when there is nothing to check against: no checksum tree, or an unknown checksum type."""
         if root is None or _digest(reader.sb.csum_type, reader.sb.sectorsize) is None:
             return None
         return cls(source, reader, chunks, root)
