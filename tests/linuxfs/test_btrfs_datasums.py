@@ -28,10 +28,10 @@ from imaging_utility.filesystems.tree import open_tree
 Volume = tuple[Path, dict[str, bytes]]
 
 
-def _build(path: Path, csum: str) -> dict[str, bytes]:
+def _build(path: Path, csum: str, *mkfs: str, size_mib: int = 128) -> dict[str, bytes]:
     rnd = random.Random(csum)
-    fsbuild.random_image(path, 128, 43)
-    lfsbuild.run("mkfs.btrfs", "-q", "-f", "--csum", csum, path)
+    fsbuild.random_image(path, size_mib, 43)
+    lfsbuild.run("mkfs.btrfs", "-q", "-f", "--csum", csum, *mkfs, path)
     files = {
         "plain.bin": rnd.randbytes(300_000 + 77),
         "z/words.txt": b" ".join(rnd.choice([b"alpha", b"beta", b"gamma", b"delta"]) for _ in range(90_000)),
@@ -55,8 +55,9 @@ def crc32c_volume(tmp_path_factory: pytest.TempPathFactory) -> Volume:
     return path, _build(path, "crc32c")
 
 
-def _device_offset(path: Path, name: str) -> int:
-    """Where the first extent of ``name`` is on the device (compressed: its stored bytes)."""
+def _device_offset(path: Path, name: str, copy: int = 0) -> int:
+    """Where the first extent of ``name`` is on the device (compressed: its stored bytes), in the chunk's
+    first copy or in another one (DUP)."""
     with lfsbuild.mounted(path, read_only=True) as mnt:
         out = lfsbuild.run("filefrag", "-v", "-b4096", mnt / name)
     first = re.search(r"^\s*0:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.", out, re.M)
@@ -66,18 +67,19 @@ def _device_offset(path: Path, name: str) -> int:
     sb = btrfs.probe(source)
     assert sb is not None
     chunk = btrfs.read_chunks(source, sb).find(logical, 1)
-    return chunk.stripes[0] + logical - chunk.logical
+    return chunk.stripes[copy] + logical - chunk.logical
 
 
-def _damaged(vol: Volume, name: str, at: int, tmp_path: Path) -> Path:
+def _damaged(vol: Volume, name: str, at: int, tmp_path: Path, copies: tuple[int, ...] = (0,)) -> Path:
     path = tmp_path / "damaged.img"
     shutil.copyfile(vol[0], path)
-    where = _device_offset(path, name) + at
-    with open(path, "r+b") as f:
-        f.seek(where)
-        byte = f.read(1)[0]
-        f.seek(where)
-        f.write(bytes([byte ^ 0x5A]))
+    for copy in copies:
+        where = _device_offset(path, name, copy) + at
+        with open(path, "r+b") as f:
+            f.seek(where)
+            byte = f.read(1)[0]
+            f.seek(where)
+            f.write(bytes([byte ^ 0x5A]))
     return path
 
 
@@ -151,3 +153,26 @@ def test_every_checksum_type(csum: str, tmp_path: Path) -> None:
         f.write(b"\xff")
     proc = cli("ls", damaged, check=None)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_dup_data_is_read_from_the_copy_that_matches(tmp_path: Path) -> None:
+    """With DUP data, a sector damaged in one copy is read from the other, as the kernel does; damaged in
+    both, it is an error."""
+    require("btrfs")
+    path = tmp_path / "dup.img"
+    files = _build(path, "crc32c", "-d", "dup", "-m", "dup", size_mib=320)
+    for name, at in (("plain.bin", 8192 + 100), ("z/words.txt", 100)):
+        for copy in (0, 1):
+            damaged = _damaged((path, files), name, at, tmp_path, (copy,))
+            assert _kernel_read(damaged, name) == files[name]
+            out = tmp_path / f"out{copy}"
+            cli("extract", damaged, "/" + name, out)
+            assert (out / Path(name).name).read_bytes() == files[name], (name, copy)
+            with open_tree(FileSource(str(damaged))).open("/" + name) as f:
+                f.seek(at - 5)
+                assert f.read(11) == files[name][at - 5 : at + 6]  # a read inside the damaged sector
+            shutil.rmtree(out)
+        damaged = _damaged((path, files), name, at, tmp_path, (0, 1))
+        assert _kernel_read(damaged, name) == errno.EIO
+        proc = cli("extract", damaged, "/" + name, tmp_path / "both", check=3)
+        assert "does not match in both copies" in proc.stderr, proc.stderr

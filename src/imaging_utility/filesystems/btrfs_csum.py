@@ -62,8 +62,9 @@ class DataSums:
         digest = _digest(reader.sb.csum_type, self._sector)
         assert digest is not None
         self._size, self._sums = digest
-        # device offset -> logical, through each chunk's first copy (the one file reads use)
-        spans = sorted((ch.stripes[0], ch.logical, ch.length) for ch in chunks.chunks)
+        # device offset -> logical, through each chunk's first copy (the one file reads use); a DUP chunk's
+        # second copy is read where the first fails its checksum, as the kernel does
+        spans = sorted((ch.stripes[0], ch.logical, ch.length, ch.stripes[1:]) for ch in chunks.chunks)
         self._phys = [s[0] for s in spans]
         self._spans = spans
         self._run: tuple[int, int, bytes | None] = (0, 0, None)  # [start, end) logical, checksums or a gap
@@ -83,7 +84,7 @@ class DataSums:
         end = physical + len(data)
         pos = physical - physical % sec
         while pos < end:
-            logical, room = self._logical(pos, what)
+            logical, room, copies = self._logical(pos, what)
             start, stop, sums = self._run_at(logical, what)
             n = min(end - pos, room, stop - logical)
             n += -n % sec
@@ -94,12 +95,29 @@ class DataSums:
                 got = self._sums(self._sectors(pos, pos + n, physical, data))
                 want = sums[first : first + len(got)]
                 if got != want:
-                    bad = next(i for i in range(0, len(got), self._size)
-                               if got[i : i + self._size] != want[i : i + self._size]) // self._size * sec
-                    raise CorruptImageError(
-                        f"{what}: the data checksum of the sector at logical {logical + bad:#x} (device offset "
-                        f"{pos + bad:#x}) does not match: the data is damaged")
+                    self._repair(pos, n, physical, data, copies, got, want, logical, what)
             pos += n
+
+    def _repair(self, pos: int, n: int, physical: int, data: memoryview, copies: tuple[int, ...], got: bytes,
+                want: bytes, logical: int, what: str) -> None:
+        """Each sector of ``pos``…``pos + n`` whose checksum failed is taken from the chunk's other copy
+        (``copies``: where this sector is in each) when that one matches, and put into ``data``."""
+        sec, size = self._sector, self._size
+        for k in range(n // sec):
+            expected = want[k * size : (k + 1) * size]
+            if got[k * size : (k + 1) * size] == expected:
+                continue
+            at = pos + k * sec
+            good = next((block for block in (self._read_sector(c + at - pos) for c in copies)
+                         if self._sums(block) == expected), None)
+            if good is None:
+                both = " in both copies" if copies else ""
+                raise CorruptImageError(
+                    f"{what}: the data checksum of the sector at logical {logical + k * sec:#x} (device offset "
+                    f"{at:#x}) does not match{both}: the data is damaged")
+            lo, hi = max(at, physical), min(at + sec, physical + len(data))
+            if lo < hi:
+                data[lo - physical : hi - physical] = good[lo - at : hi - at]
 
     def _sectors(self, lo: int, hi: int, physical: int, data: memoryview) -> bytes:
         """The whole sectors from device offset ``lo`` to ``hi``: from ``data`` where it holds them, the
@@ -121,13 +139,14 @@ class DataSums:
         self._source.readinto_at(pos, memoryview(whole))
         return bytes(whole)
 
-    def _logical(self, physical: int, what: str) -> tuple[int, int]:
-        """The logical address of device offset ``physical``, and the bytes left in its chunk from there."""
+    def _logical(self, physical: int, what: str) -> tuple[int, int, tuple[int, ...]]:
+        """The logical address of device offset ``physical``, the bytes left in its chunk from there, and
+        where the chunk's other copies hold the same byte."""
         i = bisect.bisect_right(self._phys, physical) - 1
         if i >= 0:
-            dev, logical, length = self._spans[i]
+            dev, logical, length, others = self._spans[i]
             if physical < dev + length:
-                return logical + physical - dev, dev + length - physical
+                return logical + physical - dev, dev + length - physical, tuple(o + physical - dev for o in others)
         raise CorruptImageError(f"{what}: device offset {physical:#x} lies in no chunk")
 
     def _run_at(self, logical: int, what: str) -> tuple[int, int, bytes | None]:
