@@ -17,13 +17,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import xxhash
 
+from .. import crc32c
 from ..blocks import BlockSource, read_at
-from ..crc32c import crc32c
 from ..errors import UnsupportedError
 from . import c_btrfs as c
 
@@ -34,18 +34,21 @@ def fail(what: str) -> UnsupportedError:
     return UnsupportedError(f"Btrfs superblock found but {what}; {_HINT}")
 
 
+# checksum type -> (size, the checksum of one block as stored)
+DIGESTS: dict[int, tuple[int, Callable[[bytes], bytes]]] = {
+    c.CSUM_CRC32C: (4, lambda b: crc32c.function()(b).to_bytes(4, "little")),
+    c.CSUM_XXHASH: (8, lambda b: xxhash.xxh64_intdigest(b).to_bytes(8, "little")),
+    c.CSUM_SHA256: (32, lambda b: hashlib.sha256(b).digest()),
+    c.CSUM_BLAKE2: (32, lambda b: hashlib.blake2b(b, digest_size=32).digest()),
+}
+
+
 def csum_ok(csum_type: int, block: bytes | bytearray | memoryview) -> bool:
     """The checksum in the first 32 bytes of ``block`` covers the rest of it."""
-    body = bytes(block[c.CSUM_SIZE :])
-    if csum_type == c.CSUM_CRC32C:
-        return crc32c(body).to_bytes(4, "little") == bytes(block[:4])
-    if csum_type == c.CSUM_SHA256:
-        return hashlib.sha256(body).digest() == bytes(block[:32])
-    if csum_type == c.CSUM_BLAKE2:
-        return hashlib.blake2b(body, digest_size=32).digest() == bytes(block[:32])
-    if csum_type == c.CSUM_XXHASH:
-        return bool(xxhash.xxh64_intdigest(body).to_bytes(8, "little") == bytes(block[:8]))
-    return False
+    if csum_type not in DIGESTS:
+        return False
+    size, digest = DIGESTS[csum_type]
+    return digest(bytes(block[c.CSUM_SIZE :])) == bytes(block[:size])
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,19 @@ class Reader:
                 if start + dsize > ns or start < c.HEADER.size + nritems * c.ITEM.size:
                     raise fail(f"the leaf at logical {logical:#x} has item {i} outside the block")
                 yield Item(objectid, typ, offset, view[start : start + dsize])
+
+
+def tree_roots(reader: Reader, sb: BtrfsSuper, wanted: set[int]) -> dict[int, tuple[int, int]]:
+    """``{objectid: (bytenr, level)}`` of the ``wanted`` trees named in the root tree, which is walked (and
+    so checked) whole."""
+    roots: dict[int, tuple[int, int]] = {}
+    for item in reader.items(sb.root, sb.root_level):
+        if item.type == c.ROOT_ITEM and item.objectid in wanted:
+            if len(item.data) <= c.ROOT_ITEM_LEVEL_OFFSET:
+                raise fail(f"the root item of tree {item.objectid} is truncated")
+            bytenr = int.from_bytes(item.data[c.ROOT_ITEM_BYTENR_OFFSET : c.ROOT_ITEM_BYTENR_OFFSET + 8], "little")
+            roots[item.objectid] = (bytenr, item.data[c.ROOT_ITEM_LEVEL_OFFSET])
+    return roots
 
 
 def read_chunks(source: BlockSource, sb: BtrfsSuper) -> ChunkMap:

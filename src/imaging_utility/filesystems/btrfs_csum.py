@@ -16,40 +16,16 @@ reading a file in order costs one descent per checksum item.
 from __future__ import annotations
 
 import bisect
-import hashlib
-import struct
-from collections.abc import Callable
 
-import xxhash
-
-from .. import crc32c
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, UnsupportedError
 from . import c_btrfs as c
-from .btrfs import ChunkMap, Reader
+from .btrfs import DIGESTS, ChunkMap, Reader
 
 CSUM_TREE = 7
 EXTENT_CSUM_OBJECTID = (1 << 64) - 10
 EXTENT_CSUM = 128
 _NOWHERE = 1 << 64
-
-
-def _digest(csum_type: int, sector: int) -> tuple[int, Callable[[bytes], bytes]] | None:
-    """(checksum size, a function from whole sectors to their checksums, concatenated)."""
-    if csum_type == c.CSUM_CRC32C:
-        crc = crc32c.function()
-        return 4, lambda buf: struct.pack(f"<{len(buf) // sector}I",
-                                          *[crc(buf[i : i + sector]) for i in range(0, len(buf), sector)])
-    if csum_type == c.CSUM_SHA256:
-        return 32, lambda buf: b"".join(hashlib.sha256(buf[i : i + sector]).digest()
-                                        for i in range(0, len(buf), sector))
-    if csum_type == c.CSUM_XXHASH:
-        return 8, lambda buf: struct.pack(f"<{len(buf) // sector}Q", *[xxhash.xxh64_intdigest(buf[i : i + sector])
-                                                                       for i in range(0, len(buf), sector)])
-    if csum_type == c.CSUM_BLAKE2:
-        return 32, lambda buf: b"".join(hashlib.blake2b(buf[i : i + sector], digest_size=32).digest()
-                                        for i in range(0, len(buf), sector))
-    return None
 
 
 class DataSums:
@@ -59,9 +35,7 @@ class DataSums:
         self._source, self._reader = source, reader
         self._root, self._level = root
         self._sector = reader.sb.sectorsize
-        digest = _digest(reader.sb.csum_type, self._sector)
-        assert digest is not None
-        self._size, self._sums = digest
+        self._size, self._digest = DIGESTS[reader.sb.csum_type]
         # device offset -> logical, through each chunk's first copy (the one file reads use); a DUP chunk's
         # second copy is read where the first fails its checksum, as the kernel does
         spans = sorted((ch.stripes[0], ch.logical, ch.length, ch.stripes[1:]) for ch in chunks.chunks)
@@ -73,11 +47,11 @@ class DataSums:
     def open(cls, source: BlockSource, reader: Reader, chunks: ChunkMap,
              root: tuple[int, int] | None) -> DataSums | None:
         """``None`` when there is nothing to check against: no checksum tree, or an unknown checksum type."""
-        if root is None or _digest(reader.sb.csum_type, reader.sb.sectorsize) is None:
+        if root is None or reader.sb.csum_type not in DIGESTS:
             return None
         return cls(source, reader, chunks, root)
 
-    def check(self, physical: int, data: memoryview, what: str) -> None:
+    def check(self, what: str, physical: int, data: memoryview) -> None:
         """``data`` was read at device offset ``physical``: every sector it touches that has a checksum
         must match (a sector it covers only in part is read whole)."""
         sec = self._sector
@@ -97,6 +71,11 @@ class DataSums:
                 if got != want:
                     self._repair(pos, n, physical, data, copies, got, want, logical, what)
             pos += n
+
+    def _sums(self, sectors: bytes) -> bytes:
+        """The checksums of whole ``sectors``, concatenated as the checksum tree stores them."""
+        sec = self._sector
+        return b"".join([self._digest(sectors[i : i + sec]) for i in range(0, len(sectors), sec)])
 
     def _repair(self, pos: int, n: int, physical: int, data: memoryview, copies: tuple[int, ...], got: bytes,
                 want: bytes, logical: int, what: str) -> None:

@@ -18,21 +18,7 @@ from collections.abc import Iterator
 
 from ..blocks import BlockSource
 from . import c_btrfs as c
-from .btrfs import BtrfsSuper, Chunk, ChunkMap, Reader, fail, read_chunks
-
-
-def _tree_roots(reader: Reader, sb: BtrfsSuper) -> dict[int, tuple[int, int]]:
-    """``{objectid: (bytenr, level)}`` of the trees named in the root tree (only those needed here)."""
-    roots: dict[int, tuple[int, int]] = {}
-    for item in reader.items(sb.root, sb.root_level):
-        if item.type == c.ROOT_ITEM and item.objectid in (c.EXTENT_TREE, c.BLOCK_GROUP_TREE):
-            if len(item.data) <= c.ROOT_ITEM_LEVEL_OFFSET:
-                raise fail(f"the root item of tree {item.objectid} is truncated")
-            bytenr = int.from_bytes(item.data[c.ROOT_ITEM_BYTENR_OFFSET : c.ROOT_ITEM_BYTENR_OFFSET + 8], "little")
-            roots[item.objectid] = (bytenr, item.data[c.ROOT_ITEM_LEVEL_OFFSET])
-    if c.EXTENT_TREE not in roots:
-        raise fail("its root tree has no extent tree")
-    return roots
+from .btrfs import BtrfsSuper, Chunk, ChunkMap, Reader, fail, read_chunks, tree_roots
 
 
 class _Collector:
@@ -70,7 +56,9 @@ def used_ranges(source: BlockSource, sb: BtrfsSuper) -> Iterator[tuple[int, int]
     if sb.log_root:
         return iter([*always, *_whole_chunks(chunks)])
     reader = Reader(source, sb, chunks)
-    roots = _tree_roots(reader, sb)
+    roots = tree_roots(reader, sb, {c.EXTENT_TREE, c.BLOCK_GROUP_TREE})
+    if c.EXTENT_TREE not in roots:
+        raise fail("its root tree has no extent tree")
     groups: dict[int, tuple[int, int]] = {}  # chunk logical -> (length, used) from block group items
     counted: dict[int, int] = {}  # chunk logical -> bytes of extents found
     col = _Collector()

@@ -116,13 +116,8 @@ class BtrfsBackend:
         try:
             self.chunks = btrfs.read_chunks(source, sb)
             self.reader = btrfs.Reader(source, sb, self.chunks)
-            csum_root: tuple[int, int] | None = None
-            for item in self.reader.items(sb.root, sb.root_level):  # the root tree is sound before dissect walks it
-                if (item.objectid, item.type) == (CSUM_TREE, c.ROOT_ITEM) and len(item.data) > c.ROOT_ITEM_LEVEL_OFFSET:
-                    bytenr = int.from_bytes(item.data[c.ROOT_ITEM_BYTENR_OFFSET : c.ROOT_ITEM_BYTENR_OFFSET + 8],
-                                            "little")
-                    csum_root = bytenr, item.data[c.ROOT_ITEM_LEVEL_OFFSET]
-            self.sums = DataSums.open(source, self.reader, self.chunks, csum_root)
+            roots = btrfs.tree_roots(self.reader, sb, {CSUM_TREE})  # the root tree is sound before dissect walks it
+            self.sums = DataSums.open(source, self.reader, self.chunks, roots.get(CSUM_TREE))
         except UnsupportedError as e:
             raise CorruptImageError(_plain(e)) from None
         self.source = source
@@ -276,8 +271,7 @@ class BtrfsBackend:
                 runs.append((start, where, length))
                 pieces.append(Piece(start, length, where))
             pos = start + length
-        sums = self.sums
-        check = None if sums is None else functools.partial(_check_sums, sums, what)
+        check = None if self.sums is None else functools.partial(self.sums.check, what)
         if any(p.data is not None or p.compression for p in pieces):
             sector = self.sectorsize
             return Layout(size, None,
@@ -285,7 +279,3 @@ class BtrfsBackend:
         if pos < size:
             runs.append((pos, None, size - pos))
         return Layout(size, runs, check=check)
-
-
-def _check_sums(sums: DataSums, what: str, physical: int, data: memoryview) -> None:
-    sums.check(physical, data, what)
