@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..image.reader import open_image
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
-from ..storage.local import refuse_new_in_dev, refuse_source_as_dest
+from ..storage.destcheck import refuse_new_in_dev, refuse_source_as_dest
 from ._pipeline import utc_now
 from .capture import CaptureOptions, CaptureResult, capture
 from .diskmap import apply_disk_plan, plan_disk

@@ -29,8 +29,9 @@ from ..image.writer import ImageWriter
 from ..limits import threads_within
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import discard, existing_outputs, is_remote, open_partial
+from ..storage.destcheck import refuse_new_in_dev, refuse_special
 from ..storage.destlock import DestLock
-from ..storage.local import STDOUT, refuse_new_in_dev, refuse_special
+from ..storage.local import STDOUT
 from ._pipeline import run_chunks, utc_now
 
 

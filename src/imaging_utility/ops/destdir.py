@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ..errors import NoSpaceError
 from ..filesystems.ext_meta import map_acl_ids
 from ..filesystems.tree import TYPE_BITS, Entry
-from ..storage.local import file_key
+from ..storage.destcheck import file_key
 
 NAME_MAX = 255
 PROBE = ".imaging-utility-case-probe"

@@ -40,7 +40,7 @@ from ..limits import threads_within
 from ..partitions import read_partitions
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import is_remote
-from ..storage.local import refuse_new_in_dev
+from ..storage.destcheck import refuse_new_in_dev
 from .manifest import choose_disk, is_set_dir, load_manifest, open_image_or_set
 
 # Export ids are uuid5 names in this namespace: the same image bytes exported again get the same id.

@@ -188,7 +188,7 @@ def _sizes(tree: FileTree, paths: list[str], streams: bool) -> int:
 
 
 def _open_dest(dest: str) -> int:
-    from ..storage.local import refuse_new_in_dev
+    from ..storage.destcheck import refuse_new_in_dev
 
     refuse_new_in_dev(dest)
     try:

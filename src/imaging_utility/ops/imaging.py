@@ -28,7 +28,8 @@ from ..format import c_image as c
 from ..image.digests import DEFAULT
 from ..progress import JobControl, ProgressCallback, no_progress
 from ..storage import is_remote
-from ..storage.local import STDOUT, refuse_source_as_dest
+from ..storage.destcheck import refuse_source_as_dest
+from ..storage.local import STDOUT
 from ..units import format_size
 from .capture import CaptureOptions, CaptureResult, Pacer, capture
 from .diskmap import apply_disk_plan, partition_table_of, plan_disk

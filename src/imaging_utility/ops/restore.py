@@ -42,8 +42,8 @@ from ..progress import (
     StageClock,
     no_progress,
 )
+from ..storage.destcheck import file_key, refuse_new_in_dev
 from ..storage.destlock import DestLock, lock_holder
-from ..storage.local import file_key, refuse_new_in_dev
 from .restore_writer import FREE_SKIP, CorruptChunk, write_error, write_stored
 
 
