@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lfscases import require
 
 import fsbuild
 from conftest import cli
+from imaging_utility.crc32c import crc32c
 from imaging_utility.devices.source import FileSource
 from imaging_utility.errors import CorruptImageError
 from imaging_utility.filesystems import btrfs
@@ -176,3 +178,57 @@ def test_dup_data_is_read_from_the_copy_that_matches(tmp_path: Path) -> None:
         assert _kernel_read(damaged, name) == errno.EIO
         proc = cli("extract", damaged, "/" + name, tmp_path / "both", check=3)
         assert "does not match in both copies" in proc.stderr, proc.stderr
+
+
+def _csum_hole(path: Path, logical: int, sectors: int) -> None:
+    """Take the checksums of the first ``sectors`` sectors from ``logical`` out of the checksum tree: its
+    last item (a volume with one data file has one) starts that many sectors later, its data as much
+    later, every copy of the leaf rewritten with a valid block checksum."""
+    image = bytearray(path.read_bytes())
+    leaves = 0
+    for at in range(0, len(image), 4096):
+        if struct.unpack_from("<Q", image, at + 88)[0] != 7 or image[at + 100] != 0 \
+                or image[at + 32 : at + 48] != image[64 * 1024 + 32 : 64 * 1024 + 48]:  # fsid
+            continue
+        block = memoryview(image)[at : at + 16384]
+        item = 101 + (struct.unpack_from("<I", block, 96)[0] - 1) * 25
+        objectid, kind, start, offset, size = struct.unpack_from("<QBQII", block, item)
+        if (kind, start) != (128, logical) or size <= sectors * 4:
+            continue
+        struct.pack_into("<QBQII", block, item, objectid, kind, start + sectors * 4096, offset + sectors * 4,
+                         size - sectors * 4)
+        struct.pack_into("<I", block, 0, crc32c(block[32:]))
+        leaves += 1
+    assert leaves, "no checksum leaf starts at the file's extent"
+    path.write_bytes(image)
+
+
+def test_sector_without_checksum_is_an_error_like_the_kernels_eio(tmp_path: Path) -> None:
+    """A sector of a checksummed file that has no checksum is a damaged checksum tree: the kernel fails the
+    read ("csum hole found"), and so do we; the sectors after it read as they are."""
+    require("btrfs")
+    path = tmp_path / "hole.img"
+    fsbuild.random_image(path, 128, 47)
+    lfsbuild.run("mkfs.btrfs", "-q", "-f", path)
+    data = random.Random(47).randbytes(1 << 20)
+    with lfsbuild.mounted(path) as mnt:
+        (mnt / "f").write_bytes(data)
+        os.sync()
+    source = FileSource(str(path))
+    sb = btrfs.probe(source)
+    assert sb is not None
+    chunks = btrfs.read_chunks(source, sb)
+    with lfsbuild.mounted(path, read_only=True) as mnt:
+        out = lfsbuild.run("filefrag", "-v", "-b4096", mnt / "f")
+    first = re.search(r"^\s*0:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.", out, re.M)
+    assert first and chunks.find(int(first.group(1)) * 4096, 1), out
+    _csum_hole(path, int(first.group(1)) * 4096, 4)
+    assert _kernel_read(path, "f") == errno.EIO
+    proc = cli("extract", path, "/f", tmp_path / "out", check=3)
+    assert "has no data checksum" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    with open_tree(FileSource(str(path))).open("/f") as f:
+        f.seek(4 * 4096)
+        assert f.read() == data[4 * 4096 :]  # past the hole: checked and sound
+        f.seek(4 * 4096 - 1)
+        with pytest.raises(CorruptImageError, match="has no data checksum"):
+            f.read(2)

@@ -4,9 +4,11 @@ and not silently different bytes.
 
 The checksum tree (tree 7; Linux ``fs/btrfs/file-item.c``) holds items keyed ``(EXTENT_CSUM_OBJECTID,
 EXTENT_CSUM, logical)``: an array of one checksum per sector, for the sectors from ``logical`` on.
-They cover the bytes as stored: the compressed bytes of a compressed extent.  Sectors without a
-checksum (``nodatasum`` files, preallocated extents, inline data) are not checked.  Checksum types:
-all four btrfs has: CRC-32C (the default), xxhash64, SHA-256 and BLAKE2b.
+They cover the bytes as stored: the compressed bytes of a compressed extent.  Files flagged
+``NODATASUM`` (``nodatacow``, ``chattr +C`` on an empty file, ``-o nodatasum``), preallocated extents and
+inline data have none and are not checked.  Any other sector read must have one: a sector without is
+an error, as the kernel fails that read ("csum hole found", then EIO).  Checksum types: all four btrfs
+has: CRC-32C (the default), xxhash64, SHA-256 and BLAKE2b.
 
 Lookups descend the tree by key through ``btrfs.Reader`` (every block checked; the depth can only
 fall), and the run of checksums, or the gap without any, around the last sector asked for is kept, so
@@ -52,8 +54,8 @@ class DataSums:
         return cls(source, reader, chunks, root)
 
     def check(self, what: str, physical: int, data: memoryview) -> None:
-        """``data`` was read at device offset ``physical``: every sector it touches that has a checksum
-        must match (a sector it covers only in part is read whole)."""
+        """``data`` was read at device offset ``physical`` for a file that is not ``NODATASUM``: every sector
+        it touches must have a checksum, and match it (a sector it covers only in part is read whole)."""
         sec = self._sector
         end = physical + len(data)
         pos = physical - physical % sec
@@ -64,12 +66,15 @@ class DataSums:
             n += -n % sec
             if n <= 0:
                 raise CorruptImageError(f"{what}: the checksum tree is out of order at logical {logical:#x}")
-            if sums is not None:
-                first = (logical - start) // sec * self._size
-                got = self._sums(self._sectors(pos, pos + n, physical, data))
-                want = sums[first : first + len(got)]
-                if got != want:
-                    self._repair(pos, n, physical, data, copies, got, want, logical, what)
+            if sums is None:
+                raise CorruptImageError(
+                    f"{what}: the sector at logical {logical:#x} (device offset {pos:#x}) has no data checksum, "
+                    "and the file is not nodatasum: the checksum tree is damaged")
+            first = (logical - start) // sec * self._size
+            got = self._sums(self._sectors(pos, pos + n, physical, data))
+            want = sums[first : first + len(got)]
+            if got != want:
+                self._repair(pos, n, physical, data, copies, got, want, logical, what)
             pos += n
 
     def _sums(self, sectors: bytes) -> bytes:

@@ -35,6 +35,7 @@ from .btrfs_extent import COMPRESS_ZSTD, ExtentFile, Piece, check_compressed
 from .tree import KINDS, BlockFile, Entry, Layout
 
 MAX_DEPTH = c.MAX_LEVEL + 1
+NODATASUM = 1 << 0  # BTRFS_INODE_NODATASUM
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -271,7 +272,8 @@ class BtrfsBackend:
                 runs.append((start, where, length))
                 pieces.append(Piece(start, length, where))
             pos = start + length
-        check = None if self.sums is None else functools.partial(self.sums.check, what)
+        nodatasum = int(node.inode.flags) & NODATASUM  # the kernel neither writes nor checks their checksums
+        check = None if self.sums is None or nodatasum else functools.partial(self.sums.check, what)
         if any(p.data is not None or p.compression for p in pieces):
             sector = self.sectorsize
             return Layout(size, None,
