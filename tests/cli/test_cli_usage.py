@@ -164,6 +164,22 @@ def test_interrupted_image_says_what_was_captured(tmp_path: Path) -> None:
     assert cli("verify", img).returncode == 0
 
 
+def test_a_file_that_is_no_image_is_not_called_an_interrupted_capture(tmp_path: Path) -> None:
+    """info/verify on a raw volume (or any file that is not an image) say so and how to image it; a file cut
+    inside its header is still an interrupted capture."""
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(mixed_bytes(2 * MiB, seed=6))
+    for cmd in ("info", "verify"):
+        proc = cli(cmd, raw, check=8)
+        assert f"{raw} is not an imaging-utility image" in proc.stderr and "imaging-utility image" in proc.stderr
+        assert "resume" not in proc.stderr + proc.stdout and len(proc.stderr.strip().splitlines()) == 1
+    img = tmp_path / "p.img"
+    cli("image", "--chunk-size", "64K", raw, img)
+    img.write_bytes(img.read_bytes()[:6])  # cut inside the header frame
+    proc = cli("info", img, check=8)
+    assert "not even the header was written" in proc.stdout, proc.stdout
+
+
 def test_image_to_stdout_and_restore_from_stdin(tmp_path: Path) -> None:
     """Item 12: `image SOURCE - | restore - TARGET`, through a real shell pipe."""
     src = tmp_path / "src.raw"

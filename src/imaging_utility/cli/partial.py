@@ -6,7 +6,7 @@ import os
 import shlex
 from typing import Any
 
-from ..errors import IncompleteImageError
+from ..errors import CorruptImageError, IncompleteImageError
 from ..image.partial import PartialImage, inspect_partial
 from .output import human_bytes, print_json, shown, stdout
 
@@ -31,6 +31,9 @@ def report_partial(path: str, as_json: bool, error: IncompleteImageError) -> Non
     if os.path.isdir(path) or is_remote(path):
         raise error
     part = inspect_partial(path)
+    if part.foreign:
+        raise CorruptImageError(f"{path} is not an imaging-utility image (it does not begin with an image "
+                                   f"header); to image it: imaging-utility image {shlex.quote(path)} DEST")
     if as_json:
         print_json({**part.as_dict(), "error": str(error), "resume": resume_command(_meta(part, "command_line"))})
         raise error

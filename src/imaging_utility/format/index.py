@@ -55,7 +55,8 @@ class SeekTable:
     def load(cls, read_at: ReadAt, file_size: int) -> tuple[SeekTable, int]:
         """Read and validate the table at the end of a file; returns it and its frame's offset."""
         if file_size < c.SEEK_FOOTER.size + c.SKIPPABLE_HEADER.size:
-            raise CorruptImageError(f"file of {file_size} bytes is too small to hold a seek table")
+            raise IncompleteImageError(f"file of {file_size} bytes is too small to hold a seek table: the capture was "
+                                       "interrupted (continue it with 'image --resume') or the file is not an image")
         footer = read_at(file_size - c.SEEK_FOOTER.size, c.SEEK_FOOTER.size)
         n, descriptor, magic = c.SEEK_FOOTER.unpack(footer)
         if magic != c.SEEKABLE_FOOTER_MAGIC:

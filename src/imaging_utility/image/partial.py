@@ -23,6 +23,7 @@ class PartialImage:
     paths: list[str]
     image_bytes: int  # size of the file(s)
     header: Header | None  # None: not even the header frame is complete
+    foreign: bool = False  # it begins with something else than an image header: not an image at all
     chunks: int = 0  # complete data frames, in order
     source_bytes: int = 0  # source bytes those frames hold
     valid_bytes: int = 0  # image bytes up to the end of the last complete frame
@@ -47,6 +48,10 @@ def inspect_partial(path: str) -> PartialImage:
     parts = PartReader(paths)
     try:
         out = PartialImage(paths, parts.size, None)
+        head = parts.read_at(0, min(4, parts.size))
+        if head != c.SKIPPABLE_HEADER.pack(c.HEADER_MAGIC, 0)[: len(head)]:  # as a resume refuses it
+            out.foreign = True
+            return out
         frames = walk_frames(parts.read_at, parts.size)
         first = next(frames, None)
         if first is None or first.magic != c.HEADER_MAGIC:
