@@ -106,10 +106,14 @@ def test_open_errors(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match=r"not found: .*nope") as exc:
         FileSource(str(tmp_path / "nope"))
     assert exc.value.exit_code == 4
-    for path, text in ((str(tmp_path), "is a directory"), ("/dev/null", "neither")):
-        with pytest.raises(UnsupportedError, match=text) as unusable:
-            FileSource(path)
-        assert unusable.value.exit_code == 4
+    for path, text in ((str(tmp_path), "is a directory"), ("/dev/null", "neither"),
+                       ("/proc/self/status", "says it is 0 bytes long but has data")):
+        for direct in (False, True):
+            with pytest.raises(UnsupportedError, match=text) as unusable:
+                FileSource(path, direct=direct)
+            assert unusable.value.exit_code == 4
+    (tmp_path / "empty").touch()  # truly empty: a source of 0 bytes
+    assert FileSource(str(tmp_path / "empty")).size == 0
 
 
 @pytest.mark.parametrize(("code", "cls", "exit_code", "text"), [

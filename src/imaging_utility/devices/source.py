@@ -103,6 +103,20 @@ def open_error(path: str, err: OSError, what: str = "source") -> Error:
     return SourceIOError(f"cannot open {path}: {err.strerror}")
 
 
+def _has_data(path: str) -> bool:
+    """Whether a file that says it is empty gives a byte when read (procfs and sysfs files do)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False  # the real open says why
+    try:
+        return bool(os.pread(fd, 1, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class FileSource:
     """A regular file or block device opened read-only.
 
@@ -122,6 +136,9 @@ class FileSource:
         self.is_block_device = stat.S_ISBLK(st.st_mode)
         if not (self.is_block_device or stat.S_ISREG(st.st_mode)):
             raise UnsupportedError(f"source is neither a regular file nor a block device: {path}")
+        if stat.S_ISREG(st.st_mode) and not st.st_size and _has_data(path):
+            raise UnsupportedError(f"{path} says it is 0 bytes long but has data (a procfs or sysfs file?): "
+                                   "there is no size to image")
         flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
         try:
             self.fd = os.open(path, flags)
