@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lfsbuild
 import pytest
-from lfscases import Volume, lvm_volume, tree_dir, volume  # noqa: F401
+from lfscases import Volume, lvm_volume, require, tree_dir, volume  # noqa: F401
 
 from conftest import cli
 from imaging_utility.crc32c import crc32c
@@ -324,3 +324,20 @@ def test_files_of_a_cut_short_volume(case_id: str, volume: Callable[[str], Volum
     proc = cli("ls", img, check=8)
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "root" in proc.stderr
+
+
+def test_btrfs_of_two_devices_is_unsupported_not_damaged(tmp_path: Path) -> None:
+    """One device of a two-device RAID1: used-only refused in one line (auto images it in full), ls/extract
+    say it is not supported (exit 4), not that it is damaged."""
+    require("btrfs")
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    for path in (a, b):
+        with open(path, "wb") as f:
+            f.truncate(300 << 20)
+    with lfsbuild.loop(a) as dev_a, lfsbuild.loop(b) as dev_b:
+        lfsbuild.run("mkfs.btrfs", "-q", "-f", "-d", "raid1", "-m", "raid1", dev_a, dev_b)
+    for args in (("image", "--used-only", a, tmp_path / "o.img"), ("ls", a, "/"),
+                 ("extract", a, "/", tmp_path / "out")):
+        proc = cli(*args, check=4)
+        assert "spans 2 devices" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    cli("image", "--used-only=auto", a, tmp_path / "o.img")

@@ -260,13 +260,19 @@ def tree_roots(reader: Reader, sb: BtrfsSuper, wanted: set[int]) -> dict[int, tu
     return roots
 
 
-def read_chunks(source: BlockSource, sb: BtrfsSuper) -> ChunkMap:
-    """The chunk map: the SYSTEM chunks from the superblock, then every chunk of the chunk tree."""
+def check_supported(sb: BtrfsSuper) -> None:
+    """Raise ``UnsupportedError`` for what this reader does not read: several devices, zoned, RAID5/6 and
+    extent-tree-v2 volumes."""
     if sb.num_devices != 1:
         raise fail(f"it spans {sb.num_devices} devices (only single-device Btrfs is supported)")
     bad = sb.incompat & (c.INCOMPAT_ZONED | c.INCOMPAT_RAID56 | c.INCOMPAT_EXTENT_TREE_V2)
     if bad:
         raise fail(f"it uses unsupported incompatible features {bad:#x} (zoned, raid56 or extent-tree-v2)")
+
+
+def read_chunks(source: BlockSource, sb: BtrfsSuper) -> ChunkMap:
+    """The chunk map: the SYSTEM chunks from the superblock, then every chunk of the chunk tree."""
+    check_supported(sb)
     chunks = ChunkMap(sb)
     arr = sb.sys_chunk_array
     pos = 0

@@ -115,6 +115,10 @@ class BtrfsBackend:
         if sb is None:
             raise CorruptImageError("btrfs: no superblock at offset 0x10000")
         try:
+            btrfs.check_supported(sb)
+        except UnsupportedError as e:  # readable, but not by this reader: not damage
+            raise UnsupportedError(_plain(e)) from None
+        try:
             self.chunks = btrfs.read_chunks(source, sb)
             self.reader = btrfs.Reader(source, sb, self.chunks)
             roots = btrfs.tree_roots(self.reader, sb, {CSUM_TREE})  # the root tree is sound before dissect walks it
