@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,53 @@ def test_image_used_only_of_a_disk_file(simple: Disk, tmp_path: Path) -> None:
     assert re.search(r"\n  2 +9\.00 MiB +8\.00 MiB +Linux filesystem data +ext4 +testvol +2\.\d\d MiB\n", info)
     assert "source       file " in info and "{" not in info.split("source", 1)[1].split("\n", 1)[0]
     assert "partition 2  blake3 " in info
+
+
+def test_info_of_a_source_before_it_is_imaged(simple: Disk, tmp_path: Path) -> None:
+    """info on a disk file (not an image): the table, each partition's filesystem and used bytes, what
+    image --used-only would read, the same figures as the image then made; on one volume, on a file with
+    nothing known, and on an image whose first bytes are damaged (still an image, reported as damaged)."""
+    out = cli("info", simple.path).stdout
+    assert f"source       {simple.path}: file, 24.00 MiB" in out and "not an image" in out
+    assert "partitions   gpt 0d15c0de-2222-4333-8444-955566667777, 3 partitions" in out
+    assert re.search(r"\n  2 +9\.00 MiB +8\.00 MiB +Linux filesystem data +ext4 +testvol +2\.\d\d MiB\n", out), out
+    report = json.loads(cli("info", "--json", simple.path).stdout)
+    img = tmp_path / "d.img"
+    made = json.loads(cli("image", "--json", "--used-only", simple.path, img).stdout)
+    assert report["image"] is False and report["used_only_bytes"] == made["used_bytes"]
+    assert [(p["number"], p["kept"]) for p in report["disk"]["partitions"]] == [(1, "used-only"), (2, "used-only"),
+                                                                                (3, "full")]
+    assert "  3 " not in cli("info", "--partition", "2", simple.path).stdout.split("partitions", 1)[1]
+    assert "the source's partitions: 1, 2, 3" in _one_line(cli("info", "--partition", "9", simple.path, check=4))
+    volume = tmp_path / "vol.raw"  # partition 2 alone
+    volume.write_bytes(simple.path.read_bytes()[9 * MiB : 17 * MiB])
+    out = cli("info", volume).stdout
+    assert "filesystem   ext4 'testvol', 8.00 MiB, used 2." in out and "'image --used-only' reads 2." in out
+    noise = tmp_path / "noise.raw"
+    noise.write_bytes(bytes(range(256)) * 4096)
+    assert "none known, no partition table; 'image --used-only' would refuse it" in cli("info", noise).stdout
+    data = bytearray(img.read_bytes())
+    data[0] ^= 0xFF
+    img.write_bytes(data)
+    proc = cli("info", img, check=8)
+    assert "not an image" not in proc.stdout and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_info_of_a_mounted_device(simple: Disk, tmp_path: Path, loopdev: Callable[..., str]) -> None:
+    """info on a block device says what is mounted, and that image would refuse it while read-write."""
+    volume = tmp_path / "vol.raw"
+    volume.write_bytes(simple.path.read_bytes()[9 * MiB : 17 * MiB])
+    dev = loopdev(volume)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", dev, str(mnt)], check=True)
+    try:
+        out = cli("info", dev).stdout
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert f"source       {dev}: block device, 8.00 MiB" in out
+    assert "filesystem   ext4, not mapped: ext superblock found but its journal needs recovery" in out
+    assert f"is mounted read-write at {mnt} (ext4): 'image' refuses it until it is unmounted or read-only" in out
 
 
 def test_backup_set_of_files_and_its_manifest(simple: Disk, tmp_path: Path) -> None:

@@ -55,9 +55,10 @@ def test_lvm_image_used_only_then_restore(lvm_volume: lfsbuild.LvmVolume, tmp_pa
     assert lfsbuild.extract_lv(restored, raw, tmp_path / "a").read_bytes() == \
         lfsbuild.extract_lv(vol.path, raw, tmp_path / "b").read_bytes()
     text = cli("info", tmp_path / "vol.img.zst").stdout
-    assert "used-only    lvm2" in text
+    before = cli("info", vol.path).stdout  # the PV itself, before imaging: the same logical volumes
+    assert "used-only    lvm2" in text and f"filesystem   lvm2 '{vol.vg}'" in before
     for line in (f"{vol.vg}/data: xfs", f"{vol.vg}/home: ext4", f"{vol.vg}/raw: no known filesystem"):
-        assert line in text, text
+        assert line in text and line in before, text + before
 
 
 def test_lvm_free_extents_are_not_read(lvm_volume: lfsbuild.LvmVolume) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..blocks import BlockSource, WindowSource
-from ..errors import Error
+from ..errors import Error, NotFoundError
 from ..filesystems import FilesystemInfo, allocation_map, detect
 from ..ops.diskmap import type_name
 from ..partitions import PartitionTable
@@ -80,3 +80,38 @@ def render_rows(rows: list[Row], indent: str = "  ") -> list[str]:
                       shown(r["label"]) if r.get("label") else "-", used])
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+
+
+def select_rows(rows: list[Row], partition: int | None, whose: str) -> list[Row]:
+    """The row of ``--partition N`` (all rows without it); ``NotFoundError`` naming ``whose`` partitions."""
+    if partition is None:
+        return rows
+    picked = [r for r in rows if r["number"] == partition]
+    if not picked:
+        numbers = ", ".join(str(r["number"]) for r in rows) or "none"
+        raise NotFoundError(f"partition {partition} not found; {whose} partitions: {numbers}")
+    return picked
+
+
+def volume_lines(volumes: list[dict[str, Any]]) -> list[str]:
+    """An LVM2 physical volume's logical volumes: filesystem, size and the bytes kept for each."""
+    lines = []
+    for vol in volumes:
+        note = f"; {vol['note']}" if vol.get("note") else ""
+        lines.append(f"  volume     {vol['name']}: {vol.get('filesystem') or 'no known filesystem'}, "
+                     f"{human_bytes(vol['size'])}, {human_bytes(vol['used_bytes'])} kept{note}")
+    return lines
+
+
+def disk_lines(disk: dict[str, Any], rows: list[Row], sector_size: int) -> list[str]:
+    """A disk section as ``info`` shows it: the table and its ``rows``, or the one volume; nothing when
+    there is neither."""
+    if disk["table"] and disk["table"].get("type"):
+        return [f"partitions   {table_summary(disk['table'], len(disk['partitions']), sector_size)}",
+                *render_rows(rows)]
+    v = disk["volume"]
+    if not v:
+        return []
+    used = f", used {human_bytes(v['used'])}" if v.get("used") is not None else ""
+    label = f" '{shown(v['label'])}'" if v.get("label") else ""
+    return [f"filesystem   {v['type']}{label}, {human_bytes(v['size'])}{used}"]

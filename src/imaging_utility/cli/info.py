@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Error, IncompleteImageError, NotFoundError
+from ..errors import Error, IncompleteImageError
 from ._source_args import add_set_options, open_reader
 from .output import human_bytes, print_json, shown, stdout, warn
 
@@ -20,13 +20,15 @@ examples:
   imaging-utility info --set-dir /backups/2024-06-01 --disk sda --partition 2
   imaging-utility info s3://backups/host1/sdb.img.zst
   imaging-utility info s3://backups/                  # every image, set and unfinished upload under a prefix
+  imaging-utility info /dev/sdb                       # a disk (or partition, or raw file) before imaging it
 """
 
 
 def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
     p = sub.add_parser("info", parents=[parent], help="show an image's metadata, layout and digests",
                        description="Show an image's (or a backup set's) metadata, layout, partition table, "
-                       "digests and bad ranges.",
+                       "digests and bad ranges; on a disk, partition or raw volume file, its partitions, "
+                       "filesystems and used bytes, and what 'image --used-only' would read.",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", metavar="IMAGE",
                    help="image, split set, backup set directory, or s3://bucket/prefix/ to list what is there")
@@ -143,7 +145,7 @@ def _say(text: str) -> None:
 
 
 def _print(info: dict[str, Any], partition: int | None) -> None:
-    from ._disk_view import render_rows, table_summary
+    from ._disk_view import disk_lines, select_rows, volume_lines
 
     parts = info["image"]
     _say(f"image        {parts[0]}" + (f" (+{len(parts) - 1} parts)" if len(parts) > 1 else ""))
@@ -166,26 +168,12 @@ def _print(info: dict[str, Any], partition: int | None) -> None:
         _say(f"used-only    {fs.get('type', '?')}, cluster {uo.get('cluster_size')} bytes, "
              f"used {human_bytes(used)} of {human_bytes(info['source_size'])} "
              f"({used / max(1, info['source_size']) * 100:.1f}%)")
-        for vol in fs.get("volumes") or []:  # an LVM2 physical volume: each logical volume
-            note = f"; {vol['note']}" if vol.get("note") else ""
-            _say(f"  volume     {vol['name']}: {vol.get('filesystem') or 'no known filesystem'}, "
-                 f"{human_bytes(vol['size'])}, {human_bytes(vol['used_bytes'])} kept{note}")
-    disk = info["disk"]
-    rows = disk["partitions"]
-    if partition is not None:
-        rows = [r for r in rows if r["number"] == partition]
-        if not rows:
-            numbers = ", ".join(str(r["number"]) for r in disk["partitions"]) or "none"
-            raise NotFoundError(f"partition {partition} not found; the image's partitions: {numbers}")
-    if disk["table"] and disk["table"].get("type"):
-        _say(f"partitions   {table_summary(disk['table'], len(disk['partitions']), info['sector_size'])}")
-        for line in render_rows(rows):
+        for line in volume_lines(fs.get("volumes") or []):  # an LVM2 physical volume: each logical volume
             _say(line)
-    elif disk["volume"]:
-        v = disk["volume"]
-        used = f", used {human_bytes(v['used'])}" if v.get("used") is not None else ""
-        label = f" '{shown(v['label'])}'" if v.get("label") else ""
-        _say(f"filesystem   {v['type']}{label}, {human_bytes(v['size'])}{used}")
+    disk = info["disk"]
+    rows = select_rows(disk["partitions"], partition, "the image's")
+    for line in disk_lines(disk, rows, info["sector_size"]):
+        _say(line)
     for message in disk["warnings"]:
         warn(message)
     for name, digest in info["digests"].items():
@@ -256,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
         return _listing(args.image, args.json)
     if is_set_dir(args.image):
         return _run_set(args)
+    from . import info_source
+
+    if info_source.is_raw_source(args.image):  # a disk, partition or raw volume file: what image would read
+        return info_source.run(args.image, args.json, args.partition)
     try:
         reader = open_reader(args)
     except IncompleteImageError as e:

@@ -127,7 +127,8 @@ def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: b
         if fs is None:
             return PartitionPlan(part, None, None)
         info, used = allocation_map(window)
-        return PartitionPlan(part, replace(fs, warnings=info.warnings), used)  # what the map kept whole, and why
+        # what the map kept whole and why, and an LVM2 PV's logical volumes
+        return PartitionPlan(part, replace(fs, warnings=info.warnings, volumes=info.volumes), used)
     except UnsupportedError as e:
         fs_type = _safe_type(window)
         what = f"partition {part.number}" + (f" ({fs_type})" if fs_type else "")

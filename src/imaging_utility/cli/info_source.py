@@ -1,0 +1,119 @@
+"""``info SOURCE``: what a disk, a partition or a raw volume file holds, before it is imaged.
+
+The same map ``image --used-only`` would build (``ops.diskmap.plan_disk``: the partition table, each
+partition's filesystem and used bytes, what is kept in full and why, LVM2 logical volumes), what it would
+read, and whether the source is mounted.  Nothing is written; reading is what ``image`` reads first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from typing import Any
+
+from ..blocks import BlockSource
+from ..devices.mounts import mount_state
+from ..devices.source import FileSource
+from ..errors import Error, RefusedError
+from ..format import c_image as c
+from ..ops.diskmap import fs_meta, partition_table_of, plan_disk, plan_partition
+from ..partitions import Partition
+from ._disk_view import disk_lines, rows_from_meta, rows_from_table, select_rows, table_info, volume_lines
+from .output import human_bytes, print_json, shown, stdout, warn
+
+_LATER_PART = re.compile(r"\.(\d{3,})$")  # a split image's .002, .003 …: not the start of anything
+
+
+def is_raw_source(path: str) -> bool:
+    """A block device, or a regular file that neither begins nor ends like an image (a raw disk or volume
+    file; an image whose first bytes are damaged still ends with its seek table, and is left to the image
+    reader to report)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if stat.S_ISBLK(st.st_mode):
+        return True
+    if not stat.S_ISREG(st.st_mode) or st.st_size < 8:
+        return False
+    later = _LATER_PART.search(path)
+    if later and int(later.group(1)) > 1:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(-4, os.SEEK_END)
+        tail = f.read(4)
+    return int.from_bytes(head, "little") != c.HEADER_MAGIC and int.from_bytes(tail, "little") != \
+        c.SEEKABLE_FOOTER_MAGIC
+
+
+def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str, Any]:
+    table = partition_table_of(source)
+    info: dict[str, Any] = {"source": path, "image": False, "kind": "block-device" if is_device else "file",
+                            "size": source.size, "sector_size": source.sector_size}
+    try:
+        plan = plan_disk(source, table, tolerate_read_errors=True)
+    except RefusedError as e:  # a table that cannot be trusted: shown as it is, used-only would refuse
+        assert table is not None
+        info["disk"] = {"table": table_info(table, source.size), "partitions": rows_from_table(source, table),
+                        "volume": None, "warnings": [str(e)]}
+        info["used_only_bytes"] = None
+    else:
+        volume = None
+        if plan.volume is not None:
+            volume = {**fs_meta(plan.volume), "used": plan.allocation.used_bytes,
+                      "volumes": [vars(v) for v in plan.volume.volumes]}
+        info["disk"] = {"table": plan.meta()["table"] if table is not None else None,
+                        "partitions": rows_from_meta(plan.meta()), "volume": volume,
+                        "warnings": [w for w in plan.warnings if not w.startswith("no partition table")]}
+        info["used_only_bytes"] = plan.allocation.used_bytes
+        if table is None and plan.volume is None:  # why nothing is known there (a PV in no VG, damage …)
+            whole = plan_partition(source, Partition(0, 0, source.size, "whole disk", ""), True)
+            if whole.note:  # "partition 0 (ext4): <why>; kept in full"
+                head, _, why = whole.note.removesuffix("; kept in full").partition(": ")
+                info["disk"]["note"] = why
+                info["disk"]["found"] = head.partition("(")[2].rstrip(")") or None
+    try:
+        state = mount_state(path)
+        info["mounts"] = [{"what": m.describe(), "read_only": m.read_only} for m in state.mounts]
+    except (Error, OSError):
+        info["mounts"] = []
+    return info
+
+
+def run(path: str, as_json: bool, partition: int | None) -> int:
+    with FileSource(path) as source:
+        info = describe_source(path, source, source.is_block_device)
+    if as_json:
+        print_json(info)
+        return 0
+    disk = info["disk"]
+    rows = select_rows(disk["partitions"], partition, "the source's")
+    size = info["size"]
+    kind = "block device" if info["kind"] == "block-device" else "file"
+    _say(f"source       {path}: {kind}, {human_bytes(size)} ({size} bytes), sector {info['sector_size']} "
+         "(not an image: what 'image' would read from it)")
+    for line in disk_lines(disk, rows, info["sector_size"]):
+        _say(line)
+    if disk["volume"]:
+        for line in volume_lines(disk["volume"]["volumes"]):  # an LVM2 physical volume: each logical volume
+            _say(line)
+    elif not disk["table"]:
+        why = f": {disk['note']}" if disk.get("note") else ""
+        found = f"{disk['found']}, not mapped" if disk.get("found") else "none known, no partition table"
+        _say(f"filesystem   {found}{why}; 'image --used-only' would refuse it")
+    used = info["used_only_bytes"]
+    if used is not None and (disk["table"] or disk["volume"]):
+        _say(f"used-only    'image --used-only' reads {human_bytes(used)} of {human_bytes(size)} "
+             f"({used / max(1, size) * 100:.1f}%)")
+    for m in info["mounts"]:
+        _say(f"mounted      {m['what']}" + ("" if m["read_only"] else
+                                             ": 'image' refuses it until it is unmounted or read-only"))
+    for message in disk["warnings"]:
+        warn(message)
+    return 0
+
+
+def _say(text: str) -> None:
+    stdout.print(shown(text), markup=False)
