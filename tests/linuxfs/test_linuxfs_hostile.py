@@ -341,3 +341,56 @@ def test_btrfs_of_two_devices_is_unsupported_not_damaged(tmp_path: Path) -> None
         proc = cli(*args, check=4)
         assert "spans 2 devices" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     cli("image", "--used-only=auto", a, tmp_path / "o.img")
+
+
+def test_xfs_with_a_dirty_log_is_read_with_one_line_saying_so(tmp_path: Path) -> None:
+    """A filesystem shut down with changes in its log (xfs_io shutdown, as a crash leaves it): ls/extract
+    read the files in place and say in one line that the log was not replayed; a clean one says nothing."""
+    require("xfs")
+    path = tmp_path / "xfs.img"
+    with open(path, "wb") as f:
+        f.truncate(320 << 20)
+    lfsbuild.run("mkfs.xfs", "-q", "-f", path)
+    with lfsbuild.mounted(path) as mnt:
+        (mnt / "synced").write_bytes(random.Random(3).randbytes(200_000))
+    assert "warning" not in cli("ls", path, "/").stderr
+    with lfsbuild.mounted(path) as mnt:
+        (mnt / "late").write_bytes(b"x" * 5000)
+        os.sync()  # in the log; written in place later, by the log's own writeback
+        (mnt / "later").write_bytes(b"y" * 5000)
+        lfsbuild.run("xfs_io", "-x", "-c", "shutdown", mnt)
+    proc = cli("extract", path, "/", tmp_path / "out")
+    assert proc.stderr.count("warning: xfs: its log is not clean") == 1, proc.stderr
+    assert "a kernel mount of a copy replays the log" in proc.stderr
+    assert (tmp_path / "out" / "synced").read_bytes() == random.Random(3).randbytes(200_000)
+
+
+def test_btrfs_with_a_log_tree_is_read_as_of_its_last_commit(tmp_path: Path) -> None:
+    """A file fsynced after the last commit lives in the log tree until a mount replays it: the copy taken
+    then lists the committed files, with one line saying what is not replayed; the kernel's replay adds it."""
+    require("btrfs")
+    path = tmp_path / "btrfs.img"
+    with open(path, "wb") as f:
+        f.truncate(256 << 20)
+    lfsbuild.run("mkfs.btrfs", "-q", "-f", path)
+    crash = tmp_path / "crash.img"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with lfsbuild.loop(path) as dev:
+        lfsbuild.run("mount", "-o", "commit=300", dev, mnt)
+        try:
+            (mnt / "committed").write_bytes(b"c" * 10_000)
+            os.sync()
+            with open(mnt / "fsynced", "wb") as f:
+                f.write(b"f" * 10_000)
+                f.flush()
+                os.fsync(f.fileno())
+            shutil.copyfile(path, crash)  # what a power cut leaves
+        finally:
+            lfsbuild.run("umount", mnt)
+    assert btrfs.probe(FileSource(str(crash))).log_root  # type: ignore[union-attr]
+    proc = cli("ls", crash, "/")
+    assert proc.stdout.split() == ["committed"], proc.stdout
+    assert proc.stderr.count("warning: btrfs: it holds a log tree") == 1, proc.stderr
+    with lfsbuild.mounted(crash) as replayed:
+        assert sorted(p.name for p in replayed.iterdir()) == ["committed", "fsynced"]

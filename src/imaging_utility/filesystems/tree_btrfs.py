@@ -127,6 +127,10 @@ class BtrfsBackend:
             raise CorruptImageError(_plain(e)) from None
         self.source = source
         self.sectorsize = sb.sectorsize
+        self.warnings = [] if not sb.log_root else [
+            f"btrfs: it holds a log tree (not cleanly unmounted after an fsync): what was fsynced after the last "
+            f"commit (generation {sb.generation}) is not replayed, and files are shown as of that commit; a kernel "
+            "mount of a copy replays the log"]
         self.fs = Btrfs(fh)
         self.fs._read_node = self._read_node
         self.fs._root_tree = _checked(self.fs._root_tree)

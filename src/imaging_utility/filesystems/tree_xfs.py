@@ -19,8 +19,11 @@ from typing import Any
 from dissect.xfs import XFS
 from dissect.xfs.xfs import INode, parse_fsblock
 
-from ..errors import CorruptImageError, UnsupportedError
+from ..blocks import BlockSource
+from ..errors import CorruptImageError, Error, UnsupportedError
+from . import xfs
 from .tree import KINDS, BlockFile, Entry, Layout
+from .xfs_log import log_state
 
 DIR_LEAF_OFFSET = 32 << 30  # XFS_DIR2_LEAF_OFFSET: directory blocks past this hold the hash index
 DATA_MAGICS = {5: (b"XDB3", b"XDD3"), 4: (b"XD2B", b"XD2D")}
@@ -40,6 +43,27 @@ BMDR_HEADER = struct.Struct(">HH")  # level, numrecs of the root kept in the ino
 Run = tuple[int, int | None, int]  # (file block, disk block or None for unwritten, blocks)
 
 
+STALE = ("files are shown as last written in place, without the log's changes (a file changed, created or "
+         "deleted since the last checkpoint may be missing, out of date or show other data); a kernel mount of a "
+         "copy replays the log")
+
+
+def _log_warnings(source: BlockSource) -> list[str]:
+    """One line when the log may hold changes not yet written in place (the kernel replays them on mount;
+    this reader does not)."""
+    sb = xfs.probe(source)
+    if sb is None:
+        return []
+    if not sb.logstart:
+        return [f"xfs: its log is on an external device, not in this volume, so whether it holds changes cannot "
+                f"be checked: {STALE}"]
+    try:
+        dirty = log_state(source, sb)
+    except Error as e:
+        dirty = f"its log cannot be read ({e})"
+    return [] if dirty is None else [f"xfs: {dirty}: {STALE}"]
+
+
 class XfsBackend:
     dot_entries = True
     case_insensitive = False
@@ -55,6 +79,7 @@ class XfsBackend:
         self.ftype = bool(self.fs._has_ftype)
         self.agblocks, self.agblklog, self.agcount = int(sb.sb_agblocks), int(sb.sb_agblklog), int(sb.sb_agcount)
         self.dblocks = int(sb.sb_dblocks)
+        self.warnings = _log_warnings(fh.source)
 
     def root(self) -> INode:
         return self.load(int(self.fs.sb.sb_rootino))
