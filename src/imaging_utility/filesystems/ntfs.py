@@ -248,7 +248,13 @@ def _bitmap_attr(source: BlockSource, boot: NtfsBoot) -> tuple[DataAttr, int]:
 
 
 def used_ranges(source: BlockSource, boot: NtfsBoot) -> Iterator[tuple[int, int]]:
-    """Used clusters from ``$Bitmap`` plus the byte ranges always kept (boot, backup boot, tail)."""
+    """Used clusters from ``$Bitmap`` plus the byte ranges always kept (boot, backup boot, tail); the volume
+    must have been cleanly shut down (``ntfs_state``), or its ``$Bitmap`` may be older than its log."""
+    from .ntfs_state import volume_state
+
+    unclean = volume_state(source, boot)
+    if unclean:
+        raise _fail(unclean)
     cs = boot.cluster_size
     data, rec_off = _bitmap_attr(source, boot)
     need = (boot.total_clusters + 7) // 8

@@ -30,6 +30,7 @@ from ..errors import CorruptImageError
 from . import ntfs_links
 from .ntfs import probe
 from .ntfs_record import MftRecords, Record
+from .ntfs_state import volume_state
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
 
 FIRST_USER_RECORD = 24  # records 0-23 are reserved for metafiles
@@ -88,6 +89,10 @@ class NtfsBackend:
         self.source = fh.source
         boot = probe(fh.source)
         self.records = MftRecords(fh.source, boot) if boot is not None else None
+        unclean = volume_state(fh.source, boot) if boot is not None else None
+        self.warnings = [] if unclean is None else [
+            f"ntfs: {unclean}: files are shown as last written in place, without the log's changes (a file "
+            "changed, created or deleted since may be missing, out of date or show other data)"]
 
     def root(self) -> MftRecord:
         return self.fs.mft.get(5)
