@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,17 @@ def test_lvm_image_used_only_then_restore(lvm_volume: lfsbuild.LvmVolume, tmp_pa
     assert "used-only    lvm2" in text and f"filesystem   lvm2 '{vol.vg}'" in before
     for line in (f"{vol.vg}/data: xfs", f"{vol.vg}/home: ext4", f"{vol.vg}/raw: no known filesystem"):
         assert line in text and line in before, text + before
+    disk = tmp_path / "disk.raw"  # the PV as partition 1 of a GPT disk: info names its LVs under the table
+    pv = vol.path.read_bytes()
+    with open(disk, "wb") as f:
+        f.truncate(len(pv) + (2 << 20))
+    subprocess.run(["sgdisk", "-n", f"1:2048:+{len(pv) // 512}", "-t", "1:8e00", str(disk)], check=True,
+                   capture_output=True)
+    with open(disk, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(pv)
+    text = cli("info", disk).stdout
+    assert "  partition 1: LVM2 physical volume" in text and f"    volume     {vol.vg}/data: xfs" in text, text
 
 
 def test_lvm_free_extents_are_not_read(lvm_volume: lfsbuild.LvmVolume) -> None:

@@ -64,8 +64,11 @@ def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str
         if plan.volume is not None:
             volume = {**fs_meta(plan.volume), "used": plan.allocation.used_bytes,
                       "volumes": [vars(v) for v in plan.volume.volumes]}
-        info["disk"] = {"table": plan.meta()["table"] if table is not None else None,
-                        "partitions": rows_from_meta(plan.meta()), "volume": volume,
+        rows = rows_from_meta(plan.meta())
+        for row, part in zip(rows, plan.partitions, strict=True):  # an LVM2 PV partition: its logical volumes
+            row["volumes"] = [vars(v) for v in part.filesystem.volumes] if part.filesystem is not None else []
+        info["disk"] = {"table": plan.meta()["table"] if table is not None else None, "partitions": rows,
+                        "volume": volume,
                         "warnings": [w for w in plan.warnings if not w.startswith("no partition table")]}
         info["used_only_bytes"] = plan.allocation.used_bytes
         if table is None and plan.volume is None:  # why nothing is known there (a PV in no VG, damage …)
@@ -96,6 +99,11 @@ def run(path: str, as_json: bool, partition: int | None) -> int:
          "(not an image: what 'image' would read from it)")
     for line in disk_lines(disk, rows, info["sector_size"]):
         _say(line)
+    for row in rows:
+        if row.get("volumes"):
+            _say(f"  partition {row['number']}: LVM2 physical volume")
+            for line in volume_lines(row["volumes"]):
+                _say("  " + line)
     if disk["volume"]:
         for line in volume_lines(disk["volume"]["volumes"]):  # an LVM2 physical volume: each logical volume
             _say(line)
