@@ -3,7 +3,8 @@
 A volume Windows did not cleanly dismount (Fast Startup or hibernation, a crash, a volume still
 mounted, chkdsk scheduled) can hold changes in ``$LogFile`` that are not yet in place: its ``$Bitmap``
 may mark free clusters that the log allocates, and its MFT records may be older than the log.  Used-only
-imaging refuses such a volume (as partclone.ntfs and ntfsclone do) and file reading says so.
+imaging refuses such a volume and file reading says so.  partclone.ntfs and ntfsclone refuse a volume
+marked dirty; ntfs-3g refuses to mount one read-write whose log is not clean; this checks both.
 
 Structures (Linux ``fs/ntfs/logfile.h``, ntfs-3g ``libntfs-3g/logfile.c``, ``ntfs_check_logfile`` and
 ``ntfs_is_logfile_clean``): ``$LogFile`` (MFT record 2) begins with two restart pages ("RSTR", or "CHKD"
