@@ -16,6 +16,7 @@ import pytest
 import fsbuild
 from backup.diskbuild import SECTOR, Disk, MiB, make_simple_disk, sha256_range
 from conftest import cli, need_tools
+from imaging_utility.crc32c import crc32c
 from imaging_utility.image.reader import open_image
 
 
@@ -92,6 +93,22 @@ def test_info_of_a_source_before_it_is_imaged(simple: Disk, tmp_path: Path) -> N
     img.write_bytes(data)
     proc = cli("info", img, check=8)
     assert "not an image" not in proc.stdout and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_info_names_a_filesystem_it_cannot_map(simple: Disk, tmp_path: Path) -> None:
+    """Partition 2's ext4 flagged as needing journal recovery (as a crash leaves it): the row names ext4,
+    not mapped, the warning says why, and the partition counts in full."""
+    disk = tmp_path / "disk.raw"
+    data = bytearray(simple.path.read_bytes())
+    sb = 9 * MiB + 1024
+    incompat = struct.unpack_from("<I", data, sb + 0x60)[0]
+    struct.pack_into("<I", data, sb + 0x60, incompat | 0x4)  # INCOMPAT_RECOVER
+    struct.pack_into("<I", data, sb + 0x3FC, ~crc32c(bytes(data[sb : sb + 0x3FC])) & 0xFFFFFFFF)
+    disk.write_bytes(data)
+    proc = cli("info", disk)
+    row = r"\n  2 +9\.00 MiB +8\.00 MiB +Linux filesystem data +ext4 \(not mapped\) +- +8\.00 MiB\n"
+    assert re.search(row, proc.stdout), proc.stdout  # the used column: the whole partition
+    assert "partition 2 (ext4): ext superblock found but its journal needs recovery" in proc.stderr, proc.stderr
 
 
 def test_info_of_a_mounted_device(simple: Disk, tmp_path: Path, loopdev: Callable[..., str]) -> None:

@@ -67,6 +67,9 @@ def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str
         rows = rows_from_meta(plan.meta())
         for row, part in zip(rows, plan.partitions, strict=True):  # an LVM2 PV partition: its logical volumes
             row["volumes"] = [vars(v) for v in part.filesystem.volumes] if part.filesystem is not None else []
+            found = _found(part.note)
+            if row["filesystem"] is None and found:  # found but not mapped: the warning says why
+                row["filesystem"] = f"{found} (not mapped)"
         info["disk"] = {"table": plan.meta()["table"] if table is not None else None, "partitions": rows,
                         "volume": volume,
                         "warnings": [w for w in plan.warnings if not w.startswith("no partition table")]}
@@ -74,15 +77,20 @@ def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str
         if table is None and plan.volume is None:  # why nothing is known there (a PV in no VG, damage …)
             whole = plan_partition(source, Partition(0, 0, source.size, "whole disk", ""), True)
             if whole.note:  # "partition 0 (ext4): <why>; kept in full"
-                head, _, why = whole.note.removesuffix("; kept in full").partition(": ")
-                info["disk"]["note"] = why
-                info["disk"]["found"] = head.partition("(")[2].rstrip(")") or None
+                info["disk"]["note"] = whole.note.removesuffix("; kept in full").partition(": ")[2]
+                info["disk"]["found"] = _found(whole.note)
     try:
         state = mount_state(path)
         info["mounts"] = [{"what": m.describe(), "read_only": m.read_only} for m in state.mounts]
     except (Error, OSError):
         info["mounts"] = []
     return info
+
+
+def _found(note: str | None) -> str | None:
+    """The filesystem a plan's note names: ``"ntfs"`` from ``"partition 1 (ntfs): …; kept in full"``."""
+    head = (note or "").partition(": ")[0]
+    return head.partition("(")[2].rstrip(")") or None
 
 
 def run(path: str, as_json: bool, partition: int | None) -> int:
