@@ -292,7 +292,8 @@ def test_fuzzed_metadata_gives_a_map_or_unsupported(
         assert "\n" not in str(e) and HINT in str(e)
     else:
         assert isinstance(amap, AllocationMap) and amap.size == len(vol)
-        assert info.volume_size <= len(vol)
+        # a filesystem may claim more than the source holds only with the warning that says so
+        assert info.volume_size <= len(vol) or any("but the source ends" in w for w in info.warnings), info
 
 
 @pytest.mark.parametrize("opts", [(), ("-O", "^metadata_csum,uninit_bg")], ids=["metadata_csum", "uninit_bg"])

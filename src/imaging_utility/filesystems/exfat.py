@@ -183,8 +183,27 @@ def volume_label(source: BlockSource, boot: ExfatBoot) -> str | None:
     return None
 
 
+VOLUME_FLAGS_OFFSET = 0x6A
+VOLUME_DIRTY, MEDIA_FAILURE = 0x0002, 0x0004
+
+
+def volume_state(source: BlockSource) -> str | None:
+    """``None`` when the volume was cleanly unmounted, else why not (spec §3.1.13: VolumeDirty is set while
+    mounted, MediaFailure after a read or write failed).  Its Allocation Bitmap may then miss clusters."""
+    flags = int.from_bytes(read_at(source, VOLUME_FLAGS_OFFSET, 2), "little")
+    if flags & VOLUME_DIRTY:
+        return "it is marked dirty (not cleanly unmounted: still mounted, unplugged or crashed; run fsck.exfat)"
+    if flags & MEDIA_FAILURE:
+        return "it records a media failure (run fsck.exfat)"
+    return None
+
+
 def used_ranges(source: BlockSource, boot: ExfatBoot) -> Iterator[tuple[int, int]]:
-    """Byte ranges in use: boot regions, FATs, the clusters the Allocation Bitmap marks, the tail."""
+    """Byte ranges in use: boot regions, FATs, the clusters the Allocation Bitmap marks, the tail; the volume
+    must have been cleanly unmounted (``volume_state``)."""
+    unclean = volume_state(source)
+    if unclean:
+        raise _fail(unclean)
     ss = boot.sector_size
     region = read_at(source, 0, 12 * ss)
     want = boot_checksum(region, ss)

@@ -202,13 +202,37 @@ def _copy_runs(source: BlockSource, boot: FatBoot, copy: int) -> RunList:
     return runs
 
 
+def volume_state(source: BlockSource, boot: FatBoot) -> str | None:
+    """``None`` when the volume was cleanly unmounted, else why not.  Linux and Windows NT set bit 0 of the
+    boot sector's state byte (BS_Reserved1) while a volume is mounted; Windows clears the clean-shutdown
+    bit of FAT[1] (FAT16 0x8000, FAT32 0x08000000) and the hard-error bit (0x4000, 0x04000000) records a
+    disk error (fatgen103 "FAT[1]").  Such a FAT may miss clusters a file was given before the crash."""
+    state = read_at(source, (EBR_OFFSET_32 if boot.fat32 else EBR_OFFSET_16) + 1, 1)[0]
+    if state & 0x01:
+        return "it is marked dirty (not cleanly unmounted: still mounted, unplugged or crashed; run fsck.fat)"
+    if boot.bits == 12:
+        return None
+    esz = boot.bits // 8
+    fat1 = int.from_bytes(read_at(source, boot.reserved_sectors * boot.bytes_per_sector + esz, esz), "little")
+    clean, error = (0x8000, 0x4000) if esz == 2 else (0x08000000, 0x04000000)
+    if not fat1 & clean:
+        return "its FAT says it was not cleanly shut down (unplugged or crashed; run fsck.fat)"
+    if not fat1 & error:
+        return "its FAT records a disk error (run fsck.fat)"
+    return None
+
+
 def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]:
-    """Byte ranges in use: the whole area before the data region, used clusters, and the tail."""
+    """Byte ranges in use: the whole area before the data region, used clusters, and the tail; the volume
+    must have been cleanly unmounted (``volume_state``), or its FAT may miss what a file uses."""
     mirrored = not boot.ext_flags & EXTFLAGS_NO_MIRROR
     copies = range(boot.num_fats) if mirrored else [boot.ext_flags & 0x0F]
     if not mirrored and copies[0] >= boot.num_fats:
         raise _fail(f"ExtFlags {boot.ext_flags:#x} names active FAT {copies[0]} of {boot.num_fats}")
-    runs = [_copy_runs(source, boot, c) for c in copies]
+    runs = [_copy_runs(source, boot, c) for c in copies]  # damage is said first: FAT[1] may be damage too
+    unclean = volume_state(source, boot)
+    if unclean:
+        raise _fail(unclean)
     if boot.bits == 32 and not runs[0].contains(boot.root_cluster):
         raise _fail(f"the FAT marks the root directory's cluster {boot.root_cluster} free")
     cs, data = boot.cluster_size, boot.data_offset

@@ -18,6 +18,7 @@ from dissect.fat import exfat as dexfat
 
 from ..blocks import read_at
 from ..errors import CorruptImageError
+from . import exfat, fat
 from .fat import FatBoot
 from .fat_dir import FatNode, FatVolume, chain_runs
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
@@ -39,6 +40,9 @@ def _dos_ns(stamp: int, tz: int = 0) -> int | None:
     return secs * 1_000_000_000
 
 
+UNCLEAN = "files are shown as their directory entries and FAT say (one written when it stopped may be cut short)"
+
+
 class FatBackend:
     """FAT12/16/32 through our own reader (``fat_dir.py``): the FAT type as Linux and Windows decide
     it, names that never make a directory unreadable, a root entry named ``..`` listed escaped."""
@@ -52,6 +56,8 @@ class FatBackend:
             raise CorruptImageError(f"{kind}: the boot sector is gone")
         self.vol = FatVolume(fh.source, boot)
         self.fs_type = boot.type
+        unclean = fat.volume_state(fh.source, boot)
+        self.warnings = [] if unclean is None else [f"{boot.type}: {unclean}: {UNCLEAN}"]
         self.cluster_size = boot.cluster_size
         self._data = boot.data_offset
 
@@ -123,6 +129,8 @@ class ExfatBackend:
 
     def __init__(self, fh: BlockFile) -> None:
         self.fs = _ExFAT(fh)
+        unclean = exfat.volume_state(fh.source)
+        self.warnings = [] if unclean is None else [f"exfat: {unclean}: {UNCLEAN}"]
         self._heap = self.fs.cluster_heap_sector * self.fs.sector_size
         self._limit = self.fs.cluster_count + 2
 
