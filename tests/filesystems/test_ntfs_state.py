@@ -121,3 +121,30 @@ def test_a_damaged_logfile_cannot_vouch_for_the_bitmap(clean: tuple[Path, dict[s
     assert "has no valid restart page" in (_state(path) or "")
     proc = cli("image", "--used-only", path, tmp_path / "x.img", check=4)
     assert proc.stderr.count("\n") == 1 and "no valid restart page" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("head", "hibernated"), [(b"HIBR", True), (b"hibr", True), (b"\0\0\0\0", False)])
+def test_hibernated_windows(head: bytes, hibernated: bool, tmp_path: Path) -> None:
+    """A hiberfil.sys that begins with a hibernation signature (ntfs-3g refuses to mount it read-write);
+    one that was resumed from (zeros) is no obstacle."""
+    need_tools(*fsbuild.TOOLS["ntfs"])
+    vol = tmp_path / "ntfs.raw"
+    fsbuild.random_image(vol, 48)
+    subprocess.run(["mkntfs", "-F", "-Q", "-q", str(vol)], check=True, capture_output=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["ntfs-3g", str(vol), str(mnt)], check=True, capture_output=True)
+    try:
+        (mnt / "hiberfil.sys").write_bytes(head + bytes(8188))
+        (mnt / "other.txt").write_text("kept\n")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    if not hibernated:
+        assert _state(vol) is None
+        return
+    assert "Windows is hibernated" in (_state(vol) or "")
+    proc = cli("image", "--used-only", vol, tmp_path / "x.img", check=4)
+    assert proc.stderr.count("\n") == 1 and "Windows is hibernated on it (hiberfil.sys" in proc.stderr
+    proc = cli("extract", vol, "/other.txt", tmp_path / "out")
+    assert proc.stderr.count("warning: ntfs: Windows is hibernated") == 1, proc.stderr
+    assert (tmp_path / "out" / "other.txt").read_text() == "kept\n"

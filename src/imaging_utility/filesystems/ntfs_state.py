@@ -11,7 +11,8 @@ Structures (Linux ``fs/ntfs/logfile.h``, ntfs-3g ``libntfs-3g/logfile.c``, ``ntf
 when chkdsk left them), each with an update sequence array like an MFT record's and a restart area whose
 ``client_in_use_list`` is ``0xFFFF`` (no client) or whose flags hold ``RESTART_VOLUME_IS_CLEAN`` on a
 clean volume.  A log filled with ``0xFF`` (reset by ntfs-3g or mkntfs) is empty, so clean.  ``$Volume``
-(record 3) has ``$VOLUME_INFORMATION`` (0x70) whose flags hold ``VOLUME_IS_DIRTY`` (1).
+(record 3) has ``$VOLUME_INFORMATION`` (0x70) whose flags hold ``VOLUME_IS_DIRTY`` (1).  A hibernated
+Windows leaves ``hiberfil.sys`` in the root starting ``hibr`` or ``HIBR`` (ntfs-3g's hibernation check).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .ntfs import (
 )
 
 FILE_LOGFILE = 2
+HIBERFILE = "hiberfil.sys"
 ATTR_VOLUME_INFORMATION = 0x70
 VOLUME_IS_DIRTY = 0x0001
 RESTART_VOLUME_IS_CLEAN = 0x0002
@@ -53,11 +55,32 @@ def volume_state(source: BlockSource, boot: NtfsBoot) -> str | None:
         info = _unnamed_data(_read_record(source, boot, off), off, ATTR_VOLUME_INFORMATION).resident
         if info is not None and len(info) >= 12 and int.from_bytes(info[10:12], "little") & VOLUME_IS_DIRTY:
             return "its $Volume is marked dirty (a check is due: run chkdsk)"
+        if _hibernated(source):
+            return ("Windows is hibernated on it (hiberfil.sys holds a hibernation image: changes it keeps in "
+                    "memory are not on the disk; resume Windows and shut it down fully)")
         return _logfile_state(source, boot)
     except _Damaged as e:
         return f"its $Volume or $LogFile cannot be read to check it was cleanly shut down ({e})"
     except UnsupportedError as e:
         return f"its $Volume or $LogFile cannot be read to check it was cleanly shut down ({_why(e)})"
+
+
+def _hibernated(source: BlockSource) -> bool:
+    """Whether the root's ``hiberfil.sys`` begins with a hibernation signature, as ntfs-3g's
+    ``ntfs_volume_check_hiberfile`` checks; False when there is none or it cannot be read."""
+    from dissect.ntfs import NTFS
+
+    from .tree_stream import BlockFile
+
+    try:
+        record = NTFS(BlockFile(source)).mft.get(HIBERFILE)
+        if not record.header.Flags & 0x0001 or (record.filename or "").lower() != HIBERFILE:
+            return False
+        with record.open() as f:
+            head = f.read(4)
+    except Exception:  # no such file, or dissect cannot read it: the log check still applies
+        return False
+    return bytes(head) in (b"hibr", b"HIBR")
 
 
 def _why(e: UnsupportedError) -> str:
