@@ -140,6 +140,11 @@ def test_permission_denied_is_exit_5(disk: Path, loopdev: Callable[..., str]) ->
         proc = _as_nobody("extract", work / "disk.raw", "--partition", "1", "/DOCS", work / "out")
         assert proc.returncode == 5 and "cannot use" in proc.stderr and "Permission denied" in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+        (work / "disk.raw").chmod(0o600)
+        for source in (dev, work / "disk.raw"):  # info on a source (or an image) nobody may read
+            proc = _as_nobody("info", source)
+            assert proc.returncode == 5 and "permission denied" in proc.stderr.lower(), proc.stderr
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     finally:
         shutil.rmtree(work)
 

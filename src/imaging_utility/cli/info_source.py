@@ -40,10 +40,13 @@ def is_raw_source(path: str) -> bool:
     later = _LATER_PART.search(path)
     if later and int(later.group(1)) > 1:
         return False
-    with open(path, "rb") as f:
-        head = f.read(4)
-        f.seek(-4, os.SEEK_END)
-        tail = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(-4, os.SEEK_END)
+            tail = f.read(4)
+    except OSError:
+        return False  # the image reader says why it cannot be read
     return int.from_bytes(head, "little") != c.HEADER_MAGIC and int.from_bytes(tail, "little") != \
         c.SEEKABLE_FOOTER_MAGIC
 
