@@ -17,8 +17,8 @@ from ..devices.mounts import mount_state
 from ..devices.source import FileSource
 from ..errors import Error, RefusedError
 from ..format import c_image as c
-from ..ops.diskmap import fs_meta, partition_table_of, plan_disk, plan_partition
-from ..partitions import Partition
+from ..format.metaframe import starts_like_image
+from ..ops.diskmap import fs_meta, partition_table_of, plan_disk
 from ._disk_view import disk_lines, rows_from_meta, rows_from_table, select_rows, table_info, volume_lines
 from .output import human_bytes, print_json, shown, stdout, warn
 
@@ -47,8 +47,7 @@ def is_raw_source(path: str) -> bool:
             tail = f.read(4)
     except OSError:
         return False  # the image reader says why it cannot be read
-    return int.from_bytes(head, "little") != c.HEADER_MAGIC and int.from_bytes(tail, "little") != \
-        c.SEEKABLE_FOOTER_MAGIC
+    return not starts_like_image(head) and int.from_bytes(tail, "little") != c.SEEKABLE_FOOTER_MAGIC
 
 
 def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str, Any]:
@@ -67,33 +66,24 @@ def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str
         if plan.volume is not None:
             volume = {**fs_meta(plan.volume), "used": plan.allocation.used_bytes,
                       "volumes": [vars(v) for v in plan.volume.volumes]}
-        rows = rows_from_meta(plan.meta())
+        meta = plan.meta()
+        rows = rows_from_meta(meta)
         for row, part in zip(rows, plan.partitions, strict=True):  # an LVM2 PV partition: its logical volumes
             row["volumes"] = [vars(v) for v in part.filesystem.volumes] if part.filesystem is not None else []
-            found = _found(part.note)
-            if row["filesystem"] is None and found:  # found but not mapped: the warning says why
-                row["filesystem"] = f"{found} (not mapped)"
-        info["disk"] = {"table": plan.meta()["table"] if table is not None else None, "partitions": rows,
+            if row["filesystem"] is None and part.found:  # found but not mapped: the warning says why
+                row["filesystem"] = f"{part.found} (not mapped)"
+        info["disk"] = {"table": meta["table"] if table is not None else None, "partitions": rows,
                         "volume": volume,
                         "warnings": [w for w in plan.warnings if not w.startswith("no partition table")]}
         info["used_only_bytes"] = plan.allocation.used_bytes
-        if table is None and plan.volume is None:  # why nothing is known there (a PV in no VG, damage …)
-            whole = plan_partition(source, Partition(0, 0, source.size, "whole disk", ""), True)
-            if whole.note:  # "partition 0 (ext4): <why>; kept in full"
-                info["disk"]["note"] = whole.note.removesuffix("; kept in full").partition(": ")[2]
-                info["disk"]["found"] = _found(whole.note)
+        if plan.whole is not None and plan.volume is None:  # why nothing is known there (a PV in no VG …)
+            info["disk"]["note"], info["disk"]["found"] = plan.whole.reason, plan.whole.found
     try:
         state = mount_state(path)
         info["mounts"] = [{"what": m.describe(), "read_only": m.read_only} for m in state.mounts]
     except (Error, OSError):
         info["mounts"] = []
     return info
-
-
-def _found(note: str | None) -> str | None:
-    """The filesystem a plan's note names: ``"ntfs"`` from ``"partition 1 (ntfs): …; kept in full"``."""
-    head = (note or "").partition(": ")[0]
-    return head.partition("(")[2].rstrip(")") or None
 
 
 def run(path: str, as_json: bool, partition: int | None) -> int:

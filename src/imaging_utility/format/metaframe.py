@@ -26,6 +26,14 @@ from .schema import check_header_meta, check_trailer_meta
 _KNOWN_TAGS = (c.SECTION_META, c.SECTION_ALLOCATION, c.SECTION_BAD_RANGES, c.SECTION_FRAME_CRCS)
 
 
+def starts_like_image(head: bytes | bytearray | memoryview) -> bool:
+    """Whether a file beginning with ``head`` (any length, even empty) can be an image or the start of one:
+    its first bytes are the header frame's magic, or a prefix of it (a capture cut inside it)."""
+    magic = c.HEADER_MAGIC.to_bytes(4, "little")
+    first = bytes(head[:4])
+    return first == magic[: len(first)]
+
+
 def _sections_encode(sections: list[tuple[bytes, bytes]]) -> bytes:
     out = bytearray()
     for tag, data in sections:

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import CorruptImageError
 from ..format import c_image as c
 from ..format.index import walk_frames
-from ..format.metaframe import Header
+from ..format.metaframe import Header, starts_like_image
 from ..storage.local import PartReader, resolve_parts
 
 
@@ -48,8 +48,7 @@ def inspect_partial(path: str) -> PartialImage:
     parts = PartReader(paths)
     try:
         out = PartialImage(paths, parts.size, None)
-        head = parts.read_at(0, min(4, parts.size))
-        if head != c.SKIPPABLE_HEADER.pack(c.HEADER_MAGIC, 0)[: len(head)]:  # as a resume refuses it
+        if not starts_like_image(parts.read_at(0, min(4, parts.size))):  # as a resume refuses it
             out.foreign = True
             return out
         frames = walk_frames(parts.read_at, parts.size)

@@ -24,7 +24,7 @@ from ..format import c_image as c
 from ..format.codec import Codec
 from ..format.crc import crc32
 from ..format.index import SeekTable, walk_frames
-from ..format.metaframe import Event, Header
+from ..format.metaframe import Event, Header, starts_like_image
 from ..limits import threads_within
 from ..storage import BlobReader, Partial
 from .digests import Digests
@@ -45,16 +45,12 @@ class Recovered:
 def read_header(partial: Partial) -> Header | None:
     """The header of the partial image ``partial``; None when not even the header was written completely."""
     head, first = partial.head, partial.name
+    if not starts_like_image(head):
+        shown = f" (magic {int.from_bytes(head[:4], 'little'):#010x})" if len(head) >= c.SKIPPABLE_HEADER.size else ""
+        raise ResumeMismatchError(f"{first} is not an imaging-utility image{shown}; refusing to continue it")
     if len(head) < c.SKIPPABLE_HEADER.size:
-        magic = c.SKIPPABLE_HEADER.pack(c.HEADER_MAGIC, 0)[:4]
-        if magic[: len(head)] == head[:4]:  # nothing, or cut inside the magic or the size field
-            return None
-        raise ResumeMismatchError(f"{first} is not an imaging-utility image; refusing to continue it")
-    magic, size = c.SKIPPABLE_HEADER.unpack(head[: c.SKIPPABLE_HEADER.size])
-    if magic != c.HEADER_MAGIC:
-        raise ResumeMismatchError(
-            f"{first} is not an imaging-utility image (magic {magic:#010x}); refusing to continue it"
-        )
+        return None  # nothing, or cut inside the magic or the size field
+    size = c.SKIPPABLE_HEADER.unpack(head[: c.SKIPPABLE_HEADER.size])[1]
     if len(head) < c.SKIPPABLE_HEADER.size + size:
         return None
     try:

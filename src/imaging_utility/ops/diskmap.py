@@ -37,7 +37,16 @@ class PartitionPlan:
     partition: Partition
     filesystem: FilesystemInfo | None
     used: AllocationMap | None  # partition-relative; None: kept in full
-    note: str | None = None  # why a partition with a filesystem signature is kept in full
+    reason: str | None = None  # why a partition with a filesystem signature is kept in full
+    found: str | None = None  # the filesystem found there when it is not mapped ("ntfs")
+
+    @property
+    def note(self) -> str | None:
+        """``"partition 2 (ntfs): <reason>; kept in full"``; None when nothing needs saying."""
+        if self.reason is None:
+            return None
+        return f"partition {self.partition.number}" + (f" ({self.found})" if self.found else "") + \
+            f": {self.reason}; kept in full"
 
     @property
     def kept(self) -> str:
@@ -59,6 +68,7 @@ class DiskPlan:
     allocation: AllocationMap
     volume: FilesystemInfo | None = None  # a disk without a table: its filesystem, if known
     warnings: list[str] = field(default_factory=list)
+    whole: PartitionPlan | None = None  # a disk without a table: how it was planned as one volume
 
     def filesystem_meta(self) -> dict[str, Any]:
         """The header's ``used_only.filesystem`` for a disk."""
@@ -130,14 +140,11 @@ def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: b
         # what the map kept whole and why, and an LVM2 PV's logical volumes
         return PartitionPlan(part, replace(fs, warnings=info.warnings, volumes=info.volumes), used)
     except UnsupportedError as e:
-        fs_type = _safe_type(window)
-        what = f"partition {part.number}" + (f" ({fs_type})" if fs_type else "")
-        return PartitionPlan(part, None, None, f"{what}: {_reason(e)}; kept in full")
+        return PartitionPlan(part, None, None, _reason(e), _safe_type(window))
     except SourceIOError as e:
         if not tolerate_read_errors:
             raise
-        return PartitionPlan(part, None, None, f"partition {part.number}: its metadata could not be read ({e}); "
-                                               "kept in full")
+        return PartitionPlan(part, None, None, f"its metadata could not be read ({e})")
 
 
 def _safe_type(window: BlockSource) -> str | None:
@@ -169,7 +176,7 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
             warnings.append("no partition table and no known filesystem: imaged in full"
                             + (f" ({plan.note})" if plan.note else ""))
             amap = AllocationMap.full(size)
-        return DiskPlan(size, ss, table, [], amap, plan.filesystem, warnings)
+        return DiskPlan(size, ss, table, [], amap, plan.filesystem, warnings, plan)
     problems = table.problems(size)
     if problems:
         raise RefusedError(f"the {table.scheme.upper()} partition table cannot be trusted: {problems[0]}"
