@@ -14,8 +14,10 @@ import pytest
 import fsbuild
 from conftest import cli, need_tools
 from imaging_utility.devices.source import FileSource
-from imaging_utility.filesystems import ntfs
-from imaging_utility.filesystems.ntfs_state import volume_state
+from imaging_utility.filesystems import ntfs, ntfs_index, ntfs_state
+from imaging_utility.filesystems.ntfs_index import Undecided, _root_matches, first_bytes_in_root
+from imaging_utility.filesystems.ntfs_record import MftRecords
+from imaging_utility.filesystems.ntfs_state import _hibernated_dissect, volume_state
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +125,7 @@ def test_a_damaged_logfile_cannot_vouch_for_the_bitmap(clean: tuple[Path, dict[s
     assert proc.stderr.count("\n") == 1 and "no valid restart page" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize(("head", "hibernated"), [(b"HIBR", True), (b"hibr", True), (b"\0\0\0\0", False)])
-def test_hibernated_windows(head: bytes, hibernated: bool, tmp_path: Path) -> None:
-    """A hiberfil.sys that begins with a hibernation signature (ntfs-3g refuses to mount it read-write);
-    one that was resumed from (zeros) is no obstacle."""
+def _ntfs_with_root(tmp_path: Path, files: dict[str, bytes]) -> Path:
     need_tools(*fsbuild.TOOLS["ntfs"])
     vol = tmp_path / "ntfs.raw"
     fsbuild.random_image(vol, 48)
@@ -135,10 +134,41 @@ def test_hibernated_windows(head: bytes, hibernated: bool, tmp_path: Path) -> No
     mnt.mkdir()
     subprocess.run(["ntfs-3g", str(vol), str(mnt)], check=True, capture_output=True)
     try:
-        (mnt / "hiberfil.sys").write_bytes(head + bytes(8188))
-        (mnt / "other.txt").write_text("kept\n")
+        for name, data in files.items():
+            (mnt / name).write_bytes(data)
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+    return vol
+
+
+def _crowd(n: int, pad: int = 40) -> dict[str, bytes]:
+    """``n`` small files in the root: its index then lives in INDX blocks, not in the record.  With 400
+    names padded by 30, ntfs-3g moves the root's ``$INDEX_ROOT`` into an extension record, named by an
+    ``$ATTRIBUTE_LIST``."""
+    return {f"file-{i}-{'x' * pad}.txt": b"%d\n" % i for i in range(1, n + 1)}
+
+
+def _has_attribute_list(src: FileSource, boot: ntfs.NtfsBoot) -> bool:
+    off = MftRecords(src, boot).offset(ntfs_index.FILE_ROOT)
+    assert off is not None
+    return ntfs_index._collect(ntfs._read_record(src, boot, off), {}) is not None
+
+
+@pytest.mark.parametrize(("crowd", "pad"), [(0, 0), (400, 40), (400, 30)],
+                         ids=["small-root", "root-in-index-blocks", "root-with-attribute-list"])
+@pytest.mark.parametrize(("head", "hibernated"), [(b"HIBR", True), (b"hibr", True), (b"\0\0\0\0", False)])
+def test_hibernated_windows(head: bytes, hibernated: bool, crowd: int, pad: int, tmp_path: Path) -> None:
+    """A hiberfil.sys that begins with a hibernation signature (ntfs-3g refuses to mount it read-write);
+    one that was resumed from (zeros) is no obstacle.  The root index is read by our own lookup, which
+    agrees with dissect's."""
+    files = {**_crowd(crowd, pad), "hiberfil.sys": head + bytes(8188), "other.txt": b"kept\n"}
+    vol = _ntfs_with_root(tmp_path, files)
+    with FileSource(str(vol)) as src:
+        boot = ntfs.probe(src)
+        assert boot is not None
+        assert _has_attribute_list(src, boot) is (pad == 30)
+        assert first_bytes_in_root(src, boot, "HIBERFIL.SYS", 4) == head  # decided without dissect
+        assert _hibernated_dissect(src) is hibernated
     if not hibernated:
         assert _state(vol) is None
         return
@@ -148,3 +178,51 @@ def test_hibernated_windows(head: bytes, hibernated: bool, tmp_path: Path) -> No
     proc = cli("extract", vol, "/other.txt", tmp_path / "out")
     assert proc.stderr.count("warning: ntfs: Windows is hibernated") == 1, proc.stderr
     assert (tmp_path / "out" / "other.txt").read_text() == "kept\n"
+
+
+def _hiberfil_record(vol: Path) -> int:
+    """Disk offset of hiberfil.sys's MFT record."""
+    with FileSource(str(vol)) as src:
+        boot = ntfs.probe(src)
+        assert boot is not None
+        (number, _seq), = _root_matches(src, boot, "hiberfil.sys")
+        off = MftRecords(src, boot).offset(number)
+        assert off is not None
+        return off
+
+
+@pytest.mark.parametrize("change", ["not-in-use", "reused"])
+def test_a_stale_root_entry_is_not_the_hibernation_file(change: str, tmp_path: Path) -> None:
+    """An index entry whose record was freed, or reused by another file (its sequence number moved on),
+    does not name a hiberfil.sys."""
+    vol = _ntfs_with_root(tmp_path, {**_crowd(400), "hiberfil.sys": b"HIBR" + bytes(8188)})
+    at = _hiberfil_record(vol)
+    with vol.open("r+b") as f:
+        f.seek(at + 0x10)
+        seq, flags = struct.unpack("<H4xH", f.read(8))
+        f.seek(at + 0x10)
+        f.write(struct.pack("<H4xH", seq + 1, flags) if change == "reused" else struct.pack("<H4xH", seq, flags & ~1))
+    with FileSource(str(vol)) as src:
+        boot = ntfs.probe(src)
+        assert boot is not None
+        assert first_bytes_in_root(src, boot, "hiberfil.sys", 4) is None
+    assert _state(vol) is None
+
+
+def test_a_damaged_root_index_block_is_left_to_dissect(tmp_path: Path) -> None:
+    """An index block in use that fails its check is not read as "no such file": the lookup says it
+    cannot decide, and the check falls back to dissect."""
+    vol = _ntfs_with_root(tmp_path, {**_crowd(400), "hiberfil.sys": b"HIBR" + bytes(8188)})
+    data = bytearray(vol.read_bytes())
+    first = data.find(b"INDX", 0)
+    while first >= 0 and "hiberfil".encode("utf-16-le") not in data[first : first + 4096]:
+        first = data.find(b"INDX", first + 1)
+    assert first >= 0
+    data[first + 510] ^= 0xFF  # the first sector's update-sequence bytes: the block is torn
+    vol.write_bytes(bytes(data))
+    with FileSource(str(vol)) as src:
+        boot = ntfs.probe(src)
+        assert boot is not None
+        with pytest.raises(Undecided, match="fails its fixup check"):
+            first_bytes_in_root(src, boot, "hiberfil.sys", 4)
+        assert ntfs_state._hibernated(src, boot) is _hibernated_dissect(src)

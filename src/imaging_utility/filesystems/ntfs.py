@@ -101,17 +101,20 @@ def _fail(what: str) -> UnsupportedError:
     return UnsupportedError(f"NTFS boot sector found but {what}; image it in full without --used-only")
 
 
-def _apply_fixups(rec: bytearray, offset: int) -> None:
+def _apply_fixups(rec: bytearray, offset: int, magic: bytes = b"FILE") -> None:
+    """Check and undo the update sequence of a multi-sector record (an MFT record, or an index block
+    with ``magic`` ``b"INDX"``)."""
     sig, usa_ofs, usa_count = FILE_RECORD.unpack_from(rec)[:3]
-    if sig != b"FILE":
-        raise _Damaged(f"the MFT record at offset {offset:#x} has signature {sig!r} (expected b'FILE')")
+    what = "the MFT record" if magic == b"FILE" else "the index block"
+    if sig != magic:
+        raise _Damaged(f"{what} at offset {offset:#x} has signature {sig!r} (expected {magic!r})")
     if usa_count < 1 or usa_ofs + 2 * usa_count > len(rec) or (usa_count - 1) * FIXUP_STRIDE > len(rec):
-        raise _Damaged(f"the MFT record at offset {offset:#x} has a bad update sequence ({usa_ofs}, {usa_count})")
+        raise _Damaged(f"{what} at offset {offset:#x} has a bad update sequence ({usa_ofs}, {usa_count})")
     usn = rec[usa_ofs : usa_ofs + 2]
     for j in range(usa_count - 1):
         end = (j + 1) * FIXUP_STRIDE
         if rec[end - 2 : end] != usn:
-            raise _Damaged(f"the MFT record at offset {offset:#x} fails its fixup check at byte {end - 2}")
+            raise _Damaged(f"{what} at offset {offset:#x} fails its fixup check at byte {end - 2}")
         rec[end - 2 : end] = rec[usa_ofs + 2 + 2 * j : usa_ofs + 4 + 2 * j]
 
 

@@ -31,9 +31,11 @@ from .ntfs import (
     _unnamed_data,
     _vcn_to_offset,
 )
+from .ntfs_index import Undecided, first_bytes_in_root
 
 FILE_LOGFILE = 2
 HIBERFILE = "hiberfil.sys"
+HIBERNATED = (b"hibr", b"HIBR")
 ATTR_VOLUME_INFORMATION = 0x70
 VOLUME_IS_DIRTY = 0x0001
 RESTART_VOLUME_IS_CLEAN = 0x0002
@@ -55,7 +57,7 @@ def volume_state(source: BlockSource, boot: NtfsBoot) -> str | None:
         info = _unnamed_data(_read_record(source, boot, off), off, ATTR_VOLUME_INFORMATION).resident
         if info is not None and len(info) >= 12 and int.from_bytes(info[10:12], "little") & VOLUME_IS_DIRTY:
             return "its $Volume is marked dirty (a check is due: run chkdsk)"
-        if _hibernated(source):
+        if _hibernated(source, boot):
             return ("Windows is hibernated on it (hiberfil.sys holds a hibernation image: changes it keeps in "
                     "memory are not on the disk; resume Windows and shut it down fully)")
         return _logfile_state(source, boot)
@@ -65,9 +67,19 @@ def volume_state(source: BlockSource, boot: NtfsBoot) -> str | None:
         return f"its $Volume or $LogFile cannot be read to check it was cleanly shut down ({_why(e)})"
 
 
-def _hibernated(source: BlockSource) -> bool:
+def _hibernated(source: BlockSource, boot: NtfsBoot) -> bool:
     """Whether the root's ``hiberfil.sys`` begins with a hibernation signature, as ntfs-3g's
-    ``ntfs_volume_check_hiberfile`` checks; False when there is none or it cannot be read."""
+    ``ntfs_volume_check_hiberfile`` checks; False when there is none.  Read by ``ntfs_index``; a root
+    index or file record it leaves undecided is looked up through dissect."""
+    try:
+        head = first_bytes_in_root(source, boot, HIBERFILE, 4)
+    except (Undecided, UnsupportedError):
+        return _hibernated_dissect(source)
+    return head in HIBERNATED
+
+
+def _hibernated_dissect(source: BlockSource) -> bool:
+    """The same check through dissect.ntfs; False when there is no such file or it cannot be read."""
     from dissect.ntfs import NTFS
 
     from .tree_stream import BlockFile
@@ -80,7 +92,7 @@ def _hibernated(source: BlockSource) -> bool:
             head = f.read(4)
     except Exception:  # no such file, or dissect cannot read it: the log check still applies
         return False
-    return bytes(head) in (b"hibr", b"HIBR")
+    return bytes(head) in HIBERNATED
 
 
 def _why(e: UnsupportedError) -> str:
