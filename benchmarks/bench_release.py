@@ -25,6 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 MiB = 1 << 20
+sys.path.insert(0, str(HERE))
+from run import compile_package  # noqa: E402
+
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
 
 
@@ -42,20 +45,6 @@ def _startup_ms(argv: list[str], env: dict[str, str], runs: int = 20) -> tuple[f
         cpus.append((after.children_user - before.children_user + after.children_system
                      - before.children_system) * 1000)
     return statistics.median(walls), statistics.median(cpus)
-
-
-def _compile_package() -> None:
-    """Compile the package's byte-code, as an installed copy has it.
-
-    pip and apt install byte-code (.pyc) with the modules. A source checkout run under
-    PYTHONDONTWRITEBYTECODE=1 (as on the project's VM) has none and compiles all ~30 modules of the CLI
-    on every start, about 40 ms that no installed copy pays.  Every program then runs in the same clean
-    environment (``CLEAN_ENV``, which does not set PYTHONDONTWRITEBYTECODE)."""
-    import compileall
-
-    import imaging_utility
-
-    compileall.compile_dir(Path(imaging_utility.__file__).parent, quiet=1)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -82,7 +71,7 @@ def bench_release(src: Path, work: Path, reps: int, dist: Path | None = None) ->
         tar.extractall(folder_root, filter="tar")
     folder_exe = next(folder_root.glob("*/imaging-utility"))
     venv_script = Path(sys.executable).parent / "imaging-utility"
-    _compile_package()
+    compile_package()
     venv_env = CLEAN_ENV
 
     print(f"\n## release build — {exe.name}\n")
