@@ -224,7 +224,8 @@ def volume_state(source: BlockSource, boot: FatBoot) -> str | None:
 
 def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]:
     """Byte ranges in use: the whole area before the data region, used clusters, and the tail; the volume
-    must have been cleanly unmounted (``volume_state``), or its FAT may miss what a file uses."""
+    must have been cleanly unmounted (``volume_state``), or its FAT may miss what a file uses, and every
+    directory entry must start on a cluster the FAT marks used (``fat_check``)."""
     mirrored = not boot.ext_flags & EXTFLAGS_NO_MIRROR
     copies = range(boot.num_fats) if mirrored else [boot.ext_flags & 0x0F]
     if not mirrored and copies[0] >= boot.num_fats:
@@ -235,6 +236,11 @@ def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]
         raise _fail(unclean)
     if boot.bits == 32 and not runs[0].contains(boot.root_cluster):
         raise _fail(f"the FAT marks the root directory's cluster {boot.root_cluster} free")
+    from .fat_check import free_start  # fat_dir, which it walks with, builds on this module
+
+    lost = free_start(source, boot, lambda cluster: any(r.contains(cluster) for r in runs))
+    if lost:
+        raise _fail(lost)
     cs, data = boot.cluster_size, boot.data_offset
     heap_end = data + boot.cluster_count * cs
     always = [(0, data), (heap_end, boot.volume_size - heap_end)]
