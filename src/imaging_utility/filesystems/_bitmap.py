@@ -131,6 +131,11 @@ class RunList:
         i = bisect.bisect_right(self.starts, unit) - 1
         return i >= 0 and unit < self.ends[i]
 
+    def covers(self, start: int, end: int) -> bool:
+        """Whether every unit of ``[start, end)`` is in a run (runs are coalesced: it is then in one)."""
+        i = bisect.bisect_right(self.starts, start) - 1
+        return i >= 0 and end <= self.ends[i]
+
 
 def read_bitmap(
     source: BlockSource,

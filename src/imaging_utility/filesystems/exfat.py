@@ -82,6 +82,10 @@ class ExfatBoot:
     def heap(self) -> int:
         return self.heap_offset << self.sector_shift
 
+    def cluster_of(self, offset: int) -> int:
+        """The cluster at byte ``offset`` of the cluster heap (``cluster_offset``'s inverse)."""
+        return (offset - self.heap) // self.cluster_size + 2
+
     def cluster_offset(self, n: int) -> int:
         return self.heap + (n - 2) * self.cluster_size
 
@@ -200,7 +204,8 @@ def volume_state(source: BlockSource) -> str | None:
 
 def used_ranges(source: BlockSource, boot: ExfatBoot) -> Iterator[tuple[int, int]]:
     """Byte ranges in use: boot regions, FATs, the clusters the Allocation Bitmap marks, the tail; the volume
-    must have been cleanly unmounted (``volume_state``)."""
+    must have been cleanly unmounted (``volume_state``) and its directories' streams must lie on clusters
+    the bitmap marks used (``exfat_check``)."""
     unclean = volume_state(source)
     if unclean:
         raise _fail(unclean)
@@ -235,6 +240,11 @@ def used_ranges(source: BlockSource, boot: ExfatBoot) -> Iterator[tuple[int, int
             if not used.contains(cluster):
                 raise _fail(f"the {what} marks the {name}'s cluster {cluster} free")
         runs.append(used)
+    from .exfat_check import unmapped_stream  # it reads directories with this module's _Volume
+
+    lost = unmapped_stream(source, boot, lambda first, end: any(r.covers(first, end) for r in runs))
+    if lost:
+        raise _fail(lost)
     heap_end = boot.cluster_offset(boot.cluster_count + 2)
     fats = boot.fat_offset * ss, boot.num_fats * boot.fat_length * ss
     always = [(0, 2 * BOOT_REGION_SECTORS * ss), fats, (heap_end, boot.volume_size - heap_end)]
