@@ -12,7 +12,8 @@ import pytest
 import fsbuild
 from conftest import cli, need_tools
 from imaging_utility.devices.source import FileSource
-from imaging_utility.filesystems import fat
+from imaging_utility.filesystems import fat, fat_check
+from imaging_utility.filesystems._bitmap import RunList
 from imaging_utility.filesystems.fat_dir import FatNode, FatVolume
 
 
@@ -67,6 +68,23 @@ def test_a_file_whose_fat_chain_was_never_written(bits: int, tmp_path: Path) -> 
     assert data in back
 
 
+@pytest.mark.parametrize("bits", [12, 16, 32])
+def test_a_chain_that_runs_into_a_free_cluster(bits: int, tmp_path: Path) -> None:
+    """The file starts on a used cluster, but its chain links on to one the FAT marks free (its FAT
+    entry was never written): found from the FAT itself, without following chains."""
+    need_tools(*fsbuild.TOOLS["fat"])
+    vol = tmp_path / "fat.raw"
+    fsbuild.make_fat(vol, 40 if bits != 12 else 8, None, fat_bits=bits)
+    boot, node = _entry(vol, "/frag/fragmented.bin")
+    with FileSource(str(vol)) as src:
+        second = FatVolume(src, boot).next_of(node.cluster)
+    assert 2 <= second < boot.cluster_count + 2
+    _set_fat(vol, boot, second, 0)
+    proc = cli("image", "--used-only", vol, tmp_path / "x.img", check=4)
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"its FAT links cluster {node.cluster} to cluster {second}, which the FAT marks free" in proc.stderr
+
+
 def test_a_directory_on_a_free_cluster_and_one_whose_chain_loops(tmp_path: Path) -> None:
     need_tools(*fsbuild.TOOLS["fat"])
     vol = tmp_path / "fat.raw"
@@ -96,3 +114,17 @@ def test_one_fat_copy_that_still_has_the_file_keeps_it(tmp_path: Path) -> None:
     at = boot.data_offset + (node.cluster - 2) * boot.cluster_size
     kept = (tmp_path / "back.raw").read_bytes()[at : at + boot.cluster_size]
     assert kept == vol.read_bytes()[at : at + boot.cluster_size]
+
+
+@pytest.mark.parametrize(("targets", "found"), [
+    ([5, 9, 30], 30),  # fewer targets than free runs: each target is looked up among the runs
+    ([5, 9, 11, 12, 13, 14, 15, 16, 17], None),  # more targets: each run is looked up among them
+    ([5, 9, 11, 12, 13, 14, 15, 16, 25], 25),
+    ([], None),
+])
+def test_links_are_matched_against_the_free_runs_either_way(targets: list[int], found: int | None) -> None:
+    used = RunList()
+    used.extend([(2, 20), (22, 24), (26, 28), (32, 40)])
+    free = fat_check._gaps([used], 40)
+    assert free == [(20, 22), (24, 26), (28, 32)]
+    assert fat_check._first_in(targets, free, [lo for lo, _ in free]) == found

@@ -236,9 +236,10 @@ def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]
         raise _fail(unclean)
     if boot.bits == 32 and not runs[0].contains(boot.root_cluster):
         raise _fail(f"the FAT marks the root directory's cluster {boot.root_cluster} free")
-    from .fat_check import free_start  # fat_dir, which it walks with, builds on this module
+    from .fat_check import free_link, free_start  # fat_dir, which it walks with, builds on this module
 
-    lost = free_start(source, boot, lambda cluster: any(r.contains(cluster) for r in runs))
+    lost = free_start(source, boot, lambda cluster: any(r.contains(cluster) for r in runs)) \
+        or free_link(source, boot, runs)
     if lost:
         raise _fail(lost)
     cs, data = boot.cluster_size, boot.data_offset
