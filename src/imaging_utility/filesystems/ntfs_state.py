@@ -80,8 +80,7 @@ def _hibernated(source: BlockSource, boot: NtfsBoot) -> bool:
 
 def _hibernated_dissect(source: BlockSource) -> bool:
     """The same check through dissect.ntfs; False when there is no such file or it cannot be read."""
-    from dissect.ntfs import NTFS
-
+    from .dissect_ntfs import NTFS
     from .tree_stream import BlockFile
 
     try:

@@ -19,7 +19,6 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dissect.ntfs import NTFS
 from dissect.ntfs.c_ntfs import ATTRIBUTE_FLAG_COMPRESSION_MASK, ATTRIBUTE_TYPE_CODE, FILE_NAME_DOS
 from dissect.ntfs.exceptions import Error as DissectError
 from dissect.ntfs.index import IndexBuffer
@@ -28,6 +27,7 @@ from dissect.ntfs.util import segment_reference
 
 from ..errors import CorruptImageError
 from . import ntfs_links
+from .dissect_ntfs import NTFS
 from .ntfs import probe
 from .ntfs_record import MftRecords, Record
 from .ntfs_state import volume_state
