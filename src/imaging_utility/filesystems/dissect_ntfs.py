@@ -6,9 +6,9 @@ A record that claims one of them non-resident with a size of gigabytes (sparse r
 disk) made it allocate that much: a 4 MiB volume found by the fuzzer took 9.9 GB and 20 s to open.  On a
 sound volume the first and third are resident and small, an attribute list holds at most 256 KiB (the
 format's limit) and a reparse point 16 KiB.  So each parser is wrapped: a value over
-``ATTRIBUTE_VALUE_MAX`` raises ``OversizedAttribute`` (a dissect error, which every caller already turns
-into a one-line "damaged" message) before a byte is read.  Importing this module installs the bound
-once; it changes only those four entries of dissect's ``ATTRIBUTE_CLASS_MAP``.
+``ATTRIBUTE_VALUE_MAX`` raises ``OversizedAttribute`` (a ``CorruptImageError``: the file, or the volume
+when it is a system record, is reported damaged in one line) before a byte is read.  Importing this
+module installs the bound once; it changes only those four entries of dissect's ``ATTRIBUTE_CLASS_MAP``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from typing import Any, BinaryIO
 
 from dissect.ntfs import NTFS
 from dissect.ntfs import attr as _attr
-from dissect.ntfs.exceptions import Error
+
+from ..errors import CorruptImageError
 
 __all__ = ["ATTRIBUTE_VALUE_MAX", "NTFS", "OversizedAttribute"]
 
 ATTRIBUTE_VALUE_MAX = 256 << 10  # $ATTRIBUTE_LIST's limit, the largest value of the four
 
 
-class OversizedAttribute(Error):  # type: ignore[misc]
+class OversizedAttribute(CorruptImageError):
     """An attribute that dissect reads whole claims more than such an attribute can hold."""
 
 
