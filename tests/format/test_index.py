@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from imaging_utility.errors import CorruptImageError, IncompleteImageError
+from imaging_utility.errors import ChunkCorruptError, CorruptImageError, IncompleteImageError
 from imaging_utility.format import c_image as c
 from imaging_utility.format.codec import Codec, frame_checksum
 from imaging_utility.format.index import SeekTable, walk_frames
@@ -60,3 +60,13 @@ def test_walk_frames_stops_at_incomplete_frame() -> None:
         assert sum(f.length for f in got) <= cut
         assert all(f.offset + f.length <= cut for f in got)
     assert list(walk_frames(lambda o, n: (b"\0" * 64)[o : o + n], 64)) == []
+
+
+@pytest.mark.parametrize("claimed", [1 << 51, (64 << 10) + 1, 1000])
+def test_a_frame_declaring_another_content_size_is_corrupt_before_decoding(claimed: int) -> None:
+    """libzstd allocates a frame's declared content size whole: a frame claiming 2**51 bytes was a
+    MemoryError (a fuzz input).  Any declared size but the chunk's is refused before decoding."""
+    frame = bytearray(b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + claimed.to_bytes(8, "little"))  # single segment, 8-byte FCS
+    frame += ((1000 << 3) | 1).to_bytes(3, "little") + b"a" * 1000  # one raw block, the last
+    with pytest.raises(ChunkCorruptError, match=f"its frame declares {claimed} bytes, expected {64 << 10}"):
+        Codec(1).decompress(bytes(frame), 64 << 10, 3, 3 << 16)

@@ -98,6 +98,12 @@ class Codec:
         chunk as ``where`` (default: its index and source offset)."""
         where = where or f"chunk {chunk} (source byte offset {offset})"
         try:
+            # libzstd allocates a frame's declared content size whole, whatever max_output_size says: a
+            # frame claiming 2**51 bytes was a MemoryError (fuzz input kept in fuzz/crashes/image)
+            claimed = zstandard.get_frame_parameters(frame).content_size
+            if claimed not in (zstandard.CONTENTSIZE_UNKNOWN, expected_size):
+                raise ChunkCorruptError(f"{where} is corrupt: its frame declares {claimed} bytes, "
+                                        f"expected {expected_size}", chunk, offset)
             data = self._dctx().decompress(frame, max_output_size=expected_size)
         except zstandard.ZstdError as e:
             raise ChunkCorruptError(
