@@ -140,6 +140,9 @@ class FatBoot:
         return None if self.serial is None else f"{self.serial >> 16:04X}-{self.serial & 0xFFFF:04X}"
 
 
+KEEP_FAT_MAX = 64 << 20  # a FAT32 of 16 million clusters; larger ones are read a second time
+
+
 def _fail(what: str) -> UnsupportedError:
     return UnsupportedError(f"FAT boot sector found but {what}; image it in full without --used-only")
 
@@ -179,8 +182,8 @@ def _fat12_runs(data: bytes, count: int) -> Iterator[tuple[int, int]]:
         yield start, count + 2
 
 
-def _copy_runs(source: BlockSource, boot: FatBoot, copy: int) -> RunList:
-    """Used clusters according to FAT copy ``copy``."""
+def _copy_runs(source: BlockSource, boot: FatBoot, copy: int, keep: bytearray | None = None) -> RunList:
+    """Used clusters according to FAT copy ``copy``; its FAT16/32 entries are appended to ``keep``."""
     fat_off = (boot.reserved_sectors + copy * boot.fat_sectors) * boot.bytes_per_sector
     last = boot.cluster_count + 2  # entries 2 .. count+1 describe clusters
     runs = RunList()
@@ -196,6 +199,8 @@ def _copy_runs(source: BlockSource, boot: FatBoot, copy: int) -> RunList:
         for entry in range(0, last, step):
             n = min(step, last - entry)
             source.readinto_at(fat_off + entry * esz, view[: n * esz])
+            if keep is not None:
+                keep += view[: n * esz]
             runs.extend((max(s, 2), e) for s, e in entry_runs(view[: n * esz], esz, entry) if e > 2)
     if first & 0xFF != boot.media:
         raise _fail(f"FAT copy {copy} at offset {fat_off:#x} starts with {first:#x}, not media byte {boot.media:#x}")
@@ -230,7 +235,10 @@ def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]
     copies = range(boot.num_fats) if mirrored else [boot.ext_flags & 0x0F]
     if not mirrored and copies[0] >= boot.num_fats:
         raise _fail(f"ExtFlags {boot.ext_flags:#x} names active FAT {copies[0]} of {boot.num_fats}")
-    runs = [_copy_runs(source, boot, c) for c in copies]  # damage is said first: FAT[1] may be damage too
+    # damage is said first: FAT[1] may be damage too.  The first copy's entries are kept for the link
+    # check (fat_check.free_link) when that costs little memory, so the FAT is not read twice.
+    kept = bytearray() if (boot.cluster_count + 2) * boot.bits // 8 <= KEEP_FAT_MAX else None
+    runs = [_copy_runs(source, boot, c, kept if i == 0 else None) for i, c in enumerate(copies)]
     unclean = volume_state(source, boot)
     if unclean:
         raise _fail(unclean)
@@ -239,7 +247,7 @@ def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]
     from .fat_check import free_link, free_start  # fat_dir, which it walks with, builds on this module
 
     lost = free_start(source, boot, lambda cluster: any(r.contains(cluster) for r in runs)) \
-        or free_link(source, boot, runs)
+        or free_link(source, boot, runs, bytes(kept) if kept else None)
     if lost:
         raise _fail(lost)
     cs, data = boot.cluster_size, boot.data_offset

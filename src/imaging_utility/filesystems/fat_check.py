@@ -72,9 +72,9 @@ LINK_PIECE = 1 << 20  # FAT entries per pass: at most this many link targets are
 FAT32_MASK = 0x0FFFFFFF
 
 
-def free_link(source: BlockSource, boot: FatBoot, runs: list[RunList]) -> str | None:
+def free_link(source: BlockSource, boot: FatBoot, runs: list[RunList], fat: bytes | None = None) -> str | None:
     """``None`` when no used FAT entry links to a cluster free in every copy (``runs``: each copy's used
-    clusters), else the first such link."""
+    clusters), else the first such link.  ``fat``: the FAT16/32 entries already read, else they are read."""
     limit = boot.cluster_count + 2
     free = _gaps(runs, limit)
     if not free:
@@ -84,7 +84,7 @@ def free_link(source: BlockSource, boot: FatBoot, runs: list[RunList]) -> str | 
     if boot.bits == 12:
         pieces = [(0, array("I", (volume.next_of(c) if c >= 2 else 0 for c in range(limit))))]
     else:
-        pieces = (_entries(source, volume.fat_offset, boot.bits, first, min(LINK_PIECE, limit - first))
+        pieces = (_entries(source, volume.fat_offset, boot.bits, first, min(LINK_PIECE, limit - first), fat)
                   for first in range(0, limit, LINK_PIECE))
     starts = [lo for lo, _hi in free]
     for first, values in pieces:
@@ -113,11 +113,16 @@ def _first_in(targets: list[int], free: list[tuple[int, int]], starts: list[int]
     return None
 
 
-def _entries(source: BlockSource, fat_offset: int, bits: int, first: int, count: int) -> tuple[int, array[int]]:
+def _entries(source: BlockSource, fat_offset: int, bits: int, first: int, count: int,
+             fat: bytes | None) -> tuple[int, array[int]]:
     values = array("I" if bits == 32 else "H")
-    raw = bytearray(count * values.itemsize)
-    source.readinto_at(fat_offset + first * values.itemsize, raw)
-    values.frombytes(raw)
+    at, end = first * values.itemsize, (first + count) * values.itemsize
+    if fat is not None and end <= len(fat):
+        values.frombytes(fat[at:end])
+    else:
+        raw = bytearray(end - at)
+        source.readinto_at(fat_offset + at, raw)
+        values.frombytes(raw)
     if sys.byteorder == "big":
         values.byteswap()
     if first == 0:
