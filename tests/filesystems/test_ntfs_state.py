@@ -185,8 +185,9 @@ def _hiberfil_record(vol: Path) -> int:
     with FileSource(str(vol)) as src:
         boot = ntfs.probe(src)
         assert boot is not None
-        (number, _seq), = _root_matches(src, boot, "hiberfil.sys")
-        off = MftRecords(src, boot).offset(number)
+        records = MftRecords(src, boot)
+        (number, _seq), = _root_matches(records, "hiberfil.sys")
+        off = records.offset(number)
         assert off is not None
         return off
 

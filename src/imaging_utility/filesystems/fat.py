@@ -247,7 +247,7 @@ def used_ranges(source: BlockSource, boot: FatBoot) -> Iterator[tuple[int, int]]
     from .fat_check import free_link, free_start  # fat_dir, which it walks with, builds on this module
 
     lost = free_start(source, boot, lambda cluster: any(r.contains(cluster) for r in runs)) \
-        or free_link(source, boot, runs, bytes(kept) if kept else None)
+        or free_link(source, boot, runs, kept or None)
     if lost:
         raise _fail(lost)
     cs, data = boot.cluster_size, boot.data_offset

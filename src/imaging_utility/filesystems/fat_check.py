@@ -72,7 +72,8 @@ LINK_PIECE = 1 << 20  # FAT entries per pass: at most this many link targets are
 FAT32_MASK = 0x0FFFFFFF
 
 
-def free_link(source: BlockSource, boot: FatBoot, runs: list[RunList], fat: bytes | None = None) -> str | None:
+def free_link(source: BlockSource, boot: FatBoot, runs: list[RunList],
+              fat: bytes | bytearray | None = None) -> str | None:
     """``None`` when no used FAT entry links to a cluster free in every copy (``runs``: each copy's used
     clusters), else the first such link.  ``fat``: the FAT16/32 entries already read, else they are read."""
     limit = boot.cluster_count + 2
@@ -114,7 +115,7 @@ def _first_in(targets: list[int], free: list[tuple[int, int]], starts: list[int]
 
 
 def _entries(source: BlockSource, fat_offset: int, bits: int, first: int, count: int,
-             fat: bytes | None) -> tuple[int, array[int]]:
+             fat: bytes | bytearray | None) -> tuple[int, array[int]]:
     values = array("I" if bits == 32 else "H")
     at, end = first * values.itemsize, (first + count) * values.itemsize
     if fat is not None and end <= len(fat):

@@ -34,8 +34,6 @@ from .ntfs import (
     _apply_fixups,
     _Damaged,
     _decode_runlist,
-    _read_record,
-    _record_offset,
 )
 from .ntfs_record import ATTR_ATTRIBUTE_LIST, MftRecords, parse_record
 
@@ -64,16 +62,8 @@ def first_bytes_in_root(source: BlockSource, boot: NtfsBoot, name: str, count: i
     """The first ``count`` bytes of the root's file ``name`` (matched without case), ``None`` when there is
     no such file; bytes past its end or in a hole read as zeros."""
     records = MftRecords(source, boot)
-    for number, sequence in _root_matches(source, boot, name.lower()):
-        off = records.offset(number)
-        if off is None or off + boot.record_size > source.size:
-            raise Undecided(f"record {number} is not mapped by $MFT's first extent")
-        rec = bytearray(boot.record_size)
-        source.readinto_at(off, rec)
-        try:
-            _apply_fixups(rec, off)
-        except _Damaged as e:
-            raise Undecided(str(e)) from None
+    for number, sequence in _root_matches(records, name.lower()):
+        rec, off = _record(records, number)
         if FILE_RECORD.unpack_from(rec)[4] != sequence or not FILE_RECORD.unpack_from(rec)[7] & FILE_RECORD_IN_USE:
             continue  # a stale entry: the record now belongs to another file, or to none
         parsed = parse_record(rec, number, off)
@@ -93,15 +83,16 @@ def first_bytes_in_root(source: BlockSource, boot: NtfsBoot, name: str, count: i
     return None
 
 
-def _root_matches(source: BlockSource, boot: NtfsBoot, lower: str) -> Iterator[tuple[int, int]]:
+def _root_matches(records: MftRecords, lower: str) -> Iterator[tuple[int, int]]:
     """(record, sequence) of every root index entry whose name is ``lower`` without case."""
-    for ref, entry_name in _root_entries(source, boot):
+    for ref, entry_name in _root_entries(records):
         if entry_name.lower() == lower:
             yield ref & REF_RECORD, ref >> 48
 
 
-def _root_entries(source: BlockSource, boot: NtfsBoot) -> Iterator[tuple[int, str]]:
-    found = _root_index(source, boot)
+def _root_entries(records: MftRecords) -> Iterator[tuple[int, str]]:
+    source, boot = records.source, records.boot
+    found = _root_index(records)
     root, alloc, bitmap = found.get(ATTR_INDEX_ROOT), found.get(ATTR_INDEX_ALLOCATION), found.get(ATTR_BITMAP)
     if not isinstance(root, bytes) or len(root) < INDEX_ROOT_HEAD.size + NODE_HEADER.size:
         raise Undecided("the root directory has no $INDEX_ROOT")
@@ -129,34 +120,30 @@ def _root_entries(source: BlockSource, boot: NtfsBoot) -> Iterator[tuple[int, st
 _Value = bytes | tuple[list[tuple[int | None, int]], int]  # resident bytes, or (runs, data size)
 
 
-def _root_index(source: BlockSource, boot: NtfsBoot) -> dict[int, _Value]:
+def _root_index(records: MftRecords) -> dict[int, _Value]:
     """The root's ``$I30`` index root, allocation and bitmap, following an ``$ATTRIBUTE_LIST`` (ntfs-3g
     moves ``$INDEX_ROOT`` into an extension record when the root grows) into the records it names."""
     found: dict[int, _Value] = {}
-    records = MftRecords(source, boot)
-    listed = _collect(_record(source, boot, _record_offset(source, boot, FILE_ROOT)), found)
+    listed = _collect(_record(records, FILE_ROOT)[0], found)
     if listed is None:
         return found
     if isinstance(listed, tuple):
         runs, size = listed
         if size > ATTR_LIST_MAX:
             raise Undecided(f"the root's attribute list holds {size} bytes")
-        listed = bytes(_stream_read(source, runs, boot.cluster_size, 0, size)[0])
+        listed = bytes(_stream_read(records.source, runs, records.boot.cluster_size, 0, size)[0])
     for number, sequence in _listed_elsewhere(listed):
-        off = records.offset(number)
-        if off is None or off + boot.record_size > source.size:
-            raise Undecided(f"the root's extension record {number} is not mapped by $MFT's first extent")
-        ext = _record(source, boot, off)
+        ext = _record(records, number)[0]
         if FILE_RECORD.unpack_from(ext)[4] != sequence or _collect(ext, found) is not None:
             raise Undecided(f"the root's extension record {number} is stale or has its own attribute list")
     return found
 
 
-def _record(source: BlockSource, boot: NtfsBoot, off: int) -> bytearray:
-    try:
-        return _read_record(source, boot, off)
-    except _Damaged as e:
-        raise Undecided(str(e)) from None
+def _record(records: MftRecords, number: int) -> tuple[bytearray, int]:
+    found = records.raw(number)
+    if found is None:
+        raise Undecided(f"MFT record {number} is not mapped by $MFT's first extent, or fails its check")
+    return found
 
 
 def _listed_elsewhere(listed: bytes) -> Iterator[tuple[int, int]]:

@@ -167,8 +167,9 @@ class MftRecords:
             return None
         return start + within
 
-    def get(self, number: int) -> Record | None:
-        """Record ``number`` parsed, or ``None`` when it is unusual or fails a check."""
+    def raw(self, number: int) -> tuple[bytearray, int] | None:
+        """Record ``number`` with its fix-ups applied, and its disk offset; ``None`` when it is not mapped
+        contiguously, lies past the source or fails its update sequence."""
         off = self.offset(number)
         if off is None or off + self.record_size > self.source.size:
             return None
@@ -178,4 +179,9 @@ class MftRecords:
             _apply_fixups(rec, off)
         except _Damaged:
             return None
-        return parse_record(rec, number, off)
+        return rec, off
+
+    def get(self, number: int) -> Record | None:
+        """Record ``number`` parsed, or ``None`` when it is unusual or fails a check."""
+        found = self.raw(number)
+        return None if found is None else parse_record(found[0], number, found[1])
