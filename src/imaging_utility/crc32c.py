@@ -35,6 +35,24 @@ def function() -> Callable[[bytes], int]:
     return functools.partial(crc32c.update, 0)
 
 
+@functools.cache
+def _extend() -> Callable[[int, bytes], int]:
+    fast = _google()
+    if fast is not None:
+        import google_crc32c
+
+        return google_crc32c.extend  # type: ignore[no-any-return]
+    from dissect.util.hash import crc32c
+
+    return crc32c.update  # type: ignore[no-any-return]
+
+
+def raw(seed: int, data: bytes | bytearray | memoryview) -> int:
+    """The CRC register after ``data`` from ``seed``, with no inversions: the kernel's ``crc32c(seed, p,
+    len)``, as ext4's metadata checksums use it (``ext4_chksum``)."""
+    return ~_extend()(~seed & 0xFFFFFFFF, bytes(data)) & 0xFFFFFFFF
+
+
 def describe() -> str:
     """Which implementation computes CRC-32C, for ``--version``."""
     from importlib import metadata

@@ -43,6 +43,8 @@ GOOD_OLD_FIRST_INO = 11
 GROUP_DESC = struct.Struct("<IIIHHHH12x")
 GROUP_DESC_HI = struct.Struct("<IIIH")
 BG_CHECKSUM_OFFSET = 0x1E
+BG_BLOCK_BITMAP_CSUM_LO = 0x18  # with metadata_csum: crc32c of the block bitmap (s_clusters_per_group / 8 bytes)
+BG_BLOCK_BITMAP_CSUM_HI = 0x38  # its high half, where the descriptor is at least 0x3A bytes
 
 STATE_ERROR_FS = 0x0002
 COMPAT_HAS_JOURNAL = 0x0004
@@ -100,7 +102,6 @@ def _crc_table(poly: int) -> list[int]:
     return table
 
 
-CRC32C = _crc_table(0x82F63B78)  # Castagnoli, reflected; as the kernel's crc32c(): no inversions
 CRC16 = _crc_table(0xA001)  # CRC-16/ANSI reflected; lib/crc16.c
 
 

@@ -22,16 +22,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
+from .. import crc32c
 from ..blocks import BlockSource, read_at
 from ..errors import UnsupportedError
 from ._bitmap import PIECE, RunList, set_runs
 from .c_ext import (
+    BG_BLOCK_BITMAP_CSUM_HI,
+    BG_BLOCK_BITMAP_CSUM_LO,
     BG_BLOCK_UNINIT,
     BG_CHECKSUM_OFFSET,
     COMPAT_HAS_JOURNAL,
     COMPAT_SPARSE_SUPER2,
     CRC16,
-    CRC32C,
     EXT_MAGIC,
     GOOD_OLD_FIRST_INO,
     GOOD_OLD_INODE_SIZE,
@@ -135,7 +137,7 @@ class ExtSuper:
         if incompat & INCOMPAT_CSUM_SEED:
             seed = SB_CHECKSUM_SEED.unpack_from(sb, 0x270)[0]
         else:
-            seed = crc(CRC32C, 0xFFFFFFFF, fs_uuid)
+            seed = crc32c.raw(0xFFFFFFFF, fs_uuid)
         return cls(1024 << log_bs, blocks, first_data, bpg, ipg, inode_size, state, compat, incompat,
                    ro_compat, fs_uuid, name, rsv_gdt, desc, first_meta_bg, (backup[0], backup[1]), seed,
                    rev, ratio, first_ino, SB_JOURNAL_INUM.unpack_from(sb, 0xE0)[0], inodes)
@@ -172,8 +174,7 @@ class ExtSuper:
         group = g.to_bytes(4, "little")
         rest = desc[BG_CHECKSUM_OFFSET + 2 : self.desc_size]
         if self.ro_compat & RO_COMPAT_METADATA_CSUM:
-            value = crc(CRC32C, self.csum_seed, group + desc[:BG_CHECKSUM_OFFSET] + b"\0\0" + rest)
-            return value & 0xFFFF
+            return crc32c.raw(self.csum_seed, group + desc[:BG_CHECKSUM_OFFSET] + b"\0\0" + rest) & 0xFFFF
         if self.ro_compat & RO_COMPAT_GDT_CSUM:
             rest = rest if self.incompat & INCOMPAT_64BIT else b""
             return crc(CRC16, 0xFFFF, self.uuid + group + desc[:BG_CHECKSUM_OFFSET] + rest)
@@ -239,6 +240,7 @@ class GroupTable:
     inode_table: array[int]
     free: array[int]  # bg_free_blocks_count: free clusters
     flags: array[int]
+    bitmap_csum: array[int]  # bg_block_bitmap_csum (lo, and hi where the descriptor has it)
     damaged: dict[int, str] = field(default_factory=dict)  # group -> why its descriptor is not trusted
 
 
@@ -250,7 +252,7 @@ def probe(source: BlockSource) -> ExtSuper | None:
 
 def _read_groups(source: BlockSource, sb: ExtSuper) -> GroupTable:
     """The descriptors; one failing its checksum is recorded in ``damaged``, its fields kept as found."""
-    table = GroupTable(array("Q"), array("Q"), array("Q"), array("Q"), array("H"))
+    table = GroupTable(array("Q"), array("Q"), array("Q"), array("Q"), array("H"), array("L"))
     bs, dsz, dpb = sb.block_size, sb.desc_size, sb.desc_per_block
     wide = bool(sb.incompat & INCOMPAT_64BIT) and dsz >= 64
     if sb.desc_blocks:  # every descriptor block is needed: one past the end fails before any is read
@@ -280,6 +282,11 @@ def _read_groups(source: BlockSource, sb: ExtSuper) -> GroupTable:
             table.inode_table.append(it)
             table.free.append(free)
             table.flags.append(flags)
+            csum = int.from_bytes(data[pos + BG_BLOCK_BITMAP_CSUM_LO : pos + BG_BLOCK_BITMAP_CSUM_LO + 2], "little")
+            if dsz >= BG_BLOCK_BITMAP_CSUM_HI + 2:
+                hi = data[pos + BG_BLOCK_BITMAP_CSUM_HI : pos + BG_BLOCK_BITMAP_CSUM_HI + 2]
+                csum |= int.from_bytes(hi, "little") << 16
+            table.bitmap_csum.append(csum)
     return table
 
 
@@ -336,12 +343,26 @@ def _untrusted_warning(sb: ExtSuper, untrusted: dict[int, str]) -> str:
             f"({shown}{more}); {'they are' if n > 1 else 'it is'} imaged in full ({size} bytes)")
 
 
+def _bitmap_checksum_fails(sb: ExtSuper, table: GroupTable, g: int, bitmap: memoryview) -> str:
+    """``ext4_block_bitmap_csum_verify``: with metadata_csum, a bitmap the kernel would reject (it marks the
+    group corrupt and allocates nothing more there) is not a map of what the group uses.  Empty when sound."""
+    if not sb.ro_compat & RO_COMPAT_METADATA_CSUM:
+        return ""
+    got = crc32c.raw(sb.csum_seed, bitmap)
+    want = table.bitmap_csum[g]
+    if sb.desc_size < BG_BLOCK_BITMAP_CSUM_HI + 2:
+        got &= 0xFFFF
+    if got == want:
+        return ""
+    return f"its block bitmap fails its checksum ({want:#x}, computed {got:#x})"
+
+
 def used_ranges(source: BlockSource, sb: ExtSuper, warnings: list[str] | None = None) -> Iterator[tuple[int, int]]:
     """Used clusters from the bitmaps (computed for BLOCK_UNINIT groups) plus all metadata, in bytes.
 
     A group whose allocation metadata cannot be trusted is kept whole, and one line saying which
-    groups and why is appended to ``warnings``: its descriptor fails its checksum, it is flagged
-    BLOCK_UNINIT while its free count says more is in use than its metadata, or its bitmap marks
+    groups and why is appended to ``warnings``: its descriptor or its block bitmap fails its checksum,
+    it is flagged BLOCK_UNINIT while its free count says more is in use than its metadata, or its bitmap marks
     fewer clusters used than its free count implies.  Data the kernel reads is never dropped
     because a flag or a bitmap says "free"."""
     if sb.incompat & INCOMPAT_RECOVER:
@@ -395,7 +416,13 @@ def used_ranges(source: BlockSource, sb: ExtSuper, warnings: list[str] | None = 
             h = g + k
             base = sb.group_first_block(h) // ratio
             count = -(-sb.group_blocks(h) // ratio)
-            runs = list(set_runs(view[k * bs : (k + 1) * bs], base, count))
+            bitmap = view[k * bs : (k + 1) * bs]
+            why = _bitmap_checksum_fails(sb, table, h, bitmap[: cpg // 8])
+            if why:
+                untrusted[h] = why
+                used.add(base, base + count)
+                continue
+            runs = list(set_runs(bitmap, base, count))
             marked = sum(e - s for s, e in runs)
             if marked < count - table.free[h]:
                 untrusted[h] = (f"its bitmap marks {marked} clusters in use, its free count says "
