@@ -13,8 +13,14 @@ import pytest
 import fsbuild
 from conftest import cli, need_root, need_tools
 from imaging_utility.devices.source import FileSource
-from imaging_utility.filesystems import exfat
-from imaging_utility.filesystems.exfat_check import ATTR_DIRECTORY, NO_FAT_CHAIN, _entries, _entry_sets
+from imaging_utility.filesystems import allocation_map, exfat
+from imaging_utility.filesystems.exfat_check import (
+    ALLOCATION_POSSIBLE,
+    ATTR_DIRECTORY,
+    NO_FAT_CHAIN,
+    _entries,
+    _entry_sets,
+)
 
 Stream = tuple[str, int, int, int, int]
 
@@ -51,7 +57,15 @@ def _streams(path: Path) -> dict[str, Stream]:
 
 
 def _clear_bit(path: Path, cluster: int) -> None:
-    """Clear ``cluster``'s bit in the Allocation Bitmap (the one of the first FAT)."""
+    _flip_bit(path, cluster, was=True)
+
+
+def _set_bit(path: Path, cluster: int) -> None:
+    _flip_bit(path, cluster, was=False)
+
+
+def _flip_bit(path: Path, cluster: int, was: bool) -> None:
+    """Flip ``cluster``'s bit in the Allocation Bitmap (the one of the first FAT), which must be ``was``."""
     with FileSource(str(path)) as src:
         boot = exfat.probe(src)
         assert boot is not None
@@ -63,9 +77,9 @@ def _clear_bit(path: Path, cluster: int) -> None:
         at = off + (cluster - 2) // 8
         f.seek(at)
         byte = f.read(1)[0]
-        assert byte >> ((cluster - 2) % 8) & 1, "the cluster was not marked used to begin with"
+        assert bool(byte >> ((cluster - 2) % 8) & 1) == was, f"the cluster's bit was not {int(was)} to begin with"
         f.seek(at)
-        f.write(bytes([byte & ~(1 << ((cluster - 2) % 8))]))
+        f.write(bytes([byte ^ 1 << ((cluster - 2) % 8)]))
 
 
 @pytest.mark.parametrize(("name", "where"), [
@@ -115,4 +129,71 @@ def test_a_chained_files_later_cluster_marked_free(volume: Path, tmp_path: Path)
     _clear_bit(vol, cluster)  # the first cluster of the file's second piece
     proc = cli("image", "--used-only", vol, tmp_path / "x.img", check=4)
     assert f"its file /frag/fragmented.bin has clusters from {first} that the Allocation Bitmap marks free" \
+        in proc.stderr, proc.stderr
+
+
+def _set_checksum(entries: bytes) -> int:
+    """§6.3.3 EntrySetChecksum: over every byte of the set but the File entry's own checksum field."""
+    value = 0
+    for i, byte in enumerate(entries):
+        if i in (2, 3):
+            continue
+        value = ((0x8000 if value & 1 else 0) + (value >> 1) + byte) & 0xFFFF
+    return value
+
+
+def _add_vendor_allocation(path: Path, cluster: int) -> str:
+    """Rewrite the root's last entry set with a Vendor Allocation entry (0xE1, §7.9) for ``cluster``, as a
+    writer would: the set moves to where the end marker was (SecondaryCount and SetChecksum updated), its
+    old entries are marked not in use.  Returns the file's name."""
+    with FileSource(str(path)) as src:
+        boot = exfat.probe(src)
+        assert boot is not None
+        entries = list(exfat._Volume(src, boot).root_entries())
+    start = max(i for i, (_o, t, _r) in enumerate(entries) if t == 0x85)
+    old = entries[start : start + 1 + entries[start][2][1]]
+    end = entries[-1][0] + 32
+    vendor = (bytes([0xE1, ALLOCATION_POSSIBLE | NO_FAT_CHAIN]) + bytes(range(16, 32)) + b"\0\0"
+              + cluster.to_bytes(4, "little") + boot.cluster_size.to_bytes(8, "little"))
+    assert len(vendor) == 32
+    data = bytearray(b"".join(r for _o, _t, r in old)) + vendor
+    assert (end - boot.cluster_offset(boot.root_cluster)) + len(data) < boot.cluster_size, "no room in the root"
+    data[1] += 1  # SecondaryCount
+    data[2:4] = _set_checksum(bytes(data)).to_bytes(2, "little")
+    with open(path, "r+b") as f:
+        for off, kind, _r in old:
+            f.seek(off)
+            f.write(bytes([kind & 0x7F]))  # InUse cleared
+        f.seek(end)
+        f.write(data)
+    return next(_entry_sets(iter([bytes(data[i : i + 32]) for i in range(0, len(data), 32)])))[0]
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["marked-used", "marked-free"])
+def test_a_vendor_allocation_on_clusters_the_bitmap_marks_free(volume: Path, marked: bool, tmp_path: Path) -> None:
+    """A Vendor Allocation entry owns clusters of its own (the Allocation Bitmap must mark them): used-only
+    keeps them when the bitmap does, and refuses the volume when it does not (the vendor's data would be
+    dropped)."""
+    vol = tmp_path / "vol.raw"
+    vol.write_bytes(volume.read_bytes())
+    with FileSource(str(vol)) as src:
+        boot = exfat.probe(src)
+        assert boot is not None
+        _info, amap = allocation_map(src)
+        cluster = boot.cluster_count  # near the heap's end: free on this nearly empty volume
+        at = boot.cluster_offset(cluster)
+        assert amap.used_in(at, boot.cluster_size) == []
+    name = _add_vendor_allocation(vol, cluster)
+    if marked:
+        _set_bit(vol, cluster)
+        cli("image", "--used-only", vol, tmp_path / "x.img")
+        cli("restore", tmp_path / "x.img", tmp_path / "back.raw")
+        with open(vol, "rb") as a, open(tmp_path / "back.raw", "rb") as b:
+            a.seek(at)
+            b.seek(at)
+            assert a.read(boot.cluster_size) == b.read(boot.cluster_size)
+        return
+    proc = cli("image", "--used-only", vol, tmp_path / "x.img", check=4)
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert f"its entry set of /{name} [entry 0xe1] has clusters from {cluster} that the Allocation Bitmap" \
         in proc.stderr, proc.stderr

@@ -3,7 +3,8 @@
 
 Every directory is walked once (by its first cluster) from the root.  For each entry set in use (a File
 entry, its Stream Extension, its File Name entries; spec §6.3, §7.4–§7.7) whose stream has clusters
-(AllocationPossible, a DataLength), every cluster must be marked in use: a NoFatChain stream's run, or
+(AllocationPossible, a DataLength), and for each other secondary entry of the set with an allocation
+of its own (Vendor Allocation, §7.9), every cluster must be marked in use: a NoFatChain stream's run, or
 each cluster of a chained stream's FAT chain (exFAT writers chain only fragmented files, so this follows
 few chains).  A chain or directory that cannot be read (out of the volume, a directory over 256 MiB)
 refuses the volume as other damage does.  An entry set without
@@ -50,6 +51,7 @@ def unmapped_stream(source: BlockSource, boot: ExfatBoot, covered: Callable[[int
                         for off, n in vol.extents(first, length, f"file {child}")]
             if not all(covered(lo, hi) for lo, hi in runs):
                 kind = "directory" if attributes & ATTR_DIRECTORY else "file"
+                kind = kind if not child.endswith("]") else "entry set of"
                 return (f"its {kind} {child} has clusters from {first} that the Allocation Bitmap marks free "
                         "(written without its bitmap, or damaged; run fsck.exfat)")
             if attributes & ATTR_DIRECTORY and first not in seen:
@@ -98,9 +100,17 @@ def _entry_sets(entries: Iterator[bytes]) -> Iterator[tuple[str, int, int, int, 
 
 
 def _one_set(entries: list[bytes]) -> Iterator[tuple[str, int, int, int, int]]:
+    """The stream, then every other secondary entry with an allocation of its own (a Vendor Allocation
+    entry, 0xE1, or any benign secondary with AllocationPossible set: spec §6.4.2, the generic template's
+    FirstCluster and DataLength); those are named ``NAME [entry 0xE1]`` and are never directories."""
     if len(entries) < 2 or entries[1][0] != ENTRY_STREAM:
         return
     attributes = int.from_bytes(entries[0][4:6], "little")
     _t, flags, name_length, first, length = STREAM.unpack(entries[1])
     name = b"".join(e[2:32] for e in entries[2:] if e[0] == ENTRY_NAME)[: 2 * name_length]
-    yield name.decode("utf-16-le", "replace"), attributes, flags, first, length
+    text = name.decode("utf-16-le", "replace")
+    yield text, attributes, flags, first, length
+    for raw in entries[2:]:
+        kind, flags, _n, first, length = STREAM.unpack(raw)
+        if kind != ENTRY_NAME and flags & ALLOCATION_POSSIBLE:
+            yield f"{text} [entry {kind:#04x}]", 0, flags, first, length
