@@ -1,9 +1,9 @@
 """Read-only file trees inside a filesystem: list, stat, open and map files without mounting.
 
 ``open_tree(source)`` detects NTFS, ext2/3/4, FAT12/16/32, exFAT, XFS or Btrfs at offset 0 of a
-``BlockSource`` and returns a ``FileTree`` over dissect.ntfs / dissect.extfs / dissect.fat /
-dissect.xfs / dissect.btrfs (the per-filesystem adapters are ``tree_ntfs.py``, ``tree_ext.py``,
-``tree_fat.py``, ``tree_xfs.py`` and ``tree_btrfs.py``).
+``BlockSource`` and returns a ``FileTree`` over dissect.ntfs / dissect.extfs / dissect.xfs /
+dissect.btrfs and our own FAT and exFAT readers (the per-filesystem adapters are ``tree_ntfs.py``,
+``tree_ext.py``, ``tree_fat.py``, ``tree_exfat.py``, ``tree_xfs.py`` and ``tree_btrfs.py``).
 
 Paths are POSIX-style and absolute (``/dir/file``); ``..`` is resolved lexically.  A name on disk
 that cannot be a path component is shown escaped: ``/`` as ``%2F``, NUL as ``%00``, the empty
@@ -382,7 +382,7 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
 
             backend = BtrfsBackend(fh, subvolume)
         elif info.type == "exfat":
-            from .tree_fat import ExfatBackend
+            from .tree_exfat import ExfatBackend
 
             backend = ExfatBackend(fh)
         else:
