@@ -144,3 +144,19 @@ def test_a_damaged_entry_set_is_named_and_the_rest_listed(volume: Path, damage: 
     assert "prealloc.bin" in proc.stderr and why in proc.stderr, proc.stderr
     assert (tmp_path / "out" / "zlast.txt").read_bytes() == b"last\n"
     assert not (tmp_path / "out" / "prealloc.bin").exists()
+
+
+def test_an_unpaired_surrogate_is_escaped(volume: Path, tmp_path: Path) -> None:
+    """A name holding half of a surrogate pair (damage, or a writer that cut a name short) lists and
+    extracts with that unit escaped as ``%uXXXX``, as FAT's long names do."""
+    vol = _copy(volume, tmp_path)
+    off, data = _sets(vol)[SPLIT]
+    set_ = bytearray(data)
+    low = 96 + 2  # the 16th unit, the low half of the pair: the first of the second name entry
+    assert set_[low : low + 2] == "\N{GRINNING FACE}".encode("utf-16-le")[2:]
+    set_[low : low + 2] = b"x\0"
+    _write_set(vol, off, set_)
+    want = "a" * 14 + "%uD83Dx.txt"
+    assert want in cli("ls", vol, "/").stdout.split()
+    cli("extract", vol, "/" + want, tmp_path / "out")
+    assert (tmp_path / "out" / want).read_bytes() == b"split\n"

@@ -9,7 +9,7 @@ Allocation entry, §7.8–§7.9, became part of it) and ignored ValidDataLength.
 Here a directory is read when it is listed, a few clusters at a time.  An entry set is its File entry
 (0x85), SecondaryCount secondary entries in use, the first a Stream Extension (0xC0); its name is
 NameLength UTF-16 units of the File Name entries (0xC1) after the stream, decoded as a whole (an unpaired
-surrogate becomes U+FFFD).  A set that is cut short, lacks its stream, or fails its SetChecksum (§6.3.3)
+surrogate is escaped as ``%uXXXX``, as FAT's long names are).  A set that is cut short, lacks its stream, or fails its SetChecksum (§6.3.3)
 is listed as damaged, under its name where that can be read, and the listing goes on after it.  Past
 ValidDataLength a file reads as zeros (§7.6.5).
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ..blocks import read_at
 from ..errors import CorruptImageError
 from . import exfat
-from .fat_dir import chain_runs
+from .fat_dir import chain_runs, long_name
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
 from .tree_fat import UNCLEAN, dos_ns
 
@@ -81,7 +81,7 @@ def _parse_set(raw: bytes, at: int) -> ExfatNode:
             break
         units += raw[pos + 2 : pos + ENTRY]
     if name_length and len(units) >= 2 * name_length:
-        name = units[: 2 * name_length].decode("utf-16-le", "replace")
+        name = long_name([units[: 2 * name_length]])
     if len(raw) < (count + 1) * ENTRY:
         return ExfatNode(name, error=f"its entry set at offset {at:#x} ends after {len(raw) // ENTRY - 1} of its "
                                      f"{count} secondary entries")
