@@ -9,9 +9,9 @@ Allocation entry, §7.8–§7.9, became part of it) and ignored ValidDataLength.
 Here a directory is read when it is listed, a few clusters at a time.  An entry set is its File entry
 (0x85), SecondaryCount secondary entries in use, the first a Stream Extension (0xC0); its name is
 NameLength UTF-16 units of the File Name entries (0xC1) after the stream, decoded as a whole (an unpaired
-surrogate is escaped as ``%uXXXX``, as FAT's long names are).  A set that is cut short, lacks its stream, or fails its SetChecksum (§6.3.3)
-is listed as damaged, under its name where that can be read, and the listing goes on after it.  Past
-ValidDataLength a file reads as zeros (§7.6.5).
+surrogate is escaped as ``%uXXXX``, as FAT's long names are).  A set that is cut short, lacks its
+stream, or fails its SetChecksum (§6.3.3) is listed as damaged, under its name where that can be read,
+and the listing goes on after it.  Past ValidDataLength a file reads as zeros (§7.6.5).
 """
 
 from __future__ import annotations
