@@ -73,13 +73,19 @@ class PatchedSource:
 
 
 def walk_files(tree: Any, max_entries: int = 100, read: int = 64 * 1024) -> None:
-    """List ``tree`` from its root as ``ls -R`` does and read the start of every file and stream, as
-    ``extract`` does, up to ``max_entries`` entries; the project's own error for one file is allowed."""
+    """List ``tree`` from its root as ``ls -R`` does and read every entry's extended attributes and the
+    start of every file and stream, as ``extract`` does, up to ``max_entries`` entries; the project's own
+    error for one file is allowed."""
     import itertools
 
     from imaging_utility.errors import Error
 
     for entry in itertools.islice(tree.walk("/"), max_entries):
+        if entry.type != "damaged":
+            try:
+                tree.xattrs(entry.path)
+            except Error:
+                pass
         if entry.type != "file":
             continue
         try:

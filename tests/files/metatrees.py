@@ -101,7 +101,8 @@ def ext4_tree(vol: Path) -> None:
 
 def linux_tree(vol: Path, kind: str) -> None:
     """A fresh XFS or Btrfs volume (320 MiB, sparse) written through the kernel: owners, a set-uid mode, a
-    hard-linked pair, a symlink, a FIFO and device nodes (no xattrs: not read from XFS/Btrfs yet)."""
+    hard-linked pair, a symlink, a FIFO, device nodes, user.*, security.* and trusted.* xattrs and POSIX ACLs
+    (access and default; XFS keeps them in its own format, converted back on the way out)."""
     with open(vol, "wb") as f:
         f.truncate(320 * MiB)
     _sh(f"mkfs.{kind}", "-f", "-q" if kind == "xfs" else "-f", vol)
@@ -116,6 +117,12 @@ def linux_tree(vol: Path, kind: str) -> None:
         os.mkfifo(m / "p", 0o640)
         os.mknod(m / "c", stat.S_IFCHR | 0o600, os.makedev(300, 70000))
         os.mknod(m / "b", stat.S_IFBLK | 0o660, os.makedev(7, 3))
+        os.setxattr(m / "d" / "f", "user.comment", b"hello xattr")
+        os.setxattr(m / "d" / "f", "security.label", b"top-secret")
+        os.setxattr(m / "d", "user.mid", os.urandom(2500))  # XFS: out of the inode, into a leaf block
+        os.setxattr(m / "l", "trusted.note", b"on a link", follow_symlinks=False)
+        _sh("setfacl", "-m", "u:1234:rw,g:55:r", m / "d" / "f")
+        _sh("setfacl", "-d", "-m", "u:1234:rwx", m / "d")
         os.utime(m / "d" / "f", ns=(OLD_ATIME, OLD_MTIME))
 
 

@@ -88,3 +88,6 @@ MAX_LEVEL = 7  # BTRFS_MAX_LEVEL - 1
 FILE_EXTENT = struct.Struct("<QQBBHB")  # generation, ram_bytes, compression, encryption, other_encoding, type
 FILE_EXTENT_REG = struct.Struct("<QQQQ")  # disk_bytenr, disk_num_bytes, offset, num_bytes (at 21)
 FILE_EXTENT_INLINE, FILE_EXTENT_REGULAR, FILE_EXTENT_PREALLOC = 0, 1, 2
+# btrfs_dir_item (as an XATTR_ITEM): location key (17 bytes) and transid, then data_len, name_len and type;
+# the name and then the value follow
+DIR_ITEM = struct.Struct("<25xHHx")

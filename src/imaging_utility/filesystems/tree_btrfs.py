@@ -233,6 +233,32 @@ class BtrfsBackend:
                      atime_ns=int(node.atime_ns), rdev=rdev)
 
     @_surfaced
+    def xattrs(self, node: INode | _EmptyDir) -> list[tuple[str, bytes]]:
+        """The inode's XATTR_ITEMs under the names Linux lists (Btrfs keeps the full name, ``user.x``, and
+        POSIX ACLs in the kernel's own ``system.posix_acl_*`` format); names that hash alike share an item."""
+        if isinstance(node, _EmptyDir):
+            return []
+        what = f"btrfs {self.label(node)}: an extended attribute item"
+        out: list[tuple[str, bytes]] = []
+        cursor = node.subvolume.tree.cursor()
+        for _item, data in cursor.iter(node.inum, c_btrfs.BTRFS_XATTR_ITEM_KEY, 0, ignore_offset=True):
+            data = bytes(data)
+            pos = 0
+            while pos < len(data):
+                if pos + c.DIR_ITEM.size > len(data):
+                    raise CorruptImageError(f"{what} is truncated at byte {pos}")
+                value_len, name_len = c.DIR_ITEM.unpack_from(data, pos)
+                start = pos + c.DIR_ITEM.size
+                end = start + name_len + value_len
+                if not name_len or end > len(data):
+                    raise CorruptImageError(f"{what} claims a {name_len}-byte name and a {value_len}-byte value "
+                                            f"past its end")
+                name = data[start : start + name_len].decode("utf-8", "surrogateescape")
+                out.append((name, data[start + name_len : end]))
+                pos = end
+        return out
+
+    @_surfaced
     def layout(self, node: INode, stream: str | None) -> Layout:
         size = int(node.size)
         if not size:

@@ -81,7 +81,7 @@ def _parse_set(raw: bytes, at: int) -> ExfatNode:
             break
         units += raw[pos + 2 : pos + ENTRY]
     if name_length and len(units) >= 2 * name_length:
-        name = long_name([units[: 2 * name_length]])
+        name = long_name([bytes(units[: 2 * name_length])])
     if len(raw) < (count + 1) * ENTRY:
         return ExfatNode(name, error=f"its entry set at offset {at:#x} ends after {len(raw) // ENTRY - 1} of its "
                                      f"{count} secondary entries")

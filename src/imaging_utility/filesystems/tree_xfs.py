@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dissect.xfs import XFS
@@ -21,7 +21,7 @@ from dissect.xfs.xfs import INode, parse_fsblock
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, Error, UnsupportedError
-from . import xfs
+from . import xfs, xfs_attr
 from .tree import KINDS, BlockFile, Entry, Layout
 from .xfs_log import log_state
 
@@ -35,6 +35,7 @@ FMT_LOCAL = 1
 FMT_EXTENTS = 2
 FMT_BTREE = 3
 DIFLAG_REALTIME = 0x1
+DIFLAG2_NREXT64 = 1 << 4  # large extent counters: the attribute fork's count is di_big_anextents
 BMAP_MAGICS = {4: b"BMAP", 5: b"BMA3"}
 BMAP_HEADER = {4: 24, 5: 72}  # xfs_btree_lblock, without and with the v5 (CRC) fields
 BMAP_MAX_LEVEL = 10  # above what any XFS extent tree can reach (XFS_BM_MAXLEVELS is 9 with 64-bit counts)
@@ -99,9 +100,15 @@ class XfsBackend:
     # --- extents ----------------------------------------------------------------------------------
     def runs(self, node: INode) -> list[Run]:
         """The inode's data-fork extents as linear block runs, checked to lie inside the volume."""
+        if int(node.inode.di_format) == FMT_BTREE:
+            records = self._btree_records(node, node.datafork().read(), f"xfs inode {node.inum}: its extent B+tree")
+        else:
+            records = node._iter_blocks()
+        return self._checked(node, records)
+
+    def _checked(self, node: INode, records: Iterable[tuple[int, int, int, int]]) -> list[Run]:
         out: list[Run] = []
         mask = (1 << self.agblklog) - 1
-        records = self._btree_records(node) if int(node.inode.di_format) == FMT_BTREE else node._iter_blocks()
         for offset, fsb, count, flag in records:
             agno, agbno = fsb >> self.agblklog, fsb & mask
             if agno >= self.agcount or agbno + count > self.agblocks or not count:
@@ -112,12 +119,10 @@ class XfsBackend:
             out.append((offset, None if flag else agno * self.agblocks + agbno, count))
         return out
 
-    def _btree_records(self, node: INode) -> Iterator[tuple[int, int, int, int]]:
-        """The extent records of a B+tree data fork, walked here rather than by dissect: each block must
-        have the right magic, sit one level below its parent, hold no more records than fit, and be
-        reached once (a shared or looping block would repeat its subtree without end)."""
-        what = f"xfs inode {node.inum}: its extent B+tree"
-        root = node.datafork().read()
+    def _btree_records(self, node: INode, root: bytes, what: str) -> Iterator[tuple[int, int, int, int]]:
+        """The extent records of a B+tree fork whose root is ``root``, walked here rather than by dissect:
+        each block must have the right magic, sit one level below its parent, hold no more records than
+        fit, and be reached once (a shared or looping block would repeat its subtree without end)."""
         if len(root) < BMDR_HEADER.size:
             raise CorruptImageError(f"{what} root is truncated")
         level, count = BMDR_HEADER.unpack_from(root)
@@ -167,6 +172,44 @@ class XfsBackend:
             if done == length:
                 return bytes(buf)
         return None
+
+    # --- extended attributes ----------------------------------------------------------------------
+    def xattrs(self, node: INode) -> list[tuple[str, bytes]]:
+        """The attribute fork (``xfs_attr``): short-form in the inode, or blocks mapped like file data."""
+        raw = node._buf.getvalue()
+        what = f"xfs inode {node.inum}"
+        forkoff, aformat = raw[0x52], raw[0x53]
+        if not forkoff:
+            return []
+        fork = raw[(0xB0 if raw[4] == 3 else 0x64) + forkoff * 8 :]
+        if aformat == FMT_LOCAL:
+            return xfs_attr.listed(xfs_attr.shortform(fork, what), what)
+        if aformat == FMT_BTREE:
+            runs = self._checked(node, self._btree_records(node, fork, f"{what}: its attribute fork's B+tree"))
+        elif aformat == FMT_EXTENTS:
+            big = raw[4] == 3 and int.from_bytes(raw[0x78:0x80], "big") & DIFLAG2_NREXT64
+            count = int.from_bytes(raw[0x4C:0x50], "big") if big else int.from_bytes(raw[0x50:0x52], "big")
+            if count * 16 > len(fork):
+                raise CorruptImageError(f"{what}: {count} attribute fork extents do not fit the inode")
+            if not count:  # an attribute fork left empty (its attributes removed, or reserved for an inode)
+                return []
+            runs = self._checked(node, (parse_fsblock(fork[16 * i : 16 * i + 16]) for i in range(count)))
+        else:
+            raise CorruptImageError(f"{what}: attribute fork format {aformat}")
+
+        def mapped(dablk: int) -> int | None:
+            for start, disk, n in runs:
+                if start <= dablk < start + n:
+                    return None if disk is None else (disk + dablk - start) * self.bs
+            return None
+
+        def read(at: int, n: int) -> bytes:
+            buf = bytearray(n)
+            self.fh.source.readinto_at(at, buf)
+            return bytes(buf)
+
+        tree = xfs_attr.AttrTree(read, mapped, self.bs, self.version, what)
+        return xfs_attr.listed(tree.attrs(), what)
 
     # --- directories ------------------------------------------------------------------------------
     def children(self, node: INode) -> list[tuple[str, Any]]:
