@@ -160,3 +160,24 @@ def test_an_unpaired_surrogate_is_escaped(volume: Path, tmp_path: Path) -> None:
     assert want in cli("ls", vol, "/").stdout.split()
     cli("extract", vol, "/" + want, tmp_path / "out")
     assert (tmp_path / "out" / want).read_bytes() == b"split\n"
+
+
+def test_a_directory_that_leads_back_to_the_root(volume: Path, tmp_path: Path) -> None:
+    """A subdirectory whose stream points at the root's cluster: listed once, then named as a loop; the
+    walk ends and everything else is extracted."""
+    vol = _copy(volume, tmp_path)
+    off, data = _sets(vol)["dir"]
+    set_ = bytearray(data)
+    with FileSource(str(vol)) as src:
+        boot = exfat.probe(src)
+        assert boot is not None
+    struct.pack_into("<I", set_, 52, boot.root_cluster)  # FirstCluster
+    struct.pack_into("<Q", set_, 56, boot.cluster_size)  # DataLength
+    struct.pack_into("<Q", set_, 40, boot.cluster_size)  # ValidDataLength
+    set_[33] |= 0x02  # NoFatChain
+    _write_set(vol, off, set_)
+    proc = cli("ls", "-R", vol, "/", check=None, timeout=60)
+    assert proc.returncode in (0, 3) and SPLIT in proc.stdout
+    proc = cli("extract", vol, "/", tmp_path / "out", check=3, timeout=60)
+    assert "/dir" in proc.stderr and "loops back to a parent directory" in proc.stderr, proc.stderr
+    assert (tmp_path / "out" / "zlast.txt").read_bytes() == b"last\n"
