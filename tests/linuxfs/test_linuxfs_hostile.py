@@ -83,6 +83,16 @@ def test_xfs_superblock_geometry_that_checks_out(volume: Callable[[str], Volume]
     assert "does not fit 1000 AGs" in refused(img)
 
 
+def test_xfs_directory_block_size_beyond_the_limit(volume: Callable[[str], Volume], tmp_path: Path) -> None:
+    """sb_dirblklog 40 (CRC fixed) claimed directory blocks of 4 PiB: reading a directory was a MemoryError
+    (fuzz input kept in fuzz/crashes/linuxfs); now one line and exit 8 for the file tree."""
+    img = copy_of(volume("xfs-v5").path, tmp_path)
+    patch(img, 192, bytes([40]))  # sb_dirblklog
+    xfs_fix_crc(img, 0, 512, 224)
+    proc = cli("ls", "-R", img, "/", check=8)
+    assert proc.stderr.count("\n") == 1 and "directory blocks of 2**40" in proc.stderr, proc.stderr
+
+
 def _bnobt_root(img: Path) -> tuple[int, int, int]:
     """(byte offset, block size, level) of the deepest bnobt root."""
     sb = xfs_db(img, "sb 0", "p blocksize agblocks agcount")

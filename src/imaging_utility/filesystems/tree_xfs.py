@@ -35,6 +35,7 @@ FMT_LOCAL = 1
 FMT_EXTENTS = 2
 FMT_BTREE = 3
 DIFLAG_REALTIME = 0x1
+MAX_BLOCK = 1 << 16  # XFS_MAX_BLOCKSIZE: filesystem and directory blocks alike
 DIFLAG2_NREXT64 = 1 << 4  # large extent counters: the attribute fork's count is di_big_anextents
 BMAP_MAGICS = {4: b"BMAP", 5: b"BMA3"}
 BMAP_HEADER = {4: 24, 5: 72}  # xfs_btree_lblock, without and with the v5 (CRC) fields
@@ -75,6 +76,10 @@ class XfsBackend:
         self.fs = XFS(fh)
         sb = self.fs.sb
         self.bs = int(sb.sb_blocksize)
+        # xfs_validate_sb_common: blocks of 512 bytes to 64 KiB, directory blocks of at most 64 KiB
+        if not 512 <= self.bs <= MAX_BLOCK or self.bs & (self.bs - 1) or self.bs << int(sb.sb_dirblklog) > MAX_BLOCK:
+            raise CorruptImageError(f"xfs: the superblock claims {self.bs}-byte blocks and directory blocks of "
+                                    f"2**{int(sb.sb_dirblklog)} of them")
         self.dir_bs = self.bs << int(sb.sb_dirblklog)
         self.version = 5 if self.fs.version == 5 else 4
         self.ftype = bool(self.fs._has_ftype)
