@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, need_tools
+from conftest import cli, need_root, need_tools
 from files.filehelpers import curl, inside
 from files.hostile import MiB, dav_server, hostile_ext, hostile_fat, hostile_ntfs, run_measured, vm_hwm
 
@@ -241,3 +241,31 @@ def test_webdav_survives_raw_misbehaviour(range_server: object) -> None:
             s.recv(100)  # then vanish with the rest of the answer unread
     assert curl(f"{dav.url}big.bin").stdout == data
     assert "Traceback" not in dav.stderr()
+
+
+def test_ext4_fscrypt_directory_is_named_not_extracted_as_ciphertext(tmp_path: Path) -> None:
+    """An fscrypt-encrypted directory (``e4crypt``): its names and its files' data are ciphertext and the
+    key is not in the image.  It was extracted as if it were the data (garbage names, exit 0); now it is
+    one error naming it, exit 3, and everything else is extracted."""
+    need_root()
+    need_tools("mkfs.ext4", "e4crypt")
+    vol = tmp_path / "enc.raw"
+    with open(vol, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-O", "encrypt", vol], check=True, capture_output=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", vol, mnt], check=True)
+    try:
+        (mnt / "secret").mkdir()
+        subprocess.run(["sh", "-c", f"echo pass | e4crypt add_key -S 0x1234567812345678 {mnt / 'secret'} && "
+                        f"echo 'top secret' > {mnt / 'secret' / 'file.txt'}"], check=True, capture_output=True)
+        (mnt / "plain.txt").write_bytes(b"plain\n")
+    finally:
+        subprocess.run(["umount", mnt], check=True)
+    proc = cli("extract", vol, "/", tmp_path / "out", check=3)
+    assert _errors(proc.stderr) == [
+        "imaging-utility: error: /secret: ext4 inode 12 is encrypted (fscrypt): its names and data cannot be "
+        "read without its key, which no image holds", "imaging-utility: 1 item(s) could not be extracted"]
+    assert (tmp_path / "out" / "plain.txt").read_bytes() == b"plain\n"
+    assert not (tmp_path / "out" / "secret").exists()

@@ -119,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
         for reason, n, first in report.notes:
             print(f"imaging-utility: note: {reason} ({n} entr{'y' if n == 1 else 'ies'}, first {shown(first)})",
                   file=sys.stderr)
-        for path, why in report.failed:
-            print(f"imaging-utility: error: {shown(path)}: {shown(why)}", file=sys.stderr)
+        for path, why in report.failed:  # a damaged entry's reason names its path already
+            said = shown(why) if why.startswith(f"{path}: ") else f"{shown(path)}: {shown(why)}"
+            print(f"imaging-utility: error: {said}", file=sys.stderr)
     if report.failed:
         existing = sum(1 for _path, why in report.failed if "already exists in the destination" in why)
         hint = f" ({existing} already existed in DEST: --overwrite replaces them)" if existing else ""

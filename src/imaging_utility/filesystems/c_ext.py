@@ -72,6 +72,7 @@ INODE_BLOCK_SIZE = 60
 INODE_EXTRA_ISIZE = struct.Struct("<H")  # at 0x80
 EXT4_EXTENTS_FL = 0x00080000
 EXT4_INLINE_DATA_FL = 0x10000000
+EXT4_ENCRYPT_FL = 0x800  # fscrypt: names (of a directory) and data encrypted with a key kept elsewhere
 N_DIRECT = 12  # i_block[0..11] are direct block pointers in a block map; 12, 13, 14 the indirect ones
 
 # Extent tree (ifork.rst): a 12-byte header, then 12-byte leaves or index entries.

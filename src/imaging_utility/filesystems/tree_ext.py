@@ -121,7 +121,14 @@ class ExtBackend:
     def key(self, node: INode) -> int | None:
         return int(node.inum)
 
+    def _readable(self, node: INode) -> None:
+        """An fscrypt inode holds ciphertext (and a directory, encrypted names): never handed out as data."""
+        if self.vol.flags_of(node.__dict__["raw"]) & c.EXT4_ENCRYPT_FL:
+            raise CorruptImageError(f"{self.fs_type} inode {node.inum} is encrypted (fscrypt): its names and data "
+                                    "cannot be read without its key, which no image holds")
+
     def describe(self, node: INode, name: str, path: str) -> Entry:
+        self._readable(node)
         mode = int(node.inode.i_mode)
         kind = KINDS.get(stat.S_IFMT(mode), "other")
         target = None
@@ -169,6 +176,7 @@ class ExtBackend:
         return blocks <= 0
 
     def layout(self, node: INode, stream: str | None) -> Layout:
+        self._readable(node)
         raw: bytes = node.__dict__["raw"]
         size = int(node.size)
         if not size:
