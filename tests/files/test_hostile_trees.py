@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import fsbuild
 from conftest import cli, need_root, need_tools
 from files.filehelpers import curl, inside
 from files.hostile import MiB, dav_server, hostile_ext, hostile_fat, hostile_ntfs, run_measured, vm_hwm
@@ -269,3 +270,40 @@ def test_ext4_fscrypt_directory_is_named_not_extracted_as_ciphertext(tmp_path: P
         "read without its key, which no image holds", "imaging-utility: 1 item(s) could not be extracted"]
     assert (tmp_path / "out" / "plain.txt").read_bytes() == b"plain\n"
     assert not (tmp_path / "out" / "secret").exists()
+
+
+def test_ntfs_efs_file_is_named_not_extracted_as_ciphertext(tmp_path: Path) -> None:
+    """A file whose $DATA is EFS-encrypted (its attribute flagged ENCRYPTED, as Windows writes it; made
+    here by setting the flag on a file ntfs-3g wrote): its clusters hold ciphertext and the key is not in
+    the image, so it is one error naming it, exit 3; the rest is extracted."""
+    from files.hostile import _rewrite_record
+    from imaging_utility.devices.source import FileSource
+    from imaging_utility.filesystems import ntfs
+    from imaging_utility.filesystems.tree import open_tree
+
+    need_tools("mkntfs", "ntfs-3g")
+    need_root()
+    vol = tmp_path / "efs.raw"
+    fsbuild.random_image(vol, 16)
+    fsbuild._run("mkntfs", "-F", "-Q", vol)
+    with fsbuild.mounted(vol, "ntfs") as mnt:
+        (mnt / "efs.bin").write_bytes(os.urandom(100_000))
+        (mnt / "plain.txt").write_bytes(b"plain\n")
+    with FileSource(str(vol)) as src:
+        number = open_tree(src).stat("/efs.bin").inode
+        boot = ntfs.probe(src)
+        assert boot is not None and number is not None
+        offset = ntfs._record_offset(src, boot, number)
+
+    def encrypted(rec: bytearray) -> None:
+        pos = int.from_bytes(rec[0x14:0x16], "little")
+        while int.from_bytes(rec[pos : pos + 4], "little") != 0x80:
+            pos += int.from_bytes(rec[pos + 4 : pos + 8], "little")
+        flags = int.from_bytes(rec[pos + 0x0C : pos + 0x0E], "little")
+        rec[pos + 0x0C : pos + 0x0E] = (flags | 0x4000).to_bytes(2, "little")
+
+    _rewrite_record(vol, offset, boot.record_size, encrypted)
+    proc = cli("extract", vol, "/", tmp_path / "out", check=3)
+    assert f"/efs.bin: ntfs MFT record {number} is encrypted (EFS)" in proc.stderr, proc.stderr
+    assert (tmp_path / "out" / "plain.txt").read_bytes() == b"plain\n"
+    assert not (tmp_path / "out" / "efs.bin").exists()

@@ -19,7 +19,12 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from dissect.ntfs.c_ntfs import ATTRIBUTE_FLAG_COMPRESSION_MASK, ATTRIBUTE_TYPE_CODE, FILE_NAME_DOS
+from dissect.ntfs.c_ntfs import (
+    ATTRIBUTE_FLAG_COMPRESSION_MASK,
+    ATTRIBUTE_FLAG_ENCRYPTED,
+    ATTRIBUTE_TYPE_CODE,
+    FILE_NAME_DOS,
+)
 from dissect.ntfs.exceptions import Error as DissectError
 from dissect.ntfs.index import IndexBuffer
 from dissect.ntfs.mft import MftRecord
@@ -221,6 +226,9 @@ class NtfsBackend:
             return Layout(0, [])
         size = int(attrs.size())
         first = attrs[0].header
+        if first.flags & ATTRIBUTE_FLAG_ENCRYPTED:
+            raise CorruptImageError(f"{label} is encrypted (EFS): its data cannot be read without its owner's "
+                                    "private key, which no image holds")
         if first.resident or first.flags & ATTRIBUTE_FLAG_COMPRESSION_MASK:
             return Layout(size, None, attrs.open)
         cluster = self.fs.cluster_size
