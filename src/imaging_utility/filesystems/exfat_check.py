@@ -23,6 +23,7 @@ ENTRY_FILE = 0x85
 ENTRY_STREAM = 0xC0
 ENTRY_NAME = 0xC1
 ATTR_DIRECTORY = 0x10
+SECONDARY = -1  # in place of a File entry's attributes: the allocation of another secondary entry of the set
 SECONDARY_IN_USE = 0xC0  # TypeCategory secondary (bit 6) and InUse (bit 7)
 ALLOCATION_POSSIBLE = 0x01
 NO_FAT_CHAIN = 0x02
@@ -50,11 +51,11 @@ def unmapped_stream(source: BlockSource, boot: ExfatBoot, covered: Callable[[int
                 runs = [(boot.cluster_of(off), boot.cluster_of(off) + n // boot.cluster_size)
                         for off, n in vol.extents(first, length, f"file {child}")]
             if not all(covered(lo, hi) for lo, hi in runs):
-                kind = "directory" if attributes & ATTR_DIRECTORY else "file"
-                kind = kind if not child.endswith("]") else "entry set of"
+                kind = ("entry set of" if attributes == SECONDARY
+                        else "directory" if attributes & ATTR_DIRECTORY else "file")
                 return (f"its {kind} {child} has clusters from {first} that the Allocation Bitmap marks free "
                         "(written without its bitmap, or damaged; run fsck.exfat)")
-            if attributes & ATTR_DIRECTORY and first not in seen:
+            if attributes != SECONDARY and attributes & ATTR_DIRECTORY and first not in seen:
                 seen.add(first)
                 stack.append((child, (first, length, bool(flags & NO_FAT_CHAIN))))
     return None
@@ -102,7 +103,7 @@ def _entry_sets(entries: Iterator[bytes]) -> Iterator[tuple[str, int, int, int, 
 def _one_set(entries: list[bytes]) -> Iterator[tuple[str, int, int, int, int]]:
     """The stream, then every other secondary entry with an allocation of its own (a Vendor Allocation
     entry, 0xE1, or any benign secondary with AllocationPossible set: spec §6.4.2, the generic template's
-    FirstCluster and DataLength); those are named ``NAME [entry 0xE1]`` and are never directories."""
+    FirstCluster and DataLength); those are named ``NAME [entry 0xE1]``, with ``SECONDARY`` as attributes."""
     if len(entries) < 2 or entries[1][0] != ENTRY_STREAM:
         return
     attributes = int.from_bytes(entries[0][4:6], "little")
@@ -113,4 +114,4 @@ def _one_set(entries: list[bytes]) -> Iterator[tuple[str, int, int, int, int]]:
     for raw in entries[2:]:
         kind, flags, _n, first, length = STREAM.unpack(raw)
         if kind != ENTRY_NAME and flags & ALLOCATION_POSSIBLE:
-            yield f"{text} [entry {kind:#04x}]", 0, flags, first, length
+            yield f"{text} [entry {kind:#04x}]", SECONDARY, flags, first, length
