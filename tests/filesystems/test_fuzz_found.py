@@ -6,7 +6,10 @@ from __future__ import annotations
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from conftest import need_tools
 from imagetools import run_cli
@@ -95,3 +98,85 @@ def test_ntfs_attribute_that_dissect_reads_whole_is_bounded(tmp_path: Path) -> N
     assert time.monotonic() - started < 60
     code, _, err = run_cli("image", "--used-only", vol, tmp_path / "x.img")
     assert code == 0, err
+
+
+
+def _edit_root_index_buffer(vol: Path, edit: Callable[[bytearray, int, int], None], torn: bool = False) -> None:
+    """Apply ``edit(raw, block, first_entry)`` to the first index buffer of a fresh mkntfs volume's root
+    (where its entries are), with the buffer's update sequence undone before and redone after; ``torn``:
+    then the last sector's check value is spoiled, as a write torn in the middle leaves it."""
+    raw = bytearray(vol.read_bytes())
+    cluster = struct.unpack_from("<H", raw, 11)[0] * raw[13]
+    rec = struct.unpack_from("<Q", raw, 48)[0] * cluster + 5 * (1 << -struct.unpack_from("<b", raw, 64)[0])
+    pos = rec + struct.unpack_from("<H", raw, rec + 0x14)[0]
+    while struct.unpack_from("<I", raw, pos)[0] != 0xA0:  # $INDEX_ALLOCATION
+        pos += struct.unpack_from("<I", raw, pos + 4)[0]
+    runs = pos + struct.unpack_from("<H", raw, pos + 0x20)[0]
+    nlen, olen = raw[runs] & 0x0F, raw[runs] >> 4
+    block = int.from_bytes(raw[runs + 1 + nlen : runs + 1 + nlen + olen], "little") * cluster
+    assert raw[block : block + 4] == b"INDX"
+    usa_ofs, usa_count = struct.unpack_from("<HH", raw, block + 4)
+    for j in range(1, usa_count):
+        raw[block + j * 512 - 2 : block + j * 512] = raw[block + usa_ofs + 2 * j : block + usa_ofs + 2 * j + 2]
+    edit(raw, block, block + 0x18 + struct.unpack_from("<I", raw, block + 0x18)[0])
+    for j in range(1, usa_count):
+        raw[block + usa_ofs + 2 * j : block + usa_ofs + 2 * j + 2] = raw[block + j * 512 - 2 : block + j * 512]
+        raw[block + j * 512 - 2 : block + j * 512] = raw[block + usa_ofs : block + usa_ofs + 2]
+    if torn:
+        end = block + (usa_count - 1) * 512
+        raw[end - 2 : end] = bytes(b ^ 0xFF for b in raw[end - 2 : end])
+    vol.write_bytes(raw)
+
+
+def _mkntfs(tmp_path: Path) -> Path:
+    need_tools("mkntfs")
+    vol = tmp_path / "ntfs.raw"
+    with open(vol, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["mkntfs", "-F", "-Q", str(vol)], check=True, capture_output=True)
+    return vol
+
+
+def test_ntfs_index_entry_of_length_zero_is_damage(tmp_path: Path) -> None:
+    """An index entry whose Length is 0: dissect took it for the end of the node, so the directory listed
+    short, with exit 0.  Now listing it is one line, exit 8."""
+    vol = _mkntfs(tmp_path)
+
+    def zero_length(raw: bytearray, _block: int, first: int) -> None:
+        assert not struct.unpack_from("<I", raw, first + 12)[0] & 2  # a real entry, not the end marker
+        struct.pack_into("<H", raw, first + 8, 0)
+
+    _edit_root_index_buffer(vol, zero_length)
+    code, _, err = run_cli("ls", vol, "/")
+    assert code == 8 and len(err.strip().splitlines()) == 1 and "has length 0" in err, err
+
+
+def test_ntfs_index_node_naming_itself_ends_the_search(tmp_path: Path) -> None:
+    """The end entry of the root's index buffer made a node that names that buffer itself (VCN 0):
+    dissect's search descended forever, so used-only imaging hung in its hibernation lookup (fuzz input
+    kept in fuzz/crashes/filesystems) when our own lookup left the index undecided.  Now the search gives
+    up on the damaged index at once."""
+    vol = _mkntfs(tmp_path)
+
+    def self_node(raw: bytearray, block: int, first: int) -> None:
+        pos = first
+        while not struct.unpack_from("<I", raw, pos + 12)[0] & 2:  # to the end entry
+            pos += struct.unpack_from("<H", raw, pos + 8)[0]
+        assert struct.unpack_from("<H", raw, pos + 8)[0] == 16
+        struct.pack_into("<HHI", raw, pos + 8, 24, 0, 3)  # length 24, flags END | NODE, then VCN 0
+        struct.pack_into("<Q", raw, pos + 16, 0)
+        total, allocated = struct.unpack_from("<II", raw, block + 0x1C)
+        assert total + 8 <= allocated
+        struct.pack_into("<I", raw, block + 0x1C, total + 8)
+
+    _edit_root_index_buffer(vol, self_node)
+    from dissect.ntfs.exceptions import BrokenIndexError
+
+    from imaging_utility.filesystems.dissect_ntfs import NTFS
+
+    started = time.monotonic()
+    with open(vol, "rb") as fh, pytest.raises(BrokenIndexError, match="reached twice"):
+        NTFS(fh).mft.get("hiberfil.sys")  # the lookup that used-only falls back to
+    code, _, err = run_cli("image", "--used-only", vol, tmp_path / "x.img")
+    assert code in (0, 4) and "Traceback" not in err, err
+    assert time.monotonic() - started < 30
