@@ -148,7 +148,7 @@ def test_a_damaged_entry_set_is_named_and_the_rest_listed(volume: Path, damage: 
 
 def test_an_unpaired_surrogate_is_escaped(volume: Path, tmp_path: Path) -> None:
     """A name holding half of a surrogate pair (damage, or a writer that cut a name short) lists and
-    extracts with that unit escaped as ``%uXXXX``, as FAT's long names do."""
+    extracts with that unit escaped as ``%u`` and its hex digits (``%uD83D``), as FAT's long names do."""
     vol = _copy(volume, tmp_path)
     off, data = _sets(vol)[SPLIT]
     set_ = bytearray(data)

@@ -21,6 +21,7 @@ from imaging_utility.filesystems.exfat_check import (
     _entries,
     _entry_sets,
 )
+from imaging_utility.filesystems.tree_exfat import set_checksum
 
 Stream = tuple[str, int, int, int, int]
 
@@ -132,16 +133,6 @@ def test_a_chained_files_later_cluster_marked_free(volume: Path, tmp_path: Path)
         in proc.stderr, proc.stderr
 
 
-def _set_checksum(entries: bytes) -> int:
-    """§6.3.3 EntrySetChecksum: over every byte of the set but the File entry's own checksum field."""
-    value = 0
-    for i, byte in enumerate(entries):
-        if i in (2, 3):
-            continue
-        value = ((0x8000 if value & 1 else 0) + (value >> 1) + byte) & 0xFFFF
-    return value
-
-
 def _add_vendor_allocation(path: Path, cluster: int) -> str:
     """Rewrite the root's last entry set with a Vendor Allocation entry (0xE1, §7.9) for ``cluster``, as a
     writer would: the set moves to where the end marker was (SecondaryCount and SetChecksum updated), its
@@ -159,7 +150,7 @@ def _add_vendor_allocation(path: Path, cluster: int) -> str:
     data = bytearray(b"".join(r for _o, _t, r in old)) + vendor
     assert (end - boot.cluster_offset(boot.root_cluster)) + len(data) < boot.cluster_size, "no room in the root"
     data[1] += 1  # SecondaryCount
-    data[2:4] = _set_checksum(bytes(data)).to_bytes(2, "little")
+    data[2:4] = set_checksum(bytes(data)).to_bytes(2, "little")
     with open(path, "r+b") as f:
         for off, kind, _r in old:
             f.seek(off)

@@ -83,8 +83,9 @@ def _search(self: Any, value: Any, exact: bool = True, cmp: Callable[..., Any] |
     """``dissect.ntfs.index.Index.search``, visiting each index buffer at most once."""
     cmp = cmp or {_index.COLLATION.FILE_NAME: _index._cmp_filename,
                   _index.COLLATION.NTOFS_ULONG: _index._cmp_ulong}.get(self.root.collation_rule)
-    if not cmp:
-        raise NotImplementedError(f"No collation function for collation rule: {self.root.collation_rule}")
+    if not cmp:  # a name index ($I30) always collates by FILE_NAME: another rule there is damage
+        raise BrokenIndexError(f"index collation rule {self.root.collation_rule} is not one an index of names "
+                               "or numbers has")
     search_value = value.upper() if cmp == _index._cmp_filename else value
     entries = list(self.root.entries())
     seen: set[int] = set()

@@ -12,7 +12,7 @@ and the up-case table.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
@@ -175,6 +175,38 @@ class _Volume:
             if n > FAT_LAST:
                 return
         raise _fail(f"the root directory (cluster {boot.root_cluster}) has no end")
+
+
+ENTRY_FILE = 0x85
+SECONDARY_IN_USE = 0xC0  # TypeCategory secondary (bit 6) and InUse (bit 7)
+
+
+def entry_sets(entries: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """The File entry sets in use among a directory's ``(offset, 32-byte entry)`` pairs: ``(offset of the
+    File entry, the set's bytes)``, in order, up to the end marker.  A set is its File entry and the
+    secondary entries in use that follow it, up to its SecondaryCount; one cut short (by a primary entry,
+    one not in use, or the end) comes out shorter than ``32 × (1 + SecondaryCount)`` bytes."""
+    pending = bytearray()
+    at = 0
+    for off, raw in entries:
+        kind = raw[0]
+        if kind == ENTRY_END:
+            break
+        if pending and kind & SECONDARY_IN_USE == SECONDARY_IN_USE:
+            pending += raw
+        else:
+            if pending:
+                yield at, bytes(pending)
+                pending.clear()
+            if kind != ENTRY_FILE:
+                continue
+            pending += raw
+            at = off
+        if len(pending) == DIR_ENTRY_SIZE * (pending[1] + 1):
+            yield at, bytes(pending)
+            pending.clear()
+    if pending:
+        yield at, bytes(pending)
 
 
 def volume_label(source: BlockSource, boot: ExfatBoot) -> str | None:

@@ -17,14 +17,12 @@ import struct
 from collections.abc import Callable, Iterator
 
 from ..blocks import BlockSource, read_at
-from .exfat import DIR_ENTRY_SIZE, ENTRY_END, MAX_ROOT_BYTES, ExfatBoot, _fail, _Volume
+from .exfat import DIR_ENTRY_SIZE, ENTRY_END, MAX_ROOT_BYTES, ExfatBoot, _fail, _Volume, entry_sets
 
-ENTRY_FILE = 0x85
 ENTRY_STREAM = 0xC0
 ENTRY_NAME = 0xC1
 ATTR_DIRECTORY = 0x10
 SECONDARY = -1  # in place of a File entry's attributes: the allocation of another secondary entry of the set
-SECONDARY_IN_USE = 0xC0  # TypeCategory secondary (bit 6) and InUse (bit 7)
 ALLOCATION_POSSIBLE = 0x01
 NO_FAT_CHAIN = 0x02
 STREAM = struct.Struct("<BBxB16xIQ")  # EntryType, GeneralSecondaryFlags, NameLength, FirstCluster, DataLength
@@ -84,20 +82,11 @@ def _entries(vol: _Volume, path: str, first: int, length: int, contiguous: bool)
 
 
 def _entry_sets(entries: Iterator[bytes]) -> Iterator[tuple[str, int, int, int, int]]:
-    """``(name, attributes, stream flags, first cluster, data length)`` of each File entry set in use."""
-    pending: list[bytes] = []  # the set being gathered: its File entry first
-    want = 0  # its SecondaryCount
-    for raw in entries:
-        if pending and raw[0] & SECONDARY_IN_USE == SECONDARY_IN_USE:
-            pending.append(raw)
-        elif raw[0] == ENTRY_FILE:
-            pending, want = [raw], raw[1]
-        else:
-            pending = []  # another kind of primary entry, or one not in use
-            continue
-        if len(pending) > want:
-            yield from _one_set(pending)
-            pending = []
+    """``(name, attributes, stream flags, first cluster, data length)`` of each whole File entry set in use
+    (``exfat.entry_sets``; a set cut short is skipped, as readers skip it)."""
+    for _at, data in entry_sets(enumerate(entries)):
+        if len(data) == DIR_ENTRY_SIZE * (data[1] + 1):
+            yield from _one_set([data[i : i + DIR_ENTRY_SIZE] for i in range(0, len(data), DIR_ENTRY_SIZE)])
 
 
 def _one_set(entries: list[bytes]) -> Iterator[tuple[str, int, int, int, int]]:

@@ -6,12 +6,13 @@ and decoded each File Name entry on its own: a character whose UTF-16 surrogate 
 It also joined every secondary entry after the stream into the name (a Vendor Extension or Vendor
 Allocation entry, §7.8–§7.9, became part of it) and ignored ValidDataLength.
 
-Here a directory is read when it is listed, a few clusters at a time.  An entry set is its File entry
-(0x85), SecondaryCount secondary entries in use, the first a Stream Extension (0xC0); its name is
-NameLength UTF-16 units of the File Name entries (0xC1) after the stream, decoded as a whole (an unpaired
-surrogate is escaped as ``%uXXXX``, as FAT's long names are).  A set that is cut short, lacks its
-stream, or fails its SetChecksum (§6.3.3) is listed as damaged, under its name where that can be read,
-and the listing goes on after it.  Past ValidDataLength a file reads as zeros (§7.6.5).
+Here a directory is read when it is listed, a few clusters at a time.  An entry set (``exfat.entry_sets``,
+shared with the used-only check) is its File entry (0x85) and SecondaryCount secondary entries in use,
+the first a Stream Extension (0xC0); its name is NameLength UTF-16 units of the File Name entries (0xC1)
+after the stream, decoded as a whole (an unpaired surrogate is written ``%u`` and its four hex digits,
+e.g. ``%uD83D``, as FAT's long names are).  A set that is cut short, lacks its stream, or fails its
+SetChecksum (§6.3.3) is listed as damaged, under its name where that can be read, and the listing goes on
+after it.  Past ValidDataLength a file reads as zeros (§7.6.5).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ from .tree_fat import UNCLEAN, dos_ns
 
 EXFAT_EOC = 0xFFFFFFF8
 EXFAT_BAD = 0xFFFFFFF7
-ENTRY = 32
-END, FILE, STREAM, NAME = 0x00, 0x85, 0xC0, 0xC1
-SECONDARY_IN_USE = 0xC0
+ENTRY = exfat.DIR_ENTRY_SIZE
+STREAM, NAME = 0xC0, 0xC1
 ATTR_DIRECTORY = 0x10
 NO_FAT_CHAIN = 0x02
 MAX_DIRECTORY = 256 << 20  # §6.2.1: a directory holds at most 2,097,152 entries
@@ -148,32 +148,8 @@ class ExfatBackend:
             raise CorruptImageError(f"exfat: {self.label(node)} claims {node.size} bytes (at most {MAX_DIRECTORY})")
         if not node.root and not node.size:
             return
-        pending = bytearray()  # the entry set being gathered
-        at = 0
-        for entry_at, raw in self._entries(node):
-            kind = raw[0]
-            if pending and kind & SECONDARY_IN_USE == SECONDARY_IN_USE and len(pending) <= ENTRY * pending[1]:
-                pending += raw
-                if len(pending) == ENTRY * (pending[1] + 1):
-                    child = _parse_set(bytes(pending), at)
-                    yield child.name, child
-                    pending.clear()
-                continue
-            if pending:  # cut short by a primary entry, an unused one or the end
-                child = _parse_set(bytes(pending), at)
-                yield child.name, child
-                pending.clear()
-            if kind == END:
-                return
-            if kind == FILE:
-                pending += raw
-                at = entry_at
-                if raw[1] == 0:  # no secondary entries at all
-                    child = _parse_set(bytes(pending), at)
-                    yield child.name, child
-                    pending.clear()
-        if pending:
-            child = _parse_set(bytes(pending), at)
+        for at, data in exfat.entry_sets(self._entries(node)):
+            child = _parse_set(data, at)
             yield child.name, child
 
     def _entries(self, node: ExfatNode) -> Iterator[tuple[int, bytes]]:
