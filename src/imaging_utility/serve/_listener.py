@@ -61,6 +61,22 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
         pass
 
 
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim``; no-op elsewhere).
+
+    The CLI keeps freed chunk-sized buffers in the heap (``cli.main._tune_malloc``) and glibc trims only
+    the top of the heap by itself, so a server's memory otherwise stays at the high-water mark of its
+    busiest moment, which differs from one burst of clients to the next.  Called when a process's last
+    connection ends: an idle server holds only its caches.  Measured on 2 CPUs, 64 pipelining clients
+    with helper processes, RSS after each of five rounds: 139 -> 145 -> 150 -> 150 -> 151 MB and
+    141 -> 151 -> 151 -> 159 -> 159 MB without it (one CI run: 131 -> 137 -> 166), 99 -> 109 -> 110 -> 111
+    -> 111 MB with it, twice."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def idle_seconds(conn: socket.socket) -> float | None:
     """How long a TCP peer has sent nothing, from the kernel; ``None`` for other sockets."""
     if conn.family not in (socket.AF_INET, socket.AF_INET6):
@@ -242,7 +258,10 @@ class Listener(abc.ABC):
             with self._lock:
                 self._conns.discard(conn)
                 self._evicted.discard(conn)
+                idle = not self._conns
             conn.close()
+            if idle:
+                release_free_memory()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting, drop open connections, remove the Unix socket; idempotent, any thread."""

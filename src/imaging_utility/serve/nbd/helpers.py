@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._listener import release_free_memory
+
 log = logging.getLogger(__name__)
 
 _CTX = multiprocessing.get_context("fork")
@@ -200,9 +202,12 @@ def _helper_main(channel: socket.socket, slots: list[Slot], serve_share: ServeSh
     if os.getppid() == 1:  # the parent died before prctl
         return
     report_lock = threading.Lock()
+    serving = [0]  # connections this helper is serving, under report_lock
 
     def serve(sock: socket.socket, state: dict[str, Any]) -> None:
         k = state["slot"]
+        with report_lock:
+            serving[0] += 1
         try:
             serve_share(sock, state, slots[k])
         except Exception:
@@ -214,6 +219,10 @@ def _helper_main(channel: socket.socket, slots: list[Slot], serve_share: ServeSh
                     channel.send(_DONE.pack(k))
                 except OSError:
                     pass
+                serving[0] -= 1
+                idle = not serving[0]
+            if idle:
+                release_free_memory()
 
     while True:
         try:
