@@ -121,8 +121,20 @@ def test_unreadable_source_exit_5(tmp_path: Path, source: Path) -> None:
 
 
 def _start(args: list[str]) -> subprocess.Popen[str]:
+    """The CLI as a child process; ``PYTHONFAULTHANDLER``: a SIGABRT prints every thread's stack."""
     return subprocess.Popen([sys.executable, "-m", "imaging_utility", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+
+
+def _stderr_within(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The child's standard error once it exits; if it has not within ``timeout``, fail with where each of
+    its threads is (a hang must be diagnosable from a CI log)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=30)
+        pytest.fail(f"still running {timeout} s after the signal; its threads:\n{err}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -133,7 +145,7 @@ def test_interrupt_exits_130_and_resumes(tmp_path: Path, source: Path, sig: sign
     proc = _start(["image", "--chunk-size", "64K", "--threads", "1", str(source), str(img)])
     _wait_for_growth(img)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    err = _stderr_within(proc, 60)
     if proc.returncode == 0:
         pytest.fail("imaging finished before the signal; make the source larger")
     assert proc.returncode == 130, err
