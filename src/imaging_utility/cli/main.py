@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from .. import interrupts
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOT_FOUND, Error, Interrupted
 
 
@@ -46,22 +47,44 @@ def _tune_malloc() -> None:
         pass
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one command.  As the program (no ``argv``), signals are ours until the process ends (see
+    ``interrupts``): one that comes after the command is done changes nothing, and an interrupted run
+    ends with exit 130 at once, without waiting for threads; as a library call (``argv`` given) the
+    process's handlers are put back as they were."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--version"]:
         from .version import version_lines
 
         sys.stdout.write("\n".join(version_lines()) + "\n")
         return 0
+    saved = interrupts.install()
+    try:
+        code = _run(argv)
+    except Exception as e:  # before the command's own handling starts (argparse, imports)
+        if not interrupts.caused_by_signal(e):  # e.g. argparse's own cleanup failing on the interrupt
+            raise
+        print("imaging-utility: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("imaging-utility: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    finally:
+        if program:
+            interrupts.ignore_late()
+        else:
+            interrupts.restore(saved)
+    if program and code == EXIT_INTERRUPTED:
+        interrupts.exit_interrupted()
+    return code
+
+
+def _run(argv: list[str]) -> int:
     from .parser import parse
 
     args, module = parse(argv)  # exits on --help and on a usage error
     import logging
-    import signal
 
     from .deps import missing_module_message
     from .output import shown
@@ -74,9 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         from ..storage import configure_s3
 
         configure_s3(args.profile, args.endpoint_url)
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):  # a closed terminal or Ctrl-\\ as Ctrl-C
-        if signal.getsignal(sig) != signal.SIG_IGN:  # what nohup ignores stays ignored
-            signal.signal(sig, _on_sigterm)
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
@@ -105,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"imaging-utility: error: {missing_module_message(e, args.command)}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except Exception as e:
+        if interrupts.caused_by_signal(e):
+            print("imaging-utility: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         if verbose:
             import traceback
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .. import interrupts
 from ..blocks import BlockSource
 from ..extents import ExtentKind
 from ..limits import threads_within
@@ -141,6 +142,7 @@ class Feed:
         try:
             exhausted = False
             while True:
+                interrupts.check()  # the caller defers signals (ops/export.py)
                 while not exhausted and len(pending) < self.depth:
                     plan = next(plans, None)
                     if plan is None:

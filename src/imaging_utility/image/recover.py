@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import interrupts
 from ..errors import ChunkCorruptError, CorruptImageError, ResumeMismatchError
 from ..extents import AllocationMap
 from ..format import c_image as c
@@ -134,8 +135,10 @@ def _recover(
         return True
 
     ok = True
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="recover") as pool:
+    # signals are taken between chunks (interrupts.py), never inside a lock the workers share
+    with interrupts.deferred(), ThreadPoolExecutor(max(1, threads), thread_name_prefix="recover") as pool:
         for fr in frames:
+            interrupts.check()
             if fr.magic == c.ZSTD_MAGIC:
                 index = chunk + len(pending)
                 expected = min(chunk_size, size - index * chunk_size)

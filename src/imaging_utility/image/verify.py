@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import interrupts
 from ..errors import ChunkCorruptError, CorruptImageError
 from ..format.metaframe import allocation_sha256
 from ..limits import threads_within
@@ -151,7 +152,8 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
     ev = ProgressEvent("verify", 0, reader.size, chunk_size=reader.chunk_size, max_workers=threads,
                        max_depth=window + 1)
     hashing = True
-    with ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
+    # signals are taken between chunks (interrupts.py), never inside a lock the workers share
+    with interrupts.deferred(), ThreadPoolExecutor(threads, thread_name_prefix="verify") as pool:
         pending: deque[tuple[int, Future[bytes]]] = deque()
 
         def take() -> None:
@@ -174,6 +176,7 @@ def _full(reader: ImageReader, report: VerifyReport, threads: int, progress: Pro
             progress(ev)
 
         for index in range(reader.chunk_count):
+            interrupts.check()
             if control is not None and control.stop_requested:
                 while pending:
                     take()
@@ -204,7 +207,8 @@ def corrupt_chunks(reader: ImageReader, offset: int, length: int, *, threads: in
     first, last = offset // reader.chunk_size, min(reader.chunk_count, -(-(offset + length) // reader.chunk_size))
     ev = ProgressEvent("check", 0, last - first)
     bad: list[tuple[int, str]] = []
-    with ThreadPoolExecutor(threads, thread_name_prefix="check") as pool:
+    # signals are taken between chunks (interrupts.py), never inside a lock the workers share
+    with interrupts.deferred(), ThreadPoolExecutor(threads, thread_name_prefix="check") as pool:
         pending: deque[tuple[int, Future[bytes]]] = deque()
 
         def take() -> None:
@@ -217,6 +221,7 @@ def corrupt_chunks(reader: ImageReader, offset: int, length: int, *, threads: in
             progress(ev)
 
         for index in range(first, last):
+            interrupts.check()
             pending.append((index, pool.submit(reader.decode_chunk, index, check_frame=True)))
             if len(pending) > 2 * threads + 2:
                 take()

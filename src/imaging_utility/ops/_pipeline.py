@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import interrupts
 from ..blocks import BlockSource
 from ..devices.source import buffer_address
 from ..errors import Interrupted
@@ -170,10 +171,12 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
     kept = (f"the partial image {dest} is kept: resume with --resume (same source, DEST and options)"
             if dest != STDOUT else "an image streamed to standard output cannot be resumed: run it again")
 
-    with ThreadPoolExecutor(opts.threads, thread_name_prefix="compress") as pool, \
+    # A signal is taken between chunks (interrupts.py): never inside a lock the workers share
+    with interrupts.deferred(), ThreadPoolExecutor(opts.threads, thread_name_prefix="compress") as pool, \
             ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher:
         try:
             for i in range(first_chunk, n_chunks):
+                interrupts.check()
                 if control is not None and control.stop_requested:
                     hold()
                 off = i * cs
@@ -228,6 +231,7 @@ def run_chunks(source: BlockSource, dest: str, opts: CaptureOptions, codec: Code
                     retire_one()
             while pending:
                 retire_one()
+            interrupts.check()
             clock.fill(ev, final=not ev.bottleneck)
         except KeyboardInterrupt:
             _abandon(pending)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__
+from .. import __version__, interrupts
 from ..blocks import BlockSource, WindowSource
 from ..errors import (
     NoSpaceError,
@@ -230,7 +230,8 @@ def export(src: ExportSource, out: str, fmt: str, *, block_size: int | None = No
         # each thread holds a unit and decodes a chunk of the image: both count against the memory budget
         workers = threads_within(threads or os.cpu_count() or 2, src.reader.chunk_size + UNIT)
         feed = Feed(source, writer.granule, threads=workers, transform=writer.transform, on_progress=on_progress)
-        writer.write(sink, feed)
+        with interrupts.deferred():  # taken between units of the feed (interrupts.py)
+            writer.write(sink, feed)
         sink.sync()
         try:
             st = os.fstat(fd)

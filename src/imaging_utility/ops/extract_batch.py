@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .. import interrupts
 from .._io import pwrite_all
 from ..errors import CorruptImageError, Error, NoSpaceError, TargetIOError
 from ..filesystems.tree import Entry, FileStream, FileTree, Layout
@@ -125,6 +126,7 @@ class BatchWriter:
                 if job is None:
                     return
                 try:
+                    interrupts.check()  # on the main thread; flush() defers signals (interrupts.py)
                     self.file(job, buf)
                 except BaseException as e:
                     failure.append(e)
@@ -137,7 +139,8 @@ class BatchWriter:
         for t in threads:
             t.start()
         try:
-            writer()
+            with interrupts.deferred():
+                writer()
         finally:
             for t in threads:
                 t.join()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .. import interrupts
 from .._io import drop_cached, pwrite_all
 from ..devices.source import block_device_size
 from ..devices.throttle import Throttle
@@ -174,7 +175,8 @@ def _restore_file(reader: ImageReader, target: str, fd: int, threads: int, verif
     zeros = {n: bytes(n) for n in {reader.chunk_size, reader.chunk_len(reader.chunk_count - 1)}}
     written = holes = 0
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
+        # signals are taken between chunks (interrupts.py), never inside a lock the workers share
+        with interrupts.deferred(), ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
             pending: deque[tuple[int, Future[bytes] | None]] = deque()
 
             def take() -> None:
@@ -222,6 +224,7 @@ def _restore_file(reader: ImageReader, target: str, fd: int, threads: int, verif
             # a zero frame becomes a hole only after its bytes compared equal to the zero frame (spec §2.1;
             # a 46-byte read per MiB); a damaged one is decoded, and fails
             for index in range(reader.chunk_count):
+                interrupts.check()
                 if control is not None and control.stop_requested:
                     while pending:
                         take()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
+from .. import interrupts
 from .._io import drop_cached, pwrite_all
 from ..errors import CorruptImageError, VerificationError
 from ..extents import AllocationMap
@@ -159,8 +160,10 @@ def _restore(s: _Stream, header: Header, allocation: AllocationMap | None, fd: i
         ev.output_bytes = written
         progress(ev)
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
+    # signals are taken between chunks (interrupts.py), never inside a lock the workers share
+    with interrupts.deferred(), ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
         while True:
+            interrupts.check()
             start = s.pos
             raw = s.read(4, f"frame {len(seen)}")
             magic = int.from_bytes(raw, "little")

@@ -19,6 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .. import interrupts
 from .._io import drop_cached, pwrite_all, start_writeback
 from ..devices.blockdev import discard, zero_out
 from ..devices.throttle import Throttle
@@ -193,9 +194,11 @@ def write_stored(reader: ImageReader, fd: int, target: str, *, start: int, lengt
         progress(ev)
 
     first, last = start // cs, (end - 1) // cs if length else -1
-    with ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
+    # signals are taken between chunks (interrupts.py), never inside a lock the workers share
+    with interrupts.deferred(), ThreadPoolExecutor(threads, thread_name_prefix="restore") as pool:
         try:
             for index in range(first, last + 1):
+                interrupts.check()
                 if control is not None and control.stop_requested:
                     while pending:
                         retire()
