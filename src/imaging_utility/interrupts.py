@@ -45,6 +45,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 class _State:
     requested: int | None = None  # the first signal received
     late = False  # the command is over
+    generation = 0  # bumped by install() and restore(): a watchdog of an earlier one stands down
     unraisable: Callable[[Any], object] = sys.unraisablehook  # the hook ours passes other errors to
     deferring = 0  # depth of deferred() scopes on the main thread
 
@@ -59,6 +60,7 @@ def install() -> Handlers:
     """Take SIGINT, SIGTERM, SIGHUP and SIGQUIT (a closed terminal or Ctrl-\\ as Ctrl-C); what is ignored
     (``nohup``) stays ignored.  Returns the handlers replaced, for ``restore``."""
     _state.requested, _state.late = None, False
+    _state.generation += 1
     if sys.unraisablehook is not _unraisable:
         _state.unraisable = sys.unraisablehook
         sys.unraisablehook = _unraisable
@@ -66,6 +68,9 @@ def install() -> Handlers:
 
 
 def restore(saved: Handlers) -> None:
+    """Put back the handlers ``install`` replaced (a library call of ``cli.main``, a test); a watchdog
+    still waiting stands down."""
+    _state.generation += 1
     for sig, handler in saved.items():
         signal.signal(sig, handler)
     if sys.unraisablehook is _unraisable:
@@ -118,12 +123,14 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _interrupt() -> None:
-    threading.Thread(target=_watchdog, name="interrupt-watchdog", daemon=True).start()
+    threading.Thread(target=_watchdog, args=(_state.generation,), name="interrupt-watchdog", daemon=True).start()
     raise KeyboardInterrupt
 
 
-def _watchdog() -> None:
+def _watchdog(generation: int) -> None:
     threading.Event().wait(EXIT_DEADLINE)
+    if generation != _state.generation:
+        return
     _exit_now(f"interrupted, and cleaning up took more than {EXIT_DEADLINE:g} s; exiting now")
 
 

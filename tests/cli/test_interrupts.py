@@ -114,6 +114,25 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path: Path) -> None:
     assert proc.stderr == "imaging-utility: interrupted again; exiting now\n"
 
 
+@pytest.mark.parametrize("restored", [False, True])
+def test_a_clean_up_that_never_ends_is_ended(restored: bool) -> None:
+    """After an interrupt the process ends within EXIT_DEADLINE, whatever holds it up; a library caller
+    that put the handlers back (``cli.main(argv)``, these tests) is left alone."""
+    code = ("import os, signal, time; from imaging_utility import interrupts; interrupts.EXIT_DEADLINE = 0.3\n"
+            "saved = interrupts.install()\n"
+            "try:\n"
+            "    os.kill(os.getpid(), signal.SIGINT); time.sleep(5)\n"
+            "except KeyboardInterrupt:\n"
+            f"    {'interrupts.restore(saved)' if restored else 'pass'}\n"
+            "time.sleep(2)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    if restored:
+        assert (proc.returncode, proc.stderr) == (0, "")
+    else:
+        assert proc.returncode == 130
+        assert proc.stderr == "imaging-utility: interrupted, and cleaning up took more than 0.3 s; exiting now\n"
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("signals") / "src.raw"
