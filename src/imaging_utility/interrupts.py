@@ -26,7 +26,6 @@ loop.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -108,6 +107,8 @@ def exit_interrupted() -> NoReturn:
     for threads, and when the ``KeyboardInterrupt`` went through code that ``exec``\\ s a string (a
     dataclass being defined by an import the command makes), CPython 3.11 ends the process by SIGINT
     instead, as if it had never been handled (exit -2, not 130)."""
+    import logging  # not at the top: ``--version`` loads this module and must not load logging
+
     logging.shutdown()
     _exit_now(None)
 
