@@ -40,7 +40,6 @@ EXIT_DEADLINE = 60.0  # seconds an interrupted command may spend cleaning up
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
-
 class _State:
     requested: int | None = None  # the first signal received
     late = False  # the command is over
