@@ -59,25 +59,34 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write("\n".join(version_lines()) + "\n")
         return 0
-    saved = interrupts.install()
+    saved: interrupts.Handlers = {}
     try:
-        code = _run(argv)
-    except Exception as e:  # before the command's own handling starts (argparse, imports)
-        if not interrupts.caused_by_signal(e):  # e.g. argparse's own cleanup failing on the interrupt
-            raise
-        print("imaging-utility: interrupted", file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("imaging-utility: interrupted", file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    finally:
+        try:
+            saved = interrupts.install()
+            code = _run(argv)
+        except Exception as e:  # before the command's own handling starts (argparse, imports)
+            if not interrupts.caused_by_signal(e):  # e.g. argparse's own cleanup failing on the interrupt
+                raise
+            code = _interrupted()
+        except KeyboardInterrupt:
+            code = _interrupted()
+        finally:
+            if program:
+                interrupts.ignore_late()
+            else:
+                interrupts.restore(saved)
+    except KeyboardInterrupt:  # the one signal landed between two of the lines above
+        code = _interrupted()
         if program:
             interrupts.ignore_late()
-        else:
-            interrupts.restore(saved)
     if program and code == EXIT_INTERRUPTED:
         interrupts.exit_interrupted()
     return code
+
+
+def _interrupted() -> int:
+    print("imaging-utility: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _run(argv: list[str]) -> int:
