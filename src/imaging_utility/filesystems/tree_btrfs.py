@@ -81,11 +81,26 @@ class _CheckedCursor(Cursor):  # type: ignore[misc]
     def push(self, address: int, initial_index: int = 0) -> None:
         parent = self._header
         super().push(address, initial_index)
-        if parent is not None and (self._header.level >= parent.level or len(self._path) > MAX_DEPTH):
-            level = self._header.level
+        header = self._header
+        if parent is not None and (header.level >= parent.level or len(self._path) > MAX_DEPTH):
             self.pop()
-            raise _TreeDamage(f"btrfs: the tree block at logical {address:#x} (level {level}) is not "
+            raise _TreeDamage(f"btrfs: the tree block at logical {address:#x} (level {header.level}) is not "
                                     f"below its parent (level {parent.level}): a loop")
+        # as the kernel's btrfs_check_node/leaf: a node holds 1 to as many pointers as fit, a leaf as many
+        # items as fit and none only as a tree's root (dissect's binary search never ends on an empty block)
+        room = (len(self._node) - len(c_btrfs.btrfs_header)) // len(
+            c_btrfs.btrfs_key_ptr if header.level else c_btrfs.btrfs_item)
+        if header.nritems > room or (not header.nritems and (header.level or parent is not None)):
+            count = header.nritems
+            self.pop()
+            raise _TreeDamage(f"btrfs: the tree block at logical {address:#x} (level {header.level}) claims "
+                                    f"{count} items (it has room for {room})")
+
+    def search(self, objectid: int | None = None, type: int | None = None, offset: int | None = None) -> bool:
+        if self._header is not None and not self._header.nritems:  # an empty tree: its root leaf holds nothing
+            self._index = None
+            return False
+        return bool(super().search(objectid, type, offset))
 
 
 def _checked(tree: BTree) -> BTree:
