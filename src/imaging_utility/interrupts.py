@@ -109,14 +109,14 @@ def exit_interrupted() -> NoReturn:
     import logging  # not at the top: ``--version`` loads this module and must not load logging
 
     logging.shutdown()
-    _exit_now(None)
+    exit_now(None)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _state.late:
         return
     if _state.requested is not None:
-        _exit_now("interrupted again; exiting now")
+        exit_now("interrupted again; exiting now")
     _state.requested = signum
     if not _state.deferring:
         _interrupt()
@@ -131,10 +131,11 @@ def _watchdog(generation: int) -> None:
     threading.Event().wait(EXIT_DEADLINE)
     if generation != _state.generation:
         return
-    _exit_now(f"interrupted, and cleaning up took more than {EXIT_DEADLINE:g} s; exiting now")
+    exit_now(f"interrupted, and cleaning up took more than {EXIT_DEADLINE:g} s; exiting now")
 
 
-def _exit_now(why: str | None) -> NoReturn:
+def exit_now(why: str | None) -> NoReturn:
+    """Say ``why`` (one line), flush, and end the process with exit 130 at once."""
     try:
         if why:
             sys.stderr.write(f"imaging-utility: {why}\n")

@@ -11,14 +11,12 @@ at once: the servers only read, so nothing is lost.
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 
-from ..errors import EXIT_INTERRUPTED
+from .. import interrupts
 
 STOP_DEADLINE = 15.0
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -34,8 +32,7 @@ def serve_until_signalled(serve_forever: Callable[[], None], stop: Callable[[], 
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if signalled.is_set():
-            print("imaging-utility: interrupted again; exiting now", file=sys.stderr, flush=True)
-            os._exit(EXIT_INTERRUPTED)
+            interrupts.exit_now("interrupted again; exiting now")
         signalled.set()
         thread = threading.Thread(target=_stop_within_deadline, args=(stop,), name="stop", daemon=True)
         stopper.append(thread)
@@ -60,9 +57,7 @@ def _stop_within_deadline(stop: Callable[[], None]) -> None:
 
     def watchdog() -> None:
         if not done.wait(STOP_DEADLINE):
-            print(f"imaging-utility: the server did not stop within {STOP_DEADLINE:g} s; exiting now",
-                  file=sys.stderr, flush=True)
-            os._exit(EXIT_INTERRUPTED)
+            interrupts.exit_now(f"the server did not stop within {STOP_DEADLINE:g} s; exiting now")
 
     threading.Thread(target=watchdog, name="stop-watchdog", daemon=True).start()
     try:

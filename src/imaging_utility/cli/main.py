@@ -109,8 +109,7 @@ def _run(argv: list[str]) -> int:
     try:
         return int(module.run(args))
     except KeyboardInterrupt:
-        print("imaging-utility: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
     except Interrupted as e:
         print(f"imaging-utility: {shown(str(e))}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -135,8 +134,7 @@ def _run(argv: list[str]) -> int:
         return EXIT_NOT_FOUND
     except Exception as e:
         if interrupts.caused_by_signal(e):
-            print("imaging-utility: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+            return _interrupted()
         if verbose:
             import traceback
 
