@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any, cast
 
 from dissect.ntfs.c_ntfs import (
     ATTRIBUTE_FLAG_COMPRESSION_MASK,
@@ -31,12 +31,13 @@ from dissect.ntfs.mft import MftRecord
 from dissect.ntfs.util import segment_reference
 
 from ..errors import CorruptImageError
-from . import ntfs_links
+from . import ntfs_links, wof
 from .dissect_ntfs import NTFS
 from .ntfs import probe
 from .ntfs_record import MftRecords, Record
 from .ntfs_state import volume_state
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
+from .tree_stream import read_runs
 
 FIRST_USER_RECORD = 24  # records 0-23 are reserved for metafiles
 FILE_NAME_NAME = 0x42  # offset of the name in a $FILE_NAME value (length and namespace bytes just before)
@@ -170,11 +171,17 @@ class NtfsBackend:
         streams = tuple(sorted({a.name for a in attrs[ATTRIBUTE_TYPE_CODE.DATA] if a.name}))
         rdev = None
         size = int(node.size()) if not node.is_dir() and node.has_stream("") else 0
-        if node.is_reparse_point():
+        compressed = self._wof(node) if node.is_reparse_point() else None
+        if isinstance(compressed, wof.Wof):  # its data is the decoded WofCompressedData stream
+            kind, target = "file", None
+            streams = tuple(n for n in streams if n != wof.STREAM)
+        elif node.is_reparse_point():
             rp = attrs[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].attribute
             target = ntfs_links.reparse_target(int(rp.tag), rp.substitute_name, bool(rp.relative), rp.buffer)
             kind = "symlink"
-            if target is None:
+            if compressed is not None:  # a WOF file that is not read here, and why
+                kind, target = "reparse", f"reparse tag {wof.TAG_WOF:#010x}: {compressed}"
+            elif target is None:
                 kind = "reparse"
                 try:
                     target = rp.print_name or rp.substitute_name
@@ -217,9 +224,48 @@ class NtfsBackend:
     def link_target(self, entry: Entry, find: Callable[[list[str]], str | None]) -> str:
         return ntfs_links.link_target(entry.path, entry.target or "", find)
 
+    def _wof(self, node: MftRecord) -> wof.Wof | str | None:
+        """A WOF file's compression, or why it cannot be read; ``None`` for other reparse points."""
+        rp = node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].attribute
+        return wof.parse(rp.buffer) if int(rp.tag) == wof.TAG_WOF else None
+
+    def _wof_layout(self, node: MftRecord, compressed: wof.Wof) -> Layout:
+        """The decoded data of a WOF file, read chunk by chunk from its WofCompressedData stream."""
+        label = f"ntfs MFT record {node.segment}"
+        size = int(node.size()) if node.has_stream("") else 0
+        inner = self.layout(node, wof.STREAM)
+        if inner.runs is None:
+            assert inner.opener is not None
+            stream = inner.opener()
+
+            def read_at(offset: int, n: int) -> bytes:
+                stream.seek(offset)
+                data = stream.read(n)
+                if len(data) != n:
+                    raise CorruptImageError(f"{label}: its {wof.STREAM} stream ends at byte {offset + len(data)}")
+                return bytes(data)
+        else:
+            runs = inner.runs
+            for _f, disk, n in runs:
+                if disk is not None and (disk < 0 or disk + n > self.source.size):
+                    raise CorruptImageError(f"{label}: a run of its {wof.STREAM} stream at byte {disk} (+{n}) "
+                                            f"lies outside the volume of {self.source.size} bytes")
+            starts = [r[0] for r in runs]
+
+            def read_at(offset: int, n: int) -> bytes:
+                buf = bytearray(n)
+                read_runs(self.source, runs, starts, offset, memoryview(buf), f"{label} {wof.STREAM}")
+                return bytes(buf)
+
+        return Layout(size, None, lambda: cast(IO[bytes], wof.WofFile(compressed, size, inner.size, read_at, label)))
+
     def layout(self, node: MftRecord | Record, stream: str | None) -> Layout:
         if isinstance(node, Record):
             return self._fast_layout(node, stream)
+        if not stream and node.is_reparse_point():
+            compressed = self._wof(node)
+            if isinstance(compressed, wof.Wof):
+                return self._wof_layout(node, compressed)
         attrs = node.attributes.find(stream or "", ATTRIBUTE_TYPE_CODE.DATA)
         label = f"ntfs MFT record {node.segment}" + (f" stream {stream!r}" if stream else "")
         if not attrs:

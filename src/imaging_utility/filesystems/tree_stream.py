@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import io
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from ..blocks import BlockSource
@@ -14,10 +15,10 @@ from ..errors import CorruptImageError
 if TYPE_CHECKING:
     from .tree import FileTree, Layout
 
-__all__ = ["BlockFile", "FileStream", "runs_from_clusters"]
+__all__ = ["BlockFile", "FileStream", "Seekable", "read_runs", "runs_from_clusters"]
 
 
-class _Seekable(io.RawIOBase):
+class Seekable(io.RawIOBase):
     """Position bookkeeping shared by the raw streams below: ``size`` bytes, seekable, read-only."""
 
     def __init__(self, size: int) -> None:
@@ -40,7 +41,7 @@ class _Seekable(io.RawIOBase):
         return self._pos
 
 
-class BlockFile(_Seekable):
+class BlockFile(Seekable):
     """A seekable binary file over ``BlockSource.readinto_at`` for dissect; not thread-safe (the tree's lock is)."""
 
     def __init__(self, source: BlockSource) -> None:
@@ -56,14 +57,22 @@ class BlockFile(_Seekable):
         return n
 
 
-class FileStream(_Seekable):
+class FileStream(Seekable):
     """A readable, seekable stream of one file's data; reads never load more than asked for."""
 
     def __init__(self, tree: FileTree, layout: Layout, label: str) -> None:
         super().__init__(layout.size)
         self._tree = tree
         self._runs = layout.runs
-        self._check = layout.check
+        self._check: Callable[[int, memoryview], None] | None = None
+        if layout.check is not None:
+            layout_check = layout.check
+
+            def check(disk: int, part: memoryview) -> None:
+                with tree._guard(label):
+                    layout_check(disk, part)
+
+            self._check = check
         self._starts = [r[0] for r in layout.runs] if layout.runs is not None else []
         self._fallback: IO[bytes] | None = None
         if layout.runs is None and layout.opener is not None:
@@ -78,29 +87,9 @@ class FileStream(_Seekable):
             return 0
         if self._runs is None:
             return self._read_fallback(view[:want])
-        done = 0
-        i = bisect.bisect_right(self._starts, self._pos) - 1
-        while done < want:
-            if i < 0 or i >= len(self._runs):
-                raise CorruptImageError(f"{self._label}: no data run maps file offset {self._pos}")
-            start, disk, length = self._runs[i]
-            rel = self._pos - start
-            take = min(want - done, length - rel)
-            if take <= 0:
-                i += 1
-                continue
-            part = view[done : done + take]
-            if disk is None:
-                part[:] = bytes(take)
-            else:
-                self._tree.source.readinto_at(disk + rel, part)
-                if self._check is not None:
-                    with self._tree._guard(self._label):
-                        self._check(disk + rel, part)
-            done += take
-            self._pos += take
-            i += 1
-        return done
+        read_runs(self._tree.source, self._runs, self._starts, self._pos, view[:want], self._label, self._check)
+        self._pos += want
+        return want
 
     def _read_fallback(self, view: memoryview) -> int:
         assert self._fallback is not None
@@ -116,6 +105,32 @@ class FileStream(_Seekable):
     def holes(self) -> list[tuple[int, int]]:
         """``(file_offset, length)`` ranges that are sparse holes (read as zeros, not stored)."""
         return [(s, n) for s, d, n in self._runs or [] if d is None]
+
+
+def read_runs(source: BlockSource, runs: list[tuple[int, int | None, int]], starts: list[int], pos: int,
+              view: memoryview, label: str, check: Callable[[int, memoryview], None] | None = None) -> None:
+    """Fill ``view`` with the stream's bytes from ``pos``: ``runs`` as in ``Layout`` (holes read as zeros),
+    ``starts`` their file offsets; ``check(disk_offset, data)`` sees each piece read."""
+    done, want = 0, len(view)
+    i = bisect.bisect_right(starts, pos) - 1
+    while done < want:
+        if i < 0 or i >= len(runs):
+            raise CorruptImageError(f"{label}: no data run maps file offset {pos + done}")
+        start, disk, length = runs[i]
+        rel = pos + done - start
+        take = min(want - done, length - rel)
+        if take <= 0:
+            i += 1
+            continue
+        part = view[done : done + take]
+        if disk is None:
+            part[:] = bytes(take)
+        else:
+            source.readinto_at(disk + rel, part)
+            if check is not None:
+                check(disk + rel, part)
+        done += take
+        i += 1
 
 
 def runs_from_clusters(runs: list[tuple[int | None, int]], cluster: int, base: int, size: int,
