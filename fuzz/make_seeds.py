@@ -302,6 +302,21 @@ def server_seeds() -> None:
     seed("servers", b"\1" + imd(9, 1, 2))
 
 
+def wof_seeds() -> None:
+    """Chunks and whole streams compressed by wimlib (the peer implementation of WOF's formats)."""
+    import wimlib
+
+    data = text(70_000, 5)
+    for i, algorithm in enumerate(("XPRESS4K", "XPRESS8K", "XPRESS16K", "LZX")):  # fuzz_wof.py's order
+        _n, kind, chunk = wimlib.ALGORITHMS[algorithm]
+        piece = data[: chunk - 100]
+        packed = wimlib.compress(kind, chunk, piece)
+        assert packed is not None
+        seed("wof", bytes([i & 3]) + (len(piece) - 1).to_bytes(2, "little") + packed)
+        stream = wimlib.wof_stream(algorithm, data[:40_000])
+        seed("wof", bytes([4 | i & 3]) + (40_000).to_bytes(2, "little") + stream)
+
+
 def main() -> None:
     if os.geteuid() != 0:
         sys.exit("make_seeds.py needs root (ntfs-3g and exfat-fuse mounts)")
@@ -312,6 +327,8 @@ def main() -> None:
             names = linuxfs(tmp)
             linuxfs_seeds(names)
             (FUZZ / "bases" / "linuxfs.txt").write_text("\n".join(names) + "\n")
+        if not only or "wof" in only:
+            wof_seeds()
         if only:
             return
         names = filesystems(tmp)

@@ -30,6 +30,7 @@ HARNESSES = {  # name -> libFuzzer -max_len
     "partitions": 16384,
     "filesystems": 4096,
     "linuxfs": 4096,
+    "wof": 65536,
 }
 RSS_LIMIT_MB = 2048  # more than this for one input is unbounded memory
 TIMEOUT_S = 60  # more than this for one input is unbounded time (generous: the machine may be busy)

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "fuzz" / "run.py"
-HARNESSES = ("metadata", "image", "servers", "partitions", "filesystems", "linuxfs")
+HARNESSES = ("metadata", "image", "servers", "partitions", "filesystems", "linuxfs", "wof")
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
