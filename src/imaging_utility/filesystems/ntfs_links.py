@@ -28,6 +28,11 @@ FILE_ATTRIBUTE_SYSTEM = 0x0004
 TAG_MOUNT_POINT = 0xA0000003
 TAG_SYMLINK = 0xA000000C
 TAG_LX_SYMLINK = 0xA000001D
+# Reparse points whose file keeps its data, wherever it has it, in its own unnamed stream: cloud files
+# (IO_REPARSE_TAG_CLOUD..CLOUD_F, 0x9000n01A: OneDrive and other Cloud Files API clients; a part not
+# downloaded is a sparse hole), the old OneDrive tag, Windows Projected File System, Azure File Sync.
+TAG_CLOUD_MASK, TAG_CLOUD = 0xFFFF0FFF, 0x9000001A
+TAGS_DATA_IN_PLACE = (0x80000021, 0x9000001C, 0x8000001E)
 INTX_SYMLINK = b"IntxLNK\x01"
 INTX_CHAR = b"IntxCHR\x00"
 INTX_BLOCK = b"IntxBLK\x00"
@@ -35,6 +40,11 @@ INTX_DEVICE = struct.Struct("<8sQQ")
 INTX_MAGIC_SIZE = 8
 INTX_MAX = INTX_MAGIC_SIZE + 2 * 4096  # the largest Interix file ntfs-3g reads (PATH_MAX UTF-16 units)
 _DRIVE = re.compile(r"^(?:\\\?\?\\)?[A-Za-z]:\\")
+
+
+def data_in_place(tag: int) -> bool:
+    """Whether a reparse point of ``tag`` leaves the file's data in its unnamed stream (where present)."""
+    return tag & TAG_CLOUD_MASK == TAG_CLOUD or tag in TAGS_DATA_IN_PLACE
 
 
 def interix_kind(attributes: int, size: int) -> str | None:

@@ -171,24 +171,10 @@ class NtfsBackend:
         streams = tuple(sorted({a.name for a in attrs[ATTRIBUTE_TYPE_CODE.DATA] if a.name}))
         rdev = None
         size = int(node.size()) if not node.is_dir() and node.has_stream("") else 0
-        compressed = self._wof(node) if node.is_reparse_point() else None
-        if isinstance(compressed, wof.Wof):  # its data is the decoded WofCompressedData stream
-            kind, target = "file", None
-            streams = tuple(n for n in streams if n != wof.STREAM)
-        elif node.is_reparse_point():
-            rp = attrs[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].attribute
-            target = ntfs_links.reparse_target(int(rp.tag), rp.substitute_name, bool(rp.relative), rp.buffer)
-            kind = "symlink"
-            if compressed is not None:  # a WOF file that is not read here, and why
-                kind, target = "reparse", f"reparse tag {wof.TAG_WOF:#010x}: {compressed}"
-            elif target is None:
-                kind = "reparse"
-                try:
-                    target = rp.print_name or rp.substitute_name
-                except Exception:
-                    target = None
-                if target is None:
-                    target = f"reparse tag {int(rp.tag):#010x}"
+        if node.is_reparse_point():
+            kind, target = self._reparse(node, size)
+            if kind == "file":
+                streams = tuple(n for n in streams if n != wof.STREAM)
         elif node.is_dir():
             kind, target = "dir", None
         else:
@@ -223,6 +209,42 @@ class NtfsBackend:
 
     def link_target(self, entry: Entry, find: Callable[[list[str]], str | None]) -> str:
         return ntfs_links.link_target(entry.path, entry.target or "", find)
+
+    def _reparse(self, node: MftRecord, size: int) -> tuple[str, str | None]:
+        """(type, target) of a reparse point: a link; a file whose data is here (compressed by WOF, or a cloud
+        file wholly on this volume); else ``reparse``, the target saying what it is."""
+        rp = node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].attribute
+        tag = int(rp.tag)
+        if tag == wof.TAG_WOF:
+            compressed = wof.parse(rp.buffer)
+            return ("file", None) if isinstance(compressed, wof.Wof) else ("reparse", f"reparse tag {tag:#010x}: "
+                                                                                    f"{compressed}")
+        target = ntfs_links.reparse_target(tag, rp.substitute_name, bool(rp.relative), rp.buffer)
+        if target is not None:
+            return "symlink", target
+        if ntfs_links.data_in_place(tag):
+            here = self._bytes_here(node)
+            if here == size:
+                return "file", None
+            what = f"{here} of its {size} bytes are" if here is not None else "its data is stored compressed and"
+            return "reparse", (f"reparse tag {tag:#010x}: a cloud file (OneDrive or another sync client): {what} "
+                               "on this volume, the rest only in the cloud")
+        try:
+            target = rp.print_name or rp.substitute_name
+        except Exception:
+            target = None
+        return "reparse", target or f"reparse tag {tag:#010x}"
+
+    def _bytes_here(self, node: MftRecord) -> int | None:
+        """Bytes of the unnamed stream stored on the volume (resident, or in clusters below its valid data
+        length); ``None`` when it is compressed (its holes are not the file's own)."""
+        attrs = node.attributes.find("", ATTRIBUTE_TYPE_CODE.DATA)
+        if not attrs:
+            return 0
+        layout = self.layout(node, None)
+        if layout.runs is None:
+            return layout.size if attrs[0].header.resident else None
+        return sum(n for _f, disk, n in layout.runs if disk is not None)
 
     def _wof(self, node: MftRecord) -> wof.Wof | str | None:
         """A WOF file's compression, or why it cannot be read; ``None`` for other reparse points."""
@@ -277,8 +299,11 @@ class NtfsBackend:
                                     "private key, which no image holds")
         if first.resident or first.flags & ATTRIBUTE_FLAG_COMPRESSION_MASK:
             return Layout(size, None, attrs.open)
-        cluster = self.fs.cluster_size
-        return Layout(size, runs_from_clusters(attrs.dataruns(), cluster, 0, size, label))
+        valid = max(0, min(int(first.header.Form.Nonresident.ValidDataLength), size))
+        runs = runs_from_clusters(attrs.dataruns(), self.fs.cluster_size, 0, valid, label)
+        if valid < size:  # past the valid data length the stream reads as zeros
+            runs.append((valid, None, size - valid))
+        return Layout(size, runs)
 
     def _fast_layout(self, node: Record, stream: str | None) -> Layout:
         data = node.streams.get(stream or "")

@@ -1,0 +1,112 @@
+"""NTFS reparse points that keep the file's data in place (OneDrive and other cloud files), and the valid data
+length of files read through dissect: what is on the volume is extracted, what is only in the cloud is
+named, never made up."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import fsbuild
+from conftest import cli
+from files.filehelpers import need
+from imaging_utility.devices.source import FileSource
+from imaging_utility.filesystems.tree import open_tree
+
+MiB = 1 << 20
+ONEDRIVE = 0x9000601A  # IO_REPARSE_TAG_CLOUD_6, what OneDrive sets
+
+
+def _cloud_reparse(tag: int = ONEDRIVE) -> bytes:
+    body = b"\x01\x00\x00\x00" + bytes(60)  # an opaque provider blob, as the Cloud Files API stores it
+    return struct.pack("<IHH", tag, len(body), 0) + body
+
+
+def _file(mnt: Path, name: str, data: bytes, sparse_to: int | None = None, tag: int = ONEDRIVE) -> None:
+    path = mnt / name
+    path.write_bytes(data)
+    if sparse_to is not None:
+        os.truncate(path, sparse_to)  # ntfs-3g leaves the extension a sparse hole: not downloaded
+    os.setxattr(path, "system.ntfs_reparse_data", _cloud_reparse(tag))
+
+
+def test_cloud_files_on_the_volume_are_extracted_and_placeholders_named(tmp_path: Path) -> None:
+    need("ntfs")
+    vol = tmp_path / "cloud.raw"
+    fsbuild.random_image(vol, 32)
+    fsbuild._run("mkntfs", "-F", "-Q", "-L", "cloud", vol)
+    hydrated = os.urandom(3 * MiB + 17)
+    small = b"resident cloud file\n"
+    with fsbuild.mounted(vol, "ntfs") as mnt:
+        (mnt / "OneDrive").mkdir()
+        _file(mnt, "OneDrive/report.docx", hydrated)  # downloaded: all its data is here
+        _file(mnt, "OneDrive/small.txt", small)  # resident in its MFT record
+        _file(mnt, "OneDrive/empty.txt", b"")
+        _file(mnt, "OneDrive/projfs.bin", b"P" * 50_000, tag=0x9000001C)  # projected file system, hydrated
+        _file(mnt, "OneDrive/online-only.pdf", b"", sparse_to=2 * MiB)  # a placeholder: nothing here
+        _file(mnt, "OneDrive/partial.iso", os.urandom(MiB), sparse_to=4 * MiB)  # first MiB downloaded
+        _file(mnt, "OneDrive/dedup.bin", b"D" * 50_000, tag=0x80000013)  # data in a chunk store, not read
+    listing = {e["path"]: e for e in json.loads(cli("ls", "-R", "--json", vol, "/").stdout)}
+    for name, size in (("report.docx", len(hydrated)), ("small.txt", len(small)), ("empty.txt", 0),
+                       ("projfs.bin", 50_000)):
+        assert (listing[f"/OneDrive/{name}"]["type"], listing[f"/OneDrive/{name}"]["size"]) == ("file", size), name
+    for name in ("online-only.pdf", "partial.iso", "dedup.bin"):
+        assert listing[f"/OneDrive/{name}"]["type"] == "reparse", name
+
+    out = tmp_path / "out"
+    proc = cli("extract", vol, "/", out)
+    assert (out / "OneDrive" / "report.docx").read_bytes() == hydrated
+    assert (out / "OneDrive" / "small.txt").read_bytes() == small
+    assert (out / "OneDrive" / "empty.txt").read_bytes() == b""
+    assert (out / "OneDrive" / "projfs.bin").read_bytes() == b"P" * 50_000
+    for name in ("online-only.pdf", "partial.iso", "dedup.bin"):
+        assert not (out / "OneDrive" / name).exists(), name
+    assert ("online-only.pdf -> reparse tag 0x9000601a: a cloud file (OneDrive or another sync client): 0 of its "
+            "2097152 bytes are on this volume, the rest only in the cloud") in proc.stderr
+    assert f"partial.iso -> reparse tag 0x9000601a: a cloud file (OneDrive or another sync client): {MiB} of its " \
+        f"{4 * MiB} bytes are on this volume" in proc.stderr
+    assert "dedup.bin -> reparse tag 0x80000013: not a file" in proc.stderr
+
+
+def _patch_valid_length(vol: Path, size: int, valid: int) -> int:
+    """Set the valid data length of the non-resident $DATA attribute whose size is ``size`` (unique on the
+    volume) to ``valid``, in place; the number of attribute headers patched."""
+    raw = bytearray(vol.read_bytes())
+    patched = 0
+    needle = struct.pack("<qq", size, size)  # FileSize, ValidDataLength at 0x30 and 0x38 of the header
+    at = raw.find(needle)
+    while at >= 0:
+        head = at - 0x30
+        if head >= 0 and raw[head : head + 4] == b"\x80\x00\x00\x00" and raw[head + 8] == 1:
+            raw[at + 8 : at + 16] = struct.pack("<q", valid)
+            patched += 1
+        at = raw.find(needle, at + 1)
+    vol.write_bytes(raw)
+    return patched
+
+
+def test_bytes_past_the_valid_data_length_read_as_zeros_through_dissect(tmp_path: Path) -> None:
+    """A file Windows extended without writing (SetEndOfFile): its clusters past the valid data length hold
+    whatever was on the disk, and read as zeros.  A record with an attribute list is read through dissect,
+    which ignores that length: the stale bytes came out as the file's data."""
+    need("ntfs")
+    vol = tmp_path / "vdl.raw"
+    fsbuild.random_image(vol, 32)
+    fsbuild._run("mkntfs", "-F", "-Q", "-L", "vdl", vol)
+    size = 2 * MiB + 12345
+    with fsbuild.mounted(vol, "ntfs") as mnt:
+        for name in ("plain.bin", "listed.bin"):
+            (mnt / name).write_bytes(b"B" * size)  # all allocated: the stale data past the valid length
+        for i in range(60):  # enough named streams that the record needs an attribute list
+            (mnt / f"listed.bin:stream-{i:02d}-{'x' * 80}").write_bytes(b"s")
+    assert _patch_valid_length(vol, size, 70_000) == 2
+    with FileSource(str(vol)) as source:
+        tree = open_tree(source)
+        assert type(tree._node("/listed.bin")).__name__ == "MftRecord"  # dissect's path, not the fast one
+        for name in ("/plain.bin", "/listed.bin"):
+            data = tree.open(name).read()
+            assert data[:70_000] == b"B" * 70_000 and data[70_000:] == bytes(size - 70_000), name
+    cli("extract", vol, "/listed.bin", tmp_path / "out")
+    assert (tmp_path / "out" / "listed.bin").read_bytes() == b"B" * 70_000 + bytes(size - 70_000)
