@@ -1,6 +1,6 @@
-"""NTFS reparse points that keep the file's data in place (OneDrive and other cloud files), and the valid data
-length of files read through dissect: what is on the volume is extracted, what is only in the cloud is
-named, never made up."""
+"""NTFS data held in unusual ways: reparse points that keep the file's data in place (OneDrive and other cloud
+files; what is on the volume is extracted, what is only in the cloud is named, never made up), the valid data
+length of files read through dissect, and files compressed by NTFS itself (LZNT1)."""
 
 from __future__ import annotations
 
@@ -110,3 +110,40 @@ def test_bytes_past_the_valid_data_length_read_as_zeros_through_dissect(tmp_path
             assert data[:70_000] == b"B" * 70_000 and data[70_000:] == bytes(size - 70_000), name
     cli("extract", vol, "/listed.bin", tmp_path / "out")
     assert (tmp_path / "out" / "listed.bin").read_bytes() == b"B" * 70_000 + bytes(size - 70_000)
+
+
+def test_ntfs_compressed_files_are_read_as_ntfs_3g_wrote_them(tmp_path: Path) -> None:
+    """Files in a directory marked compressed (LZNT1, 16-cluster units), written by ntfs-3g: text, zeros,
+    incompressible data, a mix, a resident file, one sparse and one extended past its valid data length."""
+    need("ntfs")
+    vol = tmp_path / "lznt1.raw"
+    fsbuild.random_image(vol, 32)
+    fsbuild._run("mkntfs", "-F", "-Q", "-L", "lznt1", vol)
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_bytes()
+    files = {"text.txt": text * 3, "zeros.bin": bytes(300_000), "random.bin": os.urandom(200_000),
+             "mixed.bin": text[:40_000] + os.urandom(70_000) + bytes(100_000) + text[:40_000],
+             "small.txt": b"tiny compressed\n" * 3}
+    mnt = tmp_path / "mnt"  # ntfs-3g compresses new files in a directory marked compressed
+    mnt.mkdir()
+    fsbuild._run("ntfs-3g", "-o", "rw,compression", vol, mnt)
+    try:
+        (mnt / "comp").mkdir()
+        fsbuild._run("setfattr", "-n", "system.ntfs_attrib_be", "-v", "0x00000810", mnt / "comp")
+        for name, data in files.items():
+            (mnt / "comp" / name).write_bytes(data)
+        with open(mnt / "comp" / "sparse.bin", "wb") as f:
+            f.write(text[:5000])
+            f.seek(3 * MiB)
+            f.write(text[:5000])
+        files["sparse.bin"] = text[:5000] + bytes(3 * MiB - 5000) + text[:5000]
+        with open(mnt / "comp" / "grown.bin", "wb") as f:
+            f.write(text[:30_000])
+            f.truncate(MiB)
+        files["grown.bin"] = text[:30_000] + bytes(MiB - 30_000)
+        attrib = fsbuild._run("getfattr", "-n", "system.ntfs_attrib_be", "-e", "hex", mnt / "comp" / "text.txt")
+        assert "=0x00000820" in attrib  # ARCHIVE | COMPRESSED
+    finally:
+        fsbuild._run("umount", mnt)
+    cli("extract", vol, "/comp", tmp_path / "out")
+    for name, data in files.items():
+        assert (tmp_path / "out" / "comp" / name).read_bytes() == data, name
