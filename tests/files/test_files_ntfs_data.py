@@ -147,3 +147,33 @@ def test_ntfs_compressed_files_are_read_as_ntfs_3g_wrote_them(tmp_path: Path) ->
     cli("extract", vol, "/comp", tmp_path / "out")
     for name, data in files.items():
         assert (tmp_path / "out" / "comp" / name).read_bytes() == data, name
+
+
+def test_a_file_whose_runs_span_many_mft_records(tmp_path: Path) -> None:
+    """A file in thousands of fragments: its run list does not fit in one MFT record, so $DATA is split
+    over several extension records (each piece from its own lowest VCN), found through an attribute list."""
+    need("ntfs")
+    vol = tmp_path / "frag.raw"
+    fsbuild.random_image(vol, 48)
+    fsbuild._run("mkntfs", "-F", "-Q", "-c", "4096", "-L", "frag", vol)
+    with fsbuild.mounted(vol, "ntfs") as mnt:
+        (mnt / "f").mkdir()
+        count = 0
+        try:
+            while True:  # the volume full of one-cluster files …
+                (mnt / "f" / str(count)).write_bytes(b"x" * 4096)
+                count += 1
+        except OSError:
+            pass
+        for i in range(0, count, 2):  # … every other one gone: only one-cluster holes are free
+            (mnt / "f" / str(i)).unlink()
+        big = os.urandom((count // 2 - 200) * 4096)
+        (mnt / "big.bin").write_bytes(big)
+    attrs = fsbuild._run("ntfsinfo", "-F", "/big.bin", vol)
+    assert "$ATTRIBUTE_LIST" in attrs and attrs.count("Dumping attribute $DATA") > 3
+    with FileSource(str(vol)) as source:
+        assert len(open_tree(source).data_runs("/big.bin")) > 1000
+    img = tmp_path / "frag.img"
+    cli("image", "--used-only", vol, img)
+    cli("extract", img, "/big.bin", tmp_path / "out")
+    assert (tmp_path / "out" / "big.bin").read_bytes() == big
