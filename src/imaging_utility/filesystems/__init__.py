@@ -23,10 +23,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from ..blocks import BlockSource, read_at
+from ..blocks import BlockSource
 from ..errors import Error, UnsupportedError
 from ..extents import AllocationMap
-from . import btrfs, btrfs_map, exfat, ext, fat, lvm, lvm_map, ntfs, swap, xfs
+from . import btrfs, btrfs_map, exfat, ext, fat, lvm, lvm_map, ntfs, signatures, swap, xfs
 from .lvm_map import VolumeInfo
 
 __all__ = ["FilesystemInfo", "VolumeInfo", "allocation_map", "detect"]
@@ -122,18 +122,6 @@ def detect(source: BlockSource) -> FilesystemInfo | None:
         return None if fs is None else _info(source, fs)
 
 
-def _describe(source: BlockSource) -> str:
-    """What is at offset 0, for the error message."""
-    head = read_at(source, 0, 1024)
-    if head[512:520] == b"EFI PART":
-        return "a GPT partition table ('EFI PART' at offset 512): this is a whole disk, image a partition"
-    if not head.strip(b"\0"):
-        return "only zero bytes at offset 0"
-    if len(head) >= 512 and head[510:512] == b"\x55\xaa":
-        return "an MBR-like boot sector (55 AA at offset 510) without a filesystem"
-    return f"first bytes: {head[:8]!r}"
-
-
 def _ranges(source: BlockSource, fs: _Found, warnings: list[str]) -> Iterator[tuple[int, int]]:
     if isinstance(fs, ntfs.NtfsBoot):
         return ntfs.used_ranges(source, fs)
@@ -203,7 +191,7 @@ def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, 
         if fs is None:
             raise UnsupportedError(
                 f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS, Btrfs"
-                f"{'' if nested else ' or an LVM2 physical volume'} ({_describe(source)}); {_HINT}"
+                f"{'' if nested else ' or an LVM2 physical volume'} ({signatures.describe(source)}); {_HINT}"
             )
         info = _info(source, fs)
     end = _clusters_end(fs)

@@ -21,7 +21,7 @@ from typing import Any
 from ..blocks import BlockSource, WindowSource
 from ..errors import RefusedError, SourceIOError, UnsupportedError
 from ..extents import AllocationMap, compose
-from ..filesystems import FilesystemInfo, allocation_map, detect
+from ..filesystems import FilesystemInfo, allocation_map, detect, signatures
 from ..image.digests import Digests
 from ..partitions import Partition, PartitionTable, read_partitions
 from .capture import CaptureOptions
@@ -135,7 +135,8 @@ def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: b
     try:
         fs = detect(window)
         if fs is None:
-            return PartitionPlan(part, None, None)
+            known = signatures.identify(window)  # an encrypted volume, a filesystem not read here, a RAID member
+            return PartitionPlan(part, None, None, *reversed(known)) if known else PartitionPlan(part, None, None)
         info, used = allocation_map(window)
         # what the map kept whole and why, and an LVM2 PV's logical volumes
         return PartitionPlan(part, replace(fs, warnings=info.warnings, volumes=info.volumes), used)

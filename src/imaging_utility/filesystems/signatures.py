@@ -1,0 +1,54 @@
+"""What is at the start of a volume that holds no filesystem this program maps: said in one line, so a user
+whose volume is imaged in full (or refused for ``--used-only``) learns why: an encrypted volume (BitLocker,
+LUKS), a filesystem this program does not read (ReFS, APFS, HFS+, F2FS, SquashFS), a RAID member, a
+partition table, zeros.  Signatures from each format's own documentation: BitLocker's volume header
+(``-FVE-FS-`` as the OEM name), LUKS1/2 (``LUKS\\xba\\xbe`` and a version), ReFS (``ReFS`` as the OEM
+name), APFS (``NXSB`` in the container superblock at 32), HFS+/HFSX (``H+``/``HX`` at 1024), F2FS (magic
+0xF2F52010 at 1024), SquashFS (``hsqs``), Linux MD superblocks 1.1 and 1.2 (0xa92b4efc at 0 or 4096)."""
+
+from __future__ import annotations
+
+import struct
+
+from ..blocks import BlockSource, read_at
+
+_MD_MAGIC = 0xA92B4EFC
+_F2FS_MAGIC = 0xF2F52010
+_NAMES = {"refs": "a ReFS volume", "apfs": "an APFS container", "hfsplus": "an HFS+ volume",
+          "squashfs": "a SquashFS image", "f2fs": "an F2FS volume"}
+
+
+def identify(source: BlockSource) -> tuple[str, str] | None:
+    """``(name, what it is)`` of a volume this program recognizes but does not map, or ``None``."""
+    head = read_at(source, 0, 8192)
+    if head[3:11] == b"-FVE-FS-":
+        return "bitlocker", ("a BitLocker-encrypted volume ('-FVE-FS-' at offset 3): which of its clusters are in "
+                             "use is hidden without its key")
+    if head[:6] == b"LUKS\xba\xbe":
+        version = struct.unpack_from(">H", head, 6)[0] if len(head) >= 8 else 0
+        return "luks", (f"a LUKS{version or ''} encrypted volume (cryptsetup): which of its blocks are in use is "
+                        "hidden without its key")
+    for name, found in (("refs", head[3:11] == b"ReFS\0\0\0\0"), ("apfs", head[32:36] == b"NXSB"),
+                        ("hfsplus", head[1024:1026] in (b"H+", b"HX")), ("squashfs", head[:4] == b"hsqs"),
+                        ("f2fs", len(head) >= 1028 and struct.unpack_from("<I", head, 1024)[0] == _F2FS_MAGIC)):
+        if found:
+            return name, f"{_NAMES[name]}, a filesystem this program does not read"
+    for at in (0, 4096):
+        if len(head) >= at + 8 and struct.unpack_from("<II", head, at) == (_MD_MAGIC, 1):
+            return "md", f"a Linux MD RAID member (superblock 1.{at // 4096 + 1}): image the assembled array instead"
+    return None
+
+
+def describe(source: BlockSource) -> str:
+    """What is at offset 0, for a message that says why no filesystem was mapped."""
+    known = identify(source)
+    if known is not None:
+        return known[1]
+    head = read_at(source, 0, 1024)
+    if head[512:520] == b"EFI PART":
+        return "a GPT partition table ('EFI PART' at offset 512): this is a whole disk, image a partition"
+    if not head.strip(b"\0"):
+        return "only zero bytes at offset 0"
+    if len(head) >= 512 and head[510:512] == b"\x55\xaa":
+        return "an MBR-like boot sector (55 AA at offset 510) without a filesystem"
+    return f"first bytes: {head[:8]!r}"
