@@ -213,12 +213,13 @@ class NtfsBackend:
     def _reparse(self, node: MftRecord, size: int) -> tuple[str, str | None]:
         """(type, target) of a reparse point: a link; a file whose data is here (compressed by WOF, or a cloud
         file wholly on this volume); else ``reparse``, the target saying what it is."""
+        compressed = self._wof(node)
+        if isinstance(compressed, wof.Wof):
+            return "file", None
+        if compressed is not None:  # a WOF file that is not read here, and why
+            return "reparse", f"reparse tag {wof.TAG_WOF:#010x}: {compressed}"
         rp = node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].attribute
         tag = int(rp.tag)
-        if tag == wof.TAG_WOF:
-            compressed = wof.parse(rp.buffer)
-            return ("file", None) if isinstance(compressed, wof.Wof) else ("reparse", f"reparse tag {tag:#010x}: "
-                                                                                    f"{compressed}")
         target = ntfs_links.reparse_target(tag, rp.substitute_name, bool(rp.relative), rp.buffer)
         if target is not None:
             return "symlink", target
@@ -226,9 +227,10 @@ class NtfsBackend:
             here = self._bytes_here(node)
             if here == size:
                 return "file", None
-            what = f"{here} of its {size} bytes are" if here is not None else "its data is stored compressed and"
-            return "reparse", (f"reparse tag {tag:#010x}: a cloud file (OneDrive or another sync client): {what} "
-                               "on this volume, the rest only in the cloud")
+            cloud = f"reparse tag {tag:#010x}: a cloud file (OneDrive or another sync client)"
+            if here is None:
+                return "reparse", f"{cloud} stored compressed: whether all its data is on this volume is not known"
+            return "reparse", f"{cloud}: {here} of its {size} bytes are on this volume, the rest only in the cloud"
         try:
             target = rp.print_name or rp.substitute_name
         except Exception:

@@ -136,7 +136,10 @@ def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: b
         fs = detect(window)
         if fs is None:
             known = signatures.identify(window)  # an encrypted volume, a filesystem not read here, a RAID member
-            return PartitionPlan(part, None, None, *reversed(known)) if known else PartitionPlan(part, None, None)
+            if known is None:
+                return PartitionPlan(part, None, None)
+            name, what = known
+            return PartitionPlan(part, None, None, what, name)
         info, used = allocation_map(window)
         # what the map kept whole and why, and an LVM2 PV's logical volumes
         return PartitionPlan(part, replace(fs, warnings=info.warnings, volumes=info.volumes), used)
