@@ -24,6 +24,7 @@ from files.filehelpers import curl, need, webdav
 from imaging_utility.devices.source import FileSource
 from imaging_utility.errors import CorruptImageError
 from imaging_utility.filesystems.tree import open_tree
+from imaging_utility.image.reader import open_image
 
 TEXT = (Path(__file__).resolve().parents[2] / "README.md").read_bytes()
 
@@ -96,7 +97,7 @@ def test_wof_files_are_listed_read_and_extracted_as_their_data(wof_volume: Path,
     for name, (_alg, data) in GOOD.items():
         entry = listing["/" + name]
         assert (entry["type"], entry["size"]) == ("file", len(data)), name
-        assert "WofCompressedData" not in json.dumps(entry)  # the storage of the data, not a stream of its own
+        assert entry.get("streams", []) == (["WofCompressedData"] if data else []), name  # its data, stored
     assert listing["/wimboot.dll"]["type"] == "reparse"
 
     # through an image of the volume, used-only: the compressed streams' clusters are in use and kept
@@ -179,3 +180,24 @@ def test_damaged_wof_files_fail_alone_with_one_line(tmp_path: Path) -> None:
     for name, (_size, _stream, why) in bad.items():
         assert any(f"/{name}" in line and why in line for line in errors), (name, proc.stderr)
     assert "Traceback" not in proc.stderr
+
+
+def test_a_damaged_chunk_under_a_wof_file_is_named(wof_volume: Path, tmp_path: Path) -> None:
+    """`ls --damaged` names the stream that holds a WOF file's data when an image chunk under it fails its
+    checksum, and `extract` fails that file alone."""
+    with FileSource(str(wof_volume)) as source:
+        _foff, disk, _n = open_tree(source).data_runs("/Program Files/app/code.exe", "WofCompressedData")[0]
+    img = tmp_path / "wof.img"
+    cli("image", "--chunk-size", "64K", wof_volume, img)
+    chunk = disk // (64 * 1024)
+    with open_image(str(img)) as reader:
+        at = reader.chunk_offsets[chunk] + reader.chunk_csizes[chunk] // 2
+    raw = bytearray(img.read_bytes())
+    raw[at] ^= 0x40
+    img.write_bytes(raw)
+    found = json.loads(cli("ls", "--damaged", "--json", img).stdout)
+    assert "/Program Files/app/code.exe:WofCompressedData" in {f["path"] for f in found}, found
+    proc = cli("extract", img, "/Program Files", tmp_path / "out", check=3)
+    assert f"/Program Files/app/code.exe: chunk {chunk} (" in proc.stderr and "(partial file kept)" in proc.stderr
+    app = tmp_path / "out" / "Program Files" / "app"
+    assert (app / "mixed.bin").read_bytes() == GOOD["Program Files/app/mixed.bin"][1]

@@ -172,9 +172,9 @@ class NtfsBackend:
         rdev = None
         size = int(node.size()) if not node.is_dir() and node.has_stream("") else 0
         if node.is_reparse_point():
+            # (a WOF file keeps its WofCompressedData stream listed, so that `ls --damaged` and `extract
+            # --streams` see where its data is stored)
             kind, target = self._reparse(node, size)
-            if kind == "file":
-                streams = tuple(n for n in streams if n != wof.STREAM)
         elif node.is_dir():
             kind, target = "dir", None
         else:
