@@ -134,3 +134,15 @@ def resident(dev: str, offset: int, length: int) -> int:
             _libc.munmap(addr, length)
     finally:
         os.close(fd)
+
+
+def damage_chunk(img: Path, chunk: int) -> None:
+    """Flip one bit in the middle of chunk ``chunk``'s compressed frame, in place: the chunk then fails
+    its checksum (a one-file image)."""
+    from imaging_utility.image.reader import open_image
+
+    with open_image(str(img)) as reader:
+        at = reader.chunk_offsets[chunk] + reader.chunk_csizes[chunk] // 2
+    raw = bytearray(img.read_bytes())
+    raw[at] ^= 0x40
+    img.write_bytes(raw)

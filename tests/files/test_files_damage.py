@@ -9,9 +9,9 @@ from pathlib import Path
 import fsbuild
 from conftest import cli
 from files.filehelpers import MiB, need
+from imagetools import damage_chunk
 from imaging_utility.devices.source import FileSource
 from imaging_utility.filesystems.tree import open_tree
-from imaging_utility.image.reader import open_image
 
 CHUNK = 64 * 1024
 
@@ -30,11 +30,7 @@ def test_damaged_counts_chunks_that_fail_their_checksum(tmp_path: Path) -> None:
     img = tmp_path / "vol.img"
     cli("image", "--chunk-size", "64K", vol, img)
     chunk = (disk + 3 * CHUNK) // CHUNK  # a chunk in the middle of large.bin
-    with open_image(str(img)) as reader:
-        at = reader.chunk_offsets[chunk] + reader.chunk_csizes[chunk] // 2
-    raw = bytearray(img.read_bytes())
-    raw[at] ^= 0x40
-    img.write_bytes(raw)
+    damage_chunk(img, chunk)
 
     found = json.loads(cli("ls", "--damaged", "--json", img).stdout)
     lost = (chunk * CHUNK - disk + foff, CHUNK)

@@ -21,10 +21,10 @@ import fsbuild
 import wimlib
 from conftest import cli
 from files.filehelpers import curl, need, webdav
+from imagetools import damage_chunk
 from imaging_utility.devices.source import FileSource
 from imaging_utility.errors import CorruptImageError
 from imaging_utility.filesystems.tree import open_tree
-from imaging_utility.image.reader import open_image
 
 TEXT = (Path(__file__).resolve().parents[2] / "README.md").read_bytes()
 
@@ -190,11 +190,7 @@ def test_a_damaged_chunk_under_a_wof_file_is_named(wof_volume: Path, tmp_path: P
     img = tmp_path / "wof.img"
     cli("image", "--chunk-size", "64K", wof_volume, img)
     chunk = disk // (64 * 1024)
-    with open_image(str(img)) as reader:
-        at = reader.chunk_offsets[chunk] + reader.chunk_csizes[chunk] // 2
-    raw = bytearray(img.read_bytes())
-    raw[at] ^= 0x40
-    img.write_bytes(raw)
+    damage_chunk(img, chunk)
     found = json.loads(cli("ls", "--damaged", "--json", img).stdout)
     assert "/Program Files/app/code.exe:WofCompressedData" in {f["path"] for f in found}, found
     proc = cli("extract", img, "/Program Files", tmp_path / "out", check=3)
