@@ -20,7 +20,10 @@ _NAMES = {"refs": "a ReFS volume", "apfs": "an APFS container", "hfsplus": "an H
 
 def identify(source: BlockSource) -> tuple[str, str] | None:
     """``(name, what it is)`` of a volume this program recognizes but does not map, or ``None``."""
-    head = read_at(source, 0, 8192)
+    return _identify(read_at(source, 0, 8192))
+
+
+def _identify(head: bytes) -> tuple[str, str] | None:
     if head[3:11] == b"-FVE-FS-":
         return "bitlocker", ("a BitLocker-encrypted volume ('-FVE-FS-' at offset 3): which of its clusters are in "
                              "use is hidden without its key")
@@ -41,13 +44,13 @@ def identify(source: BlockSource) -> tuple[str, str] | None:
 
 def describe(source: BlockSource) -> str:
     """What is at offset 0, for a message that says why no filesystem was mapped."""
-    known = identify(source)
+    head = read_at(source, 0, 8192)
+    known = _identify(head)
     if known is not None:
         return known[1]
-    head = read_at(source, 0, 1024)
     if head[512:520] == b"EFI PART":
         return "a GPT partition table ('EFI PART' at offset 512): this is a whole disk, image a partition"
-    if not head.strip(b"\0"):
+    if not head[:1024].strip(b"\0"):
         return "only zero bytes at offset 0"
     if len(head) >= 512 and head[510:512] == b"\x55\xaa":
         return "an MBR-like boot sector (55 AA at offset 510) without a filesystem"

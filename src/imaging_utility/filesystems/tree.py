@@ -37,7 +37,7 @@ from typing import Any
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, Error, NotFoundError, UnsupportedError, UsageError
 from .tree_entry import KINDS, TYPE_BITS, Backend, Entry, Layout, escape_name
-from .tree_stream import BlockFile, FileStream, runs_from_clusters
+from .tree_stream import BlockFile, FileStream, check_runs, runs_from_clusters
 
 __all__ = ["KINDS", "TYPE_BITS", "BlockFile", "Entry", "FileStream", "FileTree", "Layout", "escape_name", "open_tree",
            "runs_from_clusters"]
@@ -314,10 +314,7 @@ class FileTree:
         label = path + (f":{stream}" if stream else "")
         with self._guard(f"data of {label}"):
             layout = self.backend.layout(self._node(path), stream)
-        for _f, disk, n in layout.runs or []:
-            if disk is not None and (disk < 0 or disk + n > self.source.size):
-                raise CorruptImageError(f"{self.fs_type}: {label}: its data run at byte {disk} (+{n}) lies outside "
-                                        f"the volume of {self.source.size} bytes")
+        check_runs(layout.runs or [], self.source.size, f"{self.fs_type}: {label}")
         return layout
 
     def open(self, path: str, stream: str | None = None) -> FileStream:

@@ -37,7 +37,7 @@ from .ntfs import probe
 from .ntfs_record import MftRecords, Record
 from .ntfs_state import volume_state
 from .tree import BlockFile, Entry, Layout, runs_from_clusters
-from .tree_stream import read_runs
+from .tree_stream import check_runs, read_runs
 
 FIRST_USER_RECORD = 24  # records 0-23 are reserved for metafiles
 FILE_NAME_NAME = 0x42  # offset of the name in a $FILE_NAME value (length and namespace bytes just before)
@@ -258,30 +258,38 @@ class NtfsBackend:
         label = f"ntfs MFT record {node.segment}"
         size = int(node.size()) if node.has_stream("") else 0
         inner = self.layout(node, wof.STREAM)
+        if inner.runs is not None:
+            check_runs(inner.runs, self.source.size, f"{label} stream {wof.STREAM!r}")
+
+        def opener() -> IO[bytes]:
+            return cast(IO[bytes], wof.WofFile(compressed, size, inner.size, self._reader(inner, label), label))
+
+        return Layout(size, None, opener)
+
+    def _reader(self, inner: Layout, label: str) -> wof.ReadAt:
+        """``read_at(offset, n)`` of a stream: from its runs, or (resident) through its own stream."""
+        what = f"{label} stream {wof.STREAM!r}"
         if inner.runs is None:
             assert inner.opener is not None
             stream = inner.opener()
 
-            def read_at(offset: int, n: int) -> bytes:
+            def read_stream(offset: int, n: int) -> bytes:
                 stream.seek(offset)
                 data = stream.read(n)
                 if len(data) != n:
-                    raise CorruptImageError(f"{label}: its {wof.STREAM} stream ends at byte {offset + len(data)}")
+                    raise CorruptImageError(f"{what} ends at byte {offset + len(data)}")
                 return bytes(data)
-        else:
-            runs = inner.runs
-            for _f, disk, n in runs:
-                if disk is not None and (disk < 0 or disk + n > self.source.size):
-                    raise CorruptImageError(f"{label}: a run of its {wof.STREAM} stream at byte {disk} (+{n}) "
-                                            f"lies outside the volume of {self.source.size} bytes")
-            starts = [r[0] for r in runs]
 
-            def read_at(offset: int, n: int) -> bytes:
-                buf = bytearray(n)
-                read_runs(self.source, runs, starts, offset, memoryview(buf), f"{label} {wof.STREAM}")
-                return bytes(buf)
+            return read_stream
+        runs = inner.runs
+        starts = [r[0] for r in runs]
 
-        return Layout(size, None, lambda: cast(IO[bytes], wof.WofFile(compressed, size, inner.size, read_at, label)))
+        def read_runs_at(offset: int, n: int) -> bytes:
+            buf = bytearray(n)
+            read_runs(self.source, runs, starts, offset, memoryview(buf), what)
+            return bytes(buf)
+
+        return read_runs_at
 
     def layout(self, node: MftRecord | Record, stream: str | None) -> Layout:
         if isinstance(node, Record):

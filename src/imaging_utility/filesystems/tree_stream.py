@@ -15,7 +15,7 @@ from ..errors import CorruptImageError
 if TYPE_CHECKING:
     from .tree import FileTree, Layout
 
-__all__ = ["BlockFile", "FileStream", "Seekable", "read_runs", "runs_from_clusters"]
+__all__ = ["BlockFile", "FileStream", "Seekable", "check_runs", "read_runs", "runs_from_clusters"]
 
 
 class Seekable(io.RawIOBase):
@@ -131,6 +131,15 @@ def read_runs(source: BlockSource, runs: list[tuple[int, int | None, int]], star
                 check(disk + rel, part)
         done += take
         i += 1
+
+
+def check_runs(runs: list[tuple[int, int | None, int]], volume_size: int, label: str) -> None:
+    """A run outside the volume (a hostile or damaged map) is a ``CorruptImageError`` naming ``label``,
+    never a read past the source."""
+    for _f, disk, n in runs:
+        if disk is not None and (disk < 0 or disk + n > volume_size):
+            raise CorruptImageError(f"{label}: its data run at byte {disk} (+{n}) lies outside the volume of "
+                                    f"{volume_size} bytes")
 
 
 def runs_from_clusters(runs: list[tuple[int | None, int]], cluster: int, base: int, size: int,

@@ -44,6 +44,7 @@ from array import array
 from typing import NoReturn
 
 from ..errors import CorruptImageError
+from .wof_huffman import EMPTY, SUB, Code, canonical
 
 CHUNK = 32768
 
@@ -55,9 +56,6 @@ _PRE_SYMS = 20
 _OVERRUN = 50  # how far a run of the pretree may write past the lengths it decodes (wimlib's allowance)
 _MIN_ALIGNED_SLOT = 8  # first slot whose low 3 offset bits an aligned block codes with its aligned code
 _E8_FILE_SIZE = 12_000_000
-_EMPTY = -1  # the one entry of an empty code's table: reading a symbol with it is an error
-_ROOT_BITS = 11  # codewords up to this long are one lookup; longer ones a second, in a subtable
-_SUB = 1 << 24  # a root entry ``_SUB + (start << 5)``: the subtable at ``start``; it takes no bits itself
 
 # Extra offset bits per slot, and the offset of each slot's first value (slots 0-2 are R0, R1, R2).
 _EXTRA = (0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13)
@@ -65,53 +63,8 @@ _EXTRA_ALIGNED = tuple(n - 3 if slot >= _MIN_ALIGNED_SLOT else n for slot, n in 
 _BASE = tuple(sum(1 << n for n in _EXTRA[:slot]) - 2 for slot in range(_NUM_SLOTS))  # -2, -1, 0, 1, 2, 4, ...
 _R = struct.Struct("<3I")
 
-_Code = tuple[list[int], int, int]  # a table (``_code``), its root's index bits, the longest codeword
-
-
 def _fail(what: str, why: str) -> NoReturn:
     raise CorruptImageError(f"{what}: {why}")
-
-
-def _code(lens: list[int], start: int, count: int, max_len: int, name: str, what: str) -> _Code:
-    """The canonical prefix code of ``lens[start:start + count]`` as a lookup table: a root indexed by
-    the next ``root`` bits (at most ``_ROOT_BITS``) whose entries are ``symbol << 5 | length``, or for
-    the prefix of longer codewords a ``_SUB`` entry; its subtable is indexed by the ``bits - root`` bits
-    after the prefix, ``bits`` the longest length.  At most 2**11 + 496 * 2**5 entries.  An empty code
-    (all lengths 0, which wimlib's make_huffman_decode_table accepts) is ``[_EMPTY], 0, 0``."""
-    counts = [0] * (max_len + 1)
-    for i in range(start, start + count):
-        counts[lens[i]] += 1
-    left = 1
-    for n in range(1, max_len + 1):
-        left = (left << 1) - counts[n]
-        if left < 0:
-            _fail(what, f"the LZX {name} code is over-subscribed")
-    if left:
-        if left == 1 << max_len:
-            return [_EMPTY], 0, 0
-        _fail(what, f"the LZX {name} code is incomplete")
-    bits = max(n for n in range(max_len + 1) if counts[n])
-    root = min(bits, _ROOT_BITS)
-    part = lens[start : start + count]
-    table: list[int] = []  # the root, filled in canonical order: codewords are consecutive numbers
-    subs: list[int] = []  # the subtables, each filled in canonical order too (the code is complete)
-    code = length = 0
-    prefix = -1
-    for sym in sorted(range(count), key=part.__getitem__):  # stable: by length, then symbol
-        n = part[sym]
-        if not n:
-            continue
-        code <<= n - length
-        length = n
-        if n <= root:
-            table += [sym << 5 | n] * (1 << (root - n))
-        else:
-            if code >> (n - root) != prefix:
-                prefix = code >> (n - root)
-                table.append(_SUB + ((1 << root) + len(subs) << 5))
-            subs += [sym << 5 | n] * (1 << (bits - n))
-        code += 1
-    return table + subs, root, bits
 
 
 class _Bits:
@@ -138,12 +91,12 @@ class _Bits:
         self.have -= n
         return (self.buf >> self.have) & ((1 << n) - 1)
 
-    def symbol(self, code: _Code, ensure: int) -> int:
+    def symbol(self, code: Code, ensure: int) -> int:
         self.ensure(ensure)
         table, root, bits = code
         entry = table[(self.buf >> (self.have - root)) & ((1 << root) - 1)]
-        if entry >= _SUB:
-            entry = table[((entry - _SUB) >> 5) + ((self.buf >> (self.have - bits)) & ((1 << (bits - root)) - 1))]
+        if entry >= SUB:
+            entry = table[((entry - SUB) >> 5) + ((self.buf >> (self.have - bits)) & ((1 << (bits - root)) - 1))]
         self.have -= entry & 31
         return entry >> 5
 
@@ -152,7 +105,7 @@ def _read_lens(bs: _Bits, lens: list[int], start: int, count: int, what: str) ->
     """wimlib's lzx_read_codeword_lens: a pretree, then ``count`` lengths from ``start`` as deltas
     against the old ones; a run may write up to ``_OVERRUN`` entries past the end, as wimlib's does."""
     pre = [bs.bits(4) for _ in range(_PRE_SYMS)]
-    code = _code(pre, 0, _PRE_SYMS, 15, "pretree", what)
+    code = canonical(pre, 0, _PRE_SYMS, 15, "LZX pretree", what)
     if code[2] == 0:
         _fail(what, "an LZX pretree has no codes")
     at, end = start, start + count
@@ -258,15 +211,15 @@ def _decode(bs: _Bits, src: bytes, size: int, what: str) -> bytearray:
         _read_lens(bs, len_lens, 0, _LEN_SYMS, what)
         if not 1 <= bsize <= size - op:
             _fail(what, f"an LZX block of {bsize} bytes at byte {op} of {size}")
-        mt, mb, mfull = _code(main_lens, 0, _MAIN_SYMS, 16, "main", what)
+        mt, mb, mfull = canonical(main_lens, 0, _MAIN_SYMS, 16, "LZX main", what)
         if mfull == 0:
             _fail(what, "an LZX block's main code has no codes")
-        lt, lb, lfull = _code(len_lens, 0, _LEN_SYMS, 16, "length", what)
+        lt, lb, lfull = canonical(len_lens, 0, _LEN_SYMS, 16, "LZX length", what)
         if kind == 2:
-            at, ab, _ = _code(aligned_lens, 0, 8, 7, "aligned offset", what)  # 7 bits: no subtables
+            at, ab, _ = canonical(aligned_lens, 0, 8, 7, "LZX aligned offset", what)  # 7 bits: no subtables
             extra, min_aligned = _EXTRA_ALIGNED, _MIN_ALIGNED_SLOT
         else:
-            at, ab = [_EMPTY], 0
+            at, ab = [EMPTY], 0
             extra, min_aligned = _EXTRA, _NUM_SLOTS
         mm, lm, am = (1 << mb) - 1, (1 << lb) - 1, (1 << ab) - 1
         msub, lsub = (1 << (mfull - mb)) - 1, (1 << (lfull - lb)) - 1
@@ -288,7 +241,7 @@ def _decode(bs: _Bits, src: bytes, size: int, what: str) -> bytearray:
                     emit(entry >> 5)
                     op += 1
                     continue
-                if entry >= 16777216:  # _SUB: a codeword longer than the root's bits
+                if entry >= 16777216:  # SUB: a codeword longer than the root's bits
                     entry = mt[((entry - 16777216) >> 5) + ((buf >> (have - mfull)) & msub)]
                     have -= entry & 31
                     if entry < 8192:

@@ -17,35 +17,12 @@ from it: a chunk whose symbols need bits or bytes past its end is cut short, and
 from __future__ import annotations
 
 from ..errors import CorruptImageError
+from .wof_huffman import SUB, canonical
 
 NUM_SYMBOLS = 512
 MAX_LEN = 15
 MIN_MATCH = 3
 MAX_CHUNK = 1 << 16
-
-
-def _decode_table(lens: list[int], what: str) -> list[int]:
-    """A full lookup table of ``2**MAX_LEN`` entries, ``symbol << 4 | length``, for the canonical code."""
-    counts = [0] * (MAX_LEN + 1)
-    for n in lens:
-        counts[n] += 1
-    left = 1
-    for n in range(1, MAX_LEN + 1):
-        left = (left << 1) - counts[n]
-        if left < 0:
-            raise CorruptImageError(f"{what}: its Huffman code is over-subscribed")
-    if left:
-        # wimlib accepts an empty code, which then decodes symbol 0 from no bits; a chunk that has data
-        # to give always has symbols, so an empty (or otherwise incomplete) code is damage.
-        raise CorruptImageError(f"{what}: its Huffman code is incomplete")
-    table: list[int] = []
-    for n in range(1, MAX_LEN + 1):
-        if counts[n]:
-            span = 1 << (MAX_LEN - n)
-            for sym, length in enumerate(lens):
-                if length == n:
-                    table += [sym << 4 | n] * span
-    return table
 
 
 def _word(src: bytes, pos: int, bits: int, padding: int) -> tuple[int, int, int]:
@@ -68,22 +45,28 @@ def decompress(data: bytes | bytearray | memoryview, size: int, what: str) -> by
     for b in src[: NUM_SYMBOLS // 2]:
         lens.append(b & 15)
         lens.append(b >> 4)
-    table = _decode_table(lens, what)
+    table, root, longest = canonical(lens, 0, NUM_SYMBOLS, MAX_LEN, "XPRESS Huffman", what)
+    if not longest:
+        # wimlib accepts an empty code, which then decodes symbol 0 from no bits; a chunk that has data
+        # to give always has symbols, so an empty code is damage as any other incomplete one.
+        raise CorruptImageError(f"{what}: the XPRESS Huffman code is incomplete (it has no codewords)")
 
     out = bytearray()
     pos = NUM_SYMBOLS // 2  # the next byte of input
     bits = 0  # the bit buffer: ``have`` bits, the next one the highest
     have = 0
     padding = 0  # 16-bit words of zeros loaded past the end (look-ahead only)
-    top = (1 << MAX_LEN) - 1
+    top, sub = (1 << root) - 1, (1 << (longest - root)) - 1
     while len(out) < size:
         if have < MAX_LEN:  # wimlib's bitstream_ensure_bits(15): one word at most
             bits, pos, padding = _word(src, pos, bits, padding)
             have += 16
-        entry = table[(bits >> (have - MAX_LEN)) & top]
-        have -= entry & 15
+        entry = table[(bits >> (have - root)) & top]
+        if entry >= SUB:  # a codeword longer than the root's bits: its subtable
+            entry = table[((entry - SUB) >> 5) + ((bits >> (have - longest)) & sub)]
+        have -= entry & 31
         bits &= (1 << have) - 1
-        sym = entry >> 4
+        sym = entry >> 5
         if sym < 256:
             out.append(sym)
             continue
