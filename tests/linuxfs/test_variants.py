@@ -44,6 +44,19 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
     "ext4-ea-inode-large-dir": ("ext4", ("-O", "ea_inode,large_dir"), "", True),
     "ext4-no-journal": ("ext4", ("-O", "^has_journal"), "", False),
     "ext4-1k-inodes": ("ext4", ("-I", "1024", "-N", "20000"), "", False),
+    "xfs-agcount-2-big-log": ("xfs", ("-d", "agcount=2", "-l", "size=64m"), "", False),
+    "xfs-agcount-6": ("xfs", ("-d", "agcount=6"), "", False),
+    "btrfs-single-profiles": ("btrfs", ("-m", "single", "-d", "single"), "", False),
+    "btrfs-data-dup": ("btrfs", ("-d", "dup"), "", False),
+    "btrfs-compress-force-zstd15": ("btrfs", (), "compress-force=zstd:15", False),
+    "ext4-1k-blocks": ("ext4", ("-b", "1024"), "", False),
+    "ext4-32bit-no-flex-bg": ("ext4", ("-O", "^64bit,^flex_bg"), "", False),
+    "ext4-as-ext3": ("ext4", ("-O", "^extent,^flex_bg,^huge_file,^dir_nlink,^extra_isize,^64bit,^metadata_csum"),
+                     "", False),
+    "ext4-orphan-file": ("ext4", ("-O", "orphan_file"), "", False),  # this kernel has no quota, no unicode
+    "ext4-sparse-super2": ("ext4", ("-O", "sparse_super2,^resize_inode"), "", False),
+    "ext4-encrypt-verity-stable-inodes": ("ext4", ("-O", "encrypt,verity,stable_inodes"), "", False),
+    "ext4-128-byte-inodes": ("ext4", ("-I", "128"), "", False),
 }
 SIZE_MIB = {"xfs": 400, "btrfs": 300, "ext4": 300}  # recent mkfs.xfs refuses a volume under 300 MB
 
