@@ -1,8 +1,9 @@
-"""Fuzz the XFS (v5 and v4), Btrfs, LVM2 and Linux swap parsers: allocation maps and file trees.
+"""Fuzz the XFS (v5 and v4), Btrfs, LVM2, Linux swap and MD member parsers: allocation maps and file trees.
 
 Input: a byte choosing a real volume from ``fuzz/bases`` (``linuxfs.txt``; bit 7: recompute the
 checksums the parsers check after patching — the XFS superblock, AGFs and free-space B+tree blocks,
-Btrfs superblocks and tree blocks, the LVM2 label, metadata-area headers and metadata text), a byte
+Btrfs superblocks and tree blocks, the LVM2 label, metadata-area headers and metadata text, an MD
+superblock; inside an MD member only its superblock's), a byte
 choosing its length (0-127: whole; 128-255: cut to that many 128ths), then patch records
 ``u32 offset, u8 length - 1, bytes`` laid over it.  These volumes are mostly empty, so an offset with
 bit 31 set lands in one of the base's metadata blocks (bits 16-30 choose the block, bits 0-11 the place
@@ -164,6 +165,21 @@ def fix_lvm(source: PatchedSource) -> None:
     source.add_patch(sector * 512, bytes(sec))
 
 
+def fix_md(source: PatchedSource) -> None:
+    for at in (4096, 0, ((source.size // 512 - 16) & ~7) * 512):
+        if at < 0 or at + 256 > source.size:
+            continue
+        sb = bytearray(_read(source, at, 256))
+        if struct.unpack_from("<II", sb) != (0xA92B4EFC, 1):
+            continue
+        length = min(256 + 2 * struct.unpack_from("<I", sb, 220)[0], 4096, source.size - at)
+        sb = bytearray(_read(source, at, length))
+        sb[216:220] = bytes(4)
+        total = sum(struct.unpack_from(f"<{length // 4}I", sb)) + (sb[-2] | sb[-1] << 8 if length % 4 else 0)
+        source.add_patch(at + 216, (((total & 0xFFFFFFFF) + (total >> 32)) & 0xFFFFFFFF).to_bytes(4, "little"))
+        return
+
+
 def _walk(source: PatchedSource, subvolume: str | None = None, data_sums: bool = True) -> None:
     tree = open_tree(source, subvolume)
     if not data_sums:  # as if the damage had its data checksums rewritten: the decoders behind them are reached
@@ -192,8 +208,10 @@ def TestOneInput(data: bytes) -> None:
             fix_btrfs(name, source)
         elif name == "lvm":
             fix_lvm(source)
+        elif name.startswith("md"):
+            fix_md(source)
     _try(allocation_map, source)
-    if name == "lvm":
+    if name.endswith("lvm"):
         try:
             lvs = logical_volumes(source)
         except Error:

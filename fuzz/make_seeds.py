@@ -3,8 +3,9 @@
 Real structures made by their own tools: mkntfs + ntfs-3g, mke2fs -d, mkfs.fat + mtools, mkfs.exfat +
 exfat-fuse (root, for the two mounts), sfdisk and sgdisk for partition tables, and images written by
 this tool; mkfs.xfs, mkfs.btrfs, pvcreate/vgcreate/lvcreate (activation off) and mkswap for the Linux
-server filesystems.  Run once (``.venv/bin/python fuzz/make_seeds.py``, or ``… make_seeds.py linuxfs`` for
-those alone); the results are committed.  Free space is
+server filesystems, and Linux MD RAID-1 members around two of those (``… make_seeds.py md``).  Run once
+(``.venv/bin/python fuzz/make_seeds.py``, or ``… make_seeds.py linuxfs`` for those alone); the results are
+committed.  Free space is
 zero so the bases compress to little.
 """
 
@@ -302,6 +303,25 @@ def server_seeds() -> None:
     seed("servers", b"\1" + imd(9, 1, 2))
 
 
+def md_bases(tmp: Path) -> list[str]:
+    """Linux MD RAID-1 members around two of the bases above: superblock 1.2 before the LVM2 PV, 1.0 after
+    the mixed Btrfs (``tests/linuxfs/mdbuild.py`` writes them; there is no md driver to make them)."""
+    sys.path.insert(0, str(FUZZ.parent / "tests" / "linuxfs"))
+    import mdbuild
+
+    names = []
+    for name, version, inner in (("md12-lvm", "1.2", "lvm"), ("md10-btrfs", "1.0", "btrfs-mixed")):
+        data = zstandard.ZstdDecompressor().decompress((FUZZ / "bases" / f"{inner}.zst").read_bytes(),
+                                                        max_output_size=128 * MIB)
+        begin = MIB if version == "1.2" else 0
+        member = tmp / f"{name}.raw"
+        member.write_bytes(bytes(begin) + data + bytes(12 << 10))
+        mdbuild.write_sb1(member, version, 1, 2, begin, len(data), name="fuzz:0")
+        save_base(name, member.read_bytes())
+        names.append(name)
+    return names
+
+
 def wof_seeds() -> None:
     """Chunks and whole streams compressed by wimlib (the peer implementation of WOF's formats)."""
     import wimlib
@@ -325,6 +345,12 @@ def main() -> None:
         tmp = Path(t)
         if not only or "linuxfs" in only:
             names = linuxfs(tmp)
+            linuxfs_seeds(names)
+            (FUZZ / "bases" / "linuxfs.txt").write_text("\n".join(names) + "\n")
+        if not only or "linuxfs" in only or "md" in only:
+            known = (FUZZ / "bases" / "linuxfs.txt").read_text().split()
+            md = md_bases(tmp)
+            names = known + [n for n in md if n not in known]
             linuxfs_seeds(names)
             (FUZZ / "bases" / "linuxfs.txt").write_text("\n".join(names) + "\n")
         if not only or "wof" in only:

@@ -57,7 +57,7 @@ VOLUMES = {  # name -> (maker, what the line says)
     "apfs": (_patch(32, b"NXSB"), "an APFS container"),
     "hfsplus": (_patch(1024, b"H+\x00\x04"), "an HFS+ volume"),
     "md": (_patch(4096, (0xA92B4EFC).to_bytes(4, "little") + (1).to_bytes(4, "little")),
-           "a Linux MD RAID member (superblock 1.2): image the assembled array instead"),
+           "a Linux MD superblock 1.2 at offset 4096 is damaged"),  # whole ones: tests/linuxfs/test_md.py
 }
 
 

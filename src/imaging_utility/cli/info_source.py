@@ -68,7 +68,7 @@ def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str
                       "volumes": [vars(v) for v in plan.volume.volumes]}
         meta = plan.meta()
         rows = rows_from_meta(meta)
-        for row, part in zip(rows, plan.partitions, strict=True):  # an LVM2 PV partition: its logical volumes
+        for row, part in zip(rows, plan.partitions, strict=True):  # an LVM2 PV: its LVs; an MD member: its array
             row["volumes"] = [vars(v) for v in part.filesystem.volumes] if part.filesystem is not None else []
             if row["filesystem"] is None and part.found:  # found but not mapped: the warning says why
                 row["filesystem"] = f"{part.found} (not mapped)"
@@ -102,7 +102,8 @@ def run(path: str, as_json: bool, partition: int | None) -> int:
         _say(line)
     for row in rows:
         if row.get("volumes"):
-            _say(f"  partition {row['number']}: LVM2 physical volume")
+            what = "Linux MD RAID member" if row["filesystem"] == "md" else "LVM2 physical volume"
+            _say(f"  partition {row['number']}: {what}")
             for line in volume_lines(row["volumes"]):
                 _say("  " + line)
     if disk["volume"]:

@@ -1,16 +1,17 @@
 """Filesystem detection and allocation maps for used-only imaging.
 
-``detect`` recognises NTFS, ext2/3/4, FAT12/16/32, exFAT, XFS, Btrfs, Linux swap and LVM2
-physical volumes at offset 0 of a ``BlockSource``; ``allocation_map`` returns the byte ranges in use as the
-project's ``AllocationMap``.  The map always includes the filesystem's own
-metadata and everything past the filesystem's end up to the source's end.
+``detect`` recognises NTFS, ext2/3/4, FAT12/16/32, exFAT, XFS, Btrfs, Linux swap, LVM2
+physical volumes at offset 0 of a ``BlockSource`` and Linux MD RAID members (``md.py``);
+``allocation_map`` returns the byte ranges in use as the project's ``AllocationMap``.  The map always
+includes the filesystem's own metadata and everything past the filesystem's end up to the source's end.
 When the filesystem is unknown, damaged or in a state whose bitmaps cannot be
 trusted, ``UnsupportedError`` says what was found: never a partial or wrong map.
 
 Formats and their specs: ``ntfs.py``, ``ext.py``, ``fat.py``, ``exfat.py``, ``xfs.py``,
 ``btrfs.py``, ``lvm.py``; summaries in ``shared/reference/ntfs-bitmap-and-extfs.md`` and
 ``xfs-btrfs-lvm.md``.  An LVM2 physical volume's map is each logical volume's own map carried
-through its segments (``lvm_map.py``); ``FilesystemInfo.volumes`` says what was done with each.  The parsers are
+through its segments (``lvm_map.py``), an MD RAID-1 member's is its array's filesystem map carried through
+its data area; ``FilesystemInfo.volumes`` says what was done with each.  The parsers are
 our own over ``struct`` (dissect.* is used only by tests), so every read goes
 through ``BlockSource.readinto_at`` and memory stays bounded.  Functions here
 are thread-safe if the source is.
@@ -23,10 +24,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from ..blocks import BlockSource
+from ..blocks import BlockSource, WindowSource
 from ..errors import Error, UnsupportedError
 from ..extents import AllocationMap
-from . import btrfs, btrfs_map, exfat, ext, fat, lvm, lvm_map, ntfs, signatures, swap, xfs
+from . import btrfs, btrfs_map, exfat, ext, fat, lvm, lvm_map, md, ntfs, signatures, swap, xfs
 from .lvm_map import VolumeInfo
 
 __all__ = ["FilesystemInfo", "VolumeInfo", "allocation_map", "detect"]
@@ -36,25 +37,35 @@ _HINT = "image it in full without --used-only"
 
 @dataclass(frozen=True)
 class FilesystemInfo:
-    type: str  # "ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "exfat", "xfs", "btrfs", "lvm2", "swap"
+    type: str  # "ntfs", "ext2", "ext3", "ext4", "fat12", "fat16", "fat32", "exfat", "xfs", "btrfs", "lvm2", "swap",
+    # "md" (a Linux MD RAID member)
     cluster_size: int  # bytes per cluster/block
     volume_size: int  # bytes the filesystem spans (may be < source size)
     label: str | None
     serial: str | None  # volume serial / UUID as text
-    volumes: tuple[VolumeInfo, ...] = ()  # lvm2: each logical volume, its filesystem and used bytes
+    volumes: tuple[VolumeInfo, ...] = ()  # lvm2: each logical volume, its filesystem and used bytes; md: the array
     warnings: tuple[str, ...] = ()  # one line each: what the map had to keep whole, and why
 
 
 _Found = (ntfs.NtfsBoot | exfat.ExfatBoot | ext.ExtSuper | fat.FatBoot | xfs.XfsSuper | btrfs.BtrfsSuper | lvm.PvLabel
-          | swap.SwapHeader)
-_PROBES = (ntfs.probe, exfat.probe, ext.probe, fat.probe, xfs.probe, btrfs.probe, swap.probe, lvm.probe)
+          | swap.SwapHeader | md.MdSuper)
+_PROBES = (ntfs.probe, exfat.probe, ext.probe, fat.probe, xfs.probe, btrfs.probe, swap.probe)
+_ALL = frozenset({"lvm", "md"})  # the containers followed at the top level
+_IN = {"md": frozenset({"lvm"}), "lvm": frozenset()}  # ... and inside each: an LVM2 PV on an MD RAID-1 array
 
 
-def _probe(source: BlockSource, nested: bool = False) -> _Found | None:
-    """``nested``: inside a logical volume, where another PV label is not followed."""
-    found: list[_Found] = []
+def _probe(source: BlockSource, containers: frozenset[str] = _ALL) -> _Found | None:
+    """``containers``: which of an LVM2 PV label and an MD superblock are followed here (none inside a
+    logical volume, no MD superblock inside an MD array)."""
+    if "md" in containers:
+        member = md.probe(source)  # 0.90 and 1.0 at the end come before the array's filesystem at byte 0
+        if member is not None and member.version in ("0.90", "1.0"):
+            return member
+    else:
+        member = None
+    found: list[_Found] = [] if member is None else [member]
     errors: list[UnsupportedError] = []
-    for probe in _PROBES[:-1] if nested else _PROBES:
+    for probe in (*_PROBES, lvm.probe) if "lvm" in containers else _PROBES:
         try:
             hit = probe(source)
         except UnsupportedError as e:
@@ -88,6 +99,8 @@ def _info(source: BlockSource, fs: _Found) -> FilesystemInfo:
         return FilesystemInfo("xfs", fs.blocksize, fs.volume_size, fs.label, fs.serial)
     if isinstance(fs, btrfs.BtrfsSuper):
         return FilesystemInfo("btrfs", fs.sectorsize, fs.dev_total_bytes, fs.label, fs.serial)
+    if isinstance(fs, md.MdSuper):
+        return FilesystemInfo("md", 512, source.size, fs.name, fs.serial)
     if isinstance(fs, lvm.PvLabel):
         try:
             vg: str | None = lvm.read_vg(source, fs).name
@@ -181,17 +194,18 @@ def allocation_map(source: BlockSource) -> tuple[FilesystemInfo, AllocationMap]:
             an allocated cluster.
         SourceIOError: reading the source failed.
     """
-    return _allocation_map(source, nested=False)
+    return _allocation_map(source, _ALL)
 
 
-def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, AllocationMap]:
-    """``allocation_map``; ``nested`` inside a logical volume (no LVM there)."""
+def _allocation_map(source: BlockSource, containers: frozenset[str]) -> tuple[FilesystemInfo, AllocationMap]:
+    """``allocation_map``; ``containers`` as for ``_probe``."""
     with _parsing("the filesystem"):
-        fs = _probe(source, nested)
+        fs = _probe(source, containers)
         if fs is None:
             raise UnsupportedError(
                 f"no NTFS, ext2/3/4, FAT or exFAT filesystem found at offset 0, nor XFS, Btrfs"
-                f"{'' if nested else ' or an LVM2 physical volume'} ({signatures.describe(source)}); {_HINT}"
+                f"{' or an LVM2 physical volume' if 'lvm' in containers else ''} ({signatures.describe(source)}); "
+                f"{_HINT}"
             )
         info = _info(source, fs)
     end = _clusters_end(fs)
@@ -200,10 +214,12 @@ def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, 
             f"{info.type} filesystem spans {info.volume_size} bytes but the source ends at {source.size} "
             f"(truncated?); {_HINT}"
         )
+    if isinstance(fs, md.MdSuper):
+        return _md_map(source, fs, info, _IN["md"] & containers)
     warnings: list[str] = []
 
     def inner_map(inner: BlockSource) -> tuple[str, AllocationMap]:
-        inner_info, amap = _allocation_map(inner, nested=True)
+        inner_info, amap = _allocation_map(inner, _IN["lvm"] & containers)
         warnings.extend(inner_info.warnings)
         return inner_info.type, amap
 
@@ -223,3 +239,28 @@ def _allocation_map(source: BlockSource, nested: bool) -> tuple[FilesystemInfo, 
         ranges.append((info.volume_size, source.size - info.volume_size))
     amap = AllocationMap(ranges, size=source.size, cluster_size=info.cluster_size)
     return replace(info, warnings=tuple(warnings)), amap
+
+
+def _md_map(source: BlockSource, member: md.MdSuper, info: FilesystemInfo,
+            containers: frozenset[str]) -> tuple[FilesystemInfo, AllocationMap]:
+    """An MD RAID-1 member: its array's map through the data area, the rest kept; other levels refused.
+    ``volumes``: the array, then the logical volumes of an LVM2 PV on it."""
+    why = member.unmappable()
+    if why is not None:
+        raise UnsupportedError(f"{why}; {_HINT}")
+    begin, length = member.data_offset, member.data_size
+    name = f"md/{member.name or member.serial}"
+    try:
+        inner, amap = _allocation_map(WindowSource(source, begin, length), containers)
+    except UnsupportedError as e:
+        return (replace(info, volumes=(VolumeInfo(name, length, None, length, f"kept in full: {_reason(e)}"),)),
+                AllocationMap.full(source.size))
+    carried = [(begin + e.offset, e.length) for e in amap]
+    volume = VolumeInfo(name, length, inner.type, sum(n for _, n in carried))
+    ranges = [(0, begin), *carried, (begin + length, source.size - begin - length)]
+    return (replace(info, volumes=(volume, *inner.volumes), warnings=inner.warnings),
+            AllocationMap(ranges, size=source.size, cluster_size=512))
+
+
+def _reason(e: UnsupportedError) -> str:
+    return str(e).split(f"; {_HINT}")[0]

@@ -2,7 +2,8 @@
 
 Linear segments map straight onto the PV's extents; striped ones round-robin ``stripe_size``
 pieces over their stripes (lvm2 ``lib/metadata/lv_manip.c``; device-mapper ``dm-stripe``).  Only
-LVs that ``lvm.unreadable_reason`` accepts are opened.
+LVs that ``lvm.unreadable_reason`` accepts are opened.  A PV on an MD RAID-1 array is found in the data
+area of a member.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import bisect
 from ..blocks import BlockSource, check_range
 from ..errors import NotFoundError, UnsupportedError
 from ..extents import Extent, ExtentKind
-from .lvm import LogicalVolume, VolumeGroup, probe, read_vg, unreadable_reason
+from .lvm import LogicalVolume, PvLabel, VolumeGroup, probe, read_vg, unreadable_reason
+from .md import array_of
 
 __all__ = ["LvSource", "logical_volumes", "open_lv", "volume_names"]
 
@@ -71,13 +73,23 @@ class LvSource:
         return out
 
 
+def _pv(source: BlockSource) -> tuple[BlockSource, PvLabel | None]:
+    """The PV in ``source`` (or in the array of an MD RAID-1 member) and its label."""
+    try:
+        array = array_of(source)
+    except UnsupportedError:
+        array = None  # not the array's bytes: no PV is looked for in them
+    source = source if array is None else array
+    return source, probe(source)
+
+
 def open_lv(source: BlockSource, name: str) -> LvSource:
     """Logical volume ``name`` (``VG/LV``, ``LV`` or ``VG-LV``) of the PV at offset 0 of ``source``.
 
     Raises ``NotFoundError`` when ``source`` is no PV or has no such LV, ``UnsupportedError``
     when the LV cannot be read from this PV alone (thin, snapshot, RAID, several PVs).
     """
-    label = probe(source)
+    source, label = _pv(source)
     if label is None:
         raise NotFoundError(f"--lv {name}: there is no LVM2 physical volume here")
     vg = read_vg(source, label)
@@ -86,7 +98,7 @@ def open_lv(source: BlockSource, name: str) -> LvSource:
 
 def volume_names(source: BlockSource) -> str:
     """The visible LVs of the PV in ``source`` as ``vg/a, vg/b`` (or why they cannot be listed)."""
-    label = probe(source)
+    source, label = _pv(source)
     if label is None:
         return "none"
     try:
@@ -100,7 +112,7 @@ def logical_volumes(source: BlockSource) -> dict[str, LvSource]:
     """``{mapper name: LV}`` of every LV readable from the PV in ``source``; ``{}`` when it is no PV or
     its metadata cannot be read (whoever serves the raw bytes still can)."""
     try:
-        label = probe(source)
+        source, label = _pv(source)
         if label is None:
             return {}
         vg = read_vg(source, label)

@@ -338,6 +338,8 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
         UnsupportedError: no NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs filesystem there.
         UsageError: an LVM2 physical volume (a logical volume must be chosen), or ``subvolume`` on
             something other than Btrfs.
+
+    An MD RAID-1 member is read through its data area (the array); any other MD member is refused.
         CorruptImageError: the filesystem's root structures cannot be parsed.
     """
     from . import detect
@@ -348,6 +350,12 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
                                "(whole disk? pick one with --partition N)")
     if info.type == "swap":
         raise UnsupportedError("this volume is Linux swap: it holds no files")
+    if info.type == "md":  # a RAID-1 member holds the whole array: its filesystem is read there
+        from .md import array_of
+
+        array = array_of(source)
+        assert array is not None
+        return open_tree(array, subvolume)
     if info.type == "lvm2":
         from .lvm_source import volume_names
 

@@ -21,7 +21,7 @@ from typing import Any
 from ..blocks import BlockSource, WindowSource
 from ..errors import RefusedError, SourceIOError, UnsupportedError
 from ..extents import AllocationMap, compose
-from ..filesystems import FilesystemInfo, allocation_map, detect, signatures
+from ..filesystems import FilesystemInfo, allocation_map, detect, md, signatures
 from ..image.digests import Digests
 from ..partitions import Partition, PartitionTable, read_partitions
 from .capture import CaptureOptions
@@ -169,6 +169,9 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
     """
     table = table if table is not None else read_partitions(source)
     size, ss = source.size, source.sector_size
+    member = md.disk_member(source, [(p.offset, p.length) for p in table.partitions])
+    if member is not None and member.unmappable() is not None:  # the table is a striped array's: not used
+        table = PartitionTable(None, None, ss)
     warnings = list(table.warnings)
     if table.scheme is None:
         plan = plan_partition(source, Partition(0, 0, size, "whole disk", ""), tolerate_read_errors)
@@ -177,8 +180,9 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
             warnings += plan.filesystem.warnings
             amap = plan.used
         else:
-            warnings.append("no partition table and no known filesystem: imaged in full"
-                            + (f" ({plan.note})" if plan.note else ""))
+            warnings.append(f"its partition table is the array's, not this disk's: imaged in full ({plan.note})"
+                            if member is not None else "no partition table and no known filesystem: imaged in "
+                            "full" + (f" ({plan.note})" if plan.note else ""))
             amap = AllocationMap.full(size)
         return DiskPlan(size, ss, table, [], amap, plan.filesystem, warnings, plan)
     problems = table.problems(size)
@@ -228,12 +232,21 @@ def partition_table_of(source: BlockSource) -> PartitionTable | None:
     """The source's MBR/GPT when it is a partitioned disk; None when it is a volume (a filesystem at
     offset 0) or holds no table."""
     try:
-        if detect(source) is not None:
-            return None
+        found = detect(source)
     except UnsupportedError:
-        pass  # a damaged filesystem signature at offset 0: a table may still be what is there
+        found = None  # a damaged filesystem signature at offset 0: a table may still be what is there
+    if found is not None:  # a volume, unless it is an MD superblock at the end of a disk with a table
+        super_ = md.probe(source) if found.type == "md" else None
+        if super_ is None or super_.version not in ("0.90", "1.0"):
+            return None
     table = read_partitions(source)
-    return table if table.scheme is not None else None
+    if table.scheme is None:
+        return None
+    if found is not None:
+        member = md.disk_member(source, [(p.offset, p.length) for p in table.partitions])
+        if member is not None and member.unmappable() is not None:
+            return None  # a striped array's member: refused as a volume, in one line
+    return table
 
 
 def apply_disk_plan(opts: CaptureOptions, plan: DiskPlan) -> None:
