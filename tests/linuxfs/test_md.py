@@ -247,3 +247,38 @@ def test_raid1_superblock_of_the_last_partition_is_not_the_disk_s(tmp_path: Path
     out = tmp_path / "out"
     cli("extract", "--partition", "1", image, "/", out)
     assert lfsbuild.hash_regular(out) == expected
+
+
+@pytest.mark.parametrize("kind", ["imsm", "ddf"])
+def test_firmware_raid_member_is_not_mapped(kind: str, tmp_path: Path) -> None:
+    """A disk of an Intel RST (IMSM) or DDF firmware RAID set: its GPT and the ext4 in it are the array's
+    (on RAID-0, array offsets): the disk is kept in full and says why, `image --used-only` refuses it."""
+    need_tools("sgdisk")
+    disk = tmp_path / "disk.raw"
+    fsbuild.random_image(disk, 100, 36)
+    lfsbuild.run("sgdisk", "-n1:2048:+40M", "-t1:0700", disk)
+    part = tmp_path / "p1.raw"
+    fsbuild.make_ext(part, 40, None)
+    _splice(disk, MiB, part)
+    with open(disk, "r+b") as f:  # the metadata at the disk's end, where the firmware and mdadm look for it
+        if kind == "imsm":
+            f.seek(100 * MiB - 1024)
+            f.write(b"Intel Raid ISM Cfg Sig. 1.3.00\0\0")
+        else:
+            f.seek(100 * MiB - 512)
+            f.write(struct.pack(">I", 0xDE11DE11))
+    name = {"imsm": "Intel Matrix Storage / RST firmware RAID set", "ddf": "DDF firmware RAID set"}[kind]
+    run = cli("image", "--used-only", disk, tmp_path / "d.zst", check=4)
+    assert name in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert "firmware RAID, not mapped" in cli("info", disk).stdout
+    backup = cli("backup-disk", disk, tmp_path / "set")
+    assert f"{name}" in backup.stderr and "imaged in full" in backup.stderr, backup.stderr
+    cli("restore", tmp_path / "set" / "disk.img.zst", tmp_path / "back.raw")
+    assert (tmp_path / "back.raw").read_bytes() == disk.read_bytes()
+    volume = tmp_path / "volume.raw"  # an unpartitioned set: its filesystem at byte 0 is the array's too
+    fsbuild.make_ext(volume, 40, None)
+    with open(volume, "r+b") as f:
+        f.seek(40 * MiB - 1024)
+        f.write(b"Intel Raid ISM Cfg Sig. 1.3.00\0\0")
+    run = cli("image", "--used-only", volume, tmp_path / "v.zst", check=4)
+    assert "its ext4 filesystem is the array's" in run.stderr, run.stderr

@@ -208,6 +208,10 @@ def _allocation_map(source: BlockSource, containers: frozenset[str]) -> tuple[Fi
                 f"{_HINT}"
             )
         info = _info(source, fs)
+        raid = signatures.firmware_raid(source) if containers == _ALL else None
+    if raid is not None:  # the filesystem at byte 0 is the array's: on a striped set, not this disk's
+        raise UnsupportedError(f"{raid}: its {info.type} filesystem is the array's; image the assembled array; "
+                               f"{_HINT}")
     end = _clusters_end(fs)
     if info.volume_size > source.size and end is None:
         raise UnsupportedError(

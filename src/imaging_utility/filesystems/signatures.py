@@ -4,7 +4,13 @@ LUKS), a filesystem this program does not read (ReFS, APFS, HFS+, F2FS, SquashFS
 partition table, zeros.  Signatures from each format's own documentation: BitLocker's volume header
 (``-FVE-FS-`` as the OEM name), LUKS1/2 (``LUKS\\xba\\xbe`` and a version), ReFS (``ReFS`` as the OEM
 name), APFS (``NXSB`` in the container superblock at 32), HFS+/HFSX (``H+``/``HX`` at 1024), F2FS (magic
-0xF2F52010 at 1024), SquashFS (``hsqs``), Linux MD superblocks 1.1 and 1.2 (0xa92b4efc at 0 or 4096)."""
+0xF2F52010 at 1024), SquashFS (``hsqs``), Linux MD superblocks 1.1 and 1.2 (0xa92b4efc at 0 or 4096).
+
+At the end of a whole disk, ``firmware_raid`` finds the metadata of a firmware ("fake") RAID set, as mdadm's
+``super-intel.c`` and ``super-ddf.c`` look for it: Intel Matrix Storage / Rapid Storage Technology (IMSM:
+``Intel Raid ISM Cfg Sig. `` at the start of the second-to-last sector) and SNIA DDF (0xDE11DE11,
+big-endian, at the start of the last sector).  Such a disk's partition table and filesystems are the
+array's: on a striped set they describe the array's offsets, not the disk's, so nothing there is mapped."""
 
 from __future__ import annotations
 
@@ -42,12 +48,33 @@ def _identify(head: bytes) -> tuple[str, str] | None:
     return None
 
 
+_IMSM = b"Intel Raid ISM Cfg Sig. "
+_DDF_MAGIC = 0xDE11DE11
+
+
+def firmware_raid(source: BlockSource) -> str | None:
+    """What firmware RAID set the disk in ``source`` belongs to, from the metadata at its end, or ``None``."""
+    if source.size < 4096:
+        return None
+    tail = read_at(source, source.size - 1024, 1024)
+    if tail[: len(_IMSM)] == _IMSM:
+        version = tail[len(_IMSM) : len(_IMSM) + 6].split(b"\0")[0].decode("ascii", "replace")
+        return (f"a member of an Intel Matrix Storage / RST firmware RAID set (IMSM metadata {version} at the "
+                "end of the disk)")
+    if struct.unpack_from(">I", tail, 512)[0] == _DDF_MAGIC:
+        return "a member of a DDF firmware RAID set (DDF anchor in the last sector)"
+    return None
+
+
 def describe(source: BlockSource) -> str:
     """What is at offset 0, for a message that says why no filesystem was mapped."""
     head = read_at(source, 0, 8192)
     known = _identify(head)
     if known is not None:
         return known[1]
+    raid = firmware_raid(source)
+    if raid is not None:
+        return f"{raid}: its partitions and filesystems are the array's; image the assembled array"
     if head[512:520] == b"EFI PART":
         return "a GPT partition table ('EFI PART' at offset 512): this is a whole disk, image a partition"
     if not head[:1024].strip(b"\0"):

@@ -169,6 +169,12 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
     """
     table = table if table is not None else read_partitions(source)
     size, ss = source.size, source.sector_size
+    raid = signatures.firmware_raid(source)
+    if raid is not None:  # the table is the array's: not used
+        note = f"{raid}: its partition table and filesystems are the array's, not this disk's"
+        whole = PartitionPlan(Partition(0, 0, size, "whole disk", ""), None, None, note, "firmware RAID")
+        return DiskPlan(size, ss, PartitionTable(None, None, ss), [], AllocationMap.full(size), None,
+                        [f"{note}: imaged in full; image the assembled array for used-only"], whole)
     member = md.disk_member(source, [(p.offset, p.length) for p in table.partitions])
     if member is not None and member.unmappable() is not None:  # the table is a striped array's: not used
         table = PartitionTable(None, None, ss)
@@ -240,8 +246,8 @@ def partition_table_of(source: BlockSource) -> PartitionTable | None:
         if super_ is None or super_.version not in ("0.90", "1.0"):
             return None
     table = read_partitions(source)
-    if table.scheme is None:
-        return None
+    if table.scheme is None or signatures.firmware_raid(source) is not None:
+        return None  # a firmware RAID member: refused as a volume, in one line
     if found is not None:
         member = md.disk_member(source, [(p.offset, p.length) for p in table.partitions])
         if member is not None and member.unmappable() is not None:
