@@ -81,7 +81,13 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
     try:
         volume: BlockSource = source
         if partition is not None:
-            volume = partition_source(source, partition)
+            table = read_partitions(source)
+            if table.get(partition).dynamic:
+                raise UnsupportedError(
+                    f"partition {partition} is a Windows dynamic disk (LDM) partition: its volumes are laid out by "
+                    "the LDM database, which this program does not read (the filesystem at its start may span "
+                    "other places); read a simple volume with --offset/--length")
+            volume = partition_source(source, partition, table)
         elif offset is not None or length is not None:
             start = offset or 0
             size = length if length is not None else source.size - start

@@ -48,6 +48,10 @@ GPT_MAX_ENTRY_ARRAY = 4 * 1024 * 1024  # far above the usual 16 KiB; bounds memo
 _VBR_OEM_IDS = (b"NTFS", b"MSDOS", b"MSWIN", b"FAT", b"EXFAT", b"-FVE-FS-", b"SYSLINUX", b"mkfs.fat")
 
 
+# the MBR type and the GPT types (LDM metadata, LDM data) of a Windows dynamic disk
+LDM_TYPES = frozenset({"0x42", "5808c8aa-7e8f-42e0-85d2-e1e90434cfb3", "af9b60a0-1431-4f62-bc68-3311714a69ad"})
+
+
 @dataclass(frozen=True, slots=True)
 class Partition:
     """One partition; ``offset`` and ``length`` in bytes from the start of the disk."""
@@ -66,6 +70,11 @@ class Partition:
     @property
     def end(self) -> int:
         return self.offset + self.length
+
+    @property
+    def dynamic(self) -> bool:
+        """A Windows dynamic disk (LDM) partition: the volumes in it are laid out by the LDM database."""
+        return self.type_id.lower() in LDM_TYPES
 
     @property
     def table_length(self) -> int:
