@@ -137,3 +137,22 @@ def test_partitioned_loop_device_image(tmp_path: Path, loopdev: object) -> None:
     assert ident["partition_table"]["type"] == "gpt" and ident["whole_disk"]
     cli("restore", tmp_path / "d.img", tmp_path / "back.raw")
     assert file_sha256(tmp_path / "back.raw") == file_sha256(backing)
+
+
+def test_used_only_rescue_of_a_volume_whose_last_sectors_fail(tmp_path: Path) -> None:
+    """The RAID metadata probes read the source's last sectors, the first to fail on many dying disks: an
+    unreadable end is no RAID superblock there, not the end of the rescue (it names the bad sectors)."""
+    need_root()
+    backing = tmp_path / "vol.raw"
+    random_file(backing, 16 << 20, seed=4)
+    mkfs_ext4(backing)
+    sectors = (16 << 20) // SECTOR
+    bad = set(range(sectors - 256, sectors))  # the last 128 KiB: md 0.90, md 1.0, IMSM and DDF all lie there
+    with eio_fuse(backing, tmp_path / "mnt", bad, SECTOR) as disk:
+        proc = cli("image", "--used-only", "--rescue", "--json", disk, tmp_path / "v.img", check=None)
+        assert proc.returncode in (0, 3) and "Traceback" not in proc.stderr, proc.stderr
+        shown = cli("info", disk)
+        assert "ext4" in shown.stdout
+    cli("restore", tmp_path / "v.img", tmp_path / "back.raw")
+    fsck = subprocess.run(["e2fsck", "-f", "-n", str(tmp_path / "back.raw")], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout

@@ -43,11 +43,16 @@ def is_raw_source(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(4)
+            if starts_like_image(head):
+                return False
             f.seek(-4, os.SEEK_END)
-            tail = f.read(4)
+            try:
+                tail = f.read(4)
+            except OSError:
+                return True  # a raw file on failing media, its last sectors unreadable: still what image reads
     except OSError:
         return False  # the image reader says why it cannot be read
-    return not starts_like_image(head) and int.from_bytes(tail, "little") != c.SEEKABLE_FOOTER_MAGIC
+    return int.from_bytes(tail, "little") != c.SEEKABLE_FOOTER_MAGIC
 
 
 def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..blocks import BlockSource, WindowSource, read_at
-from ..errors import UnsupportedError
+from ..errors import SourceIOError, UnsupportedError
 
 MAGIC = 0xA92B4EFC
 _SB1_SIZE = 256
@@ -89,16 +89,25 @@ def probe(source: BlockSource) -> MdSuper | None:
     for version, at in (("1.1", 0), ("1.2", 4096), ("1.0", at_end)):
         if at is None or at < 0 or at + _SB1_SIZE > size:
             continue
-        head = read_at(source, at, _SB1_SIZE)
+        head = _read_tail(source, at, _SB1_SIZE) if version == "1.0" else read_at(source, at, _SB1_SIZE)
         if struct.unpack_from("<II", head) == (MAGIC, 1):
             return _parse1(source, version, at, head)
     if size >= 2 * _SB0_RESERVED:
         at = (size & ~(_SB0_RESERVED - 1)) - _SB0_RESERVED
-        block = read_at(source, at, _SB0_SIZE)
+        block = _read_tail(source, at, _SB0_SIZE)
         for order in "<>":
             if struct.unpack_from(order + "III", block) == (MAGIC, 0, 90):
                 return _parse0(block, order, at)
     return None
+
+
+def _read_tail(source: BlockSource, at: int, n: int) -> bytes:
+    """Bytes near the end, where a failing disk's unreadable sectors must not stop a rescue: zeros then
+    (no superblock is found there; the rescue names the sectors it could not read)."""
+    try:
+        return read_at(source, at, n)
+    except SourceIOError:
+        return bytes(n)
 
 
 def _fail(version: str, at: int, why: str) -> UnsupportedError:
