@@ -201,25 +201,37 @@ def test_disk_with_raid1_partition(tmp_path: Path) -> None:
     fsbuild.random_image(disk, 100, 33)
     lfsbuild.run("sgdisk", "-n1:2048:+64M", "-t1:fd00", "-n2:0:0", "-t2:8300", disk)
     _splice(disk, MiB, member)
+    _partition_1_through_its_array(disk, "md/host:0: ext4", expected, tmp_path)
+
+
+def _partition_1_through_its_array(disk: Path, volume: str, expected: dict[str, str], tmp: Path) -> None:
+    """``info`` names partition 1 as an MD member with its array's ``volume``; used-only and extract of it."""
     shown = cli("info", disk).stdout
-    assert "partition 1: Linux MD RAID member" in shown and "md/host:0: ext4" in shown, shown
-    image = tmp_path / "disk.zst"
+    assert "partition 1: Linux MD RAID member" in shown and volume in shown, shown
+    image = tmp / "disk.zst"
     cli("image", "--used-only", disk, image)
-    out = tmp_path / "out"
+    out = tmp / "out"
     cli("extract", "--partition", "1", image, "/", out)
     assert lfsbuild.hash_regular(out) == expected
+
+
+def _gpt_disk_with_ext4(tmp: Path, type_code: str, seed: int) -> Path:
+    """A 100 MiB disk of random bytes, a GPT with one 40 MiB partition of ``type_code`` holding an ext4."""
+    need_tools("sgdisk")
+    disk = tmp / "disk.raw"
+    fsbuild.random_image(disk, 100, seed)
+    lfsbuild.run("sgdisk", "-n1:2048:+40M", f"-t1:{type_code}", disk)
+    part = tmp / "p1.raw"
+    fsbuild.make_ext(part, 40, None)
+    _splice(disk, MiB, part)
+    return disk
 
 
 def test_striped_whole_disk_member_with_a_table_is_refused(tmp_path: Path) -> None:
     """A whole disk that is a RAID-0 member (superblock 1.0 at its end): the GPT at its start is the array's,
     and so is the ext4 in the partition that fits inside this disk; nothing of it may be mapped."""
-    need_tools("sgdisk", "mdadm")
-    disk = tmp_path / "disk.raw"
-    fsbuild.random_image(disk, 100, 34)
-    lfsbuild.run("sgdisk", "-n1:2048:+40M", "-t1:8300", disk)
-    part = tmp_path / "p1.raw"
-    fsbuild.make_ext(part, 40, None)
-    _splice(disk, MiB, part)
+    need_tools("mdadm")
+    disk = _gpt_disk_with_ext4(tmp_path, "8300", 34)
     mdbuild.write_sb1(disk, "1.0", 0, 2, 0, 99 * MiB)
     run = cli("image", "--used-only", disk, tmp_path / "d.zst", check=4)
     assert "Linux MD RAID-0 member (superblock 1.0" in run.stderr and run.stderr.count("\n") == 1, run.stderr
@@ -240,26 +252,14 @@ def test_raid1_superblock_of_the_last_partition_is_not_the_disk_s(tmp_path: Path
     fsbuild.random_image(disk, 65, 35)
     lfsbuild.run("sfdisk", "-q", disk, stdin=b"label: dos\nstart=2048, type=fd\n")
     _splice(disk, MiB, member)
-    shown = cli("info", disk).stdout
-    assert "partition 1: Linux MD RAID member" in shown and "md/6b8f1c2e" in shown, shown
-    image = tmp_path / "disk.zst"
-    cli("image", "--used-only", disk, image)
-    out = tmp_path / "out"
-    cli("extract", "--partition", "1", image, "/", out)
-    assert lfsbuild.hash_regular(out) == expected
+    _partition_1_through_its_array(disk, "md/6b8f1c2e", expected, tmp_path)
 
 
 @pytest.mark.parametrize("kind", ["imsm", "ddf"])
 def test_firmware_raid_member_is_not_mapped(kind: str, tmp_path: Path) -> None:
     """A disk of an Intel RST (IMSM) or DDF firmware RAID set: its GPT and the ext4 in it are the array's
     (on RAID-0, array offsets): the disk is kept in full and says why, `image --used-only` refuses it."""
-    need_tools("sgdisk")
-    disk = tmp_path / "disk.raw"
-    fsbuild.random_image(disk, 100, 36)
-    lfsbuild.run("sgdisk", "-n1:2048:+40M", "-t1:0700", disk)
-    part = tmp_path / "p1.raw"
-    fsbuild.make_ext(part, 40, None)
-    _splice(disk, MiB, part)
+    disk = _gpt_disk_with_ext4(tmp_path, "0700", 36)
     with open(disk, "r+b") as f:  # the metadata at the disk's end, where the firmware and mdadm look for it
         if kind == "imsm":
             f.seek(100 * MiB - 1024)
