@@ -12,6 +12,7 @@ from pathlib import Path
 import fsbuild
 from conftest import cli
 from files.filehelpers import need
+from imagetools import damage_chunk
 from imaging_utility.devices.source import FileSource
 from imaging_utility.filesystems.tree import open_tree
 
@@ -147,6 +148,40 @@ def test_ntfs_compressed_files_are_read_as_ntfs_3g_wrote_them(tmp_path: Path) ->
     cli("extract", vol, "/comp", tmp_path / "out")
     for name, data in files.items():
         assert (tmp_path / "out" / "comp" / name).read_bytes() == data, name
+
+
+def test_a_damaged_chunk_under_a_compressed_file_is_named(tmp_path: Path) -> None:
+    """`ls --damaged` names an LZNT1-compressed file whose clusters lie in an image chunk that fails its
+    checksum, with whole compression units lost (a unit is decoded whole), and `extract` fails it."""
+    need("ntfs")
+    vol = tmp_path / "lznt1.raw"
+    fsbuild.random_image(vol, 32)
+    fsbuild._run("mkntfs", "-F", "-Q", "-c", "4096", "-L", "lznt1", vol)
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_bytes() * 8
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fsbuild._run("ntfs-3g", "-o", "rw,compression", vol, mnt)
+    try:
+        (mnt / "comp").mkdir()
+        fsbuild._run("setfattr", "-n", "system.ntfs_attrib_be", "-v", "0x00000810", mnt / "comp")
+        (mnt / "comp" / "text.txt").write_bytes(text)
+        (mnt / "plain.txt").write_bytes(b"plain\n" * 1000)
+    finally:
+        fsbuild._run("umount", mnt)
+    with FileSource(str(vol)) as source:
+        layout = open_tree(source).layout("/comp/text.txt")
+    assert layout.runs is None and layout.stored, layout  # read through the decoder; its clusters known
+    disk, _n, foff, flen = layout.stored[1]
+    img = tmp_path / "vol.img"
+    cli("image", "--chunk-size", "64K", vol, img)
+    damage_chunk(img, disk // (64 * 1024))
+    found = {f["path"]: f for f in json.loads(cli("ls", "--damaged", "--json", img).stdout)}
+    assert set(found) == {"/comp/text.txt"}, found
+    lost = found["/comp/text.txt"]["lost"]
+    assert any(r["offset"] <= foff and foff + flen <= r["offset"] + r["length"] for r in lost), (foff, flen, lost)
+    assert all(r["offset"] % 65536 == 0 and r["length"] % 65536 == 0 for r in lost), lost  # whole units
+    proc = cli("extract", img, "/", tmp_path / "out", check=3)
+    assert "/comp/text.txt" in proc.stderr and (tmp_path / "out" / "plain.txt").read_bytes() == b"plain\n" * 1000
 
 
 def test_a_file_whose_runs_span_many_mft_records(tmp_path: Path) -> None:

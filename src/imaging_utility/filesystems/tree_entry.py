@@ -80,12 +80,15 @@ class Layout:
     ``[0, size)`` in order) when they can be read straight from the source, else ``opener`` (a dissect
     stream for resident, inline or compressed data, read under the tree lock).  ``check(disk_offset,
     data)``, when given, is called under the tree lock with what was read from each run, and raises
-    if the filesystem's own data checksums say it is damaged."""
+    if the filesystem's own data checksums say it is damaged.  ``stored``, for compressed data read
+    through ``opener``: ``(disk_offset, length, file_offset, file_length)`` of its clusters on the source,
+    each spoiling the whole file range (its compression unit) if any of its bytes is lost."""
 
     size: int
     runs: list[tuple[int, int | None, int]] | None
     opener: Callable[[], IO[bytes]] | None = None
     check: Callable[[int, memoryview], None] | None = None
+    stored: list[tuple[int, int, int, int]] | None = None
 
 
 class Backend(Protocol):

@@ -307,13 +307,30 @@ class NtfsBackend:
         if first.flags & ATTRIBUTE_FLAG_ENCRYPTED:
             raise CorruptImageError(f"{label} is encrypted (EFS): its data cannot be read without its owner's "
                                     "private key, which no image holds")
-        if first.resident or first.flags & ATTRIBUTE_FLAG_COMPRESSION_MASK:
+        if first.resident:
             return Layout(size, None, attrs.open)
+        if first.flags & ATTRIBUTE_FLAG_COMPRESSION_MASK:  # LZNT1, decoded by dissect
+            return Layout(size, None, attrs.open, stored=self._units(attrs.dataruns(), first.compression_unit, size))
         valid = max(0, min(int(first.header.Form.Nonresident.ValidDataLength), size))
         runs = runs_from_clusters(attrs.dataruns(), self.fs.cluster_size, 0, valid, label)
         if valid < size:  # past the valid data length the stream reads as zeros
             runs.append((valid, None, size - valid))
         return Layout(size, runs)
+
+    def _units(self, runs: list[tuple[int | None, int]], unit_log: int | None,
+               size: int) -> list[tuple[int, int, int, int]]:
+        """An LZNT1 stream's clusters, each with the compression unit(s) of the file it holds: a unit
+        (16 clusters) is decoded whole, so one lost byte of it loses the unit."""
+        cs = self.fs.cluster_size
+        unit = cs << min(unit_log or 0, 16)
+        out, vcn = [], 0
+        for lcn, count in runs:
+            if lcn is not None and count > 0:
+                first, last = vcn * cs // unit * unit, min(-(-(vcn + count) * cs // unit) * unit, size)
+                if first < last:
+                    out.append((lcn * cs, count * cs, first, last - first))
+            vcn += count
+        return out
 
     def _fast_layout(self, node: Record, stream: str | None) -> Layout:
         data = node.streams.get(stream or "")

@@ -156,19 +156,30 @@ def damaged_files(tree: FileTree, bad_ranges: list[tuple[int, int]]) -> list[tup
             continue
         for stream in (None, *entry.streams):
             try:
-                runs = tree.data_runs(entry.path, stream)
+                layout = tree.layout(entry.path, stream)
             except (CorruptImageError, NotFoundError):
                 continue
             lost: list[tuple[int, int]] = []
-            for foff, disk, n in runs:
-                i = max(0, bisect.bisect_right(starts, disk) - 1)
-                while i < len(bad) and bad[i][0] < disk + n:
-                    s, e = max(bad[i][0], disk), min(bad[i][1], disk + n)
-                    if s < e:
-                        lost.append((foff + s - disk, e - s))
-                    i += 1
+            for foff, disk, n in layout.runs or []:
+                if disk is not None:  # a hole loses nothing
+                    lost += [(foff + s - disk, e - s) for s, e in _bad_in(bad, starts, disk, n)]
+            for disk, n, foff, flen in layout.stored or []:  # compressed: a lost byte loses its whole unit
+                if _bad_in(bad, starts, disk, n):
+                    lost.append((foff, flen))
             if lost:
                 out.append((entry.path + (f":{stream}" if stream else ""), _merge(lost)))
+    return out
+
+
+def _bad_in(bad: list[tuple[int, int]], starts: list[int], disk: int, n: int) -> list[tuple[int, int]]:
+    """The parts ``(start, end)`` of the sorted ``bad`` ranges inside ``[disk, disk + n)``."""
+    out = []
+    i = max(0, bisect.bisect_right(starts, disk) - 1)
+    while i < len(bad) and bad[i][0] < disk + n:
+        s, e = max(bad[i][0], disk), min(bad[i][1], disk + n)
+        if s < e:
+            out.append((s, e))
+        i += 1
     return out
 
 
