@@ -13,6 +13,13 @@ Interix files (ntfs-3g ``src/ntfs-3g.c`` ``ntfs_fuse_getattr``): a non-directory
 attribute whose unnamed data is empty (FIFO) or one byte long (socket) when it is not HIDDEN, or begins
 with ``IntxLNK\\1`` (symlink, UTF-16LE target), ``IntxCHR\\0`` or ``IntxBLK\\0`` (device, then u64
 major and minor; exactly 24 bytes).
+
+WSL (Windows Subsystem for Linux, version 1, and ntfs-3g with ``special_files=wsl``): a FIFO, socket or
+device is a reparse point of tag ``IO_REPARSE_TAG_LX_FIFO``/``AF_UNIX``/``LX_CHR``/``LX_BLK`` with no data,
+and any file may carry its POSIX fields as extended attributes ($EA, a chain of
+FILE_FULL_EA_INFORMATION entries, MS-FSCC 2.4.15: next-entry offset, flags, name length, value length,
+the name and a NUL, the value): ``$LXUID``, ``$LXGID``, ``$LXMOD`` (u32 each) and ``$LXDEV`` (u32 major,
+u32 minor).
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ FILE_ATTRIBUTE_SYSTEM = 0x0004
 TAG_MOUNT_POINT = 0xA0000003
 TAG_SYMLINK = 0xA000000C
 TAG_LX_SYMLINK = 0xA000001D
+LX_SPECIAL = {0x80000023: "socket", 0x80000024: "fifo", 0x80000025: "char", 0x80000026: "block"}
+EA_MAX = 65536  # the most a file's extended attributes may take (MS-FSCC: the EA set is at most 64 KiB)
+_EA_ENTRY = struct.Struct("<IBBH")
 # Reparse points whose file keeps its data, wherever it has it, in its own unnamed stream: cloud files
 # (IO_REPARSE_TAG_CLOUD..CLOUD_F, 0x9000n01A: OneDrive and other Cloud Files API clients; a part not
 # downloaded is a sparse hole), the old OneDrive tag, Windows Projected File System, Azure File Sync.
@@ -40,6 +50,32 @@ INTX_DEVICE = struct.Struct("<8sQQ")
 INTX_MAGIC_SIZE = 8
 INTX_MAX = INTX_MAGIC_SIZE + 2 * 4096  # the largest Interix file ntfs-3g reads (PATH_MAX UTF-16 units)
 _DRIVE = re.compile(r"^(?:\\\?\?\\)?[A-Za-z]:\\")
+
+
+def lx_fields(ea: bytes) -> dict[str, int]:
+    """WSL's POSIX fields in an $EA value: ``uid``, ``gid``, ``mode`` (type and permission bits) and
+    ``rdev``, those present; a damaged chain ends the walk (what came before it is kept)."""
+    out: dict[str, int] = {}
+    pos = 0
+    for _ in range(EA_MAX // _EA_ENTRY.size):
+        if pos + _EA_ENTRY.size > len(ea):
+            break
+        step, _flags, name_len, value_len = _EA_ENTRY.unpack_from(ea, pos)
+        name_at = pos + _EA_ENTRY.size
+        value_at = name_at + name_len + 1
+        if value_at + value_len > len(ea):
+            break
+        name, value = ea[name_at : name_at + name_len], ea[value_at : value_at + value_len]
+        key = {b"$LXUID": "uid", b"$LXGID": "gid", b"$LXMOD": "mode"}.get(name)
+        if key is not None and value_len >= 4:
+            out[key] = struct.unpack_from("<I", value)[0]
+        elif name == b"$LXDEV" and value_len >= 8:
+            major, minor = struct.unpack_from("<II", value)
+            out["rdev"] = os.makedev(major, minor)
+        if step < _EA_ENTRY.size:
+            break
+        pos += step
+    return out
 
 
 def data_in_place(tag: int) -> bool:

@@ -42,6 +42,7 @@ from .ntfs import (
 ATTR_STANDARD_INFORMATION = 0x10
 ATTR_ATTRIBUTE_LIST = 0x20
 ATTR_REPARSE_POINT = 0xC0
+ATTR_EA = 0xE0  # extended attributes (FILE_FULL_EA_INFORMATION entries): WSL keeps POSIX fields there
 RECORD_IS_DIRECTORY = 0x0002  # FILE_FILE_NAME_INDEX_PRESENT
 ATTR_FLAG_COMPRESSED = 0x00FF
 ATTR_FLAG_ENCRYPTED = 0x4000
@@ -70,6 +71,7 @@ class Record:
     streams: dict[str, DataStream]  # "" is the unnamed (main) stream
     atime_ns: int | None = None
     attributes: int = 0  # $STANDARD_INFORMATION file attributes (FILE_ATTRIBUTE_*)
+    ea: bytes = b""  # the resident $EA value, if any
 
     @property
     def is_dir(self) -> bool:
@@ -84,6 +86,7 @@ def parse_record(rec: bytearray, number: int, offset: int) -> Record | None:
     mtime: int | None = None
     atime: int | None = None
     attributes = 0
+    ea = b""
     streams: dict[str, DataStream] = {}
     pos = attr_ofs
     while pos + 4 <= used:
@@ -103,6 +106,13 @@ def parse_record(rec: bytearray, number: int, offset: int) -> Record | None:
             mtime = (_U64.unpack_from(rec, pos + vofs + 8)[0] - NTFS_EPOCH_100NS) * 100
             atime = (_U64.unpack_from(rec, pos + vofs + 24)[0] - NTFS_EPOCH_100NS) * 100
             attributes = int.from_bytes(rec[pos + vofs + 32 : pos + vofs + 36], "little")
+        elif atype == ATTR_EA:
+            if nonres:
+                return None
+            vlen, vofs = ATTR_RESIDENT.unpack_from(rec, pos + 0x10)
+            if vofs + vlen > alen:
+                return None
+            ea = bytes(rec[pos + vofs : pos + vofs + vlen])
         elif atype == ATTR_DATA:
             if aflags & (ATTR_FLAG_COMPRESSED | ATTR_FLAG_ENCRYPTED) or name_ofs + 2 * name_len > alen:
                 return None
@@ -119,7 +129,7 @@ def parse_record(rec: bytearray, number: int, offset: int) -> Record | None:
         pos += alen
     else:
         return None  # ran off the record without the end marker
-    return Record(number, flags, links, mtime, streams, atime, attributes)
+    return Record(number, flags, links, mtime, streams, atime, attributes, ea)
 
 
 def _data_stream(rec: bytearray, pos: int, alen: int, nonres: int, offset: int) -> DataStream | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import stat
 from collections.abc import Callable, Iterator
 from typing import IO, Any, cast
 
@@ -156,9 +157,10 @@ class NtfsBackend:
             rdev: int | None = None
             if kind == "file":
                 kind, target, rdev = self._interix(node, node.attributes, size)
+            lx = ntfs_links.lx_fields(node.ea) if node.ea else {}
             return Entry(name=name, path=path, type=kind, size=size, mtime_ns=node.mtime_ns, inode=node.number,
                          nlink=node.link_count, streams=tuple(sorted(n for n in node.streams if n)), target=target,
-                         atime_ns=node.atime_ns, rdev=rdev)
+                         atime_ns=node.atime_ns, rdev=rdev, **_posix(lx))
         attrs = node.attributes
         mtime: int | None = None
         atime: int | None = None
@@ -171,17 +173,27 @@ class NtfsBackend:
         streams = tuple(sorted({a.name for a in attrs[ATTRIBUTE_TYPE_CODE.DATA] if a.name}))
         rdev = None
         size = int(node.size()) if not node.is_dir() and node.has_stream("") else 0
+        lx = self._lx(node)
         if node.is_reparse_point():
             # (a WOF file keeps its WofCompressedData stream listed, so that `ls --damaged` and `extract
             # --streams` see where its data is stored)
             kind, target = self._reparse(node, size)
+            rdev = lx.get("rdev") if kind in ("char", "block") else None
         elif node.is_dir():
             kind, target = "dir", None
         else:
             kind, target, rdev = self._interix(node, attributes, size)
         return Entry(name=name, path=path, type=kind, size=size if kind in ("file", "reparse") else 0,
                      mtime_ns=mtime, inode=int(node.segment), nlink=int(node.header.ReferenceCount),
-                     streams=streams, target=target, atime_ns=atime, rdev=rdev)
+                     streams=streams, target=target, atime_ns=atime, rdev=rdev, **_posix(lx))
+
+    def _lx(self, node: MftRecord) -> dict[str, int]:
+        """WSL's POSIX fields from the record's extended attributes (none: ``{}``)."""
+        out: dict[str, int] = {}
+        for attr in node.attributes[ATTRIBUTE_TYPE_CODE.EA]:
+            if 0 < attr.header.size <= ntfs_links.EA_MAX:  # more is no valid EA set: ignored
+                out.update(ntfs_links.lx_fields(bytes(attr.data())))
+        return out
 
     def _interix(self, node: MftRecord | Record, attributes: int, size: int) -> tuple[str, str | None, int | None]:
         """(type, target, rdev) of a plain file: ``file`` unless it is one of ntfs-3g's Interix files."""
@@ -220,6 +232,8 @@ class NtfsBackend:
             return "reparse", f"reparse tag {wof.TAG_WOF:#010x}: {compressed}"
         rp = node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].attribute
         tag = int(rp.tag)
+        if tag in ntfs_links.LX_SPECIAL:  # a WSL FIFO, socket or device
+            return ntfs_links.LX_SPECIAL[tag], None
         target = ntfs_links.reparse_target(tag, rp.substitute_name, bool(rp.relative), rp.buffer)
         if target is not None:
             return "symlink", target
@@ -345,3 +359,9 @@ class NtfsBackend:
         if valid < data.size:  # past the valid data length the stream reads as zeros
             runs.append((valid, None, data.size - valid))
         return Layout(data.size, runs)
+
+
+def _posix(lx: dict[str, int]) -> dict[str, int | None]:
+    """``Entry`` fields from WSL's: permission bits (the file's type is the record's), owner and group."""
+    mode = lx.get("mode")
+    return {"mode": None if mode is None else stat.S_IMODE(mode), "uid": lx.get("uid"), "gid": lx.get("gid")}
