@@ -160,7 +160,8 @@ class NtfsBackend:
             lx = ntfs_links.lx_fields(node.ea) if node.ea else {}
             return Entry(name=name, path=path, type=kind, size=size, mtime_ns=node.mtime_ns, inode=node.number,
                          nlink=node.link_count, streams=tuple(sorted(n for n in node.streams if n)), target=target,
-                         atime_ns=node.atime_ns, rdev=rdev, **_posix(lx))
+                         atime_ns=node.atime_ns, rdev=rdev, mode=_perm(lx), uid=lx.get("uid"),
+                         gid=lx.get("gid"))
         attrs = node.attributes
         mtime: int | None = None
         atime: int | None = None
@@ -185,7 +186,8 @@ class NtfsBackend:
             kind, target, rdev = self._interix(node, attributes, size)
         return Entry(name=name, path=path, type=kind, size=size if kind in ("file", "reparse") else 0,
                      mtime_ns=mtime, inode=int(node.segment), nlink=int(node.header.ReferenceCount),
-                     streams=streams, target=target, atime_ns=atime, rdev=rdev, **_posix(lx))
+                     streams=streams, target=target, atime_ns=atime, rdev=rdev, mode=_perm(lx), uid=lx.get("uid"),
+                     gid=lx.get("gid"))
 
     def _lx(self, node: MftRecord) -> dict[str, int]:
         """WSL's POSIX fields from the record's extended attributes (none: ``{}``)."""
@@ -361,7 +363,8 @@ class NtfsBackend:
         return Layout(data.size, runs)
 
 
-def _posix(lx: dict[str, int]) -> dict[str, int | None]:
-    """``Entry`` fields from WSL's: permission bits (the file's type is the record's), owner and group."""
+
+def _perm(lx: dict[str, int]) -> int | None:
+    """The permission bits of WSL's ``$LXMOD`` (the file's type is the record's, not the EA's)."""
     mode = lx.get("mode")
-    return {"mode": None if mode is None else stat.S_IMODE(mode), "uid": lx.get("uid"), "gid": lx.get("gid")}
+    return None if mode is None else stat.S_IMODE(mode)
