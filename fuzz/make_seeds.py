@@ -3,7 +3,8 @@
 Real structures made by their own tools: mkntfs + ntfs-3g, mke2fs -d, mkfs.fat + mtools, mkfs.exfat +
 exfat-fuse (root, for the two mounts), sfdisk and sgdisk for partition tables, and images written by
 this tool; mkfs.xfs, mkfs.btrfs, pvcreate/vgcreate/lvcreate (activation off) and mkswap for the Linux
-server filesystems, and Linux MD RAID-1 members around two of those (``… make_seeds.py md``).  Run once
+server filesystems, Linux MD RAID-1 members around two of those (``… make_seeds.py md``), and an NTFS
+volume with WSL's special files (``… make_seeds.py wsl``).  Run once
 (``.venv/bin/python fuzz/make_seeds.py``, or ``… make_seeds.py linuxfs`` for those alone); the results are
 committed.  Free space is
 zero so the bases compress to little.
@@ -303,6 +304,30 @@ def server_seeds() -> None:
     seed("servers", b"\1" + imd(9, 1, 2))
 
 
+def wsl_base(tmp: Path) -> str:
+    """An NTFS volume with WSL's special files (reparse points) and $LX* extended attributes, written by
+    ntfs-3g with ``special_files=wsl``."""
+    import os
+
+    vol = tmp / "ntfs-wsl.raw"
+    vol.write_bytes(bytes(4 * MIB))
+    run("mkntfs", "-F", "-Q", "-L", "FUZZ", "-c", "1024", vol)
+    mnt = tmp / "wsl-mnt"
+    mnt.mkdir()
+    run("ntfs-3g", "-o", "rw,special_files=wsl", vol, mnt)
+    try:
+        os.mkfifo(mnt / "fifo")
+        os.mknod(mnt / "tty", 0o20644, os.makedev(4, 5))
+        os.mknod(mnt / "disk", 0o60644, os.makedev(8, 1))
+        os.mknod(mnt / "sock", 0o140644)
+        os.symlink("fifo", mnt / "link")
+        (mnt / "file.txt").write_bytes(text(3000, 9))
+    finally:
+        run("umount", mnt)
+    save_base("ntfs-wsl", vol.read_bytes())
+    return "ntfs-wsl"
+
+
 def md_bases(tmp: Path) -> list[str]:
     """Linux MD RAID-1 members around two of the bases above: superblock 1.2 before the LVM2 PV, 1.0 after
     the mixed Btrfs (``tests/linuxfs/mdbuild.py`` writes them; there is no md driver to make them)."""
@@ -355,11 +380,17 @@ def main() -> None:
             (FUZZ / "bases" / "linuxfs.txt").write_text("\n".join(names) + "\n")
         if not only or "wof" in only:
             wof_seeds()
+        if not only:
+            names = filesystems(tmp)
+            fs_seeds(names)
+            (FUZZ / "bases" / "filesystems.txt").write_text("\n".join(names) + "\n")
+        if not only or "wsl" in only:  # after the others: its index comes last
+            known = (FUZZ / "bases" / "filesystems.txt").read_text().split()
+            names = known + [n for n in [wsl_base(tmp)] if n not in known]
+            fs_seeds(names)
+            (FUZZ / "bases" / "filesystems.txt").write_text("\n".join(names) + "\n")
         if only:
             return
-        names = filesystems(tmp)
-        fs_seeds(names)
-        (FUZZ / "bases" / "filesystems.txt").write_text("\n".join(names) + "\n")
         partition_seeds(tmp)
         image_seeds(tmp)
         server_seeds()
