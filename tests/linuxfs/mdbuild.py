@@ -25,19 +25,20 @@ def sb1_location(version: str, size: int) -> int:
 
 
 def write_sb1(path: Path, version: str, level: int, raid_disks: int, data_offset: int, data_size: int,
-              role: int = 0, name: str = "host:0", dev_number: int = 0) -> int:
+              role: int = 0, name: str = "host:0", dev_number: int = 0, recovery_offset: int | None = None) -> int:
     """Write a 1.x superblock into ``path`` (its size fixed); ``data_offset``/``data_size`` in bytes.
-    ``role``: 0.. the slot in the array, 0xffff a spare.  Returns where it was written."""
+    ``role``: 0.. the slot in the array, 0xffff a spare; ``recovery_offset`` (sectors): a device being
+    rebuilt.  Returns where it was written."""
     size = os.path.getsize(path)
     at = sb1_location(version, size)
     max_dev = max(raid_disks, dev_number + 1)
     sb = bytearray(256 + 2 * max_dev)
-    struct.pack_into("<IIII", sb, 0, MAGIC, 1, 0, 0)
+    struct.pack_into("<IIII", sb, 0, MAGIC, 1, 0 if recovery_offset is None else 2, 0)  # feature 2: recovering
     sb[16:32] = SET_UUID.bytes
     sb[32:64] = name.encode().ljust(32, b"\0")
     struct.pack_into("<QiiQII", sb, 64, 1_700_000_000, level, 2 if level in (5, 6) else 0,
                      data_size // 512, 128 if level not in (1, -1) else 0, raid_disks)
-    struct.pack_into("<QQQQ", sb, 128, data_offset // 512, data_size // 512, at // 512, 0)
+    struct.pack_into("<QQQQ", sb, 128, data_offset // 512, data_size // 512, at // 512, recovery_offset or 0)
     struct.pack_into("<I", sb, 160, dev_number)
     sb[168:184] = uuid.UUID(int=0x1234 + dev_number).bytes
     struct.pack_into("<QQQ", sb, 192, 1_700_000_100, 10, 2**64 - 1)  # utime, events, resync_offset: clean

@@ -137,6 +137,21 @@ def test_spare_member_is_kept_in_full(tmp_path: Path) -> None:
     assert "it is a spare device" in run.stderr
 
 
+@pytest.mark.parametrize("version", ["1.2", "0.90"])
+def test_member_being_rebuilt_is_kept_in_full(version: str, tmp_path: Path) -> None:
+    """A RAID-1 member in the middle of its rebuild holds the array's data only up to where the rebuild got:
+    the filesystem there cannot map it."""
+    if version == "1.2":
+        member, _ = _member(tmp_path, version, "ext4", 64, recovery_offset=1000)
+        assert "Recovery Offset : 1000 sectors" in _examine(member), _examine(member)
+    else:
+        member, _ = _member(tmp_path, version, "ext4", 64)
+        mdbuild.write_sb0(member, 1, 2, state=0b010)  # active, not in sync
+        assert "active" in _examine(member) and "sync" not in _examine(member).split("this")[1].split("\n")[0]
+    run = cli("image", "--used-only", member, tmp_path / "m.zst", check=4)
+    assert "it is being rebuilt" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
 @pytest.mark.parametrize("damage", ["checksum", "super_offset", "max_dev", "data_area", "level"])
 def test_damaged_superblock_one_line(damage: str, tmp_path: Path) -> None:
     member, _ = _member(tmp_path, "1.2", "ext4", 64)

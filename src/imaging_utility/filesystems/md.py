@@ -21,8 +21,9 @@ LVM2 included) gives the member's map, with everything outside the data area kep
 bitmap, bad-block log).  With 0.90 and 1.0 that filesystem starts at byte 0 of the member and would be
 found there on its own; the superblock at the end comes first, because on a striped level (0, 4, 5, 6, 10)
 or a linear array the filesystem found at byte 0 is the array's, not the member's: its bitmaps would map
-array offsets onto this member's bytes, and used-only would drop data.  Spares and faulty members hold no
-array data to map: kept in full.
+array offsets onto this member's bytes, and used-only would drop data.  Spares, faulty members and members
+being rebuilt (1.x: the recovery-offset feature; 0.90: active but not in sync) hold no or only part of the
+array's data: kept in full.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _SB0_RESERVED = 65536
 LEVELS = {-1: "linear", 0: "RAID-0", 1: "RAID-1", 4: "RAID-4", 5: "RAID-5", 6: "RAID-6", 10: "RAID-10",
           -4: "multipath", -5: "faulty"}
 _RESHAPE_ACTIVE = 4  # feature_map bit: a reshape is under way
+_RECOVERY_OFFSET = 2  # feature_map bit: this device is being rebuilt, up to recovery_offset
+_SPARE = "it is a spare device and holds none of the array's data in use"
+_FAULTY = "it is a faulty device: its data may be out of date"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,7 @@ class MdSuper:
     serial: str
     data_offset: int  # bytes
     data_size: int  # bytes
-    role: str | None  # None: an active member; else "spare" or "faulty"
+    role: str | None  # None: an active, in-sync member; else why it is not ("it is a spare device …")
     reshaping: bool
     super_at: int  # where the superblock lies (bytes)
 
@@ -72,7 +76,7 @@ class MdSuper:
             return (f"{self.describe()}: the array's data is spread over its devices, so this member alone "
                     "holds neither its filesystem nor a map of it; use the assembled array (/dev/mdN)")
         if self.role is not None:
-            return f"{self.describe()}: it is a {self.role} device and holds none of the array's data in use"
+            return f"{self.describe()}: {self.role}"
         if self.reshaping:
             return f"{self.describe()}: a reshape is under way"
         return None
@@ -122,7 +126,7 @@ def _csum(words: tuple[int, ...]) -> int:
 def _parse1(source: BlockSource, version: str, at: int, head: bytes) -> MdSuper:
     level, _layout, _size, _chunk, raid_disks = struct.unpack_from("<iiQII", head, 72)
     feature_map = struct.unpack_from("<I", head, 8)[0]
-    data_offset, data_size, super_offset = struct.unpack_from("<QQQ", head, 128)
+    data_offset, data_size, super_offset, recovered = struct.unpack_from("<QQQQ", head, 128)
     dev_number = struct.unpack_from("<I", head, 160)[0]
     stored_csum, max_dev = struct.unpack_from("<II", head, 216)
     if super_offset * 512 != at:
@@ -148,9 +152,11 @@ def _parse1(source: BlockSource, version: str, at: int, head: bytes) -> MdSuper:
     role = None
     if dev_number < max_dev:
         raw_role = struct.unpack_from("<H", block, _SB1_SIZE + 2 * dev_number)[0]
-        role = {0xFFFF: "spare", 0xFFFE: "faulty"}.get(raw_role)
+        role = {0xFFFF: _SPARE, 0xFFFE: _FAULTY}.get(raw_role)
     else:
-        role = "spare"  # no slot: mdadm reports such a device as a spare
+        role = _SPARE  # no slot: mdadm reports such a device as a spare
+    if role is None and feature_map & _RECOVERY_OFFSET:
+        role = f"it is being rebuilt: its data area holds the array's data only up to sector {recovered}"
     name = head[32:64].split(b"\0", 1)[0].decode("utf-8", "replace") or None
     return MdSuper(version, level, raid_disks, name, str(uuid.UUID(bytes=bytes(head[16:32]))), begin, length_bytes,
                    role, bool(feature_map & _RESHAPE_ACTIVE), at)
@@ -169,9 +175,11 @@ def _parse0(block: bytes, order: str, at: int) -> MdSuper:
     state, raid_disk = words[992 + 4], words[992 + 3]
     role = None
     if state & 1:
-        role = "faulty"
-    elif not state & 0b110 or raid_disk >= raid_disks:
-        role = "spare"
+        role = _FAULTY
+    elif raid_disk >= raid_disks or not state & 0b010:
+        role = _SPARE
+    elif not state & 0b100:  # active but not in sync: being rebuilt
+        role = "it is being rebuilt (not in sync): its data area is not all the array's yet"
     serial = b"".join(struct.pack(">I", w) for w in (words[5], words[13], words[14], words[15]))
     return MdSuper("0.90", level, raid_disks, None, str(uuid.UUID(bytes=serial)), 0, at, role, False, at)
 
