@@ -182,7 +182,8 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
         return DiskPlan(size, ss, PartitionTable(None, None, ss), [], AllocationMap.full(size), None,
                         [f"{note}: imaged in full; image the assembled array for used-only"], whole)
     member = md.disk_member(source, [(p.offset, p.length) for p in table.partitions])
-    if member is not None and member.unmappable() is not None:  # the table is a striped array's: not used
+    arrays_table = table.scheme is not None and member is not None and member.unmappable() is not None
+    if arrays_table:  # the table is a striped array's: not used
         table = PartitionTable(None, None, ss)
     warnings = list(table.warnings)
     if table.scheme is None:
@@ -193,7 +194,7 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
             amap = plan.used
         else:
             warnings.append(f"its partition table is the array's, not this disk's: imaged in full ({plan.note})"
-                            if member is not None else "no partition table and no known filesystem: imaged in "
+                            if arrays_table else "no partition table and no known filesystem: imaged in "
                             "full" + (f" ({plan.note})" if plan.note else ""))
             amap = AllocationMap.full(size)
         return DiskPlan(size, ss, table, [], amap, plan.filesystem, warnings, plan)
