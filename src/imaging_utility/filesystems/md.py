@@ -57,8 +57,7 @@ class MdSuper:
     serial: str
     data_offset: int  # bytes
     data_size: int  # bytes
-    role: str | None  # None: an active, in-sync member; else why it is not ("it is a spare device …")
-    reshaping: bool
+    why_not: str | None  # None: an active, in-sync member; else why its data is not the array's (a spare …)
     super_at: int  # where the superblock lies (bytes)
 
     @property
@@ -75,10 +74,8 @@ class MdSuper:
         if self.level != 1:
             return (f"{self.describe()}: the array's data is spread over its devices, so this member alone "
                     "holds neither its filesystem nor a map of it; use the assembled array (/dev/mdN)")
-        if self.role is not None:
-            return f"{self.describe()}: {self.role}"
-        if self.reshaping:
-            return f"{self.describe()}: a reshape is under way"
+        if self.why_not is not None:
+            return f"{self.describe()}: {self.why_not}"
         return None
 
 
@@ -93,21 +90,21 @@ def probe(source: BlockSource) -> MdSuper | None:
     for version, at in (("1.1", 0), ("1.2", 4096), ("1.0", at_end)):
         if at is None or at < 0 or at + _SB1_SIZE > size:
             continue
-        head = _read_tail(source, at, _SB1_SIZE) if version == "1.0" else read_at(source, at, _SB1_SIZE)
+        head = read_tail(source, at, _SB1_SIZE) if version == "1.0" else read_at(source, at, _SB1_SIZE)
         if struct.unpack_from("<II", head) == (MAGIC, 1):
             return _parse1(source, version, at, head)
     if size >= 2 * _SB0_RESERVED:
         at = (size & ~(_SB0_RESERVED - 1)) - _SB0_RESERVED
-        block = _read_tail(source, at, _SB0_SIZE)
+        block = read_tail(source, at, _SB0_SIZE)
         for order in "<>":
             if struct.unpack_from(order + "III", block) == (MAGIC, 0, 90):
                 return _parse0(block, order, at)
     return None
 
 
-def _read_tail(source: BlockSource, at: int, n: int) -> bytes:
+def read_tail(source: BlockSource, at: int, n: int) -> bytes:
     """Bytes near the end, where a failing disk's unreadable sectors must not stop a rescue: zeros then
-    (no superblock is found there; the rescue names the sectors it could not read)."""
+    (no superblock or RAID metadata is found there; the rescue names the sectors it could not read)."""
     try:
         return read_at(source, at, n)
     except SourceIOError:
@@ -157,9 +154,11 @@ def _parse1(source: BlockSource, version: str, at: int, head: bytes) -> MdSuper:
         role = _SPARE  # no slot: mdadm reports such a device as a spare
     if role is None and feature_map & _RECOVERY_OFFSET:
         role = f"it is being rebuilt: its data area holds the array's data only up to sector {recovered}"
+    if role is None and feature_map & _RESHAPE_ACTIVE:
+        role = "a reshape is under way"
     name = head[32:64].split(b"\0", 1)[0].decode("utf-8", "replace") or None
     return MdSuper(version, level, raid_disks, name, str(uuid.UUID(bytes=bytes(head[16:32]))), begin, length_bytes,
-                   role, bool(feature_map & _RESHAPE_ACTIVE), at)
+                   role, at)
 
 
 def _parse0(block: bytes, order: str, at: int) -> MdSuper:
@@ -181,7 +180,7 @@ def _parse0(block: bytes, order: str, at: int) -> MdSuper:
     elif not state & 0b100:  # active but not in sync: being rebuilt
         role = "it is being rebuilt (not in sync): its data area is not all the array's yet"
     serial = b"".join(struct.pack(">I", w) for w in (words[5], words[13], words[14], words[15]))
-    return MdSuper("0.90", level, raid_disks, None, str(uuid.UUID(bytes=serial)), 0, at, role, False, at)
+    return MdSuper("0.90", level, raid_disks, None, str(uuid.UUID(bytes=serial)), 0, at, role, at)
 
 
 def array_of(source: BlockSource) -> BlockSource | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 
 from ..blocks import BlockSource, read_at
-from ..errors import SourceIOError
+from .md import read_tail
 
 _MD_MAGIC = 0xA92B4EFC
 _F2FS_MAGIC = 0xF2F52010
@@ -57,10 +57,7 @@ def firmware_raid(source: BlockSource) -> str | None:
     """What firmware RAID set the disk in ``source`` belongs to, from the metadata at its end, or ``None``."""
     if source.size < 4096:
         return None
-    try:
-        tail = read_at(source, source.size - 1024, 1024)
-    except SourceIOError:  # a failing disk's last sectors: a rescue goes on, and names them
-        return None
+    tail = read_tail(source, source.size - 1024, 1024)
     if tail[: len(_IMSM)] == _IMSM:
         version = tail[len(_IMSM) : len(_IMSM) + 6].split(b"\0")[0].decode("ascii", "replace")
         return (f"a member of an Intel Matrix Storage / RST firmware RAID set (IMSM metadata {version} at the "

@@ -338,9 +338,9 @@ def open_tree(source: BlockSource, subvolume: str | None = None) -> FileTree:
         UnsupportedError: no NTFS, ext2/3/4, FAT, exFAT, XFS or Btrfs filesystem there.
         UsageError: an LVM2 physical volume (a logical volume must be chosen), or ``subvolume`` on
             something other than Btrfs.
+        CorruptImageError: the filesystem's root structures cannot be parsed.
 
     An MD RAID-1 member is read through its data area (the array); any other MD member is refused.
-        CorruptImageError: the filesystem's root structures cannot be parsed.
     """
     from . import detect
 

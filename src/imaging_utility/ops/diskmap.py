@@ -24,6 +24,7 @@ from ..extents import AllocationMap, compose
 from ..filesystems import FilesystemInfo, allocation_map, detect, md, signatures
 from ..image.digests import Digests
 from ..partitions import Partition, PartitionTable, read_partitions
+from ..partitions.table import DYNAMIC_WHY
 from .capture import CaptureOptions
 
 DISK_META_VERSION = 1
@@ -129,15 +130,11 @@ def _reason(e: Exception) -> str:
     return str(e).split("; image it in full")[0]
 
 
-_LDM_WHY = ("a Windows dynamic disk (LDM) partition: its volumes are laid out by the LDM database, not by this "
-            "table (a spanned or striped volume's filesystem at its start would map bytes of other volumes)")
-
-
 def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: bool = False) -> PartitionPlan:
     """Map one partition: used-only when its filesystem is known and sound, else kept in full."""
     window = WindowSource(source, part.offset, part.length)
     if part.dynamic:
-        return PartitionPlan(part, None, None, _LDM_WHY, "ldm")
+        return PartitionPlan(part, None, None, DYNAMIC_WHY, "ldm")
     try:
         fs = detect(window)
         if fs is None:

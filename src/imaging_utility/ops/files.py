@@ -74,6 +74,7 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
     source when done.  Raises ``UsageError`` when a whole partitioned disk is given without ``partition``.
     """
     from ..partitions import partition_source, read_partitions
+    from ..partitions.table import DYNAMIC_WHY
 
     if partition is not None and (offset is not None or length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
@@ -83,10 +84,8 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
         if partition is not None:
             table = read_partitions(source)
             if table.get(partition).dynamic:
-                raise UnsupportedError(
-                    f"partition {partition} is a Windows dynamic disk (LDM) partition: its volumes are laid out by "
-                    "the LDM database, which this program does not read (the filesystem at its start may span "
-                    "other places); read a simple volume with --offset/--length")
+                raise UnsupportedError(f"partition {partition} is {DYNAMIC_WHY}; read a simple volume with "
+                                       "--offset/--length")
             volume = partition_source(source, partition, table)
         elif offset is not None or length is not None:
             start = offset or 0
