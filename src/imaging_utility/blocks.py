@@ -75,6 +75,48 @@ class WindowSource:
         ]
 
 
+class MappedSource:
+    """A volume whose bytes lie in pieces of ``base`` (a logical volume's segments, a dynamic volume's
+    pieces); a subclass gives ``size`` and ``_map``.  Thread-safe if ``base`` is."""
+
+    base: BlockSource
+    MAX_EXTENTS = 4096  # a finely striped volume: past this many, the rest is described as data
+
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def sector_size(self) -> int:
+        return self.base.sector_size
+
+    def _map(self, offset: int, want: int) -> tuple[int, int]:
+        """(offset in ``base``, bytes contiguous there, at most ``want``) for volume ``offset``."""
+        raise NotImplementedError
+
+    def readinto_at(self, offset: int, buf: memoryview | bytearray) -> None:
+        check_range(self.size, offset, len(buf))
+        view = memoryview(buf).cast("B")
+        done = 0
+        while done < len(view):
+            at, n = self._map(offset + done, len(view) - done)
+            self.base.readinto_at(at, view[done : done + n])
+            done += n
+
+    def extents(self, offset: int, length: int) -> list[Extent]:
+        check_range(self.size, offset, length)
+        out: list[Extent] = []
+        pos = offset
+        while pos < offset + length:
+            at, n = self._map(pos, offset + length - pos)
+            out.extend(Extent(e.offset - at + pos, e.length, e.kind) for e in self.base.extents(at, n))
+            pos += n
+            if len(out) > self.MAX_EXTENTS:
+                out.append(Extent(pos, offset + length - pos, ExtentKind.DATA))
+                break
+        return out
+
+
 class BytesSource:
     """An in-memory source; for tests and small metadata blobs."""
 

@@ -107,7 +107,8 @@ def run(path: str, as_json: bool, partition: int | None) -> int:
         _say(line)
     for row in rows:
         if row.get("volumes"):
-            what = "Linux MD RAID member" if row["filesystem"] == "md" else "LVM2 physical volume"
+            what = {"md": "Linux MD RAID member", "ldm": "Windows dynamic disk (LDM) data"}.get(
+                row["filesystem"], "LVM2 physical volume")
             _say(f"  partition {row['number']}: {what}")
             for line in volume_lines(row["volumes"]):
                 _say("  " + line)

@@ -38,7 +38,8 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", type=int, metavar="N", help="use partition N of a whole-disk image (Linux numbering)")
     p.add_argument("--offset", type=parse_size, metavar="N", help="the filesystem starts at byte N")
     p.add_argument("--length", type=parse_size, metavar="N", help="and is N bytes long (default: to the end)")
-    p.add_argument("--lv", metavar="VG/LV", help="use logical volume VG/LV of the LVM2 physical volume there")
+    p.add_argument("--lv", metavar="VG/LV", help="use logical volume VG/LV of the LVM2 physical volume there, or "
+                   "volume [GROUP/]NAME of the Windows dynamic disk (LDM) partition chosen with --partition")
     p.add_argument("--subvolume", metavar="NAME|ID",
                    help="Btrfs: use this subvolume (path or id) instead of the default one")
     add_set_options(p)

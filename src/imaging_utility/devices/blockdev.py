@@ -131,3 +131,21 @@ def update_kernel_partitions(fd: int, path: str, wanted: dict[int, tuple[int, in
             except OSError as e:
                 raise TargetIOError(f"cannot tell the kernel about partition {number} of {path}: {e.strerror}; "
                                     f"the new table is written, run 'partx -a {path}' or reboot") from None
+
+
+def parent_disk(path: str) -> tuple[str, int] | None:
+    """(``/dev/NAME`` of the whole disk, the partition's first byte) when ``path`` is a partition's block
+    device (sysfs ``partition`` and ``start``); None for anything else or when sysfs does not say."""
+    try:
+        rdev = os.stat(path).st_rdev
+        if not rdev:
+            return None
+        sysdir = os.path.realpath(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+        if not os.path.exists(os.path.join(sysdir, "partition")):
+            return None
+        with open(os.path.join(sysdir, "start")) as f:
+            start = int(f.read()) * SYSFS_UNIT
+    except (OSError, ValueError):
+        return None
+    disk = f"/dev/{os.path.basename(os.path.dirname(sysdir))}"
+    return (disk, start) if os.path.exists(disk) else None

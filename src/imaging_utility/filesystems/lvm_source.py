@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import bisect
 
-from ..blocks import BlockSource, check_range
+from ..blocks import BlockSource, MappedSource
 from ..errors import NotFoundError, UnsupportedError
-from ..extents import Extent, ExtentKind
 from .lvm import LogicalVolume, PvLabel, VolumeGroup, probe, read_vg, unreadable_reason
 from .md import array_of
 
 __all__ = ["LvSource", "logical_volumes", "open_lv", "volume_names"]
 
 
-class LvSource:
+class LvSource(MappedSource):
     """A logical volume's bytes, mapped through its segments onto the PV ``base``; thread-safe."""
 
     def __init__(self, base: BlockSource, vg: VolumeGroup, lv: LogicalVolume) -> None:
@@ -35,10 +34,6 @@ class LvSource:
     def size(self) -> int:
         return self.lv.size
 
-    @property
-    def sector_size(self) -> int:
-        return self.base.sector_size
-
     def _map(self, offset: int, want: int) -> tuple[int, int]:
         """(PV offset, bytes contiguous there) for LV ``offset``."""
         seg, bases = self._segs[bisect.bisect_right(self._starts, offset) - 1]
@@ -49,28 +44,6 @@ class LvSource:
         row, within = divmod(rel, ss * len(bases))
         k, inner = divmod(within, ss)
         return bases[k] + row * ss + inner, min(want, ss - inner, seg.end - offset)
-
-    def readinto_at(self, offset: int, buf: memoryview | bytearray) -> None:
-        check_range(self.size, offset, len(buf))
-        view = memoryview(buf).cast("B")
-        done = 0
-        while done < len(view):
-            pv_off, n = self._map(offset + done, len(view) - done)
-            self.base.readinto_at(pv_off, view[done : done + n])
-            done += n
-
-    def extents(self, offset: int, length: int) -> list[Extent]:
-        check_range(self.size, offset, length)
-        out: list[Extent] = []
-        pos = offset
-        while pos < offset + length:
-            pv_off, n = self._map(pos, offset + length - pos)
-            out.extend(Extent(e.offset - pv_off + pos, e.length, e.kind) for e in self.base.extents(pv_off, n))
-            pos += n
-            if len(out) > 4096:  # a finely striped LV: stop describing, say data
-                out.append(Extent(pos, offset + length - pos, ExtentKind.DATA))
-                break
-        return out
 
 
 def _pv(source: BlockSource) -> tuple[BlockSource, PvLabel | None]:

@@ -26,6 +26,7 @@ from ..image.digests import Digests
 from ..partitions import Partition, PartitionTable, read_partitions
 from ..partitions.table import DYNAMIC_WHY
 from .capture import CaptureOptions
+from .diskmap_ldm import plan_dynamic
 
 DISK_META_VERSION = 1
 KEPT_USED = "used-only"
@@ -130,12 +131,17 @@ def _reason(e: Exception) -> str:
     return str(e).split("; image it in full")[0]
 
 
-def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: bool = False) -> PartitionPlan:
-    """Map one partition: used-only when its filesystem is known and sound, else kept in full."""
+def plan_partition(source: BlockSource, part: Partition, tolerate_read_errors: bool = False,
+                   table: PartitionTable | None = None) -> PartitionPlan:
+    """Map one partition: used-only when its filesystem is known and sound, else kept in full.  A Windows
+    dynamic disk's partition is mapped through the LDM database of the disk ``table`` belongs to."""
     window = WindowSource(source, part.offset, part.length)
-    if part.dynamic:
-        return PartitionPlan(part, None, None, DYNAMIC_WHY, "ldm")
     try:
+        if part.dynamic:
+            if table is None:
+                return PartitionPlan(part, None, None, DYNAMIC_WHY, "ldm")
+            fs, used, why = plan_dynamic(source, part, table)
+            return PartitionPlan(part, fs, used, why, "ldm")
         fs = detect(window)
         if fs is None:
             known = signatures.identify(window)  # an encrypted volume, a filesystem not read here, a RAID member
@@ -200,7 +206,7 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
         raise RefusedError(f"the {table.scheme.upper()} partition table cannot be trusted: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
                            + "; image the disk in full (image without --used-only)")
-    plans = [plan_partition(source, p, tolerate_read_errors) for p in table.partitions]
+    plans = [plan_partition(source, p, tolerate_read_errors, table) for p in table.partitions]
     warnings += [p.note for p in plans if p.note]
     warnings += [f"partition {p.partition.number}: {w}" for p in plans if p.filesystem for w in p.filesystem.warnings]
     amap = compose(size, [(p.partition.offset, p.partition.length, p.used) for p in plans if p.used is not None],

@@ -14,6 +14,8 @@ from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, Un
 from ..filesystems import detect
 from ..filesystems.tree import FileTree, open_tree
 from ..format import c_image
+from ..partitions import PartitionTable
+from ..partitions.table import DYNAMIC_WHY
 from ..progress import ProgressCallback, no_progress
 from .destdir import sanitize_name
 from .extract import ExtractOptions, ExtractReport, extract
@@ -74,7 +76,6 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
     source when done.  Raises ``UsageError`` when a whole partitioned disk is given without ``partition``.
     """
     from ..partitions import partition_source, read_partitions
-    from ..partitions.table import DYNAMIC_WHY
 
     if partition is not None and (offset is not None or length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
@@ -84,8 +85,7 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
         if partition is not None:
             table = read_partitions(source)
             if table.get(partition).dynamic:
-                raise UnsupportedError(f"partition {partition} is {DYNAMIC_WHY}; read a simple volume with "
-                                       "--offset/--length")
+                return open_tree(_dynamic_volume(source, table, partition, lv), subvolume), source
             volume = partition_source(source, partition, table)
         elif offset is not None or length is not None:
             start = offset or 0
@@ -191,3 +191,23 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             out.append((o, n))
     return out
+
+
+def _dynamic_volume(source: BlockSource, table: PartitionTable, partition: int, lv: str | None) -> BlockSource:
+    """Volume ``lv`` of the Windows dynamic disk whose partition ``partition`` was chosen; without ``lv``, a
+    ``UsageError`` naming the volumes there."""
+    from ..partitions.ldm import read_ldm
+    from ..partitions.ldm_source import find_volume
+
+    try:
+        if lv is not None:
+            return find_volume(source, table, lv)
+        db = read_ldm(source, table)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"partition {partition} is a Windows dynamic disk (LDM) partition: {e}") from None
+    if db is None or not db.volumes:
+        raise UnsupportedError(f"partition {partition} is {DYNAMIC_WHY}")
+    listing = ", ".join(f"{db.group}/{v.name} ({v.kind}" + (", not readable from this disk" if v.why_not else "")
+                        + ")" for v in db.volumes)
+    raise UsageError(f"partition {partition} is a Windows dynamic disk (LDM) partition: choose a volume with "
+                     f"--lv NAME ({listing})")

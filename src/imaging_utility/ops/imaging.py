@@ -17,22 +17,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..blocks import BlockSource, WindowSource
+from ..devices.blockdev import parent_disk
 from ..devices.identity import identity_mismatch, source_identity
 from ..devices.mounts import check_source_mounts
 from ..devices.pacing import AdaptiveThrottle, device_name
 from ..devices.source import FileSource
 from ..devices.throttle import Throttle
-from ..errors import RefusedError, UnsupportedError, UsageError
+from ..errors import Error, RefusedError, UnsupportedError, UsageError
 from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT
+from ..partitions import read_partitions
+from ..partitions.table import DYNAMIC_WHY
 from ..progress import JobControl, ProgressCallback, no_progress
 from ..storage import is_remote
 from ..storage.destcheck import refuse_source_as_dest
 from ..storage.local import STDOUT
 from ..units import format_size
 from .capture import CaptureOptions, CaptureResult, Pacer, capture
-from .diskmap import apply_disk_plan, partition_table_of, plan_disk
+from .diskmap import apply_disk_plan, partition_table_of, plan_disk, plan_partition
 from .reading import chunk_reader, read_direct_when_safe
 
 PROGRAM = "imaging-utility"
@@ -149,7 +152,10 @@ def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, contr
                                  f"({file_source.size} bytes)")
             source = WindowSource(file_source, req.offset, length)
             opts.identity.update(window_offset=req.offset, window_length=length)
-        if req.used_only:
+        if req.used_only and source is file_source and _dynamic_partition(req.source, file_source, opts,
+                                                                           req.used_only == "auto", warn):
+            pass  # a Windows dynamic disk's partition: mapped through its disk's LDM database
+        elif req.used_only:
             _use_allocation_map(source, opts, req.used_only == "auto", req.rescue, warn)
         # the pipeline paces the reads (opts.throttle): the reader itself is not throttled
         if not req.buffered:
@@ -166,6 +172,38 @@ def _pacer(req: ImageRequest) -> Pacer | None:
     if req.max_throughput:
         return Throttle(req.max_throughput)
     return None
+
+
+def _dynamic_partition(path: str, source: FileSource, opts: CaptureOptions, fallback: bool,
+                       warn: Callable[[str], None]) -> bool:
+    """True when ``source`` is the block device of a Windows dynamic disk's partition, whose map (the LDM
+    database is on the whole disk, outside the partition) is then set in ``opts``; the filesystem at the
+    partition's start is not its map.  Raises ``UnsupportedError`` when it cannot be mapped (auto: full)."""
+    found = parent_disk(path) if source.is_block_device else None
+    if found is None:
+        return False
+    disk_path, start = found
+    try:
+        with FileSource(disk_path) as disk:
+            table = read_partitions(disk)
+            part = next((p for p in table.partitions if p.offset == start and p.length == source.size), None)
+            if part is None or not part.dynamic:
+                return False
+            plan = plan_partition(disk, part, table=table)
+    except (OSError, Error):
+        return False  # the disk cannot be read: the partition is planned on its own
+    if plan.used is None:
+        why = f"{path} is partition {part.number} of {disk_path}, {plan.reason or DYNAMIC_WHY}"
+        if not fallback:
+            raise UnsupportedError(f"{why}; image it in full without --used-only")
+        warn(f"{why}; imaging in full (--used-only=auto)")
+        return True
+    for vol in plan.filesystem.volumes if plan.filesystem is not None else ():
+        if vol.note:
+            warn(f"{vol.name}: {vol.note}")
+    opts.allocation = plan.used
+    opts.filesystem = dataclasses.asdict(plan.filesystem) if plan.filesystem is not None else None
+    return True
 
 
 def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool, rescue: bool,

@@ -50,9 +50,8 @@ _VBR_OEM_IDS = (b"NTFS", b"MSDOS", b"MSWIN", b"FAT", b"EXFAT", b"-FVE-FS-", b"SY
 
 # the MBR type and the GPT types (LDM metadata, LDM data) of a Windows dynamic disk
 LDM_TYPES = frozenset({"0x42", "5808c8aa-7e8f-42e0-85d2-e1e90434cfb3", "af9b60a0-1431-4f62-bc68-3311714a69ad"})
-DYNAMIC_WHY = ("a Windows dynamic disk (LDM) partition: its volumes are laid out by the LDM database, which this "
-               "program does not read (a spanned or striped volume's filesystem at its start would map bytes of "
-               "other volumes)")
+DYNAMIC_WHY = ("a Windows dynamic disk (LDM) partition, but the LDM database that lays out its volumes was not "
+               "found (a spanned or striped volume's filesystem at its start would map bytes of other volumes)")
 
 
 @dataclass(frozen=True, slots=True)
