@@ -257,6 +257,27 @@ def partition_seeds(tmp: Path) -> None:
         for flags in (b"\0", b"\1", b"\2", b"\3"):  # 512/4096-byte sectors, GPT CRCs as is/recomputed
             seed("partitions", flags + size_field + to_patches(raw))
     seed("partitions", b"\0" + struct.pack("<I", 2047))
+    ldm_seeds(tmp)
+
+
+def ldm_seeds(tmp: Path) -> None:
+    """Windows dynamic disks (``tests/partitions/ldmbuild.py``; no Windows here), MBR and GPT, 8 MiB: a simple,
+    a two-piece spanned (its record over two VBLKs), a striped and a mirrored volume."""
+    sys.path.insert(0, str(FUZZ.parent / "tests" / "partitions"))
+    import ldmbuild as lb
+
+    layout = lb.Layout([
+        lb.Volume("Volume1", [lb.Component([lb.Piece(64, 2048)])]),
+        lb.Volume("Volume2", [lb.Component([lb.Piece(6000, 1024), lb.Piece(3000, 1024)])], hint="E:\\Shares\\Data"),
+        lb.Volume("Volume3", [lb.Component([lb.Piece(8000, 512), lb.Piece(0, 512, "Disk2")], kind=1)]),
+        lb.Volume("Volume4", [lb.Component([lb.Piece(9000, 1024)]), lb.Component([lb.Piece(64, 1024, "Disk2")])]),
+    ], other_disks=["Disk2"])
+    for scheme in ("mbr", "gpt"):
+        disk = tmp / f"ldm-{scheme}.raw"
+        disk.write_bytes(b"")
+        lb.write_disk(disk, 8 * MIB, layout, scheme)
+        raw = disk.read_bytes()
+        seed("partitions", b"\0" + struct.pack("<I", len(raw) // 512 - 1) + to_patches(raw))
 
 
 def image_seeds(tmp: Path) -> None:
@@ -389,6 +410,8 @@ def main() -> None:
             names = known + [n for n in [wsl_base(tmp)] if n not in known]
             fs_seeds(names)
             (FUZZ / "bases" / "filesystems.txt").write_text("\n".join(names) + "\n")
+        if "ldm" in only:
+            ldm_seeds(tmp)
         if only:
             return
         partition_seeds(tmp)

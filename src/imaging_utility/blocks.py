@@ -94,6 +94,22 @@ class MappedSource:
         """(offset in ``base``, bytes contiguous there, at most ``want``) for volume ``offset``."""
         raise NotImplementedError
 
+    def pieces(self, limit: int = 65536) -> list[tuple[int, int, int]] | None:
+        """``(volume offset, offset in base, length)`` of each contiguous piece, in volume order; None when
+        there are more than ``limit`` (a finely striped volume)."""
+        out: list[tuple[int, int, int]] = []
+        pos = 0
+        while pos < self.size:
+            at, n = self._map(pos, self.size - pos)
+            if out and out[-1][1] + out[-1][2] == at:
+                out[-1] = (out[-1][0], out[-1][1], out[-1][2] + n)
+            elif len(out) == limit:
+                return None
+            else:
+                out.append((pos, at, n))
+            pos += n
+        return out
+
     def readinto_at(self, offset: int, buf: memoryview | bytearray) -> None:
         check_range(self.size, offset, len(buf))
         view = memoryview(buf).cast("B")

@@ -243,3 +243,47 @@ def test_webdav_serves_a_logical_volume(lvm_volume: lfsbuild.LvmVolume) -> None:
         proc.terminate()
         proc.wait(20)
     assert hashlib.sha256(body).hexdigest() == digest
+
+
+def test_damaged_names_the_files_of_a_logical_volume(lvm_volume: lfsbuild.LvmVolume, lvm_disk: Path,
+                                                       tmp_path: Path) -> None:
+    """``ls --damaged --lv`` (and inside a partition): a corrupt chunk under a file of the two-segment LV is
+    traced through the LV's segments and the partition to that file; it was read as if the LV began at the
+    image's byte 0 (naming whatever file lay there, or nothing)."""
+    from imagetools import damage_chunk
+    from imaging_utility.devices.source import FileSource
+    from imaging_utility.filesystems.lvm_source import open_lv
+    from imaging_utility.filesystems.tree import open_tree
+
+    vol, chunk_size = lvm_volume, 64 * 1024
+    place = vol.places["home"]
+    with FileSource(str(vol.path)) as pv:
+        tree = open_tree(open_lv(pv, f"{vol.vg}/home"))
+        runs = [(e.path, r) for e in tree.walk("/") if e.type == "file" for r in tree.data_runs(e.path)]
+    def to_pv(lv_off: int, n: int) -> int | None:
+        """The PV offset of LV range ``[lv_off, lv_off + n)`` by LVM's own report; None across segments."""
+        at = 0
+        for pv_off, length in place.pieces:
+            if at <= lv_off and lv_off + n <= at + length:
+                return pv_off + lv_off - at
+            at += length
+        return None
+
+    def chunk_in(run: tuple[int, int, int]) -> int | None:
+        """The first whole chunk inside ``run``, as a PV offset."""
+        pv_off = to_pv(run[1], run[2])
+        first = None if pv_off is None else -(-pv_off // chunk_size) * chunk_size
+        return first if pv_off is not None and first is not None and first + chunk_size <= pv_off + run[2] else None
+
+    path, run = max(((p, r) for p, r in runs if chunk_in(r) is not None), key=lambda pr: pr[1][1])  # the last
+    foff, pv_off, first = run[0], to_pv(run[1], run[2]), chunk_in(run)
+    assert pv_off is not None and first is not None
+    for where, base, extra in (("pv", vol.path, ()), ("disk", lvm_disk, ("--partition", "1"))):
+        shift = 0 if where == "pv" else 1 << 20
+        img = tmp_path / f"{where}.img"
+        cli("image", "--chunk-size", "64K", base, img)
+        damage_chunk(img, (first + shift) // chunk_size)
+        found = json.loads(cli("ls", "--damaged", "--json", *extra, "--lv", f"{vol.vg}/home", img).stdout)
+        lost = foff + first - pv_off
+        assert found == [{"path": path, "cause": "corrupt", "lost": [{"offset": lost, "length": chunk_size}],
+                          "lost_bytes": chunk_size}], (where, found)

@@ -16,9 +16,12 @@ import pytest
 
 import fsbuild
 from conftest import cli, need_root, need_tools
+from imagetools import damage_chunk
 from imaging_utility.devices.source import FileSource
+from imaging_utility.filesystems.tree import open_tree
 from imaging_utility.partitions import read_partitions
 from imaging_utility.partitions.ldm import read_ldm
+from imaging_utility.partitions.ldm_source import find_volume
 
 MiB = 1 << 20
 SIZE = 256 * MiB
@@ -137,10 +140,43 @@ def test_volumes_imaged_used_only_and_read(scheme: str, tmp_path: Path) -> None:
         out = tmp_path / f"x-{name}"
         cli("extract", "--partition", part, "--lv", name, image, "/", out)
         assert fsbuild.hash_dir(out) == expected
+    _damage_named(disk, start, part, tmp_path)
     listed = cli("ls", "--partition", part, image, "/", check=2)
     assert "choose a volume with --lv NAME" in listed.stderr and "WIN-SRV-Dg0/Volume2 (spanned)" in listed.stderr
     refused = cli("ls", "--partition", part, "--lv", "Volume3", image, "/", check=4)
     assert refused.stderr.count("\n") == 1 and "striped volume" in refused.stderr
+
+
+def _damage_named(disk: Path, start: int, part: str, tmp: Path) -> None:
+    """``ls --damaged --lv``: a corrupt chunk under a file of the spanned volume is traced through its
+    pieces to that file (it was read as if the volume began at the image's byte 0)."""
+    chunk = 64 * 1024
+    with FileSource(str(disk)) as src:
+        tree = open_tree(find_volume(src, read_partitions(src), "Volume2"))
+        runs = [(e.path, r) for e in tree.walk("/") if e.type == "file" for r in tree.data_runs(e.path)]
+
+    def to_disk(v_off: int, n: int) -> int | None:
+        at = 0
+        for first, sectors in NTFS["Volume2"]:
+            if at <= v_off and v_off + n <= at + sectors * L.SECTOR:
+                return start + first * L.SECTOR + v_off - at
+            at += sectors * L.SECTOR
+        return None
+
+    def chunk_in(run: tuple[int, int, int]) -> int | None:
+        at = to_disk(run[1], run[2])
+        first = None if at is None else -(-at // chunk) * chunk
+        return first if at is not None and first is not None and first + chunk <= at + run[2] else None
+
+    path, run = max(((p, r) for p, r in runs if chunk_in(r) is not None), key=lambda pr: pr[1][1])
+    at, first = to_disk(run[1], run[2]), chunk_in(run)
+    assert at is not None and first is not None
+    img = tmp / "disk64.img.zst"
+    cli("image", "--used-only", "--chunk-size", "64K", disk, img)
+    damage_chunk(img, first // chunk)
+    found = json.loads(cli("ls", "--damaged", "--json", "--partition", part, "--lv", "Volume2", img).stdout)
+    assert found == [{"path": path, "cause": "corrupt", "lost": [{"offset": run[0] + first - at, "length": chunk}],
+                      "lost_bytes": chunk}], found
 
 
 def _damage(raw: bytearray, db: int, how: str) -> None:

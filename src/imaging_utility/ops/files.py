@@ -9,7 +9,7 @@ import contextlib
 import os
 import stat
 
-from ..blocks import BlockSource, WindowSource
+from ..blocks import BlockSource, MappedSource, WindowSource
 from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, UnsupportedError, UsageError
 from ..filesystems import detect
 from ..filesystems.tree import FileTree, open_tree
@@ -111,17 +111,55 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
         raise
 
 
+def volume_pieces(top: BlockSource, volume: BlockSource) -> list[tuple[int, int, int]]:
+    """``(volume offset, offset in top, length)`` of the pieces of ``volume`` (a partition or window, a
+    logical or dynamic volume, an MD array inside a member, any of them nested) in the source ``top`` it is
+    read from.  Raises ``UnsupportedError`` when the volume's bytes cannot be traced back to ``top``."""
+    if volume is top:
+        return [(0, 0, top.size)]
+    base = getattr(volume, "base", None)
+    if isinstance(volume, WindowSource):
+        outer: list[tuple[int, int, int]] | None = [(0, volume.offset, volume.size)]
+    elif isinstance(volume, MappedSource):
+        outer = volume.pieces()
+    else:
+        outer = None
+    if outer is None or base is None:
+        raise UnsupportedError("the volume's bytes cannot be traced back to the image's (a finely striped "
+                               "logical volume?), so its damaged ranges cannot be named")
+    inner = volume_pieces(top, base)
+    starts = [b for b, _, _ in inner]
+    out: list[tuple[int, int, int]] = []
+    for v, b, n in outer:  # each outer piece lies in base: split it where base's own pieces change
+        i = max(0, bisect.bisect_right(starts, b) - 1)
+        while n > 0 and i < len(inner):
+            ib, it, il = inner[i]
+            if b >= ib + il:
+                i += 1
+                continue
+            take = min(n, ib + il - b)
+            out.append((v, it + b - ib, take))
+            v, b, n, i = v + take, b + take, n - take, i + 1
+    return out
+
+
+def _to_volume(pieces: list[tuple[int, int, int]], off: int, n: int) -> list[tuple[int, int]]:
+    """Range ``[off, off + n)`` of the top source as ``(volume offset, length)`` pieces."""
+    out = []
+    for v, t, length in pieces:
+        s, e = max(off, t), min(off + n, t + length)
+        if s < e:
+            out.append((v + s - t, e - s))
+    return out
+
+
 def volume_bad_ranges(source: BlockSource, tree: FileTree) -> list[tuple[int, int]]:
     """The source's unreadable ranges (``ImageReader.bad_ranges``) relative to the tree's volume."""
     bad: list[tuple[int, int]] = list(getattr(source, "bad_ranges", None) or [])
-    base = tree.source.offset if isinstance(tree.source, WindowSource) else 0
-    end = base + tree.source.size
-    out = []
-    for off, n in sorted(bad):
-        s, e = max(off, base), min(off + n, end)
-        if s < e:
-            out.append((s - base, e - s))
-    return out
+    if not bad:
+        return []
+    pieces = volume_pieces(source, tree.source)
+    return sorted(r for off, n in bad for r in _to_volume(pieces, off, n))
 
 
 def corrupt_ranges(source: BlockSource, tree: FileTree,
@@ -133,13 +171,14 @@ def corrupt_ranges(source: BlockSource, tree: FileTree,
 
     if not isinstance(source, ImageReader):
         return []
-    base = tree.source.offset if isinstance(tree.source, WindowSource) else 0
+    pieces = volume_pieces(source, tree.source)
     out = []
-    for index, why in corrupt_chunks(source, base, tree.source.size, progress=progress):
-        start = index * source.chunk_size
-        s, e = max(start, base), min(start + source.chunk_len(index), base + tree.source.size)
-        out.append((s - base, e - s, why))
-    return out
+    for _, top, length in pieces:
+        for index, why in corrupt_chunks(source, top, length, progress=progress):
+            start = index * source.chunk_size
+            s, e = max(start, top), min(start + source.chunk_len(index), top + length)
+            out += [(v, n, why) for v, n in _to_volume(pieces, s, e - s)]
+    return sorted(set(out))
 
 
 def damaged_files(tree: FileTree, bad_ranges: list[tuple[int, int]]) -> list[tuple[str, list[tuple[int, int]]]]:
