@@ -6,9 +6,13 @@ in one line.  The disks are written by ``ldmbuild.py``; the volumes' NTFS by mkn
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import ldmbuild as L
@@ -281,3 +285,39 @@ def test_partition_device_alone_is_mapped_through_its_disk(tmp_path: Path) -> No
     cli("restore", image, back)
     assert fsbuild.read_files(_reassemble(back, 0, pieces, tmp_path / "vol-back.raw"), "ntfs") == \
         fsbuild.read_files(vol, "ntfs")
+
+
+def test_dynamic_volumes_served_over_nbd_and_fuse(tmp_path: Path) -> None:
+    """``serve-proxy`` offers each readable dynamic volume as an NBD export and ``mount`` as a file, named
+    as libldm's device-mapper names them; their bytes are the volume's, read through its pieces."""
+    need_tools("nbdinfo", "nbdcopy", "fusermount3")
+    disk, start, _volumes = _build(tmp_path, "mbr")
+    image = tmp_path / "disk.img.zst"
+    cli("image", disk, image)
+    expected = {name: _reassemble(disk, start, pieces, tmp_path / f"{name}.want").read_bytes()
+                for name, pieces in NTFS.items()}
+    names = {name: f"ldm_vol_WIN-SRV-Dg0_{name}" for name in NTFS}
+    proc = subprocess.Popen([sys.executable, "-m", "imaging_utility", "serve-proxy", str(image), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        uri = re.search(r" at (\S+) ", proc.stdout.readline())
+        assert uri, proc.stderr.read() if proc.stderr else ""
+        listing = subprocess.run(["nbdinfo", "--list", uri.group(1)], capture_output=True, text=True,
+                                 check=True).stdout
+        assert all(f'export="{n}"' in listing for n in names.values()), listing
+        assert "Volume3" not in listing and "Volume5" not in listing  # not readable from this disk
+        subprocess.run(["nbdcopy", uri.group(1) + names["Volume2"], tmp_path / "v2.nbd"], check=True, timeout=60)
+        assert (tmp_path / "v2.nbd").read_bytes() == expected["Volume2"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    cli("mount", image, mnt)
+    try:
+        assert sorted(os.listdir(mnt)) == ["disk.raw", *sorted(f"{n}.raw" for n in names.values()), "p1.raw"]
+        for name, want in expected.items():
+            assert (mnt / f"{names[name]}.raw").read_bytes() == want
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)

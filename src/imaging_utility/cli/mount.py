@@ -64,6 +64,8 @@ def select_files(image: BlockSource, partitions: list[int] | None) -> dict[str, 
 
         keep = {"disk.raw", *(f"p{n}.raw" for n in partitions)}
         keep |= {f"{lv}.raw" for n in partitions for lv in logical_volumes(files[f"p{n}.raw"])}
+        if any(table.get(n).dynamic for n in partitions):  # a dynamic partition: the disk group's volumes
+            keep |= {name for name in files if name.startswith("ldm_vol_")}
         files = {name: src for name, src in files.items() if name in keep}
     return files
 

@@ -95,8 +95,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
-    """The default export ``""`` (whole image, partition or window), for a whole disk ``p1``, ``p2``…, and
-    each logical volume of an LVM2 physical volume among them (``vg0-root``)."""
+    """The default export ``""`` (whole image, partition or window), for a whole disk ``p1``, ``p2``…, each
+    volume of a Windows dynamic disk (``ldm_vol_GROUP_NAME``, as libldm names them), and each logical
+    volume of an LVM2 physical volume among them (``vg0-root``)."""
     from ..blocks import WindowSource
     from ..partitions import partition_source, read_partitions
 
@@ -116,6 +117,10 @@ def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, Bl
         table = read_partitions(image)
         for part in table.partitions:
             exports[f"p{part.number}"] = partition_source(image, part.number, table)
+        if any(p.dynamic for p in table.partitions):  # a Windows dynamic disk: its volumes, as libldm names them
+            from ..partitions.ldm_source import dynamic_volumes
+
+            exports.update(dynamic_volumes(image, table))
     return {**exports, **lv_exports(exports)}
 
 

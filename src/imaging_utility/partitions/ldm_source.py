@@ -9,7 +9,7 @@ from ..errors import NotFoundError, UnsupportedError
 from .ldm import LdmVolume, read_ldm
 from .table import PartitionTable
 
-__all__ = ["LdmVolumeSource", "find_volume"]
+__all__ = ["LdmVolumeSource", "dynamic_volumes", "find_volume"]
 
 
 def find_volume(source: BlockSource, table: PartitionTable, name: str) -> LdmVolumeSource:
@@ -41,3 +41,17 @@ class LdmVolumeSource(MappedSource):
     def _map(self, offset: int, want: int) -> tuple[int, int]:
         vol_off, disk_off, length = self.volume.extents[bisect.bisect_right(self._starts, offset) - 1]
         return disk_off + offset - vol_off, min(want, vol_off + length - offset)
+
+
+def dynamic_volumes(source: BlockSource, table: PartitionTable) -> dict[str, LdmVolumeSource]:
+    """``{"ldm_vol_GROUP_NAME": volume}`` (libldm's device-mapper names) of every volume readable from the
+    dynamic disk in ``source``; ``{}`` when it is none or its database cannot be read (whoever serves the
+    raw bytes still can)."""
+    try:
+        db = read_ldm(source, table)
+    except UnsupportedError:
+        return {}
+    if db is None:
+        return {}
+    return {f"ldm_vol_{db.group}_{v.name}".replace("/", "_"): LdmVolumeSource(source, v)
+            for v in db.volumes if v.why_not is None}
