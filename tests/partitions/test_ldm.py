@@ -5,6 +5,7 @@ in one line.  The disks are written by ``ldmbuild.py``; the volumes' NTFS by mkn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -13,6 +14,8 @@ import signal
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ldmbuild as L
@@ -83,6 +86,24 @@ def _reassemble(disk: Path, start: int, pieces: list[tuple[int, int]], out: Path
             f.seek(start + first * L.SECTOR)
             o.write(f.read(sectors * L.SECTOR))
     return out
+
+
+@contextlib.contextmanager
+def _partitioned(disk: Path, count: int) -> Iterator[str]:
+    """``disk`` on a read-only loop device with its ``count`` partition nodes (``partx``: this kernel
+    parses no tables itself); detached afterwards."""
+    dev = subprocess.run(["losetup", "--find", "--show", "--read-only", str(disk)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["partx", "-a", dev], check=False, capture_output=True)
+        deadline = time.monotonic() + 5
+        while not all(os.path.exists(f"{dev}p{i}") for i in range(1, count + 1)):
+            assert time.monotonic() < deadline, f"the partitions of {dev} did not appear"
+            time.sleep(0.05)
+        yield dev
+    finally:
+        subprocess.run(["partx", "-d", dev], check=False, capture_output=True)
+        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 @pytest.mark.parametrize("scheme", ["mbr", "gpt"])
@@ -271,16 +292,10 @@ def test_partition_device_alone_is_mapped_through_its_disk(tmp_path: Path) -> No
         for (first, sectors), at in zip(pieces, (0, 8 * MiB), strict=True):
             f.seek(start + first * L.SECTOR)
             f.write(data[at : at + sectors * L.SECTOR])
-    dev = subprocess.run(["losetup", "--find", "--show", "--read-only", str(disk)], capture_output=True,
-                         text=True, check=True).stdout.strip()
-    try:
-        subprocess.run(["partx", "-a", dev], check=True, capture_output=True)
-        image = tmp_path / "p1.img.zst"
+    image = tmp_path / "p1.img.zst"
+    with _partitioned(disk, 1) as dev:
         run = cli("image", "--used-only", "--json", f"{dev}p1", image)
-        assert json.loads(run.stdout)["used_bytes"] < 16 * MiB, run.stdout
-    finally:
-        subprocess.run(["partx", "-d", dev], check=False, capture_output=True)
-        subprocess.run(["losetup", "-d", dev], check=False)
+    assert json.loads(run.stdout)["used_bytes"] < 16 * MiB, run.stdout
     back = tmp_path / "p1.raw"
     cli("restore", image, back)
     assert fsbuild.read_files(_reassemble(back, 0, pieces, tmp_path / "vol-back.raw"), "ntfs") == \
@@ -321,3 +336,20 @@ def test_dynamic_volumes_served_over_nbd_and_fuse(tmp_path: Path) -> None:
             assert (mnt / f"{names[name]}.raw").read_bytes() == want
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+
+
+def test_gpt_metadata_partition_device_alone(tmp_path: Path) -> None:
+    """The GPT LDM metadata partition imaged by itself holds the database, no filesystem: refused in one
+    line with that reason (auto: imaged in full); the data partition is mapped through it."""
+    need_root()
+    need_tools("losetup", "partx", "sgdisk")
+    disk = tmp_path / "disk.raw"
+    fsbuild.random_image(disk, 32, seed=10)
+    L.write_disk(disk, 32 * MiB, L.Layout([L.Volume("Volume1", [L.Component([L.Piece(2048, 4096)])])]), "gpt")
+    with _partitioned(disk, 2) as dev:
+        refused = cli("image", "--used-only", f"{dev}p1", tmp_path / "p1.img", check=4)
+        assert refused.stderr.count("\n") == 1 and "holding the LDM database" in refused.stderr, refused.stderr
+        auto = cli("image", "--used-only=auto", "--json", f"{dev}p1", tmp_path / "p1a.img")
+        assert json.loads(auto.stdout)["read_bytes"] == L.DB_SECTORS * L.SECTOR
+        data = cli("image", "--used-only", "--json", f"{dev}p2", tmp_path / "p2.img")
+        assert "Volume1: kept in full" in data.stderr  # random bytes: no filesystem in it

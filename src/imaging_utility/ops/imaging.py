@@ -28,7 +28,6 @@ from ..filesystems import allocation_map
 from ..format import c_image as c
 from ..image.digests import DEFAULT
 from ..partitions import read_partitions
-from ..partitions.table import DYNAMIC_WHY
 from ..progress import JobControl, ProgressCallback, no_progress
 from ..storage import is_remote
 from ..storage.destcheck import refuse_source_as_dest
@@ -193,7 +192,8 @@ def _dynamic_partition(path: str, source: FileSource, opts: CaptureOptions, fall
     except (OSError, Error):
         return False  # the disk cannot be read: the partition is planned on its own
     if plan.used is None:
-        why = f"{path} is partition {part.number} of {disk_path}, {plan.reason or DYNAMIC_WHY}"
+        what = plan.reason or "holding the LDM database of a Windows dynamic disk, no filesystem"
+        why = f"{path} is partition {part.number} of {disk_path}, {what}"
         if not fallback:
             raise UnsupportedError(f"{why}; image it in full without --used-only")
         warn(f"{why}; imaging in full (--used-only=auto)")
