@@ -146,3 +146,17 @@ def damage_chunk(img: Path, chunk: int) -> None:
     raw = bytearray(img.read_bytes())
     raw[at] ^= 0x40
     img.write_bytes(raw)
+
+
+def used_only_round_trip(disk: Path, tmp: Path) -> tuple[int, bytes, bytes]:
+    """``image --used-only`` of ``disk`` and ``restore`` of that image: (used bytes the image reports, the
+    disk's bytes, the restored bytes)."""
+    import json
+
+    from conftest import cli
+
+    image = tmp / f"{disk.stem}.img.zst"
+    run = cli("image", "--used-only", "--json", disk, image)
+    back = tmp / f"{disk.stem}.back"
+    cli("restore", image, back)
+    return int(json.loads(run.stdout)["used_bytes"]), disk.read_bytes(), back.read_bytes()

@@ -10,7 +10,9 @@ At the end of a whole disk, ``firmware_raid`` finds the metadata of a firmware (
 ``super-intel.c`` and ``super-ddf.c`` look for it: Intel Matrix Storage / Rapid Storage Technology (IMSM:
 ``Intel Raid ISM Cfg Sig. `` at the start of the second-to-last sector) and SNIA DDF (0xDE11DE11,
 big-endian, at the start of the last sector).  Such a disk's partition table and filesystems are the
-array's: on a striped set they describe the array's offsets, not the disk's, so nothing there is mapped."""
+array's: on a striped set they describe the array's offsets, not the disk's, so nothing there is mapped
+from the disk's start; an IMSM RAID-1 volume is mapped through its own place (``imsm.py``,
+``ops/diskmap_imsm.py``)."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from ..image.digests import Digests
 from ..partitions import Partition, PartitionTable, read_partitions
 from ..partitions.table import DYNAMIC_WHY
 from .capture import CaptureOptions
+from .diskmap_imsm import plan_imsm
 from .diskmap_ldm import plan_dynamic
 
 DISK_META_VERSION = 1
@@ -179,8 +180,13 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
     table = table if table is not None else read_partitions(source)
     size, ss = source.size, source.sector_size
     raid = signatures.firmware_raid(source)
-    if raid is not None:  # the table is the array's: not used
-        note = f"{raid}: its partition table and filesystems are the array's, not this disk's"
+    if raid is not None:  # the table is the array's: not used (an IMSM RAID-1 volume is planned on its own)
+        mapped = plan_imsm(source, plan_disk)
+        if isinstance(mapped, tuple):
+            info, amap, notes = mapped
+            whole = PartitionPlan(Partition(0, 0, size, "whole disk", ""), info, amap, None, "imsm")
+            return DiskPlan(size, ss, PartitionTable(None, None, ss), [], amap, info, notes, whole)
+        note = f"{mapped or raid}: its partition table and filesystems are the array's, not this disk's"
         whole = PartitionPlan(Partition(0, 0, size, "whole disk", ""), None, None, note, "firmware RAID")
         return DiskPlan(size, ss, PartitionTable(None, None, ss), [], AllocationMap.full(size), None,
                         [f"{note}: imaged in full; image the assembled array for used-only"], whole)

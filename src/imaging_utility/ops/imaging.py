@@ -25,6 +25,7 @@ from ..devices.source import FileSource
 from ..devices.throttle import Throttle
 from ..errors import Error, RefusedError, UnsupportedError, UsageError
 from ..filesystems import allocation_map
+from ..filesystems.signatures import firmware_raid
 from ..format import c_image as c
 from ..image.digests import DEFAULT
 from ..partitions import read_partitions
@@ -209,6 +210,13 @@ def _dynamic_partition(path: str, source: FileSource, opts: CaptureOptions, fall
 def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: bool, rescue: bool,
                         warn: Callable[[str], None]) -> None:
     table = partition_table_of(source)
+    if table is None and firmware_raid(source) is not None:  # an IMSM RAID-1 member maps through its volumes
+        plan = plan_disk(source, tolerate_read_errors=rescue)
+        if plan.whole is not None and plan.whole.used is not None:
+            for message in plan.warnings:
+                warn(message)
+            apply_disk_plan(opts, plan)
+            return
     if table is not None:  # a whole disk: one image, each partition used-only where its filesystem is known
         try:
             plan = plan_disk(source, table, tolerate_read_errors=rescue)

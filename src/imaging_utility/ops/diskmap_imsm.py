@@ -1,0 +1,71 @@
+"""The used ranges of an Intel RST (IMSM) firmware RAID member: each RAID-1 volume planned as a disk of its own.
+
+A RAID-1 volume of two disks holds the whole volume on each member at its offset, so the volume's own
+partition table and filesystems map the member's bytes there (``plan_disk`` on a window of the volume,
+whatever it holds: a partitioned disk, one filesystem, nothing known).  Everything else is kept: the
+metadata at the disk's end, the bytes of striped volumes (RAID-0/5/10) and of volumes being rebuilt or
+migrated, space no volume holds.  Damaged metadata keeps the whole disk, with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..blocks import BlockSource, WindowSource
+from ..errors import UnsupportedError
+from ..extents import AllocationMap
+from ..filesystems import FilesystemInfo, VolumeInfo
+from ..filesystems.imsm import read_imsm
+
+if TYPE_CHECKING:
+    from .diskmap import DiskPlan
+
+PlanDisk = Callable[[BlockSource], "DiskPlan"]
+
+
+def plan_imsm(source: BlockSource, plan_disk: PlanDisk,
+              ) -> tuple[FilesystemInfo, AllocationMap, list[str]] | str | None:
+    """(the set's summary with one volume each, the disk's map, warnings) when some RAID-1 volume is mapped;
+    else why nothing is (a string), or None when the disk holds no IMSM metadata."""
+    try:
+        found = read_imsm(source)
+    except UnsupportedError as e:
+        return str(e)
+    if found is None:
+        return None
+    ranges: list[tuple[int, int]] = [(0, source.size)]
+    used: list[tuple[int, int]] = []
+    volumes: list[VolumeInfo] = []
+    warnings: list[str] = []
+    mapped = 0
+    for vol in found.volumes:
+        label = f"imsm/{vol.name}"
+        if vol.why_not is not None:
+            held = max(0, min(vol.member_bytes, source.size - vol.offset))
+            volumes.append(VolumeInfo(label, vol.size, None, held, f"kept in full: {vol.why_not}"))
+            warnings.append(f"{label}: {vol.why_not}; kept in full")
+            continue
+        sub = plan_disk(WindowSource(source, vol.offset, vol.size))
+        used += [(vol.offset + e.offset, e.length) for e in sub.allocation]
+        ranges = _minus(ranges, vol.offset, vol.size)
+        what = sub.volume.type if sub.volume is not None else f"{sub.table.scheme or 'no known'} disk"
+        volumes.append(VolumeInfo(label, vol.size, what, sub.allocation.used_bytes))
+        warnings += [f"{label}: {w}" for w in sub.warnings]
+        mapped += 1
+    if not mapped:
+        reasons = "; ".join(f"{v.name}: {v.why_not}" for v in found.volumes) or "it holds no volume"
+        return f"a member of an Intel Matrix Storage / RST firmware RAID set ({reasons})"
+    info = FilesystemInfo("imsm", 512, source.size, None, f"IMSM {found.version}", tuple(volumes))
+    return info, AllocationMap(ranges + used, size=source.size, cluster_size=512), warnings
+
+
+def _minus(ranges: list[tuple[int, int]], offset: int, length: int) -> list[tuple[int, int]]:
+    out = []
+    for o, n in ranges:
+        if o < offset:
+            out.append((o, min(n, offset - o)))
+        if o + n > offset + length:
+            start = max(o, offset + length)
+            out.append((start, o + n - start))
+    return out

@@ -1,0 +1,106 @@
+"""Intel RST (IMSM) firmware RAID members: a RAID-1 volume of two disks holds the whole volume on each
+member, so its partition table and filesystems map the member's bytes there (used-only); every other volume
+(RAID-0, a rebuild under way) and damaged metadata keep their bytes whole, and a member with nothing mapped
+is refused in one line.  The metadata is written by ``imsmbuild.py`` and read back by ``mdadm --examine``."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import imsmbuild as I
+import pytest
+
+import fsbuild
+from conftest import cli, need_root, need_tools
+from imagetools import used_only_round_trip
+
+MiB = 1 << 20
+
+
+def _ext4_disk(path: Path, size: int, seed: int) -> dict[str, str]:
+    """A GPT disk image of ``size`` bytes (random bytes first) with one ext4 partition from 1 MiB, filled."""
+    fsbuild.random_image(path, size // MiB, seed)
+    subprocess.run(["sgdisk", "-n1:2048:0", "-t1:8300", str(path)], check=True, capture_output=True)
+    part = path.with_suffix(".p1")
+    expected = fsbuild.make_ext(part, size // MiB - 2, None, seed=seed)
+    with open(path, "r+b") as f, open(part, "rb") as p:
+        f.seek(MiB)
+        f.write(p.read())
+    return expected
+
+
+def _splice(disk: Path, at: int, data: bytes) -> None:
+    with open(disk, "r+b") as f:
+        f.seek(at)
+        f.write(data)
+
+
+def test_raid1_member_is_used_only_through_its_volume(tmp_path: Path) -> None:
+    need_root()
+    need_tools("mdadm", "sgdisk", "losetup", "debugfs", "e2fsck")
+    volume = tmp_path / "volume.raw"
+    expected = _ext4_disk(volume, 80 * MiB, 21)
+    disk = tmp_path / "disk.raw"
+    fsbuild.random_image(disk, 100, 22)
+    _splice(disk, 0, volume.read_bytes())
+    I.write(disk, [I.Vol("Volume0", 0, 80 * MiB)])
+    examined = I.examine(disk)
+    assert "correct" in examined and "RAID Level : 1" in examined and "Map State : normal" in examined, examined
+    shown = cli("info", disk)
+    assert "imsm/Volume0: gpt disk" in shown.stdout, shown.stdout
+    used, original, restored = used_only_round_trip(disk, tmp_path)
+    assert used < 35 * MiB  # of 100 MiB, all random
+    assert restored[80 * MiB :] == original[80 * MiB :]  # past the volume: the metadata and the rest, whole
+    assert restored[: MiB] == original[: MiB]  # the volume's GPT
+    assert restored[80 * MiB - 33 * 512 : 80 * MiB] == original[80 * MiB - 33 * 512 : 80 * MiB]  # its backup
+    part = tmp_path / "part.raw"
+    part.write_bytes(restored[MiB : 79 * MiB])
+    assert fsbuild.fsck(part, "ext").returncode == 0
+    assert fsbuild.read_files(part, "ext") == expected
+    cli("backup-disk", disk, tmp_path / "set")
+
+
+def test_matrix_set_maps_the_mirror_and_keeps_the_stripe(tmp_path: Path) -> None:
+    """Two volumes on the same disks: a RAID-1 one with ext4 (no table) and a RAID-0 one after it."""
+    need_tools("mdadm", "losetup")
+    need_root()
+    vol = tmp_path / "vol.raw"
+    expected = fsbuild.make_ext(vol, 40, None, seed=23)
+    disk = tmp_path / "disk.raw"
+    fsbuild.random_image(disk, 100, 24)
+    _splice(disk, 0, vol.read_bytes())
+    I.write(disk, [I.Vol("Mirror", 0, 40 * MiB), I.Vol("Stripe", 40 * MiB, 80 * MiB, level=0)])
+    examined = I.examine(disk)
+    assert "[Mirror]" in examined and "[Stripe]" in examined and "RAID Level : 0" in examined, examined
+    image = tmp_path / "disk.img.zst"
+    run = cli("image", "--used-only", disk, image)
+    assert "imsm/Stripe: a RAID-0 volume of 2 disks" in run.stderr, run.stderr
+    back = tmp_path / "back.raw"
+    cli("restore", image, back)
+    original, restored = disk.read_bytes(), back.read_bytes()
+    assert restored[40 * MiB :] == original[40 * MiB :]
+    (tmp_path / "mirror.raw").write_bytes(restored[: 40 * MiB])
+    assert fsbuild.read_files(tmp_path / "mirror.raw", "ext") == expected
+    assert restored.count(0) > 20 * MiB  # the mirror's free blocks were dropped
+
+
+@pytest.mark.parametrize("case", ["raid0", "rebuilding", "checksum", "too-big"])
+def test_member_with_nothing_mapped_is_refused(case: str, tmp_path: Path) -> None:
+    need_tools("sgdisk")
+    disk = tmp_path / "disk.raw"
+    _ext4_disk(disk, 64 * MiB, 25)
+    vol = {"raid0": I.Vol("Volume0", 0, 120 * MiB, level=0),
+           "rebuilding": I.Vol("Volume0", 0, 60 * MiB, migrating=True),
+           "checksum": I.Vol("Volume0", 0, 60 * MiB), "too-big": I.Vol("Volume0", 0, 64 * MiB)}[case]
+    I.write(disk, [vol])
+    if case == "checksum":
+        raw = bytearray(disk.read_bytes())
+        raw[64 * MiB - 1024 + 0xD8] ^= 1  # a byte of the disk table
+        disk.write_bytes(bytes(raw))
+    why = {"raid0": "a RAID-0 volume of 2 disks", "rebuilding": "being rebuilt or migrated",
+           "checksum": "its checksum is wrong", "too-big": "does not fit before the metadata"}[case]
+    run = cli("image", "--used-only", disk, tmp_path / "d.zst", check=4)
+    assert "Intel Matrix Storage / RST firmware RAID set" in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    backup = cli("backup-disk", disk, tmp_path / "set")
+    assert why in backup.stderr and "imaged in full" in backup.stderr, backup.stderr
