@@ -59,6 +59,9 @@ def test_raid1_member_is_used_only_through_its_volume(tmp_path: Path) -> None:
     assert fsbuild.fsck(part, "ext").returncode == 0
     assert fsbuild.read_files(part, "ext") == expected
     cli("backup-disk", disk, tmp_path / "set")
+    out = tmp_path / "files"
+    cli("extract", "--partition", "1", disk, "/", out)
+    assert fsbuild.hash_dir(out) == expected
 
 
 def test_matrix_set_maps_the_mirror_and_keeps_the_stripe(tmp_path: Path) -> None:
@@ -104,3 +107,5 @@ def test_member_with_nothing_mapped_is_refused(case: str, tmp_path: Path) -> Non
     assert "Intel Matrix Storage / RST firmware RAID set" in run.stderr and run.stderr.count("\n") == 1, run.stderr
     backup = cli("backup-disk", disk, tmp_path / "set")
     assert why in backup.stderr and "imaged in full" in backup.stderr, backup.stderr
+    listed = cli("ls", "--partition", "1", disk, "/", check=4)  # the table is the array's (or unknown)
+    assert "firmware RAID set" in listed.stderr and listed.stderr.count("\n") == 1, listed.stderr
