@@ -278,6 +278,17 @@ def ldm_seeds(tmp: Path) -> None:
         lb.write_disk(disk, 8 * MIB, layout, scheme)
         raw = disk.read_bytes()
         seed("partitions", b"\0" + struct.pack("<I", len(raw) // 512 - 1) + to_patches(raw))
+    import imsmbuild  # Intel RST members: a RAID-1 volume with a GPT in it, and a matrix set
+
+    for volumes in ([imsmbuild.Vol("Volume0", 0, 6 * MIB)],
+                    [imsmbuild.Vol("Mirror", 0, 3 * MIB), imsmbuild.Vol("Stripe", 3 * MIB, 8 * MIB, level=0)]):
+        disk, volume = tmp / "imsm.raw", tmp / "imsm-volume.raw"
+        volume.write_bytes(bytes(volumes[0].size))  # the first volume's own GPT, at the disk's start
+        subprocess.run(["sgdisk", "-n1:64:0", str(volume)], check=True, capture_output=True)
+        disk.write_bytes(volume.read_bytes() + bytes(8 * MIB - volumes[0].size))
+        imsmbuild.write(disk, volumes)
+        raw = disk.read_bytes()
+        seed("partitions", b"\0" + struct.pack("<I", len(raw) // 512 - 1) + to_patches(raw))
 
 
 def image_seeds(tmp: Path) -> None:

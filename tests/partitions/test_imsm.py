@@ -109,3 +109,16 @@ def test_member_with_nothing_mapped_is_refused(case: str, tmp_path: Path) -> Non
     assert why in backup.stderr and "imaged in full" in backup.stderr, backup.stderr
     listed = cli("ls", "--partition", "1", disk, "/", check=4)  # the table is the array's (or unknown)
     assert "firmware RAID set" in listed.stderr and listed.stderr.count("\n") == 1, listed.stderr
+
+
+def test_a_table_inside_the_volume_that_cannot_be_trusted_keeps_it(tmp_path: Path) -> None:
+    """The RAID-1 volume's GPT claims a partition past the volume's end (found by the partitions fuzzer):
+    that volume is kept whole with the reason, never an error for the whole disk."""
+    need_tools("sgdisk")
+    disk = tmp_path / "disk.raw"
+    _ext4_disk(disk, 64 * MiB, 26)  # its partition reaches the disk's end, past the 32 MiB volume
+    I.write(disk, [I.Vol("Volume0", 0, 32 * MiB)])
+    backup = cli("backup-disk", disk, tmp_path / "set")
+    assert "cannot be trusted" in backup.stderr and "imaged in full" in backup.stderr, backup.stderr
+    cli("restore", tmp_path / "set", tmp_path / "back.raw")
+    assert (tmp_path / "back.raw").read_bytes() == disk.read_bytes()

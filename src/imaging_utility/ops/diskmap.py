@@ -181,7 +181,7 @@ def plan_disk(source: BlockSource, table: PartitionTable | None = None, *,
     size, ss = source.size, source.sector_size
     raid = signatures.firmware_raid(source)
     if raid is not None:  # the table is the array's: not used (an IMSM RAID-1 volume is planned on its own)
-        mapped = plan_imsm(source, plan_disk)
+        mapped = plan_imsm(source, lambda window: plan_disk(window, tolerate_read_errors=tolerate_read_errors))
         if isinstance(mapped, tuple):
             info, amap, notes = mapped
             whole = PartitionPlan(Partition(0, 0, size, "whole disk", ""), info, amap, None, "imsm")

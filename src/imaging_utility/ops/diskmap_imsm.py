@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..blocks import BlockSource, WindowSource
-from ..errors import UnsupportedError
+from ..errors import RefusedError, UnsupportedError
 from ..extents import AllocationMap
 from ..filesystems import FilesystemInfo, VolumeInfo
 from ..filesystems.imsm import read_imsm
@@ -46,7 +46,13 @@ def plan_imsm(source: BlockSource, plan_disk: PlanDisk,
             volumes.append(VolumeInfo(label, vol.size, None, held, f"kept in full: {vol.why_not}"))
             warnings.append(f"{label}: {vol.why_not}; kept in full")
             continue
-        sub = plan_disk(WindowSource(source, vol.offset, vol.size))
+        try:
+            sub = plan_disk(WindowSource(source, vol.offset, vol.size))
+        except RefusedError as e:  # a table inside the volume that cannot be trusted: that volume is kept
+            why = str(e).split("; image the disk in full")[0]
+            volumes.append(VolumeInfo(label, vol.size, None, vol.size, f"kept in full: {why}"))
+            warnings.append(f"{label}: {why}; kept in full")
+            continue
         used += [(vol.offset + e.offset, e.length) for e in sub.allocation]
         ranges = _minus(ranges, vol.offset, vol.size)
         what = sub.volume.type if sub.volume is not None else f"{sub.table.scheme or 'no known'} disk"
@@ -54,7 +60,8 @@ def plan_imsm(source: BlockSource, plan_disk: PlanDisk,
         warnings += [f"{label}: {w}" for w in sub.warnings]
         mapped += 1
     if not mapped:
-        reasons = "; ".join(f"{v.name}: {v.why_not}" for v in found.volumes) or "it holds no volume"
+        reasons = "; ".join(f"{v.name.removeprefix('imsm/')}: {(v.note or '').removeprefix('kept in full: ')}"
+                            for v in volumes) or "it holds no volume"
         return f"a member of an Intel Matrix Storage / RST firmware RAID set ({reasons})"
     info = FilesystemInfo("imsm", 512, source.size, None, f"IMSM {found.version}", tuple(volumes))
     return info, AllocationMap(ranges + used, size=source.size, cluster_size=512), warnings
