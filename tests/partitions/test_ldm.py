@@ -350,3 +350,25 @@ def test_gpt_metadata_partition_device_alone(tmp_path: Path) -> None:
         assert json.loads(auto.stdout)["read_bytes"] == L.DB_SECTORS * L.SECTOR
         data = cli("image", "--used-only", "--json", f"{dev}p2", tmp_path / "p2.img")
         assert "Volume1: kept in full" in data.stderr  # random bytes: no filesystem in it
+
+
+def test_a_flood_of_records_is_bounded() -> None:
+    """A database claiming hundreds of thousands of tiny VBLKs (8 MiB of 32-byte entries) is refused after
+    65,536 records, in well under a second, instead of parsing every one."""
+    from imaging_utility.errors import UnsupportedError
+    from imaging_utility.partitions import ldm
+
+    config = bytearray(8 << 20)
+    toc = 2 * 512
+    config[toc : toc + 8] = b"TOCBLOCK"
+    struct.pack_into(">8sHQQQ", config, toc + 36, b"config", 0, 17, 1472, 0)
+    vmdb = 17 * 512
+    struct.pack_into(">4sIII", config, vmdb, b"VMDB", 0, 32, 512)
+    entry = struct.pack(">4sIIHH", b"VBLK", 1, 1, 0, 1) + bytes(16)
+    start = vmdb + 512
+    count = (len(config) - start) // 32
+    config[start : start + count * 32] = entry * count
+    began = time.monotonic()
+    with pytest.raises(UnsupportedError, match="more than 65536 VBLK records"):
+        ldm._records(bytes(config), 512)
+    assert time.monotonic() - began < 2

@@ -33,7 +33,8 @@ VBLK_HEAD = struct.Struct(">4sIIHH")  # magic, sequence, record id, entry, entri
 RECORD_HEAD = struct.Struct(">HBBI")  # status, flags, revision << 4 | type, size
 GPT_LDM_METADATA = "5808c8aa-7e8f-42e0-85d2-e1e90434cfb3"
 MBR_LDM = "0x42"
-MAX_DATABASE = 64 << 20  # Windows writes 1 MiB; anything far larger is not a database
+MAX_DATABASE = 8 << 20  # Windows writes 1 MiB (2048 sectors); anything far larger is not a database
+MAX_RECORDS = 65536  # a 1 MiB database of 128-byte VBLKs holds at most 8,192
 MAX_RECORD_ENTRIES = 64  # VBLK entries one record may span
 COMPONENT_KINDS = {1: "striped", 2: "spanned", 3: "raid"}
 
@@ -274,6 +275,8 @@ def _records(config: bytes, ss: int) -> tuple[str, dict[int, _Disk], dict[int, _
     totals: dict[int, int] = {}
     at = vmdb_at + first
     while at + vblk_size <= len(config) and config[at : at + 4] == b"VBLK":
+        if len(records) + len(totals) >= MAX_RECORDS:
+            raise _fail(f"more than {MAX_RECORDS} VBLK records")
         _, _seq, rid, entry, total = VBLK_HEAD.unpack_from(config, at)
         body = config[at + VBLK_HEAD.size : at + vblk_size]
         at += vblk_size
