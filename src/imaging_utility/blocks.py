@@ -14,6 +14,7 @@ Contract:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
 from .extents import Extent, ExtentKind
@@ -75,7 +76,7 @@ class WindowSource:
         ]
 
 
-class MappedSource:
+class MappedSource(ABC):
     """A volume whose bytes lie in pieces of ``base`` (a logical volume's segments, a dynamic volume's
     pieces); a subclass gives ``size`` and ``_map``.  Thread-safe if ``base`` is."""
 
@@ -83,16 +84,16 @@ class MappedSource:
     MAX_EXTENTS = 4096  # a finely striped volume: past this many, the rest is described as data
 
     @property
-    def size(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def size(self) -> int: ...
 
     @property
     def sector_size(self) -> int:
         return self.base.sector_size
 
+    @abstractmethod
     def _map(self, offset: int, want: int) -> tuple[int, int]:
         """(offset in ``base``, bytes contiguous there, at most ``want``) for volume ``offset``."""
-        raise NotImplementedError
 
     def pieces(self, limit: int = 65536) -> list[tuple[int, int, int]] | None:
         """``(volume offset, offset in base, length)`` of each contiguous piece, in volume order; None when
