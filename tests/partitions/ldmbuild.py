@@ -106,7 +106,7 @@ def _records(layout: Layout) -> tuple[list[bytes], tuple[int, int, int, int]]:
     return out, (len(layout.volumes), n_comp, n_part, 1 + len(layout.other_disks))
 
 
-def _database(layout: Layout, data_start: int, data_sectors: int, db_start: int, vblk_size: int = 128) -> bytes:
+def _database(layout: Layout, vblk_size: int = 128) -> bytes:
     db = bytearray(DB_SECTORS * SECTOR)
     records, (n_vol, n_comp, n_part, n_disk) = _records(layout)
     vmdb_sector = 17
@@ -130,10 +130,10 @@ def _database(layout: Layout, data_start: int, data_sectors: int, db_start: int,
     return bytes(db)
 
 
-def privhead(data_start: int, data_sectors: int, db_start: int) -> bytes:
+def privhead(data_start: int, data_sectors: int, db_start: int, group: str) -> bytes:
     head = struct.pack(">8sIHHQQQQ64s64s64s32sH9sQQQQ", b"PRIVHEAD", 0, 2, 12, 0, 0, 0, 0,
                        str(_disk_guid(THIS)).encode(), str(uuid.uuid5(uuid.NAMESPACE_DNS, "host")).encode(),
-                       GROUP_GUID.encode(), b"WIN-SRV-Dg0", 0, bytes(9), data_start, data_sectors, db_start,
+                       GROUP_GUID.encode(), group.encode(), 0, bytes(9), data_start, data_sectors, db_start,
                        DB_SECTORS)
     return head + struct.pack(">QQII", 2, 4, 1, 1)
 
@@ -157,10 +157,10 @@ def write_disk(path: Path, size: int, layout: Layout, scheme: str = "mbr") -> in
                         f"-n2:{data_start}:{data_start + data_sectors - 1}", f"-t2:{GPT_DATA}", str(path)],
                        check=True, capture_output=True)
         ph_at = db_start + DB_SECTORS - 1
-    db = _database(layout, data_start, data_sectors, db_start)
+    db = _database(layout)
     with open(path, "r+b") as f:
         f.seek(db_start * SECTOR)
         f.write(db)
         f.seek(ph_at * SECTOR)
-        f.write(privhead(data_start, data_sectors, db_start))
+        f.write(privhead(data_start, data_sectors, db_start, layout.group))
     return data_start * SECTOR

@@ -37,11 +37,10 @@ def plan_dynamic(source: BlockSource, part: Partition, table: PartitionTable,
     ranges: list[tuple[int, int]] = [(lo, area[0] - lo), (area[1], hi - area[1])] if area[0] < area[1] \
         else [(lo, hi - lo)]
     volumes: list[VolumeInfo] = []
-    names = {name for _, _, name in db.pieces}
     for vol in db.volumes:
-        if vol.name not in names:
-            continue
         mine = [(o, n) for o, n, name in db.pieces if name == vol.name]
+        if not mine:  # a volume wholly on other disks
+            continue
         label = f"{db.group}/{vol.name}"
         why = vol.why_not
         if why is None:
