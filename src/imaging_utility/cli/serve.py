@@ -100,6 +100,7 @@ def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, Bl
     volume of an LVM2 physical volume among them (``vg0-root``)."""
     from ..blocks import WindowSource
     from ..partitions import partition_source, read_partitions
+    from ..partitions.ldm_source import dynamic_volumes
 
     if args.partition is not None and (args.offset is not None or args.length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
@@ -117,10 +118,7 @@ def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, Bl
         table = read_partitions(image)
         for part in table.partitions:
             exports[f"p{part.number}"] = partition_source(image, part.number, table)
-        if any(p.dynamic for p in table.partitions):  # a Windows dynamic disk: its volumes, as libldm names them
-            from ..partitions.ldm_source import dynamic_volumes
-
-            exports.update(dynamic_volumes(image, table))
+        exports.update(dynamic_volumes(image, table))  # a Windows dynamic disk: its volumes, as libldm names them
     return {**exports, **lv_exports(exports)}
 
 

@@ -24,7 +24,7 @@ from ..devices.pacing import AdaptiveThrottle, device_name
 from ..devices.source import FileSource
 from ..devices.throttle import Throttle
 from ..errors import Error, RefusedError, UnsupportedError, UsageError
-from ..filesystems import allocation_map
+from ..filesystems import FilesystemInfo, allocation_map
 from ..filesystems.signatures import firmware_raid
 from ..format import c_image as c
 from ..image.digests import DEFAULT
@@ -152,11 +152,11 @@ def run_image(req: ImageRequest, progress: ProgressCallback = no_progress, contr
                                  f"({file_source.size} bytes)")
             source = WindowSource(file_source, req.offset, length)
             opts.identity.update(window_offset=req.offset, window_length=length)
-        if req.used_only and source is file_source and _dynamic_partition(req.source, file_source, opts,
-                                                                           req.used_only == "auto", warn):
-            pass  # a Windows dynamic disk's partition: mapped through its disk's LDM database
-        elif req.used_only:
-            _use_allocation_map(source, opts, req.used_only == "auto", req.rescue, warn)
+        auto = req.used_only == "auto"
+        # a Windows dynamic disk's partition device is mapped through its disk's LDM database
+        if req.used_only and not (source is file_source and _dynamic_partition(req.source, file_source, opts,
+                                                                               auto, warn)):
+            _use_allocation_map(source, opts, auto, req.rescue, warn)
         # the pipeline paces the reads (opts.throttle): the reader itself is not throttled
         if not req.buffered:
             read_direct_when_safe(file_source, req.source)
@@ -199,9 +199,8 @@ def _dynamic_partition(path: str, source: FileSource, opts: CaptureOptions, fall
             raise UnsupportedError(f"{why}; image it in full without --used-only")
         warn(f"{why}; imaging in full (--used-only=auto)")
         return True
-    for vol in plan.filesystem.volumes if plan.filesystem is not None else ():
-        if vol.note:
-            warn(f"{vol.name}: {vol.note}")
+    if plan.filesystem is not None:
+        _warn_volumes(plan.filesystem, warn)
     opts.allocation = plan.used
     opts.filesystem = dataclasses.asdict(plan.filesystem) if plan.filesystem is not None else None
     return True
@@ -240,7 +239,12 @@ def _use_allocation_map(source: BlockSource, opts: CaptureOptions, fallback: boo
         warn(message)
     opts.allocation = amap
     opts.filesystem = dataclasses.asdict(info)
-    for vol in info.volumes:  # LVM2: logical volumes imaged in full, and why
+    _warn_volumes(info, warn)
+
+
+def _warn_volumes(info: FilesystemInfo, warn: Callable[[str], None]) -> None:
+    """One line per volume kept in full (LVM2 LVs, an MD array, dynamic volumes), with why."""
+    for vol in info.volumes:
         if vol.note:
             warn(f"{vol.name}: {vol.note}")
 

@@ -39,8 +39,7 @@ def image_files(source: BlockSource, table: PartitionTable | None = None) -> dic
     files: dict[str, BlockSource] = {"disk.raw": source}
     for part in table.partitions:
         files[f"p{part.number}.raw"] = partition_source(source, part.number, table)
-    if any(p.dynamic for p in table.partitions):
-        files.update({f"{name}.raw": vol for name, vol in dynamic_volumes(source, table).items()})
+    files.update({f"{name}.raw": vol for name, vol in dynamic_volumes(source, table).items()})
     for volume in list(files.values()):
         for name, lv in logical_volumes(volume).items():  # LVM2: each LV as vg-lv.raw, as in /dev/mapper
             files.setdefault(f"{name}.raw", lv)
