@@ -88,21 +88,23 @@ def test_matrix_set_maps_the_mirror_and_keeps_the_stripe(tmp_path: Path) -> None
     assert restored.count(0) > 20 * MiB  # the mirror's free blocks were dropped
 
 
-@pytest.mark.parametrize("case", ["raid0", "rebuilding", "checksum", "too-big"])
+@pytest.mark.parametrize("case", ["raid0", "rebuilding", "checksum", "too-big", "overlap"])
 def test_member_with_nothing_mapped_is_refused(case: str, tmp_path: Path) -> None:
     need_tools("sgdisk")
     disk = tmp_path / "disk.raw"
     _ext4_disk(disk, 64 * MiB, 25)
-    vol = {"raid0": I.Vol("Volume0", 0, 120 * MiB, level=0),
-           "rebuilding": I.Vol("Volume0", 0, 60 * MiB, migrating=True),
-           "checksum": I.Vol("Volume0", 0, 60 * MiB), "too-big": I.Vol("Volume0", 0, 64 * MiB)}[case]
-    I.write(disk, [vol])
+    vols = {"raid0": [I.Vol("Volume0", 0, 120 * MiB, level=0)],
+            "rebuilding": [I.Vol("Volume0", 0, 60 * MiB, migrating=True)],
+            "checksum": [I.Vol("Volume0", 0, 60 * MiB)], "too-big": [I.Vol("Volume0", 0, 64 * MiB)],
+            "overlap": [I.Vol("Volume0", 4 * MiB, 20 * MiB), I.Vol("Volume1", 10 * MiB, 20 * MiB)]}[case]
+    I.write(disk, vols)
     if case == "checksum":
         raw = bytearray(disk.read_bytes())
         raw[64 * MiB - 1024 + 0xD8] ^= 1  # a byte of the disk table
         disk.write_bytes(bytes(raw))
     why = {"raid0": "a RAID-0 volume of 2 disks", "rebuilding": "being rebuilt or migrated",
-           "checksum": "its checksum is wrong", "too-big": "does not fit before the metadata"}[case]
+           "checksum": "its checksum is wrong", "too-big": "does not fit before the metadata",
+           "overlap": "RAID-1 volumes overlap"}[case]
     run = cli("image", "--used-only", disk, tmp_path / "d.zst", check=4)
     assert "Intel Matrix Storage / RST firmware RAID set" in run.stderr and run.stderr.count("\n") == 1, run.stderr
     backup = cli("backup-disk", disk, tmp_path / "set")

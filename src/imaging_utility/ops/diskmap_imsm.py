@@ -9,12 +9,13 @@ migrated, space no volume holds.  Damaged metadata keeps the whole disk, with th
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..blocks import BlockSource, WindowSource
 from ..errors import RefusedError, UnsupportedError
-from ..extents import AllocationMap
+from ..extents import AllocationMap, compose
 from ..filesystems import FilesystemInfo, VolumeInfo
 from ..filesystems.imsm import read_imsm
 
@@ -34,11 +35,9 @@ def plan_imsm(source: BlockSource, plan_disk: PlanDisk,
         return str(e)
     if found is None:
         return None
-    ranges: list[tuple[int, int]] = [(0, source.size)]
-    used: list[tuple[int, int]] = []
+    pieces: list[tuple[int, int, AllocationMap]] = []  # each mapped volume: its place and its own map
     volumes: list[VolumeInfo] = []
     warnings: list[str] = []
-    mapped = 0
     for vol in found.volumes:
         label = f"imsm/{vol.name}"
         if vol.why_not is not None:
@@ -53,26 +52,16 @@ def plan_imsm(source: BlockSource, plan_disk: PlanDisk,
             volumes.append(VolumeInfo(label, vol.size, None, vol.size, f"kept in full: {why}"))
             warnings.append(f"{label}: {why}; kept in full")
             continue
-        used += [(vol.offset + e.offset, e.length) for e in sub.allocation]
-        ranges = _minus(ranges, vol.offset, vol.size)
+        pieces.append((vol.offset, vol.size, sub.allocation))
         what = sub.volume.type if sub.volume is not None else f"{sub.table.scheme or 'no known'} disk"
         volumes.append(VolumeInfo(label, vol.size, what, sub.allocation.used_bytes))
         warnings += [f"{label}: {w}" for w in sub.warnings]
-        mapped += 1
-    if not mapped:
+    if not pieces:
         reasons = "; ".join(f"{v.name.removeprefix('imsm/')}: {(v.note or '').removeprefix('kept in full: ')}"
                             for v in volumes) or "it holds no volume"
         return f"a member of an Intel Matrix Storage / RST firmware RAID set ({reasons})"
+    pieces.sort(key=lambda p: p[0])
+    if any(a + n > b for (a, n, _), (b, _, _) in itertools.pairwise(pieces)):
+        return "a member of an Intel Matrix Storage / RST firmware RAID set whose RAID-1 volumes overlap"
     info = FilesystemInfo("imsm", 512, source.size, None, f"IMSM {found.version}", tuple(volumes))
-    return info, AllocationMap(ranges + used, size=source.size, cluster_size=512), warnings
-
-
-def _minus(ranges: list[tuple[int, int]], offset: int, length: int) -> list[tuple[int, int]]:
-    out = []
-    for o, n in ranges:
-        if o < offset:
-            out.append((o, min(n, offset - o)))
-        if o + n > offset + length:
-            start = max(o, offset + length)
-            out.append((start, o + n - start))
-    return out
+    return info, compose(source.size, pieces), warnings
