@@ -5,7 +5,11 @@ is refused in one line.  The metadata is written by ``imsmbuild.py`` and read ba
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import imsmbuild as I
@@ -124,3 +128,84 @@ def test_a_table_inside_the_volume_that_cannot_be_trusted_keeps_it(tmp_path: Pat
     assert "cannot be trusted" in backup.stderr and "imaged in full" in backup.stderr, backup.stderr
     cli("restore", tmp_path / "set", tmp_path / "back.raw")
     assert (tmp_path / "back.raw").read_bytes() == disk.read_bytes()
+
+
+def _serve(image: Path) -> tuple[list[str], subprocess.Popen[str], str]:
+    """(export names, the running server, its URI) of ``serve-proxy IMAGE`` on a free port."""
+    proc = subprocess.Popen([sys.executable, "-m", "imaging_utility", "serve-proxy", str(image), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    uri = re.search(r" at (\S+) ", proc.stdout.readline())
+    assert uri, proc.stderr.read() if proc.stderr else ""
+    listing = subprocess.run(["nbdinfo", "--list", "--json", uri.group(1)], capture_output=True, text=True,
+                             check=True).stdout
+    return sorted(re.findall(r'"export-name": "([^"]*)"', listing)), proc, uri.group(1)
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=20)
+    return err
+
+
+def test_raid1_volumes_served_over_nbd_and_fuse(tmp_path: Path) -> None:
+    """Two RAID-1 volumes on the same members, each with its own GPT and ext4: ``serve-proxy`` offers each
+    volume and its partitions (``imsm_NAME``, ``imsm_NAMEp1``, as /dev/md/NAME), ``mount`` shows them as
+    files, and their bytes are the filesystems'.  The code before offered only the disk's own table, which
+    is the first volume's: the second volume's files were out of reach."""
+    need_tools("nbdinfo", "nbdcopy", "fusermount3", "sgdisk", "debugfs")
+    sys_vol, data_vol = tmp_path / "sys.raw", tmp_path / "data.raw"
+    want_sys, want_data = _ext4_disk(sys_vol, 40 * MiB, 31), _ext4_disk(data_vol, 40 * MiB, 32)
+    disk = tmp_path / "disk.raw"
+    fsbuild.random_image(disk, 100, 33)
+    _splice(disk, 0, sys_vol.read_bytes())
+    _splice(disk, 40 * MiB, data_vol.read_bytes())
+    I.write(disk, [I.Vol("Sys", 0, 40 * MiB), I.Vol("Data", 40 * MiB, 40 * MiB)])
+    assert "[Sys]" in (examined := I.examine(disk)) and "[Data]" in examined, examined
+    image = tmp_path / "disk.img.zst"
+    cli("image", "--used-only", disk, image)
+    names, proc, uri = _serve(image)
+    try:
+        assert names == ["", "imsm_Data", "imsm_Datap1", "imsm_Sys", "imsm_Sysp1", "p1"], names
+        subprocess.run(["nbdcopy", uri + "imsm_Datap1", tmp_path / "datap1.nbd"], check=True, timeout=60)
+        subprocess.run(["nbdcopy", uri + "imsm_Data", tmp_path / "data.nbd"], check=True, timeout=60)
+    finally:
+        _stop(proc)
+    assert fsbuild.read_files(tmp_path / "datap1.nbd", "ext") == want_data
+    assert (tmp_path / "data.nbd").read_bytes()[: MiB] == data_vol.read_bytes()[: MiB]  # the volume's GPT
+    mnt = tmp_path / "fuse"
+    mnt.mkdir()
+    cli("mount", image, mnt)
+    try:
+        assert sorted(os.listdir(mnt)) == ["disk.raw", "imsm_Data.raw", "imsm_Datap1.raw", "imsm_Sys.raw",
+                                           "imsm_Sysp1.raw", "p1.raw"]
+        assert fsbuild.read_files(mnt / "imsm_Sysp1.raw", "ext") == want_sys
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+
+
+def test_array_table_is_not_served_as_the_members(tmp_path: Path) -> None:
+    """A member whose first volume is RAID-0: the GPT at its start is the array's, so its partitions are not
+    offered (one warning line says why; ``--partition 1`` is refused, exit 4), while the RAID-1 volume after
+    it is.  The code before offered ``p1``: bytes of this disk that are half of the array's partition."""
+    need_tools("nbdinfo", "nbdcopy", "sgdisk", "debugfs")
+    mirror = tmp_path / "mirror.raw"
+    want = _ext4_disk(mirror, 40 * MiB, 34)
+    disk = tmp_path / "disk.raw"
+    _ext4_disk(disk, 100 * MiB, 35)  # a GPT at the start whose partition the stripe's data would hold
+    _splice(disk, 40 * MiB, mirror.read_bytes())
+    I.write(disk, [I.Vol("Stripe", 0, 80 * MiB, level=0), I.Vol("Mirror", 40 * MiB, 40 * MiB)])
+    image = tmp_path / "disk.img.zst"
+    cli("image", disk, image)
+    names, proc, uri = _serve(image)
+    try:
+        subprocess.run(["nbdcopy", uri + "imsm_Mirrorp1", tmp_path / "p1.nbd"], check=True, timeout=60)
+    finally:
+        err = _stop(proc)
+    assert names == ["", "imsm_Mirror", "imsm_Mirrorp1"], names
+    assert "partitions of the table at the disk's start are not offered" in err and "RAID-0" in err, err
+    assert fsbuild.read_files(tmp_path / "p1.nbd", "ext") == want
+    run = cli("serve-proxy", "--partition", "1", image, "--port", "0", check=4)
+    assert "RAID-0" in run.stderr.splitlines()[-1] and "error:" not in run.stderr.splitlines()[0], run.stderr
+    run = cli("export", "--partition", "1", image, tmp_path / "p1.vhdx", "--format", "vhdx", check=4)
+    assert "RAID-0" in run.stderr.splitlines()[-1] and not (tmp_path / "p1.vhdx").exists(), run.stderr

@@ -58,8 +58,10 @@ def select_files(image: BlockSource, partitions: list[int] | None) -> dict[str, 
     table = read_partitions(image)
     files = image_files(image, table)
     if partitions:
-        for number in partitions:
-            table.get(number)  # NotFoundError listing the partitions that exist
+        from ..filesystems.imsm import check_table
+
+        for number in partitions:  # NotFoundError listing the partitions that exist; a RAID member's refused
+            check_table(image, table.get(number).end)
         from ..filesystems.lvm_source import logical_volumes
 
         keep = {"disk.raw", *(f"p{n}.raw" for n in partitions)}

@@ -95,43 +95,26 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
-    """The default export ``""`` (whole image, partition or window), for a whole disk ``p1``, ``p2``…, each
-    volume of a Windows dynamic disk (``ldm_vol_GROUP_NAME``, as libldm names them), and each logical
-    volume of an LVM2 physical volume among them (``vg0-root``)."""
+    """The default export ``""`` (whole image, partition or window); for a whole disk also each volume in it
+    by its Linux name (``p1``, ``ldm_vol_GROUP_NAME``, ``imsm_NAME``, ``vg0-root``: ``serve.volumes``)."""
     from ..blocks import WindowSource
+    from ..filesystems.imsm import check_table
     from ..partitions import partition_source, read_partitions
-    from ..partitions.ldm_source import dynamic_volumes
+    from ..serve.volumes import lv_volumes, named_volumes
 
     if args.partition is not None and (args.offset is not None or args.length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
-    exports: dict[str, BlockSource]
     if args.partition is not None:
-        exports = {"": partition_source(image, args.partition)}
-    elif args.offset is not None or args.length is not None:
+        table = read_partitions(image)
+        check_table(image, table.get(args.partition).end)  # a firmware RAID member: its table is the array's
+        return {"": (part := partition_source(image, args.partition, table)), **lv_volumes({"": part})}
+    if args.offset is not None or args.length is not None:
         offset = args.offset or 0
         length = args.length if args.length is not None else image.size - offset
         if offset + length > image.size or length <= 0:
             raise UsageError(f"--offset {offset} --length {length} is outside the image ({image.size} bytes)")
-        exports = {"": WindowSource(image, offset, length)}
-    else:
-        exports = {"": image}
-        table = read_partitions(image)
-        for part in table.partitions:
-            exports[f"p{part.number}"] = partition_source(image, part.number, table)
-        exports.update(dynamic_volumes(image, table))  # a Windows dynamic disk: its volumes, as libldm names them
-    return {**exports, **lv_exports(exports)}
-
-
-def lv_exports(volumes: dict[str, BlockSource]) -> dict[str, BlockSource]:
-    """Each readable logical volume of an LVM2 physical volume among ``volumes``, by its device-mapper
-    name (``vg0-root``)."""
-    from ..filesystems.lvm_source import logical_volumes
-
-    out: dict[str, BlockSource] = {}
-    for source in volumes.values():
-        for name, lv in logical_volumes(source).items():
-            out.setdefault(name, lv)
-    return out
+        return {"": (window := WindowSource(image, offset, length)), **lv_volumes({"": window})}
+    return {"": image, **named_volumes(image)}
 
 
 def _is_loopback(host: str) -> bool:

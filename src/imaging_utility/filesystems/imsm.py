@@ -14,12 +14,14 @@ pieces of the array on this disk.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
-from ..blocks import BlockSource
+from ..blocks import BlockSource, WindowSource
 from ..errors import UnsupportedError
 from .md import read_tail
+from .signatures import firmware_raid
 
 SIGNATURE = b"Intel Raid ISM Cfg Sig. "
 SUPER = struct.Struct("<32sIIIIIIBBBB")  # signature, checksum, mpb_size, family, generation, …, disks, volumes
@@ -34,7 +36,7 @@ MAP_HEAD = 48  # imsm_map without its disk_ord_tbl
 MAX_MPB = 128 * 1024  # mdadm reads at most MPB_SECTOR_CNT (2210) sectors; 128 KiB holds any real set
 STATES = {0: "normal", 1: "uninitialized", 2: "degraded", 3: "failed"}
 
-__all__ = ["ImsmSet", "ImsmVolume", "read_imsm"]
+__all__ = ["ImsmSet", "ImsmVolume", "check_table", "raid1_volumes", "read_imsm"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +120,33 @@ def _why_not(level: int, members: int, migrating: int, state: int, offset: int, 
     if size <= 0 or offset + size > end:
         return f"a RAID-1 volume of {size} bytes at {offset} that does not fit before the metadata ({end})"
     return None
+
+
+def raid1_volumes(source: BlockSource) -> dict[str, WindowSource]:
+    """``{"imsm_NAME": volume}``: each RAID-1 volume held whole by the member in ``source``, named after the
+    volume as mdadm names it under ``/dev/md/``; ``{}`` for a disk that is no IMSM member or whose metadata is
+    damaged (whoever serves the disk's raw bytes still can)."""
+    try:
+        found = read_imsm(source)
+    except UnsupportedError:
+        return {}
+    volumes: dict[str, WindowSource] = {}
+    for i, v in enumerate(found.volumes if found is not None else ()):
+        if v.why_not is None:
+            volumes.setdefault("imsm_" + (re.sub(r"[^A-Za-z0-9._-]", "_", v.name) or str(i)),
+                               WindowSource(source, v.offset, v.size))
+    return volumes
+
+
+def check_table(source: BlockSource, end: int) -> None:
+    """Raise ``UnsupportedError`` unless the disk in ``source`` holds, up to ``end``, what the partition table at
+    its start describes.  On a firmware RAID member that table is the first volume's: the member's own bytes
+    only for an IMSM RAID-1 volume at the disk's start (the whole volume on each member) that reaches ``end``."""
+    raid = firmware_raid(source)
+    if raid is None:
+        return
+    found = read_imsm(source)
+    first = next((v for v in found.volumes if v.offset == 0), None) if found is not None else None
+    if first is None or first.why_not is not None or end > first.size:
+        why = first.why_not if first is not None and first.why_not else "its partitions are the array's"
+        raise UnsupportedError(f"{raid}: {why}; read the assembled array (/dev/md126) instead")

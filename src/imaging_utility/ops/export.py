@@ -35,6 +35,7 @@ from ..errors import (
 )
 from ..export import ExportOptions, Feed, Sink, make_writer
 from ..export.feed import UNIT
+from ..filesystems.imsm import check_table
 from ..image.reader import ImageReader
 from ..limits import threads_within
 from ..partitions import read_partitions
@@ -94,6 +95,7 @@ def _window(reader: ImageReader, partition: int | None, offset: int | None,
         raise UsageError("--partition cannot be combined with --offset/--length")
     if partition is not None:
         part = read_partitions(reader).get(partition)
+        check_table(reader, part.end)  # a firmware RAID member: its table is the array's
         return (WindowSource(reader, part.offset, part.length),
                 {"partition": partition, "offset": part.offset, "length": part.length, "type": part.type,
                  "partition_uuid": part.uuid})

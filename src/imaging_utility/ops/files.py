@@ -12,9 +12,10 @@ import stat
 from ..blocks import BlockSource, MappedSource, WindowSource
 from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, UnsupportedError, UsageError
 from ..filesystems import detect
+from ..filesystems.imsm import check_table
 from ..filesystems.tree import FileTree, open_tree
 from ..format import c_image
-from ..partitions import Partition, PartitionTable
+from ..partitions import PartitionTable
 from ..partitions.table import DYNAMIC_WHY
 from ..progress import ProgressCallback, no_progress
 from .destdir import sanitize_name
@@ -86,7 +87,7 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
             table = read_partitions(source)
             if table.get(partition).dynamic:
                 return open_tree(_dynamic_volume(source, table, partition, lv), subvolume), source
-            _check_firmware_raid(source, table.get(partition))
+            check_table(source, table.get(partition).end)  # a firmware RAID member: its table is the array's
             volume = partition_source(source, partition, table)
         elif offset is not None or length is not None:
             start = offset or 0
@@ -252,19 +253,3 @@ def _dynamic_volume(source: BlockSource, table: PartitionTable, partition: int, 
     raise UsageError(f"partition {partition} is a Windows dynamic disk (LDM) partition: choose a volume with "
                      f"--lv NAME ({listing})")
 
-
-def _check_firmware_raid(source: BlockSource, part: Partition) -> None:
-    """On a firmware RAID member the table at the disk's start is the first volume's: its partitions are this
-    disk's bytes only when that volume is an IMSM RAID-1 one (the whole volume on each member) that holds
-    the partition.  ``UnsupportedError`` otherwise."""
-    from ..filesystems.imsm import read_imsm
-    from ..filesystems.signatures import firmware_raid
-
-    raid = firmware_raid(source)
-    if raid is None:
-        return
-    found = read_imsm(source)
-    first = next((v for v in found.volumes if v.offset == 0), None) if found is not None else None
-    if first is None or first.why_not is not None or part.end > first.size:
-        why = first.why_not if first is not None and first.why_not else "its partitions are the array's"
-        raise UnsupportedError(f"{raid}: {why}; read the assembled array (/dev/md126) instead")

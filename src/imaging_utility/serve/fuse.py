@@ -21,9 +21,8 @@ from typing import Any
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, NotFoundError, UnsupportedError
-from ..filesystems.lvm_source import logical_volumes
-from ..partitions import PartitionTable, partition_source, read_partitions
-from ..partitions.ldm_source import dynamic_volumes
+from ..partitions import PartitionTable
+from .volumes import named_volumes
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +31,9 @@ READ_AHEAD = 4 * 1024 * 1024
 
 
 def image_files(source: BlockSource, table: PartitionTable | None = None) -> dict[str, BlockSource]:
-    """``{"disk.raw": source, "p1.raw": <partition 1>, ..., "vg0-root.raw": <LV>}`` from the source's
-    MBR/GPT (if any), the LVM2 physical volumes in it or its partitions, and the volumes of a Windows
-    dynamic disk (``ldm_vol_GROUP_NAME.raw``)."""
-    table = table if table is not None else read_partitions(source)
-    files: dict[str, BlockSource] = {"disk.raw": source}
-    for part in table.partitions:
-        files[f"p{part.number}.raw"] = partition_source(source, part.number, table)
-    files.update({f"{name}.raw": vol for name, vol in dynamic_volumes(source, table).items()})
-    for volume in list(files.values()):
-        for name, lv in logical_volumes(volume).items():  # LVM2: each LV as vg-lv.raw, as in /dev/mapper
-            files.setdefault(f"{name}.raw", lv)
-    return files
+    """``{"disk.raw": source, "p1.raw": <partition 1>, ..., "vg0-root.raw": <LV>}``: the disk and each volume
+    ``volumes.named_volumes`` finds in it (partitions, dynamic and firmware RAID volumes, LVM2 LVs)."""
+    return {"disk.raw": source, **{f"{name}.raw": v for name, v in named_volumes(source, table).items()}}
 
 
 def require_fuse() -> None:
