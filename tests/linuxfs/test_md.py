@@ -270,19 +270,20 @@ def test_raid1_superblock_of_the_last_partition_is_not_the_disk_s(tmp_path: Path
     _partition_1_through_its_array(disk, "md/6b8f1c2e", expected, tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["imsm", "ddf"])
+@pytest.mark.parametrize("kind", ["imsm", "ddf", "ddf-4kn"])
 def test_firmware_raid_member_is_not_mapped(kind: str, tmp_path: Path) -> None:
     """A disk of an Intel RST (IMSM) or DDF firmware RAID set: its GPT and the ext4 in it are the array's
-    (on RAID-0, array offsets): the disk is kept in full and says why, `image --used-only` refuses it."""
+    (on RAID-0, array offsets): the disk is kept in full and says why, `image --used-only` refuses it.
+    ``ddf-4kn``: a 4Kn member copied to a file keeps its anchor in its last 4096-byte sector."""
     disk = _gpt_disk_with_ext4(tmp_path, "0700", 36)
     with open(disk, "r+b") as f:  # the metadata at the disk's end, where the firmware and mdadm look for it
         if kind == "imsm":
             f.seek(100 * MiB - 1024)
             f.write(b"Intel Raid ISM Cfg Sig. 1.3.00\0\0")
         else:
-            f.seek(100 * MiB - 512)
+            f.seek(100 * MiB - (4096 if kind == "ddf-4kn" else 512))
             f.write(struct.pack(">I", 0xDE11DE11))
-    name = {"imsm": "Intel Matrix Storage / RST firmware RAID set", "ddf": "DDF firmware RAID set"}[kind]
+    name = "Intel Matrix Storage / RST firmware RAID set" if kind == "imsm" else "DDF firmware RAID set"
     run = cli("image", "--used-only", disk, tmp_path / "d.zst", check=4)
     assert name in run.stderr and run.stderr.count("\n") == 1, run.stderr
     assert "firmware RAID, not mapped" in cli("info", disk).stdout

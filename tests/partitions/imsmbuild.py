@@ -26,18 +26,20 @@ class Vol:
     migrating: bool = False
 
 
-def mpb(disk_bytes: int, volumes: list[Vol], disks: int = 2) -> bytes:
-    table = b"".join(struct.pack("<16sIIIII12s", f"DISK{i:04d}".encode(), disk_bytes // SECTOR, i, 0x02, 0, 0,
+def mpb(disk_bytes: int, volumes: list[Vol], disks: int = 2, sector: int = SECTOR) -> bytes:
+    """The MPB; sizes and offsets count ``sector``-byte sectors (a 4Kn disk's are 4096: mdadm's convert_to_4k)."""
+    table = b"".join(struct.pack("<16sIIIII12s", f"DISK{i:04d}".encode(), disk_bytes // sector, i, 0x02, 0, 0,
                                  b"") for i in range(disks))
     devs = b""
     for v in volumes:
-        per_member = v.size // SECTOR if v.level == 1 else v.size // SECTOR // v.members
-        stripes = per_member if v.level == 1 else per_member // 128  # as mdadm writes them
-        one = struct.pack("<IIIHBBBBBBIII16s", v.offset // SECTOR, per_member, stripes, 128, v.state, v.level,
+        per_member = v.size // sector if v.level == 1 else v.size // sector // v.members
+        strip = 128 * SECTOR // sector  # 64 KiB
+        stripes = per_member if v.level == 1 else per_member // strip  # as mdadm writes them
+        one = struct.pack("<IIIHBBBBBBIII16s", v.offset // sector, per_member, stripes, strip, v.state, v.level,
                           v.members, 2 if v.level in (1, 10) else 1, 0xFF, 1, 0, 0, 0, b"")
         one += b"".join(struct.pack("<I", i) for i in range(v.members))
         vol = struct.pack("<IIBBBBHHI12s", 0, 0, int(v.migrating), 1 if v.migrating else 0, 0, 0xFF, 0, 0, 0, b"")
-        dev = struct.pack("<16sIIII", v.name.encode(), v.size // SECTOR, 0, 0, 0).ljust(80, b"\0")
+        dev = struct.pack("<16sIIII", v.name.encode(), v.size // sector, 0, 0, 0).ljust(80, b"\0")
         devs += dev + vol + one + (one if v.migrating else b"")
     head = struct.pack("<32sIIIIIIBBBBIIII", SIGNATURE, 0, 0, 0x5EED0001, 3, 0, 0, disks, len(volumes), 0, 0, 0,
                        0x5EED0001, 0, 0).ljust(0xD8, b"\0")
@@ -47,24 +49,25 @@ def mpb(disk_bytes: int, volumes: list[Vol], disks: int = 2) -> bytes:
     return bytes(body)
 
 
-def write(path: Path, volumes: list[Vol], disks: int = 2) -> None:
-    """The MPB at the end of the disk file ``path`` (its size left as it is)."""
+def write(path: Path, volumes: list[Vol], disks: int = 2, sector: int = SECTOR) -> None:
+    """The MPB at the end of the disk file ``path`` (its size left as it is), for a disk of ``sector``-byte
+    sectors: the anchor in the second-to-last sector, the rest in the sectors before it."""
     size = path.stat().st_size
-    raw = mpb(size, volumes, disks)
-    first, rest = raw[:SECTOR].ljust(SECTOR, b"\0"), raw[SECTOR:]
+    raw = mpb(size, volumes, disks, sector)
+    first, rest = raw[:sector].ljust(sector, b"\0"), raw[sector:]
     with open(path, "r+b") as f:
-        f.seek(size - 2 * SECTOR)
+        f.seek(size - 2 * sector)
         f.write(first)
         if rest:
-            extra = -(-len(rest) // SECTOR)
-            f.seek(size - (2 + extra) * SECTOR)
-            f.write(rest.ljust(extra * SECTOR, b"\0"))
+            extra = -(-len(rest) // sector)
+            f.seek(size - (2 + extra) * sector)
+            f.write(rest.ljust(extra * sector, b"\0"))
 
 
-def examine(path: Path) -> str:
-    """``mdadm --examine`` of the disk file (through a read-only loop device)."""
-    dev = subprocess.run(["losetup", "--find", "--show", "--read-only", str(path)], capture_output=True, text=True,
-                         check=True).stdout.strip()
+def examine(path: Path, sector: int = SECTOR) -> str:
+    """``mdadm --examine`` of the disk file (through a read-only loop device of ``sector``-byte sectors)."""
+    dev = subprocess.run(["losetup", "--find", "--show", "--read-only", "--sector-size", str(sector), str(path)],
+                         capture_output=True, text=True, check=True).stdout.strip()
     try:
         return subprocess.run(["mdadm", "--examine", dev], capture_output=True, text=True, check=True,
                               env={**os.environ, "IMSM_NO_PLATFORM": "1", "IMSM_DEVNAME_AS_SERIAL": "1"}).stdout

@@ -92,21 +92,22 @@ def test_matrix_set_maps_the_mirror_and_keeps_the_stripe(tmp_path: Path) -> None
     assert restored.count(0) > 20 * MiB  # the mirror's free blocks were dropped
 
 
-@pytest.mark.parametrize("case", ["raid0", "rebuilding", "checksum", "too-big", "overlap"])
+@pytest.mark.parametrize("case", ["raid0", "raid0-4kn", "rebuilding", "checksum", "too-big", "overlap"])
 def test_member_with_nothing_mapped_is_refused(case: str, tmp_path: Path) -> None:
     need_tools("sgdisk")
     disk = tmp_path / "disk.raw"
     _ext4_disk(disk, 64 * MiB, 25)
-    vols = {"raid0": [I.Vol("Volume0", 0, 120 * MiB, level=0)],
+    vols = {"raid0": [I.Vol("Volume0", 0, 120 * MiB, level=0)], "raid0-4kn": [I.Vol("Volume0", 0, 120 * MiB, level=0)],
             "rebuilding": [I.Vol("Volume0", 0, 60 * MiB, migrating=True)],
             "checksum": [I.Vol("Volume0", 0, 60 * MiB)], "too-big": [I.Vol("Volume0", 0, 64 * MiB)],
             "overlap": [I.Vol("Volume0", 4 * MiB, 20 * MiB), I.Vol("Volume1", 10 * MiB, 20 * MiB)]}[case]
-    I.write(disk, vols)
+    I.write(disk, vols, sector=4096 if case.endswith("4kn") else 512)  # 4kn: a 4Kn member copied to a file
     if case == "checksum":
         raw = bytearray(disk.read_bytes())
         raw[64 * MiB - 1024 + 0xD8] ^= 1  # a byte of the disk table
         disk.write_bytes(bytes(raw))
-    why = {"raid0": "a RAID-0 volume of 2 disks", "rebuilding": "being rebuilt or migrated",
+    why = {"raid0": "a RAID-0 volume of 2 disks", "raid0-4kn": "a RAID-0 volume of 2 disks",
+           "rebuilding": "being rebuilt or migrated",
            "checksum": "its checksum is wrong", "too-big": "does not fit before the metadata",
            "overlap": "RAID-1 volumes overlap"}[case]
     run = cli("image", "--used-only", disk, tmp_path / "d.zst", check=4)
@@ -209,3 +210,36 @@ def test_array_table_is_not_served_as_the_members(tmp_path: Path) -> None:
     assert "RAID-0" in run.stderr.splitlines()[-1] and "error:" not in run.stderr.splitlines()[0], run.stderr
     run = cli("export", "--partition", "1", image, tmp_path / "p1.vhdx", "--format", "vhdx", check=4)
     assert "RAID-0" in run.stderr.splitlines()[-1] and not (tmp_path / "p1.vhdx").exists(), run.stderr
+
+
+def test_member_of_a_4kn_disk_copied_to_a_file(tmp_path: Path) -> None:
+    """A 4Kn member (metadata in 4096-byte sectors, the volume's GPT too) copied to a file, where nothing says
+    its sectors are 4096 bytes: its metadata is found and its RAID-1 volume used-only, as on the device.  The
+    code before looked only where a 512-byte disk keeps it, took the disk for a plain one and its array's
+    table for the disk's."""
+    need_root()
+    need_tools("mdadm", "sgdisk", "losetup", "debugfs", "e2fsck")
+    volume = tmp_path / "volume.raw"
+    fsbuild.random_image(volume, 80, 41)
+    dev = subprocess.run(["losetup", "--find", "--show", "--sector-size", "4096", str(volume)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["sgdisk", "-n1:256:0", "-t1:8300", dev], check=True, capture_output=True)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    part = tmp_path / "p1.raw"
+    expected = fsbuild.make_ext(part, 78, None, seed=41)
+    _splice(volume, MiB, part.read_bytes())
+    disk = tmp_path / "disk.raw"
+    fsbuild.random_image(disk, 100, 42)
+    _splice(disk, 0, volume.read_bytes())
+    I.write(disk, [I.Vol("Volume0", 0, 80 * MiB)], sector=4096)
+    examined = I.examine(disk, sector=4096)
+    assert "correct" in examined and "RAID Level : 1" in examined and "Sector Size : 4096" in examined, examined
+    assert "imsm/Volume0: gpt disk" in cli("info", disk).stdout
+    used, original, restored = used_only_round_trip(disk, tmp_path)
+    assert used < 35 * MiB
+    assert restored[80 * MiB :] == original[80 * MiB :]  # the metadata and past the volume, whole
+    (tmp_path / "back.p1").write_bytes(restored[MiB : 79 * MiB])
+    assert fsbuild.fsck(tmp_path / "back.p1", "ext").returncode == 0
+    assert fsbuild.read_files(tmp_path / "back.p1", "ext") == expected

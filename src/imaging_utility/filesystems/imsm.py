@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..blocks import BlockSource, WindowSource
 from ..errors import UnsupportedError
 from .md import read_tail
-from .signatures import firmware_raid
+from .signatures import firmware_raid, raid_sector_sizes
 
 SIGNATURE = b"Intel Raid ISM Cfg Sig. "
 SUPER = struct.Struct("<32sIIIIIIBBBB")  # signature, checksum, mpb_size, family, generation, …, disks, volumes
@@ -65,12 +65,12 @@ def _fail(why: str) -> UnsupportedError:
 def read_imsm(source: BlockSource) -> ImsmSet | None:
     """The IMSM metadata at the end of the disk in ``source``; None when there is none.  Raises
     ``UnsupportedError`` for metadata that is there but damaged (checksum, sizes, counts)."""
-    ss = source.sector_size if source.sector_size in (512, 4096) else 512
-    if source.size < 4 * ss:
-        return None
-    anchor_at = source.size - 2 * ss
-    anchor = read_tail(source, anchor_at, ss)
-    if not anchor.startswith(SIGNATURE):
+    for ss in raid_sector_sizes(source) if source.size >= 4 * 4096 else ():
+        anchor_at = source.size - 2 * ss  # values count sectors of the disk's own size (mdadm's convert_from_4k)
+        anchor = read_tail(source, anchor_at, ss)
+        if anchor.startswith(SIGNATURE):
+            break
+    else:
         return None
     sig, checksum, mpb_size, *_rest, n_disks, n_vols, _pos, _fill = SUPER.unpack_from(anchor)
     version = sig[len(SIGNATURE) :].split(b"\0", 1)[0].decode("ascii", "replace")

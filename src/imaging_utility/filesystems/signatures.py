@@ -55,17 +55,27 @@ _IMSM = b"Intel Raid ISM Cfg Sig. "
 _DDF_MAGIC = 0xDE11DE11
 
 
+def raid_sector_sizes(source: BlockSource) -> tuple[int, ...]:
+    """The sector sizes firmware RAID metadata at the end of ``source`` may be laid out in: the source's own,
+    and 4096 too where that is 512 but the size allows 4096 (a copy of a 4Kn disk in a file looks 512)."""
+    ss = source.sector_size if source.sector_size in (512, 4096) else 512
+    return (ss, 4096) if ss == 512 and source.size % 4096 == 0 else (ss,)
+
+
 def firmware_raid(source: BlockSource) -> str | None:
-    """What firmware RAID set the disk in ``source`` belongs to, from the metadata at its end, or ``None``."""
-    if source.size < 4096:
+    """What firmware RAID set the disk in ``source`` belongs to, from the metadata at its end, or ``None``.
+    The IMSM anchor is the second-to-last sector, DDF's the last, in the disk's own sector size."""
+    if source.size < 4 * 4096:
         return None
-    tail = read_tail(source, source.size - 1024, 1024)
-    if tail[: len(_IMSM)] == _IMSM:
-        version = tail[len(_IMSM) : len(_IMSM) + 6].split(b"\0")[0].decode("ascii", "replace")
-        return (f"a member of an Intel Matrix Storage / RST firmware RAID set (IMSM metadata {version} at the "
-                "end of the disk)")
-    if struct.unpack_from(">I", tail, 512)[0] == _DDF_MAGIC:
-        return "a member of a DDF firmware RAID set (DDF anchor in the last sector)"
+    tail = read_tail(source, source.size - 8192, 8192)
+    for ss in raid_sector_sizes(source):
+        if tail[-2 * ss :].startswith(_IMSM):
+            at = len(tail) - 2 * ss + len(_IMSM)
+            version = tail[at : at + 6].split(b"\0")[0].decode("ascii", "replace")
+            return (f"a member of an Intel Matrix Storage / RST firmware RAID set (IMSM metadata {version} at "
+                    "the end of the disk)")
+        if struct.unpack_from(">I", tail, len(tail) - ss)[0] == _DDF_MAGIC:
+            return "a member of a DDF firmware RAID set (DDF anchor in the last sector)"
     return None
 
 
