@@ -4,11 +4,13 @@ Input: a flags byte (bit 0: 4096-byte sectors; bit 1: recompute the GPT CRC-32s 
 mutations get past them), ``u32`` disk size in sectors minus one, then patch
 records (``_common.patches``) laid over an all-zero disk of that size (at most 64 MiB).  A dynamic disk's
 database is parsed, each volume readable from the disk is read through its pieces; every disk is planned as
-used-only imaging plans it (an Intel RST member's metadata at its end included).
+used-only imaging plans it (an Intel RST member's metadata at its end included), and its volumes are named
+and read as ``serve-proxy`` and ``mount`` offer them.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 
 import atheris
@@ -21,6 +23,7 @@ with atheris.instrument_imports():
     from imaging_utility.partitions.ldm import read_ldm
     from imaging_utility.partitions.ldm_source import LdmVolumeSource
     from imaging_utility.partitions.table import partition_source, read_partitions
+    from imaging_utility.serve.volumes import named_volumes
 
 MAX_SECTORS = (64 << 20) // 512
 
@@ -47,9 +50,12 @@ def TestOneInput(data: bytes) -> None:
                     volume.readinto_at(0, bytearray(min(4096, volume.size)))
                     volume.extents(0, volume.size)
         plan_disk(source, table)
+        for named in named_volumes(source, table).values():
+            named.readinto_at(0, bytearray(min(512, named.size)))
     except Error:
         pass
 
 
 if __name__ == "__main__":
+    logging.disable(logging.WARNING)  # the servers' "not offered" lines, once per input
     fuzz_main(TestOneInput, __file__)

@@ -280,13 +280,15 @@ def ldm_seeds(tmp: Path) -> None:
         seed("partitions", b"\0" + struct.pack("<I", len(raw) // 512 - 1) + to_patches(raw))
     import imsmbuild  # Intel RST members: a RAID-1 volume with a GPT in it, and a matrix set
 
-    for volumes in ([imsmbuild.Vol("Volume0", 0, 6 * MIB)],
-                    [imsmbuild.Vol("Mirror", 0, 3 * MIB), imsmbuild.Vol("Stripe", 3 * MIB, 8 * MIB, level=0)]):
+    for volumes, sector in (([imsmbuild.Vol("Volume0", 0, 6 * MIB)], 512),
+                            ([imsmbuild.Vol("Mirror", 0, 3 * MIB), imsmbuild.Vol("Stripe", 3 * MIB, 8 * MIB, level=0)],
+                             512),
+                            ([imsmbuild.Vol("Sys", 0, 3 * MIB), imsmbuild.Vol("Data", 3 * MIB, 4 * MIB)], 4096)):
         disk, volume = tmp / "imsm.raw", tmp / "imsm-volume.raw"
         volume.write_bytes(bytes(volumes[0].size))  # the first volume's own GPT, at the disk's start
         subprocess.run(["sgdisk", "-n1:64:0", str(volume)], check=True, capture_output=True)
         disk.write_bytes(volume.read_bytes() + bytes(8 * MIB - volumes[0].size))
-        imsmbuild.write(disk, volumes)
+        imsmbuild.write(disk, volumes, sector=sector)  # 4096: a 4Kn member, seen as a file of 512-byte sectors
         raw = disk.read_bytes()
         seed("partitions", b"\0" + struct.pack("<I", len(raw) // 512 - 1) + to_patches(raw))
 
