@@ -51,7 +51,8 @@ def rows_from_table(source: BlockSource, table: PartitionTable, *, used: bool = 
 def table_summary(table: dict[str, Any] | None, count: int, sector_size: int) -> str:
     if not table or not table.get("type"):
         return "no partition table"
-    text = f"{table['type']} {table.get('disk_id')}, {count} partition{'s' * (count != 1)}, sector {sector_size}"
+    ss = table.get("sector_size") or sector_size  # a table read from a file may count 4096-byte sectors
+    text = f"{table['type']} {table.get('disk_id')}, {count} partition{'s' * (count != 1)}, sector {ss}"
     if table.get("first_usable_lba") is not None and table["type"] == "gpt":
         text += f", usable LBA {table['first_usable_lba']}..{table['last_usable_lba']}"
     return text
@@ -59,7 +60,7 @@ def table_summary(table: dict[str, Any] | None, count: int, sector_size: int) ->
 
 def table_info(table: PartitionTable, size: int) -> dict[str, Any]:
     """The ``table`` part of a disk section, from a parsed table (an image without a ``disk`` section)."""
-    out: dict[str, Any] = {"type": table.scheme, "disk_id": table.disk_id}
+    out: dict[str, Any] = {"type": table.scheme, "disk_id": table.disk_id, "sector_size": table.sector_size}
     if table.gpt is not None:
         out.update(first_usable_lba=table.gpt.first_usable_lba, last_usable_lba=table.gpt.last_usable_lba)
     elif table.scheme:

@@ -77,6 +77,8 @@ def describe_source(path: str, source: BlockSource, is_device: bool) -> dict[str
             row["volumes"] = [vars(v) for v in part.filesystem.volumes] if part.filesystem is not None else []
             if row["filesystem"] is None and part.found:  # found but not mapped: the warning says why
                 row["filesystem"] = f"{part.found} (not mapped)"
+        if table is not None:  # the table's own sector size: a copy of a 4Kn disk in a file counts 4096
+            meta["table"]["sector_size"] = table.sector_size
         info["disk"] = {"table": meta["table"] if table is not None else None, "partitions": rows,
                         "volume": volume,
                         "warnings": [w for w in plan.warnings if not w.startswith("no partition table")]}

@@ -41,6 +41,7 @@ from .c_table import (
     c_gpt_header,
     c_mbr_entry,
 )
+from .mbr_sectors import mbr_sector_size
 
 MAX_LOGICAL = 256  # Linux stops at its partition limit too; this also bounds a cyclic chain
 GPT_MAX_ENTRY_ARRAY = 4 * 1024 * 1024  # far above the usual 16 KiB; bounds memory on garbage
@@ -172,7 +173,7 @@ def read_partitions(source: BlockSource) -> PartitionTable:
             if gpt is not None:
                 return gpt
     disk_id = struct.unpack_from("<I", mbr, MBR_DISK_SIGNATURE_OFFSET)[0]
-    return _Mbr(source, sector_size).table(entries, f"0x{disk_id:08x}")
+    return _Mbr(source, mbr_sector_size(source, entries)).table(entries, f"0x{disk_id:08x}")
 
 
 def partition_source(source: BlockSource, number: int, table: PartitionTable | None = None) -> WindowSource:
