@@ -20,10 +20,10 @@ with atheris.instrument_imports():
 
     from imaging_utility.errors import Error
     from imaging_utility.ops.diskmap import plan_disk
+    from imaging_utility.ops.volumes import named_volumes
     from imaging_utility.partitions.ldm import read_ldm
     from imaging_utility.partitions.ldm_source import LdmVolumeSource
     from imaging_utility.partitions.table import partition_source, read_partitions
-    from imaging_utility.serve.volumes import named_volumes
 
 MAX_SECTORS = (64 << 20) // 512
 

@@ -183,6 +183,16 @@ def test_raid1_volumes_served_over_nbd_and_fuse(tmp_path: Path) -> None:
         assert fsbuild.read_files(mnt / "imsm_Sysp1.raw", "ext") == want_sys
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    out = tmp_path / "files"  # the same names for ls/extract --volume
+    cli("extract", "--volume", "imsm_Datap1", image, "/", out)
+    assert fsbuild.hash_dir(out) == want_data
+    assert cli("ls", "--volume", "p1", image, "/").stdout == cli("ls", "--partition", "1", image, "/").stdout
+    wrong = cli("ls", "--volume", "imsm_Data", image, "/", check=2)  # the volume holds a table, not a filesystem
+    assert "--volume NAME (imsm_Datap1)" in wrong.stderr, wrong.stderr
+    wrong = cli("ls", "--volume", "md126", image, "/", check=2)
+    assert "imsm_Datap1" in wrong.stderr and wrong.stderr.count("\n") == 1, wrong.stderr
+    wrong = cli("ls", "--volume", "p1", "--partition", "1", image, "/", check=2)
+    assert "cannot be combined" in wrong.stderr, wrong.stderr
 
 
 def test_array_table_is_not_served_as_the_members(tmp_path: Path) -> None:

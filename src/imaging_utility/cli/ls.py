@@ -28,16 +28,21 @@ examples:
   imaging-utility ls disk.img.zst --offset 1M --length 512M /
   imaging-utility ls -l --partition 3 --lv vg0/root server.img.zst /etc      a logical volume of an LVM2 PV
   imaging-utility ls --subvolume @home btrfs.img.zst /                       a Btrfs subvolume (name or id)
+  imaging-utility ls --volume imsm_Datap1 rst-member.img.zst /     a volume by the name serve-proxy gives it
 """
 
 _TYPE_CHAR = {"reparse": "r", "other": "?", "damaged": "!"}
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
-    """``--partition`` / ``--offset`` / ``--length`` / ``--lv`` / ``--subvolume``, shared by ls, extract and webdav."""
+    """``--partition`` / ``--offset`` / ``--length`` / ``--volume`` / ``--lv`` / ``--subvolume``, shared by ls,
+    extract and webdav."""
     p.add_argument("--partition", type=int, metavar="N", help="use partition N of a whole-disk image (Linux numbering)")
     p.add_argument("--offset", type=parse_size, metavar="N", help="the filesystem starts at byte N")
     p.add_argument("--length", type=parse_size, metavar="N", help="and is N bytes long (default: to the end)")
+    p.add_argument("--volume", metavar="NAME",
+                   help="use the volume serve-proxy exports and mount shows by this name: p2, vg0-root, "
+                        "ldm_vol_GROUP_NAME, imsm_NAME, imsm_NAMEp1 (a firmware RAID volume and its partitions)")
     p.add_argument("--lv", metavar="VG/LV", help="use logical volume VG/LV of the LVM2 physical volume there, or "
                    "volume [GROUP/]NAME of the Windows dynamic disk (LDM) partition chosen with --partition")
     p.add_argument("--subvolume", metavar="NAME|ID",
@@ -48,7 +53,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 def tree_source_args(args: argparse.Namespace) -> dict[str, Any]:
     """The ``open_image_tree`` keyword arguments from ``add_source_options``."""
     return {"partition": args.partition, "offset": args.offset, "length": args.length, "lv": args.lv,
-            "subvolume": args.subvolume, "disk": args.disk}
+            "subvolume": args.subvolume, "disk": args.disk, "volume_name": args.volume}
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:

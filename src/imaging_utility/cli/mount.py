@@ -52,11 +52,11 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 
 def select_files(image: BlockSource, partitions: list[int] | None) -> dict[str, BlockSource]:
+    from ..ops.volumes import named_volumes
     from ..partitions import read_partitions
-    from ..serve.fuse import image_files
 
-    table = read_partitions(image)
-    files = image_files(image, table)
+    table = read_partitions(image)  # the disk and each volume in it, by its Linux name (ops.volumes)
+    files = {"disk.raw": image, **{f"{name}.raw": v for name, v in named_volumes(image, table).items()}}
     if partitions:
         from ..filesystems.imsm import check_table
 

@@ -96,11 +96,11 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> list[str]:
 
 def select_exports(image: BlockSource, args: argparse.Namespace) -> dict[str, BlockSource]:
     """The default export ``""`` (whole image, partition or window); for a whole disk also each volume in it
-    by its Linux name (``p1``, ``ldm_vol_GROUP_NAME``, ``imsm_NAME``, ``vg0-root``: ``serve.volumes``)."""
+    by its Linux name (``p1``, ``ldm_vol_GROUP_NAME``, ``imsm_NAME``, ``vg0-root``: ``ops.volumes``)."""
     from ..blocks import WindowSource
     from ..filesystems.imsm import check_table
+    from ..ops.volumes import lv_volumes, named_volumes
     from ..partitions import partition_source, read_partitions
-    from ..serve.volumes import lv_volumes, named_volumes
 
     if args.partition is not None and (args.offset is not None or args.length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")

@@ -67,11 +67,11 @@ def source_files(source: BlockSource) -> tuple[str, ...]:
 
 
 def open_image_tree(path: str, *, partition: int | None = None, offset: int | None = None,
-                    length: int | None = None, lv: str | None = None,
-                    subvolume: str | None = None, disk: str | None = None) -> tuple[FileTree, BlockSource]:
+                    length: int | None = None, lv: str | None = None, subvolume: str | None = None,
+                    disk: str | None = None, volume_name: str | None = None) -> tuple[FileTree, BlockSource]:
     """The file tree in an image, a raw volume file, a device or one disk of a backup set (and in one of its
-    partitions or a window, and in logical volume ``lv`` of an LVM2 physical volume there; Btrfs: in
-    ``subvolume``).
+    partitions, a window or the volume the servers call ``volume_name``, and in logical volume ``lv`` of an
+    LVM2 physical volume there; Btrfs: in ``subvolume``).
 
     Returns the tree and the opened top-level source (an ``ImageReader`` or ``FileSource``); close the
     source when done.  Raises ``UsageError`` when a whole partitioned disk is given without ``partition``.
@@ -80,10 +80,21 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
 
     if partition is not None and (offset is not None or length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
+    if volume_name is not None and (partition is not None or offset is not None or length is not None):
+        raise UsageError("--volume cannot be combined with --partition or --offset/--length")
     source = _open_source(path, disk)
     try:
         volume: BlockSource = source
-        if partition is not None:
+        if volume_name is not None:
+            from .volumes import named_volume
+
+            volume = named_volume(source, volume_name)
+            inner = read_partitions(volume).partitions if detect(volume) is None else []
+            if inner:  # a firmware RAID volume holds a disk
+                listing = ", ".join(f"{volume_name}p{p.number}" for p in inner)
+                raise UsageError(f"volume {volume_name} holds a partitioned disk, not one filesystem: choose a "
+                                 f"partition with --volume NAME ({listing})")
+        elif partition is not None:
             table = read_partitions(source)
             if table.get(partition).dynamic:
                 return open_tree(_dynamic_volume(source, table, partition, lv), subvolume), source

@@ -1,4 +1,4 @@
-"""Read-only FUSE filesystem: a ``BlockSource`` as ``disk.raw`` plus one ``pN.raw`` per partition.
+"""Read-only FUSE filesystem: a ``BlockSource`` as ``disk.raw`` plus a file per volume in it (``p1.raw``…).
 
 Spec: libfuse 3 high-level API (``fuse.h``, ``fuse_main``), through the ``mfusepy`` ctypes binding.  The
 files are ready for ``mount -o ro,loop DIR/p1.raw /mnt``.  Multithreaded (``readinto_at`` is thread-safe),
@@ -21,19 +21,11 @@ from typing import Any
 
 from ..blocks import BlockSource
 from ..errors import CorruptImageError, NotFoundError, UnsupportedError
-from ..partitions import PartitionTable
-from .volumes import named_volumes
 
 log = logging.getLogger(__name__)
 
 MAX_READ = 1024 * 1024  # bytes per FUSE read request; the kernel may still cap it lower
 READ_AHEAD = 4 * 1024 * 1024
-
-
-def image_files(source: BlockSource, table: PartitionTable | None = None) -> dict[str, BlockSource]:
-    """``{"disk.raw": source, "p1.raw": <partition 1>, ..., "vg0-root.raw": <LV>}``: the disk and each volume
-    ``volumes.named_volumes`` finds in it (partitions, dynamic and firmware RAID volumes, LVM2 LVs)."""
-    return {"disk.raw": source, **{f"{name}.raw": v for name, v in named_volumes(source, table).items()}}
 
 
 def require_fuse() -> None:

@@ -1,4 +1,5 @@
-"""The volumes inside a disk image that the servers offer by name, beside the whole disk.
+"""The volumes inside a disk image by name: what ``serve-proxy`` exports and ``mount`` shows beside the whole
+disk, and what ``ls``/``extract``/``webdav --volume NAME`` open.
 
 Named as Linux names their devices, so that an export or a FUSE file is found where a user looks for the
 device: ``p1``, ``p2``… (the partitions), ``ldm_vol_GROUP_NAME`` (a Windows dynamic disk's volumes, as libldm
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from ..blocks import BlockSource
-from ..errors import CorruptImageError, UnsupportedError
+from ..errors import CorruptImageError, UnsupportedError, UsageError
 from ..filesystems.imsm import check_table, raid1_volumes
 from ..filesystems.lvm_source import logical_volumes
 from ..partitions import PartitionTable, partition_source, read_partitions
@@ -21,7 +22,7 @@ from ..partitions.ldm_source import dynamic_volumes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["lv_volumes", "named_volumes"]
+__all__ = ["lv_volumes", "named_volume", "named_volumes"]
 
 
 def named_volumes(source: BlockSource, table: PartitionTable | None = None) -> dict[str, BlockSource]:
@@ -56,3 +57,13 @@ def lv_volumes(volumes: dict[str, BlockSource]) -> dict[str, BlockSource]:
         for name, lv in logical_volumes(source).items():
             out.setdefault(name, lv)
     return out
+
+
+def named_volume(source: BlockSource, name: str) -> BlockSource:
+    """The volume ``named_volumes`` calls ``name`` (``p2``, ``imsm_Datap1``, ``vg0-root``…); ``UsageError``
+    listing the names there are."""
+    found = named_volumes(source)
+    if name not in found:
+        listing = ", ".join(found) or "none: not a partitioned disk, nor a volume manager's"
+        raise UsageError(f"no volume named {name!r} in this image (volumes: {listing})")
+    return found[name]
