@@ -97,3 +97,47 @@ def test_image_on_s3(s3server: S3Server, tmp_path: Path) -> None:
     missing = iu(s3server, "export", f"s3://{bucket}/nothing.img.zst", tmp_path / "n.vhd", check=4)
     assert "nothing.img.zst" in one_line_error(missing)
     assert not (tmp_path / "n.vhd").exists() and not (tmp_path / "n.vhd.partial").exists()
+
+
+def test_a_logical_volume_in_two_segments(tmp_path: Path) -> None:
+    """``--volume vg-lv``: an LVM2 LV whose segments lie apart on the PV, exported from a used-only image as
+    the LV's own disk (every reader sees the LV's bytes, its ext4 checks clean and holds its files); a name
+    that is not there is refused with the names there are."""
+    from conftest import need_root, need_tools
+    from linuxfs import lfsbuild
+
+    need_root()
+    need_tools("pvcreate", "losetup", "mkfs.xfs", "qemu-img")
+    vol = lfsbuild.make_lvm(tmp_path / "pv.raw", 160, None)
+    image = tmp_path / "pv.img.zst"
+    cli("image", "--used-only", vol.path, image)
+    raw = image_raw(image, tmp_path / "pv-back.raw")  # what the used-only image holds
+    lv = lfsbuild.extract_lv(raw, vol.places["home"], tmp_path / "home.lv")
+    out = tmp_path / "home.qcow2"
+    summary = json.loads(cli("export", "--json", image, out, "--volume", f"{vol.vg}-home").stdout)
+    assert summary["identity"]["window"]["volume"] == f"{vol.vg}-home"
+    assert summary["virtual_size"] == vol.places["home"].size
+    check_all_readers("qcow2", out, lv)
+    assert fsck(lv, "ext").returncode == 0 and read_files(lv, "ext") == vol.expected["home"]
+    wrong = cli("export", image, tmp_path / "x.qcow2", "--volume", "vg0-root", check=2)
+    assert f"{vol.vg}-home" in wrong.stderr and len(wrong.stderr.splitlines()) == 1, wrong.stderr
+    assert not (tmp_path / "x.qcow2").exists()
+    # a rescued image of the PV with bytes lost in the LV's second segment: named in the LV's own offsets
+    from imaging_utility.devices.source import FileSource
+    from imaging_utility.ops.capture import CaptureOptions, capture
+
+    (_first, first_len), (second, _n) = vol.places["home"].pieces
+    bad = (second + 4096, 8192)
+    with FileSource(str(vol.path)) as source:
+        def read_chunk(offset: int, view: memoryview) -> list[tuple[int, int]]:
+            source.readinto_at(offset, view)
+            s, e = max(bad[0], offset), min(bad[0] + bad[1], offset + len(view))
+            if s >= e:
+                return []
+            view[s - offset : e - offset] = bytes(e - s)
+            return [(s, e - s)]
+
+        capture(source, str(tmp_path / "rescued.img"),
+                CaptureOptions(chunk_reader=read_chunk, identity={"kind": "file", "size": source.size}))
+    proc = cli("export", "--json", tmp_path / "rescued.img", tmp_path / "r.qcow2", "--volume", f"{vol.vg}-home")
+    assert json.loads(proc.stdout)["bad_ranges"] == [{"offset": first_len + 4096, "length": 8192}], proc.stdout

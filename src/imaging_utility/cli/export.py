@@ -34,6 +34,7 @@ examples:
   imaging-utility export sda.img.zst sda.vmdk --format vmdk-stream   # OVF/OVA import into ESXi
   imaging-utility export sda.img.zst sda.vhdx --logical-sector 4096 --block-size 1M
   imaging-utility export sda.img.zst part2.raw --partition 2   # one partition as a sparse raw file
+  imaging-utility export server.img.zst root.qcow2 --volume vg0-root   # an LVM2 logical volume as a VM disk
   imaging-utility export --json sda.img.zst.001 sda.vmdk       # a split image; summary as JSON
   imaging-utility export /backups/server1 sda.vhdx --disk sda  # one disk of a backup-disk set
   imaging-utility export s3://bucket/sda.img.zst sda.qcow2     # an image on S3, read in place
@@ -62,6 +63,8 @@ def register(sub: Any, parent: argparse.ArgumentParser) -> list[str]:
                    help="VHD for Azure: fixed, size rounded up to a whole MiB (at least 20 MiB, at most 32 TiB)")
     p.add_argument("--compress", action="store_true", help="qcow2: zstd-compressed clusters")
     p.add_argument("--partition", type=int, metavar="N", help="export only partition N (Linux numbering)")
+    p.add_argument("--volume", metavar="NAME", help="export only the volume serve-proxy exports by this name "
+                   "(vg0-root, ldm_vol_GROUP_NAME, imsm_NAME, imsm_NAMEp1, p2)")
     p.add_argument("--offset", metavar="N", help="export a window starting at byte N (K/M/G suffixes)")
     p.add_argument("--length", metavar="N", help="window length (default: to the end)")
     p.add_argument("--threads", type=int, help="decoding/compressing threads (default: number of CPUs)")
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     block_size = parse_size(args.block_size, "--block-size") if args.block_size else None
     offset = parse_size(args.offset, "--offset") if args.offset is not None else None
     length = parse_size(args.length, "--length") if args.length is not None else None
-    src = open_export_source(args.image, disk=args.disk, partition=args.partition, offset=offset, length=length)
+    src = open_export_source(args.image, disk=args.disk, partition=args.partition, offset=offset, length=length,
+                             volume=args.volume)
     try:
         if src.bad_ranges:
             total = sum(n for _, n in src.bad_ranges)

@@ -31,6 +31,7 @@ from ..errors import (
     PermissionDeniedError,
     RefusedError,
     TargetIOError,
+    UnsupportedError,
     UsageError,
 )
 from ..export import ExportOptions, Feed, Sink, make_writer
@@ -42,7 +43,9 @@ from ..partitions import read_partitions
 from ..progress import JobControl, ProgressCallback, ProgressEvent, no_progress
 from ..storage import is_remote
 from ..storage.destcheck import refuse_new_in_dev
+from .files import volume_pieces
 from .manifest import choose_disk, is_set_dir, load_manifest, open_image_or_set
+from .volumes import named_volume
 
 # Export ids are uuid5 names in this namespace: the same image bytes exported again get the same id.
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "imaging-utility:export-id")
@@ -89,10 +92,19 @@ class ExportResult:
         }
 
 
-def _window(reader: ImageReader, partition: int | None, offset: int | None,
-            length: int | None) -> tuple[BlockSource, dict[str, Any]]:
+def _window(reader: ImageReader, partition: int | None, offset: int | None, length: int | None,
+            volume: str | None = None) -> tuple[BlockSource, dict[str, Any]]:
     if partition is not None and (offset is not None or length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
+    if volume is not None and (partition is not None or offset is not None or length is not None):
+        raise UsageError("--volume cannot be combined with --partition or --offset/--length")
+    if volume is not None:
+        source = named_volume(reader, volume)
+        try:
+            start: int | None = volume_pieces(reader, source)[0][1] if source.size else 0
+        except UnsupportedError:  # finely striped: no one place in the image
+            start = None
+        return source, {"partition": None, "volume": volume, "offset": start, "length": source.size}
     if partition is not None:
         part = read_partitions(reader).get(partition)
         check_table(reader, part.end)  # a firmware RAID member: its table is the array's
@@ -109,20 +121,22 @@ def _window(reader: ImageReader, partition: int | None, offset: int | None,
 
 
 def open_export_source(path: str, *, disk: str | None = None, partition: int | None = None,
-                       offset: int | None = None, length: int | None = None) -> ExportSource:
+                       offset: int | None = None, length: int | None = None,
+                       volume: str | None = None) -> ExportSource:
     """Open IMAGE (a file, a split set's ``.001`` or base name, an ``s3://`` image, or one disk of a
-    backup set directory, ``disk`` naming it when the set holds several) and select what to export."""
+    backup set directory, ``disk`` naming it when the set holds several) and select what to export: all of
+    it, a partition, a window, or a volume by the name ``serve-proxy`` gives it (``ops.volumes``)."""
     reader = open_image_or_set(path, disk, readahead=0, cache_bytes=READER_CACHE)
     try:
-        source, window = _window(reader, partition, offset, length)
+        source, window = _window(reader, partition, offset, length, volume)
         identity = _identity(reader, source, window)
         if is_set_dir(path):
             identity["backup_set"] = {"dir": os.path.abspath(path),
                                       "disk": choose_disk(load_manifest(path), disk, path)["name"]}
-        base = window["offset"]
-        bad = [(max(o, base) - base, min(o + n, base + source.size) - max(o, base))
-               for o, n in reader.bad_ranges if o < base + source.size and o + n > base]
-        return ExportSource(source, reader, identity, bad)
+        pieces = volume_pieces(reader, source) if reader.bad_ranges else []  # raises if they cannot be traced
+        bad = [(v + max(o, at) - at, min(o + n, at + k) - max(o, at))
+               for v, at, k in pieces for o, n in reader.bad_ranges if o < at + k and o + n > at]
+        return ExportSource(source, reader, identity, sorted(bad))
     except BaseException:
         reader.close()
         raise
@@ -132,6 +146,8 @@ def _identity(reader: ImageReader, source: BlockSource, window: dict[str, Any]) 
     digests = dict((reader.trailer.meta if reader.trailer else {}).get("digests", {}))
     name = next(iter(sorted(digests)), None)
     key = f"{name}:{digests[name]}:{window['offset']}:{window['length']}" if name else None
+    if key and window.get("volume"):
+        key += f":{window['volume']}"
     table = read_partitions(source) if source.size >= 512 else None
     return {
         "id": str(uuid.uuid5(ID_NAMESPACE, key) if key else uuid.uuid4()),
@@ -260,9 +276,10 @@ def _sync_dir(path: str) -> None:
 
 
 def export_image(path: str, out: str, fmt: str, *, disk: str | None = None, partition: int | None = None,
-                 offset: int | None = None, length: int | None = None, **kwargs: Any) -> ExportResult:
-    """Open ``path`` and export it (or one partition or window of it): one call for front ends."""
-    src = open_export_source(path, disk=disk, partition=partition, offset=offset, length=length)
+                 offset: int | None = None, length: int | None = None, volume: str | None = None,
+                 **kwargs: Any) -> ExportResult:
+    """Open ``path`` and export it (or one partition, window or volume of it): one call for front ends."""
+    src = open_export_source(path, disk=disk, partition=partition, offset=offset, length=length, volume=volume)
     try:
         return export(src, out, fmt, **kwargs)
     finally:
