@@ -82,7 +82,8 @@ def loopdev() -> Iterator[object]:
         return dev
 
     yield attach
-    for dev in made:
+    for dev in made:  # partitions a restore added (BLKPG) outlive the loop device unless removed first
+        subprocess.run(["partx", "-d", dev], capture_output=True, check=False)
         subprocess.run(["losetup", "-d", dev], check=False)
 
 

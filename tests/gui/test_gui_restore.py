@@ -10,10 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import fsbuild
 from conftest import cli
 from devices.devhelpers import mkfs_ext4, mounted
 from gui.guihelpers import run, screen_text, wait_for
 from imagetools import mixed_bytes
+from imaging_utility.errors import RefusedError
 from imaging_utility.gui.app import ImagingApp
 from imaging_utility.gui.dialogs import ChooseScreen, ConfirmScreen
 from imaging_utility.gui.form import FormScreen
@@ -100,3 +104,46 @@ def test_restore_refusals_and_typed_confirmation(tmp_path: Path, loopdev: Callab
     with open(target, "rb") as f:
         f.seek(8 * MiB)
         assert f.read() == b"\xaa" * (8 * MiB), "only the image's length is written"
+
+
+def test_whole_disk_onto_a_larger_and_a_smaller_disk(tmp_path: Path, loopdev: Callable[..., str]) -> None:
+    """A whole-disk GPT image onto disks of other sizes, as ``restore`` writes it: the confirmation shows the
+    table the disk gets; on a larger disk the backup GPT moves to its end, on a smaller one the form refuses
+    until "allow smaller" is ticked; the partitions hold the image's bytes.  The GUI before refused any disk
+    of another size and named the command instead."""
+    from backup.diskbuild import make_simple_disk, sgdisk_ok, sha256_range
+    from imaging_utility.gui.op_restore import RestoreOperation
+    from imaging_utility.gui.picker import open_selection
+    from imaging_utility.progress import JobControl, no_progress
+
+    need = make_simple_disk(tmp_path)
+    image = tmp_path / "simple.img.zst"
+    cli("image", "--used-only", need.path, image)
+    (tmp_path / "big.raw").write_bytes(b"\xaa" * (32 * MiB))
+    (tmp_path / "small.raw").write_bytes(b"\xaa" * (21 * MiB))
+    big, small = loopdev(tmp_path / "big.raw"), loopdev(tmp_path / "small.raw")
+    op, sel = RestoreOperation(), open_selection(str(image))
+    for target, size, fit in ((big, 32 * MiB, False), (small, 21 * MiB, True)):
+        values: dict[str, str | bool] = {"target": target, "verify": True, "allow_smaller": fit}
+        if fit:
+            with pytest.raises(RefusedError, match="--allow-smaller"):
+                op.plan(sel, {**values, "allow_smaller": False})
+        plan = op.plan(sel, values)
+        assert plan.confirmation is not None and plan.confirmation.typed == os.path.basename(target)
+        shown = "\n".join(plan.confirmation.lines)
+        assert "partition 2: 8.00 MiB at 9.00 MiB" in shown, shown
+        assert ("larger; the backup GPT goes to its end" if size > need.size else "smaller") in shown, shown
+        with pytest.raises(RefusedError, match="not confirmed"):
+            plan.run(no_progress, JobControl(), print)
+        plan.confirmed = True
+        warnings: list[str] = []
+        lines = plan.run(no_progress, JobControl(), warnings.append)
+        assert "partition table rewritten for the target" in lines[0] and not warnings, (lines, warnings)
+        sgdisk_ok(target)
+        assert sha256_range(target, 17 * MiB, 2 * MiB) == sha256_range(need.path, 17 * MiB, 2 * MiB)  # raw bytes
+        part = tmp_path / "p2.raw"  # the ext4, used-only: what fsck and its files see
+        with open(target, "rb") as f:
+            f.seek(9 * MiB)
+            part.write_bytes(f.read(8 * MiB))
+        assert fsbuild.fsck(part, "ext").returncode == 0
+        assert fsbuild.read_files(part, "ext") == need.filesystems[2][1]

@@ -29,7 +29,7 @@ from ..errors import RefusedError
 from ..image.reader import ImageReader
 from ..partitions import PartitionTable, read_partitions
 from ..partitions.rewrite import entry_sectors, gpt_writes, mbr_writes, min_target_size, misfits
-from ..progress import ProgressCallback, no_progress
+from ..progress import JobControl, ProgressCallback, no_progress
 from .restore_check import PartitionCheck, verify_written
 from .restore_writer import FREE_SKIP, CorruptChunk, TargetWriter, write_error, write_stored
 from .target import TargetView, check_device_target, inspect_target
@@ -134,8 +134,10 @@ def plan_disk_restore(reader: ImageReader, target: str, *, allow_smaller: bool =
 
 def run_disk_restore(plan: DiskRestorePlan, *, free: str = FREE_SKIP, verify: bool = False,
                      continue_on_error: bool = False, threads: int | None = None,
-                     throttle: Throttle | None = None, progress: ProgressCallback = no_progress) -> DiskRestoreResult:
-    """Write the plan (see the module doc).  Raises ``RefusedError`` if the target changed since the plan."""
+                     throttle: Throttle | None = None, progress: ProgressCallback = no_progress,
+                     control: JobControl | None = None) -> DiskRestoreResult:
+    """Write the plan (see the module doc).  Raises ``RefusedError`` if the target changed since the plan.
+    ``control`` pauses or cancels between chunks, as for a plain restore (``restore_writer.write_stored``)."""
     started = time.monotonic()
     path = plan.target.path
     try:
@@ -149,7 +151,7 @@ def run_disk_restore(plan: DiskRestorePlan, *, free: str = FREE_SKIP, verify: bo
             raise RefusedError(f"{path} changed size since it was checked; nothing was written")
         report = write_stored(plan.reader, fd, path, start=0, length=plan.limit, device=True, free=free,
                               continue_on_error=continue_on_error, threads=threads or os.cpu_count() or 2,
-                              throttle=throttle, progress=progress)
+                              throttle=throttle, progress=progress, control=control)
         _beyond_image(fd, path, plan, free)
         for offset, data in plan.writes:
             try:
