@@ -89,6 +89,12 @@ def test_512_byte_disk_stays_512() -> None:
     assert read_partitions(BytesSource(bytes(disk))).sector_size == 4096
     assert read_partitions(BytesSource(bytes(disk), 4096)).sector_size == 4096
     assert read_partitions(BytesSource(bytes(disk[: size - 512]))).sector_size == 512  # not a 4Kn size
+    disk = _mbr([(0x42, 256, 8192)], size)  # a dynamic disk whose first volume is not at its partition's start
+    assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
+    disk[6 * 4096 : 6 * 4096 + 8] = b"PRIVHEAD"
+    assert read_partitions(BytesSource(bytes(disk))).sector_size == 4096
+    disk[6 * 512 : 6 * 512 + 8] = b"PRIVHEAD"
+    assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
 
 
 class _Unreadable(BytesSource):

@@ -8,7 +8,7 @@ mapped, from the wrong bytes.  So a source of 512-byte sectors whose partitions 
 their starts, but do at eight times those offsets where they all still fit, is read at 4096 (as
 ``read_partitions`` already tries both for a GPT).  Only a volume's own start is looked at: the boot sector
 of NTFS, FAT, exFAT and BitLocker (a jump, then 55 AA at 510), ext2/3/4, XFS, Btrfs, ReFS, LVM2, LUKS and
-Linux swap, the same signatures blkid takes a volume by.
+Linux swap, the same signatures blkid takes a volume by; and a dynamic disk's PRIVHEAD in sector 6.
 """
 
 from __future__ import annotations
@@ -33,12 +33,20 @@ def mbr_sector_size(source: BlockSource, entries: list[_Entry]) -> int:
               if count and ptype != MBR_TYPE_EMPTY and ptype not in MBR_EXTENDED_TYPES]
     if ss != 512 or source.size % 4096 or not starts:
         return ss
-    if any(_volume_at(source, lba * 512) for lba in starts):
+    if any(_volume_at(source, lba * 512) for lba in starts) or _privhead_at(source, 512):
         return 512
     if all((lba + count) * 4096 <= source.size for lba, count in used) and \
-            any(_volume_at(source, lba * 4096) for lba in starts):
+            (any(_volume_at(source, lba * 4096) for lba in starts) or _privhead_at(source, 4096)):
         return 4096
     return 512
+
+
+def _privhead_at(source: BlockSource, ss: int) -> bool:
+    """A Windows dynamic disk's LDM PRIVHEAD in sector 6 (its volumes need not start at the partition's)."""
+    try:
+        return source.size >= 7 * ss and read_at(source, 6 * ss, 8) == b"PRIVHEAD"
+    except Error:
+        return False
 
 
 def _volume_at(source: BlockSource, offset: int) -> bool:
