@@ -81,7 +81,7 @@ class RestoreOperation:
             if partition_table_of(reader) is not None and is_block_device(target):
                 check_target_safe(target)  # a whole disk onto a disk: as the command, table fitted to it
                 disk_plan = plan_disk_restore(reader, target, force=force, **fit)
-                lines = [*describe_device(target, disk_plan.target.size, size), *_plan_lines(disk_plan, image)]
+                lines = [*describe_device(target, disk_plan.target.size, None), *_plan_lines(disk_plan, image)]
                 asked = Confirmation(f"Overwrite {target}?", lines, typed=disk_plan.target.name, accept="Restore")
                 return self._disk_plan(argv, image, disk, target, force, verify, threads, fit, asked)
         info = inspect_target(target, size, force=force)
@@ -132,8 +132,8 @@ def _plan_lines(plan: DiskRestorePlan, image: str) -> list[str]:
     """What the disk gets, as the command shows it before asking."""
     t = plan.table
     scheme = (t.scheme or "?").upper()
-    lines = [f"This writes the disk in {image} ({human_bytes(plan.reader.size)}, {scheme}, {len(t.partitions)} "
-             "partitions) onto it:"]
+    lines = [f"Every partition on it is overwritten with the disk in {image} ({human_bytes(plan.reader.size)}, "
+             f"{scheme}, {len(t.partitions)} partitions):"]
     lines += [f"  partition {p.number}: {human_bytes(p.length)} at {human_bytes(p.offset)}, {p.type}"
               for p in t.partitions]
     if plan.size_change != "same":

@@ -53,7 +53,8 @@ def inspect_target(target: str, image_size: int, *, force: bool = False) -> Rest
     return RestoreTarget(target, kind, size, describe_device(target, size, image_size), kernel_name(target))
 
 
-def describe_device(target: str, size: int, image_size: int) -> list[str]:
+def describe_device(target: str, size: int, image_size: int | None) -> list[str]:
+    """What the device holds now, then (``image_size`` given) how much of it a plain restore overwrites."""
     dev = find_block_device(target)
     head = f"{target}: {human_bytes(size)} block device"
     vol: Volume | None = None
@@ -71,5 +72,6 @@ def describe_device(target: str, size: int, image_size: int) -> list[str]:
     if vol is not None and not vol.partitions and vol.fs:
         label = f" '{vol.label}'" if vol.label else ""
         lines.append(f"  holds {vol.fs}{label}")
-    lines.append(f"Every byte of the first {human_bytes(image_size)} of {target} is overwritten.")
+    if image_size is not None:
+        lines.append(f"Every byte of the first {human_bytes(image_size)} of {target} is overwritten.")
     return lines
