@@ -296,3 +296,20 @@ def write_with(fmt: str, source: BlockSource, out: Path, **opts: object) -> Writ
     finally:
         os.close(fd)
     return writer
+
+
+def rescued_image(raw: Path, dest: Path, bad: tuple[int, int]) -> Path:
+    """An image of ``raw`` as ``image --rescue`` leaves it when the ``bad`` (offset, length) bytes could not be
+    read: zeros there, the range recorded as unreadable."""
+    with FileSource(str(raw)) as source:
+        def read_chunk(offset: int, view: memoryview) -> list[tuple[int, int]]:
+            source.readinto_at(offset, view)
+            s, e = max(bad[0], offset), min(bad[0] + bad[1], offset + len(view))
+            if s >= e:
+                return []
+            view[s - offset : e - offset] = bytes(e - s)
+            return [(s, e - s)]
+
+        capture(source, str(dest), CaptureOptions(chunk_reader=read_chunk,
+                                                  identity={"kind": "file", "size": source.size}))
+    return dest

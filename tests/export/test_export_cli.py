@@ -228,25 +228,13 @@ def test_progress_events(mixed_image: tuple[Path, Path], tmp_path: Path) -> None
 def test_unreadable_ranges_are_zeros_and_reported(tmp_path: Path) -> None:
     """A rescued image (some source ranges unreadable): export says so in one warning, the JSON lists the
     ranges, and the exported disk reads zeros there."""
-    from imaging_utility.devices.source import FileSource
-    from imaging_utility.ops.capture import CaptureOptions, capture
+    from exporthelpers import rescued_image
 
     raw = tmp_path / "src.raw"
     data = bytearray(random.Random(12).randbytes(6 * MiB))
     raw.write_bytes(data)
     bad = (3 * MiB + 4096, 8192)
-
-    with FileSource(str(raw)) as source:
-        def read_chunk(offset: int, view: memoryview) -> list[tuple[int, int]]:
-            source.readinto_at(offset, view)
-            s, e = max(bad[0], offset), min(bad[0] + bad[1], offset + len(view))
-            if s >= e:
-                return []
-            view[s - offset : e - offset] = bytes(e - s)
-            return [(s, e - s)]
-
-        capture(source, str(tmp_path / "rescued.img"),
-                CaptureOptions(chunk_reader=read_chunk, identity={"kind": "file", "size": source.size}))
+    rescued_image(raw, tmp_path / "rescued.img", bad)
     proc = cli("export", "--json", tmp_path / "rescued.img", tmp_path / "r.vhdx")
     assert "1 unreadable source ranges (8192 bytes)" in proc.stderr
     assert json.loads(proc.stdout)["bad_ranges"] == [{"offset": bad[0], "length": bad[1]}]

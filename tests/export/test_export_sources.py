@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from exporthelpers import MiB, check_all_readers, image_raw, qemu_compare
+from exporthelpers import MiB, check_all_readers, image_raw, qemu_compare, rescued_image
 
 from backup.backuphelpers import BackupSet
 from conftest import cli
@@ -123,21 +123,7 @@ def test_a_logical_volume_in_two_segments(tmp_path: Path) -> None:
     assert f"{vol.vg}-home" in wrong.stderr and len(wrong.stderr.splitlines()) == 1, wrong.stderr
     assert not (tmp_path / "x.qcow2").exists()
     # a rescued image of the PV with bytes lost in the LV's second segment: named in the LV's own offsets
-    from imaging_utility.devices.source import FileSource
-    from imaging_utility.ops.capture import CaptureOptions, capture
-
     (_first, first_len), (second, _n) = vol.places["home"].pieces
-    bad = (second + 4096, 8192)
-    with FileSource(str(vol.path)) as source:
-        def read_chunk(offset: int, view: memoryview) -> list[tuple[int, int]]:
-            source.readinto_at(offset, view)
-            s, e = max(bad[0], offset), min(bad[0] + bad[1], offset + len(view))
-            if s >= e:
-                return []
-            view[s - offset : e - offset] = bytes(e - s)
-            return [(s, e - s)]
-
-        capture(source, str(tmp_path / "rescued.img"),
-                CaptureOptions(chunk_reader=read_chunk, identity={"kind": "file", "size": source.size}))
+    rescued_image(vol.path, tmp_path / "rescued.img", (second + 4096, 8192))
     proc = cli("export", "--json", tmp_path / "rescued.img", tmp_path / "r.qcow2", "--volume", f"{vol.vg}-home")
     assert json.loads(proc.stdout)["bad_ranges"] == [{"offset": first_len + 4096, "length": 8192}], proc.stdout
