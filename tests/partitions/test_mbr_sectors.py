@@ -30,6 +30,12 @@ def _mbr(entries: list[tuple[int, int, int]], size: int, seed: int = 1) -> bytea
     return disk
 
 
+def _ext_magic(disk: bytearray, at: int) -> None:
+    """An ext2/3/4 superblock's magic and a block size it can have, at volume offset ``at``."""
+    struct.pack_into("<I", disk, at + 1048, 2)
+    struct.pack_into("<H", disk, at + 1080, 0xEF53)
+
+
 def test_4kn_mbr_disk_copied_to_a_file(tmp_path: Path) -> None:
     """ext4 and NTFS partitions of a 4Kn MBR disk, laid out by sfdisk on a 4096-byte loop device: the file
     shows them where partx does, with their filesystems, and images them used-only.  The code before read
@@ -82,11 +88,14 @@ def test_512_byte_disk_stays_512() -> None:
     struct.pack_into("<H", disk, 2048 * 4096 + 1080, 0xEF53)
     assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
     disk = _mbr([(0x83, 2048, 4096), (0x07, 8192, 4096)], size)  # both would fit at 4096 …
-    struct.pack_into("<H", disk, 2048 * 4096 + 1080, 0xEF53)  # … where the first looks like ext4
+    _ext_magic(disk, 2048 * 4096)  # … where the first looks like ext4 …
     disk[8192 * 512 : 8192 * 512 + 512] = b"\xeb\x52\x90NTFS    " + bytes(499) + b"\x55\xaa"  # an NTFS at 512
     assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
     disk[8192 * 512 : 8192 * 512 + 512] = bytes(512)  # without it, the disk is read as 4Kn
     assert read_partitions(BytesSource(bytes(disk))).sector_size == 4096
+    struct.pack_into("<I", disk, 2048 * 4096 + 1048, 0xFFFF)  # a block size no ext has: two bytes by chance
+    assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
+    struct.pack_into("<I", disk, 2048 * 4096 + 1048, 2)
     assert read_partitions(BytesSource(bytes(disk), 4096)).sector_size == 4096
     assert read_partitions(BytesSource(bytes(disk[: size - 512]))).sector_size == 512  # not a 4Kn size
     disk = _mbr([(0x42, 256, 8192)], size)  # a dynamic disk whose first volume is not at its partition's start
@@ -116,5 +125,6 @@ def test_unreadable_partition_start_does_not_stop_the_table() -> None:
     table = read_partitions(_Unreadable(bytes(disk), range(2048 * 512, 2048 * 512 + 4096)))
     assert table.sector_size == 512 and [(p.offset, p.length) for p in table.partitions] == [(MiB, 2 * MiB)]
     bad_4k = range(2048 * 4096, 2048 * 4096 + 4096)
-    struct.pack_into("<H", disk, 2048 * 4096 + 1080, 0xEF53)
+    _ext_magic(disk, 2048 * 4096)  # an ext4 there, but unreadable
+    assert read_partitions(BytesSource(bytes(disk))).sector_size == 4096
     assert read_partitions(_Unreadable(bytes(disk), bad_4k)).sector_size == 512

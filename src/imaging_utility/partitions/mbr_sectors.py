@@ -58,7 +58,8 @@ def _volume_at(source: BlockSource, offset: int) -> bool:
     except Error:  # an unreadable sector or a damaged chunk there: nothing is known of it (read later, and named)
         return False
     boot = head[0] in (0xEB, 0xE9) and head[510:512] == b"\x55\xaa"  # NTFS, FAT, exFAT, BitLocker
-    if boot or head[1080:1082] == b"\x53\xef" or head[:4] == b"XFSB" or head[3:7] == b"ReFS":
+    ext = head[1080:1082] == b"\x53\xef" and int.from_bytes(head[1048:1052], "little") <= 6  # + log block size
+    if boot or ext or head[:4] == b"XFSB" or head[3:7] == b"ReFS":
         return True
     return head[512:520] == b"LABELONE" or head[:6] == b"LUKS\xba\xbe" or head[4086:4096] == b"SWAPSPACE2" or \
         btrfs == b"_BHRfS_M"
