@@ -96,3 +96,31 @@ def test_export_pause_and_cancel(tmp_path: Path, image: Path) -> None:
     with pytest.raises(Interrupted, match="export cancelled"):
         op.plan(sel, values).run(lambda ev: None, control, lambda message: None)
     assert not list(tmp_path.glob("x.vhdx*")), "a cancelled export leaves nothing"
+
+
+def test_export_a_named_volume(tmp_path: Path) -> None:
+    """The form's Volume field exports a volume by its serve-proxy name, as ``export --volume`` does; a name
+    that is not there is refused before anything is written, with the names there are."""
+    import subprocess
+
+    from conftest import need_tools
+    from imaging_utility.errors import UsageError
+
+    need_tools("sfdisk")
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(mixed_bytes(16 * MiB, seed=32))
+    subprocess.run(["sfdisk", "-q", str(raw)], input=b"label: dos\nstart=2048, size=8192\nstart=10240\n",
+                   check=True, capture_output=True)
+    image = tmp_path / "disk.img"
+    cli("image", raw, image)
+    sel = open_selection(str(image))
+    op = ExportOperation()
+    values: dict[str, str | bool] = {f.name: f.default for f in op.fields(sel)}
+    values.update(out=str(tmp_path / "gui.raw"), volume="p2")
+    assert op.command(sel, values) == f"imaging-utility export --volume p2 {image} {tmp_path / 'gui.raw'}"
+    op.plan(sel, values).run(lambda ev: None, JobControl(), lambda message: None)
+    cli("export", "--partition", "2", image, tmp_path / "cli.raw")
+    assert (tmp_path / "gui.raw").read_bytes() == (tmp_path / "cli.raw").read_bytes() == raw.read_bytes()[10240 * 512 :]
+    with pytest.raises(UsageError, match="p1, p2"):
+        op.plan(sel, {**values, "volume": "p3", "out": str(tmp_path / "x.raw")})
+    assert not (tmp_path / "x.raw").exists()

@@ -1,4 +1,5 @@
-"""The export operation: an image (or one disk of a set, or one partition) as a virtual disk (``ops.export``).
+"""The export operation: an image (or one disk of a set, one partition or one named volume) as a virtual disk
+(``ops.export``).
 
 The same formats, defaults and checks as ``export``: the format from OUT's extension unless chosen, OUT
 written as ``OUT.partial`` and renamed when complete (a cancelled export leaves neither).
@@ -44,6 +45,7 @@ class ExportOperation:
             Field("format", "Format", FROM_NAME,
                   choices=((FROM_NAME, "from OUT's extension"), *((f, f) for f in FORMATS))),
             Field("partition", "Partition", "", help="a number: that partition only; empty: the whole disk"),
+            Field("volume", "Volume", "", help="a name as serve-proxy exports it (vg0-root, imsm_Data…): that one"),
             Field("block_size", "Block size", "", help="empty: the format's default"),
             Field("azure", "Azure (fixed VHD, whole MiB)", False),
             Field("compress", "qcow2: compressed clusters", False),
@@ -69,15 +71,16 @@ class ExportOperation:
         threads = number(values, "threads", "--threads") if text(values, "threads") else None
         block = parse_size(text(values, "block_size"), "--block-size") if text(values, "block_size") else None
         disk = (text(values, "disk") or None) if isinstance(sel, BackupSet) else None
+        volume = text(values, "volume") or None
         argv = [PROGRAM, "export"]
-        for name, value in (("--format", chosen), ("--disk", disk), ("--partition", partition),
+        for name, value in (("--format", chosen), ("--disk", disk), ("--partition", partition), ("--volume", volume),
                             ("--block-size", text(values, "block_size") or None), ("--threads", threads)):
             if value is not None:
                 argv += [name, str(value)]
         for name, key in (("--azure", "azure"), ("--compress", "compress"), ("--force", "force")):
             if flag(values, key):
                 argv.append(name)
-        request = {"disk": disk, "partition": partition, "out": out, "fmt": fmt, "block_size": block,
+        request = {"disk": disk, "partition": partition, "volume": volume, "out": out, "fmt": fmt, "block_size": block,
                    "threads": threads, "azure": flag(values, "azure"), "compress": flag(values, "compress"),
                    "force": flag(values, "force")}
         return [*argv, sel.path, out], request
@@ -88,11 +91,11 @@ class ExportOperation:
     def plan(self, sel: Selection, values: Values) -> Plan:
         argv, r = self._request(sel, values)
         path = sel.path
-        src = open_export_source(path, disk=r["disk"], partition=r["partition"])  # checks what can be checked
+        src = open_export_source(path, disk=r["disk"], partition=r["partition"], volume=r["volume"])  # checks first
         src.close()
 
         def run(progress: ProgressCallback, control: JobControl, warn: Warn) -> list[str]:
-            src = open_export_source(path, disk=r["disk"], partition=r["partition"])
+            src = open_export_source(path, disk=r["disk"], partition=r["partition"], volume=r["volume"])
             try:
                 if src.bad_ranges:
                     total = sum(n for _, n in src.bad_ranges)
