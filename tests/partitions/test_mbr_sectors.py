@@ -98,6 +98,16 @@ def test_512_byte_disk_stays_512() -> None:
     struct.pack_into("<I", disk, 2048 * 4096 + 1048, 2)
     assert read_partitions(BytesSource(bytes(disk), 4096)).sector_size == 4096
     assert read_partitions(BytesSource(bytes(disk[: size - 512]))).sector_size == 512  # not a 4Kn size
+    disk = _mbr([(0x05, 256, 8192)], size)  # only logical partitions: their first EBR decides
+    assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
+    ebr = bytearray(512)
+    struct.pack_into("<B3sB3sII", ebr, 446, 0, b"", 0x83, b"", 256, 4096)
+    ebr[510:512] = b"\x55\xaa"
+    disk[256 * 4096 : 256 * 4096 + 512] = ebr
+    table = read_partitions(BytesSource(bytes(disk)))
+    assert table.sector_size == 4096 and [(p.number, p.offset) for p in table.partitions] == [(5, 512 * 4096)]
+    disk[256 * 512 : 256 * 512 + 512] = ebr
+    assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
     disk = _mbr([(0x42, 256, 8192)], size)  # a dynamic disk whose first volume is not at its partition's start
     assert read_partitions(BytesSource(bytes(disk))).sector_size == 512
     disk[6 * 4096 : 6 * 4096 + 8] = b"PRIVHEAD"

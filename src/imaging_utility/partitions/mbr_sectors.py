@@ -8,7 +8,8 @@ mapped, from the wrong bytes.  So a source of 512-byte sectors whose partitions 
 their starts, but do at eight times those offsets where they all still fit, is read at 4096 (as
 ``read_partitions`` already tries both for a GPT).  Only a volume's own start is looked at: the boot sector
 of NTFS, FAT, exFAT and BitLocker (a jump, then 55 AA at 510), ext2/3/4, XFS, Btrfs, ReFS, LVM2, LUKS and
-Linux swap, the same signatures blkid takes a volume by; and a dynamic disk's PRIVHEAD in sector 6.
+Linux swap, the same signatures blkid takes a volume by; a dynamic disk's PRIVHEAD in sector 6; an extended
+partition's first EBR (its logical partitions are numbered from it).
 """
 
 from __future__ import annotations
@@ -31,14 +32,29 @@ def mbr_sector_size(source: BlockSource, entries: list[_Entry]) -> int:
     used = [(lba, count) for _s, _c1, ptype, _c2, lba, count in entries if count and ptype != MBR_TYPE_EMPTY]
     starts = [lba for _s, _c1, ptype, _c2, lba, count in entries
               if count and ptype != MBR_TYPE_EMPTY and ptype not in MBR_EXTENDED_TYPES]
-    if ss != 512 or source.size % 4096 or not starts:
+    chains = [lba for _s, _c1, ptype, _c2, lba, count in entries if count and ptype in MBR_EXTENDED_TYPES]
+    if ss != 512 or source.size % 4096 or not used:
         return ss
-    if any(_volume_at(source, lba * 512) for lba in starts) or _privhead_at(source, 512):
+
+    def found(sector: int) -> bool:
+        return any(_volume_at(source, lba * sector) for lba in starts) or _privhead_at(source, sector) or \
+            any(_ebr_at(source, lba * sector) for lba in chains)
+
+    if found(512):
         return 512
-    if all((lba + count) * 4096 <= source.size for lba, count in used) and \
-            (any(_volume_at(source, lba * 4096) for lba in starts) or _privhead_at(source, 4096)):
+    if all((lba + count) * 4096 <= source.size for lba, count in used) and found(4096):
         return 4096
     return 512
+
+
+def _ebr_at(source: BlockSource, offset: int) -> bool:
+    """An extended partition's first EBR: 55 AA, boot indicators 0x00/0x80, a first entry that is used."""
+    try:
+        sector = read_at(source, offset, 512) if offset > 0 and offset + 512 <= source.size else b""
+    except Error:
+        return False
+    return sector[510:512] == b"\x55\xaa" and all(sector[446 + 16 * i] in (0, 0x80) for i in range(4)) and \
+        int.from_bytes(sector[446 + 12 : 446 + 16], "little") > 0
 
 
 def _privhead_at(source: BlockSource, ss: int) -> bool:
