@@ -8,6 +8,7 @@ import bisect
 import contextlib
 import os
 import stat
+from collections.abc import Callable
 
 from ..blocks import BlockSource, MappedSource, WindowSource
 from ..errors import CorruptImageError, NotFoundError, PermissionDeniedError, UnsupportedError, UsageError
@@ -15,11 +16,12 @@ from ..filesystems import detect
 from ..filesystems.imsm import check_table
 from ..filesystems.tree import FileTree, open_tree
 from ..format import c_image
-from ..partitions import PartitionTable
+from ..partitions import Partition, PartitionTable, read_partitions
 from ..partitions.table import DYNAMIC_WHY
 from ..progress import ProgressCallback, no_progress
 from .destdir import sanitize_name
 from .extract import ExtractOptions, ExtractReport, extract
+from .volumes import named_volume
 
 __all__ = ["ExtractOptions", "ExtractReport", "corrupt_ranges", "damaged_files", "extract", "open_image_tree",
            "sanitize_name", "source_files", "volume_bad_ranges"]
@@ -76,7 +78,7 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
     Returns the tree and the opened top-level source (an ``ImageReader`` or ``FileSource``); close the
     source when done.  Raises ``UsageError`` when a whole partitioned disk is given without ``partition``.
     """
-    from ..partitions import partition_source, read_partitions
+    from ..partitions import partition_source
 
     if partition is not None and (offset is not None or length is not None):
         raise UsageError("--partition cannot be combined with --offset/--length")
@@ -86,14 +88,9 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
     try:
         volume: BlockSource = source
         if volume_name is not None:
-            from .volumes import named_volume
-
             volume = named_volume(source, volume_name)
-            inner = read_partitions(volume).partitions if detect(volume) is None else []
-            if inner:  # a firmware RAID volume holds a disk
-                listing = ", ".join(f"{volume_name}p{p.number}" for p in inner)
-                raise UsageError(f"volume {volume_name} holds a partitioned disk, not one filesystem: choose a "
-                                 f"partition with --volume NAME ({listing})")
+            _refuse_disk(volume, f"volume {volume_name}", "--volume NAME",  # a firmware RAID volume holds a disk
+                         lambda parts: ", ".join(f"{volume_name}p{p.number}" for p in parts))
         elif partition is not None:
             table = read_partitions(source)
             if table.get(partition).dynamic:
@@ -106,12 +103,9 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
             if start < 0 or size <= 0 or start + size > source.size:
                 raise UsageError(f"--offset {start} --length {size} is outside {path} ({source.size} bytes)")
             volume = WindowSource(source, start, size)
-        elif detect(source) is None:
-            parts = read_partitions(source).partitions
-            if parts:
-                listing = ", ".join(f"{p.number} ({p.type})" for p in parts)
-                raise UsageError(f"{path} holds a partitioned disk, not one filesystem: choose a partition "
-                                 f"with --partition N (partitions: {listing})")
+        else:
+            _refuse_disk(source, path, "--partition N",
+                         lambda parts: "partitions: " + ", ".join(f"{p.number} ({p.type})" for p in parts))
         if lv is not None:
             from ..filesystems.lvm_source import open_lv
 
@@ -122,6 +116,15 @@ def open_image_tree(path: str, *, partition: int | None = None, offset: int | No
         if close is not None:
             close()
         raise
+
+
+def _refuse_disk(volume: BlockSource, what: str, option: str, listing: Callable[[list[Partition]], str]) -> None:
+    """``UsageError`` when ``volume`` holds a partitioned disk rather than one filesystem, naming the option
+    that picks a partition and (``listing``) the partitions."""
+    parts = read_partitions(volume).partitions if detect(volume) is None else []
+    if parts:
+        raise UsageError(f"{what} holds a partitioned disk, not one filesystem: choose a partition with {option} "
+                         f"({listing(parts)})")
 
 
 def volume_pieces(top: BlockSource, volume: BlockSource) -> list[tuple[int, int, int]]:
