@@ -77,7 +77,9 @@ def test_exfat_copied_while_mounted_and_media_failure(tmp_path: Path) -> None:
     try:
         subprocess.run(["mount.exfat-fuse", dev, str(mnt)], check=True, capture_output=True)
         try:
-            shutil.copyfile(vol, copy)  # what unplugging it now would leave
+            # what unplugging it now would leave: read through the device, whose page cache holds what
+            # exfat-fuse wrote (the backing file sees it only once the loop device is flushed)
+            shutil.copyfile(dev, copy)
         finally:
             subprocess.run(["umount", str(mnt)], check=True)
     finally:
