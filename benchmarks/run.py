@@ -91,15 +91,17 @@ def median_run(cmd: list[str] | str, reps: int, *, shell: bool = False, before: 
                max(r.rss_mib for r in runs))
 
 
-def interleaved(cmds: dict[str, tuple[list[str] | str, bool]], reps: int, before: str | None = None,
-                ) -> dict[str, Run]:
+def interleaved(cmds: dict[str, tuple[list[str] | str, bool]], reps: int,
+                before: str | dict[str, str] | None = None) -> dict[str, Run]:
     """Run every command once per round, ``reps`` rounds (A B C A B C …), so slow drift of the machine
-    (page cache, the VM's memory) hits every command alike; medians per command."""
+    (page cache, the VM's memory) hits every command alike; medians per command.  ``before`` (untimed)
+    runs before every command, or, as a dict, before the command of that name."""
     runs: dict[str, list[Run]] = {name: [] for name in cmds}
     for _ in range(reps):
         for name, (cmd, shell) in cmds.items():
-            if before:
-                subprocess.run(before, shell=True, check=True)
+            first = before.get(name) if isinstance(before, dict) else before
+            if first:
+                subprocess.run(first, shell=True, check=True)
             runs[name].append(timed(cmd, shell=shell))
     return {name: Run(statistics.median(r.wall for r in rs), statistics.median(r.cpu for r in rs),
                       max(r.rss_mib for r in rs)) for name, rs in runs.items()}
@@ -257,7 +259,11 @@ def bench_used(corpus: Path, work: Path, reps: int, level: int) -> None:
                     True) for i, (label, cmd) in enumerate(peers.items())}
         cmds["imaging-utility image --used-only"] = (
             [*TOOL, "image", "--force", "--used-only", "--level", str(level), str(src), f"{out}-ours"], False)
-        res = interleaved(cmds, reps)
+        # every command writes a new file: one replacing its last run's output makes ext4 write the whole new
+        # file back at its close (auto_da_alloc), which is not what is measured here
+        outputs = {label: f"{out}-{i}" for i, label in enumerate(peers)}
+        outputs["imaging-utility image --used-only"] = f"{out}-ours"
+        res = interleaved(cmds, reps, before={label: f"rm -f {q(path)}" for label, path in outputs.items()})
         results = [(label, res[label], size_of(Path(f"{out}-{i}"))) for i, label in enumerate(peers)]
         results.append(("imaging-utility image --used-only", res["imaging-utility image --used-only"],
                         size_of(Path(f"{out}-ours"))))
