@@ -37,10 +37,12 @@ from typing import Any
 from urllib.parse import quote
 
 from cheroot import wsgi
+from wsgidav.dav_error import DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.request_resolver import RequestResolver
+from wsgidav.util import normalize_path
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from ..errors import CorruptImageError, Error, NotFoundError
@@ -300,7 +302,28 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
                                   lambda m: log.warning("%s", m))
 
 
-def make_app(tree: FileTree, users: dict[str, str] | None = None) -> WsgiDAVApp:
+class _RootGuard:
+    """wsgidav's application, with paths that climb above the share's root answered here.
+
+    wsgidav refuses such a path (``/../etc/passwd``) with a 400 whose body it never sends: its
+    ``__call__`` is a generator, and the refusal is a ``return`` in it.  The client, promised the body's
+    length, waited until its own timeout on a connection the server kept open."""
+
+    def __init__(self, app: WsgiDAVApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path != "*":
+            try:
+                normalize_path(path)
+            except DAVError:
+                return _text(start_response, "400 Bad Request", f"{path}: climbs above the share's root")
+        result: Iterable[bytes] = self.app(environ, start_response)
+        return result
+
+
+def make_app(tree: FileTree, users: dict[str, str] | None = None) -> _RootGuard:
     """The WSGI application; ``users`` maps user name → password for HTTP basic auth (none: anonymous)."""
     mapping: Any = {"*": {u: {"password": p} for u, p in users.items()}} if users else {"*": True}
     config = {
@@ -321,7 +344,7 @@ def make_app(tree: FileTree, users: dict[str, str] | None = None) -> WsgiDAVApp:
         "suppress_version_info": True,
         "hotfixes": {"emulate_win32_lastmod": True, "re_encode_path_info": True, "unquote_path_info": False},
     }
-    return WsgiDAVApp(config)
+    return _RootGuard(WsgiDAVApp(config))
 
 
 class _Server(wsgi.Server):  # type: ignore[misc]
