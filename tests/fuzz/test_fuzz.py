@@ -35,7 +35,7 @@ def test_every_harness_has_seeds_and_a_crash_folder() -> None:
 def test_short_fuzz_run_of_each_harness(tmp_path: Path) -> None:
     """Each run starts by executing every seed and every crash ever kept: the regression tests."""
     before = _crash_files()
-    proc = _run("--seconds", "20", "--jobs", "3", "--logs", str(tmp_path), timeout=900)
+    proc = _run("--seconds", "8", "--jobs", "3", "--logs", str(tmp_path), timeout=900)
     new = _crash_files() - before
     assert proc.returncode == 0 and not new, proc.stdout + "".join(
         (tmp_path / f"{n}.log").read_text()[-3000:] for n in HARNESSES if (tmp_path / f"{n}.log").exists())
