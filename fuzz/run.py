@@ -8,7 +8,7 @@ A run first executes every seed (``fuzz/corpus/<harness>``) and every kept crash
 (``fuzz/crashes/<harness>``), then mutates; what it discovers goes to a scratch directory (``--merge``
 adds inputs that reach new code to the seeds).  A crash, timeout or out-of-memory input is written to
 ``fuzz/crashes/<harness>/``: fix the bug and keep the file, so every later run (the test suite's
-20-second runs too) executes it first.  Exit status: 0 when every run was clean.
+8-second runs too) executes it first.  Exit status: 0 when every run was clean.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fuzz harnesses (fuzz/README.md) in the test suite: a 20-second coverage-guided run of each harness,
+"""The fuzz harnesses (fuzz/README.md) in the test suite: an 8-second coverage-guided run of each harness,
 which first executes every seed and every crash ever found, and (``-m fuzz``) the 10-minute runs."""
 
 from __future__ import annotations
