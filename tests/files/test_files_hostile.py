@@ -113,6 +113,9 @@ def test_hostile_ext_over_webdav(tmp_path: Path) -> None:
         # (wsgidav's own refusal sent no body: the client waited for it until its timeout, 30 s here)
         r = curl("--max-time", "5", "-w", "%{http_code}", f"{url}../../../../etc/passwd", "--path-as-is")
         assert r.returncode == 0 and r.stdout.endswith(b"climbs above the share's root\n400"), r
+        # a path that is not UTF-8 once unquoted: a 400 too (no answer at all before, the connection closed)
+        r = curl("--max-time", "5", "-w", "%{http_code}", f"{url}d1/%ff%fe")
+        assert r.returncode == 0 and r.stdout.endswith(b"is not UTF-8\n400"), r
         assert status(f"{url}%252Fabs") == 200
         assert status(f"{url}abs-link") == 404  # symlinks are not served, never followed
         assert status("-X", "PROPFIND", "-H", "Depth: 1", f"{url}d1/") == 207

@@ -2,8 +2,8 @@
 
 Only GET, HEAD, OPTIONS and PROPFIND are served; every other method (PUT, DELETE, MKCOL, COPY, MOVE,
 PROPPATCH, LOCK, UNLOCK, POST, …) is answered ``403 Forbidden``.  GET, HEAD and PROPFIND are answered
-here (``ReadOnlyGate``), OPTIONS and authentication by wsgidav.  Locking is off, so OPTIONS
-advertises DAV class 1 only.
+here (``ReadOnlyGate``), OPTIONS and authentication by wsgidav (its OPTIONS refusals answered by the
+gate too).  Locking is off, so OPTIONS advertises DAV class 1 only.
 
 - GET streams the file in 1 MiB blocks; ``Range`` is honoured per RFC 9110 (``httprange.py``: one
   range 206, several ``multipart/byteranges``, a malformed or unsatisfiable one 416).  A file whose
@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cheroot import wsgi
-from wsgidav.dav_error import DAVError
+from wsgidav.dav_error import DAVError, get_http_status_string
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 from wsgidav.http_authenticator import HTTPAuthenticator
 from wsgidav.mw.base_mw import BaseMiddleware
@@ -200,8 +200,7 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
         if method not in READ_METHODS:
             return _text(start_response, "403 Forbidden", f"{method} refused: this WebDAV share is read-only")
         if method == "OPTIONS":
-            result: Iterable[bytes] = self.next_app(environ, start_response)
-            return result
+            return self._options(environ, start_response)
         tree: FileTree = self.config["imaging_utility.tree"]
         path = environ.get("PATH_INFO", "/") or "/"
         try:
@@ -217,6 +216,24 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
             message = str(e) if path.rstrip("/") in str(e) else f"{path}: {e}"
             log.warning("%s %s", method, message)
             return _text(start_response, "500 Internal Server Error", message)
+
+    def _options(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """wsgidav's OPTIONS (an empty body), its refusals answered here: without its ErrorPrinter, a
+        refusal (a 404 below a file: ``/a.txt/x``) reached cheroot and the client got no answer at all."""
+        started = False
+
+        def start(*args: Any) -> Any:
+            nonlocal started
+            started = True
+            return start_response(*args)
+
+        try:
+            return list(self.next_app(environ, start))
+        except DAVError as e:
+            if started:
+                raise
+            return _text(start_response, get_http_status_string(e), f"{environ.get('PATH_INFO', '')}: not found"
+                         if e.value == 404 else f"OPTIONS refused ({get_http_status_string(e)})")
 
     def _directory(self, environ: dict[str, Any], start_response: StartResponse, tree: FileTree, entry: Entry,
                    path: str, method: str) -> Iterable[bytes]:
@@ -302,12 +319,14 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
                                   lambda m: log.warning("%s", m))
 
 
-class _RootGuard:
-    """wsgidav's application, with paths that climb above the share's root answered here.
+class _PathGuard:
+    """wsgidav's application, with the paths it cannot answer refused here with a complete 400.
 
-    wsgidav refuses such a path (``/../etc/passwd``) with a 400 whose body it never sends: its
-    ``__call__`` is a generator, and the refusal is a ``return`` in it.  The client, promised the body's
-    length, waited until its own timeout on a connection the server kept open."""
+    A path that is not UTF-8 once unquoted (``/%ff``) raised inside wsgidav: the client got no answer at
+    all, the connection just closed.  A path that climbs above the share's root (``/../etc/passwd``) got
+    a 400 whose body wsgidav never sent (its ``__call__`` is a generator and the refusal a ``return`` in
+    it): the client, promised the body's length, waited on a kept-open connection until its own timeout.
+    The names this server gives are always UTF-8 (``dav_name``), so no file is out of reach."""
 
     def __init__(self, app: WsgiDAVApp) -> None:
         self.app = app
@@ -316,14 +335,17 @@ class _RootGuard:
         path = environ.get("PATH_INFO", "")
         if path != "*":
             try:
-                normalize_path(path)
-            except DAVError:
-                return _text(start_response, "400 Bad Request", f"{path}: climbs above the share's root")
+                # as wsgidav reads it (WSGI hands the bytes over as Latin-1; hotfix re_encode_path_info)
+                normalize_path(path.encode("iso-8859-1").decode("utf-8"))
+            except (UnicodeError, DAVError) as e:
+                why = "climbs above the share's root" if isinstance(e, DAVError) else "is not UTF-8"
+                shown = path.encode("iso-8859-1", "replace").decode("utf-8", "backslashreplace")
+                return _text(start_response, "400 Bad Request", f"{shown!r}: the path {why}")
         result: Iterable[bytes] = self.app(environ, start_response)
         return result
 
 
-def make_app(tree: FileTree, users: dict[str, str] | None = None) -> _RootGuard:
+def make_app(tree: FileTree, users: dict[str, str] | None = None) -> _PathGuard:
     """The WSGI application; ``users`` maps user name → password for HTTP basic auth (none: anonymous)."""
     mapping: Any = {"*": {u: {"password": p} for u, p in users.items()}} if users else {"*": True}
     config = {
@@ -344,7 +366,7 @@ def make_app(tree: FileTree, users: dict[str, str] | None = None) -> _RootGuard:
         "suppress_version_info": True,
         "hotfixes": {"emulate_win32_lastmod": True, "re_encode_path_info": True, "unquote_path_info": False},
     }
-    return _RootGuard(WsgiDAVApp(config))
+    return _PathGuard(WsgiDAVApp(config))
 
 
 class _Server(wsgi.Server):  # type: ignore[misc]
