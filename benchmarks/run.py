@@ -139,7 +139,9 @@ def bench_core(src: Path, work: Path, reps: int, level: int) -> None:
     for hashes in ("sha256", "sha256,blake3", "md5", "none"):
         variants[hashes] = ([*TOOL, "image", "--force", "--hash", hashes, "--level", str(level), str(src),
                              str(img)], False)
-    res = interleaved(variants, reps)
+    # each writes a new file (a replaced one is written back at its close by ext4: auto_da_alloc)
+    res = interleaved(variants, reps, before={name: f"rm -f {shlex.quote(str(zst if name == 'zstd' else img))}"
+                                              for name in variants})
     peer = res["zstd"]
     print(row(f"`zstd -T0 -{level} -c SRC > OUT`", n, peer, size_of(zst), None))
     print(row("`imaging-utility image` (default digest: blake3)", n, res["default"], size_of(img), peer))
