@@ -3,8 +3,10 @@
 Seeded random requests over raw sockets (paths with ``..``, non-UTF-8 escapes, control bytes, long names,
 names through symlinks, loops and files; every method; odd Range, Depth, bodies and lengths) against a
 server of the hostile ext4 volume.  Each must be answered within 5 s with a status line and, where it
-says a Content-Length, that many bytes, never a 500.  What this caught: a path above the root hung the
-client until its timeout (a 400 with no body), ``/%ff`` and an OPTIONS below a file got no answer at all."""
+says a Content-Length, that many bytes, never a 500; anonymous, and with basic auth (right, wrong and
+malformed ``Authorization`` headers).  What this caught: a path above the root hung the client until its
+timeout (a 400 with no body); ``/%ff``, an OPTIONS below a file and a malformed Basic header (not base64,
+not UTF-8, no ``:``) got no answer at all."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import random
 import re
 import socket
 from pathlib import Path
+
+import pytest
 
 from files.filehelpers import webdav
 from files.test_files_hostile import _hostile_ext
@@ -38,8 +42,9 @@ def _request(rng: random.Random) -> bytes:
         headers.append(f"Content-Length: {len(body)}")
     elif rng.random() < 0.05:
         headers.append("Content-Length: " + rng.choice(["-1", "abc"]))
-    if rng.random() < 0.1:
-        headers.append("Authorization: Basic " + rng.choice(["", "!!!", "YTpi"]))
+    if rng.random() < 0.3:  # "a:b" is the right one when the server asks; the others are malformed
+        headers.append("Authorization: " + rng.choice(["Basic ", "Basic !!!", "Basic YTpi", "Basic //46eA==",
+                                                       "Basic bm9jb2xvbg==", "Digest x", "Basic"]))
     head = f"{rng.choice(METHODS)} {path} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\nConnection: close\r\n\r\n"
     return head.encode("latin-1") + body
 
@@ -53,9 +58,12 @@ def _answer(port: int, request: bytes) -> bytes:
     return data
 
 
-def test_every_hostile_request_is_answered_completely(tmp_path: Path) -> None:
+@pytest.mark.parametrize("auth", [False, True], ids=["anonymous", "basic-auth"])
+def test_every_hostile_request_is_answered_completely(tmp_path: Path, auth: bool) -> None:
     rng = random.Random(20261202)
-    with webdav(_hostile_ext(tmp_path)) as url:
+    password = tmp_path / "pw.txt"
+    password.write_text("b\n")
+    with webdav(_hostile_ext(tmp_path), *(["--user", "a", "--password-file", str(password)] if auth else [])) as url:
         port = int(re.search(r":(\d+)/", url).group(1))  # type: ignore[union-attr]
         for _ in range(300):
             request = _request(rng)

@@ -25,6 +25,7 @@ which is thread-safe.
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 import socket
@@ -231,6 +232,21 @@ class ReadOnlyGate(BaseMiddleware):  # type: ignore[misc]
                                   lambda m: log.warning("%s", m))
 
 
+class _Authenticator(HTTPAuthenticator):  # type: ignore[misc]
+    """wsgidav's authenticator, with a malformed Basic header (not base64, not UTF-8, no ``:``) answered
+    with the 401 challenge: it raised inside wsgidav, and the client got no answer at all."""
+
+    def handle_basic_auth_request(self, environ: dict[str, Any], start_response: StartResponse) -> Any:
+        value = environ.get("HTTP_AUTHORIZATION", "")[len("Basic "):].strip()
+        try:
+            decoded = base64.b64decode(value.encode("ascii"), validate=True).decode("utf-8")
+        except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+            decoded = ""
+        if ":" not in decoded:
+            return self.send_basic_auth_response(environ, start_response)
+        return super().handle_basic_auth_request(environ, start_response)
+
+
 class _PathGuard:
     """wsgidav's application, with the paths it cannot answer refused here with a complete 400.
 
@@ -267,7 +283,7 @@ def make_app(tree: FileTree, users: dict[str, str] | None = None) -> _PathGuard:
         "property_manager": None,
         # No ErrorPrinter: it logs tracebacks and answers a failure after the status line with a second
         # one.  Failures are answered by ReadOnlyGate; anything else reaches cheroot (one log line).
-        "middleware_stack": [HTTPAuthenticator, ReadOnlyGate, RequestResolver],
+        "middleware_stack": [_Authenticator, ReadOnlyGate, RequestResolver],
         "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False,
                                "default_to_digest": False, "trusted_auth_header": None},
         "simple_dc": {"user_mapping": mapping},
