@@ -148,12 +148,12 @@ def bench(volumes: dict[str, Path], work: Path, reps: int, level: int) -> dict[s
             cmds[fast] = (f"{nowait} {cmds[label][0]}".replace(f"{out}-peer", f"{out}-peer-nowait"), True)
             rows.append((fast, f"{out}-peer-nowait"))
         rows.append((ours, f"{out}-ours"))
-        bound = f"floor: zstd -T0 -{level} of the used bytes into /dev/null"
+        floor = f"floor: zstd -T0 -{level} of the used bytes into /dev/null"
         raw = f"{out}-raw"
         subprocess.run(f"{nowait or ''} {peer.format(src=q(str(src)))} 2>/dev/null > {q(raw)}", shell=True,
                        check=True)
-        cmds[bound] = (f"zstd -q -T0 -{level} -c {q(raw)} > /dev/null", True)
-        rows.append((bound, None))
+        cmds[floor] = (f"zstd -q -T0 -{level} -c {q(raw)} > /dev/null", True)
+        rows.append((floor, None))
         warm(Path(raw))
         res = interleaved(cmds, reps, before={cmd: f"rm -f {q(path)}" for cmd, path in rows if path})
         n = size_of(src)

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import fsbuild
 from conftest import need_root, need_tools
+from files.filehelpers import need
+from imaging_utility.devices.source import FileSource
+from imaging_utility.filesystems.tree import open_tree
 
 MiB = 1 << 20
 
@@ -183,3 +186,55 @@ def hostile_fat(tmp: Path) -> tuple[Path, dict[str, bytes]]:
     data[pos : pos + 2] = b"\x00\xd8"
     vol.write_bytes(bytes(data))
     return vol, files
+
+
+# ext4 names created as placeholders, then rewritten in the directory block to what an attacker would write
+EXT_HOSTILE = {
+    "AAAAAAAAAAAAAAAAAAAAAAAA01": b"..",
+    "AAAAAAAAAAAAAAAAAAAAAAAA02": b"../../../../tmp/escape",
+    "AAAAAAAAAAAAAAAAAAAAAAAA03": b"ctl\x01\x1b[31mred\x7f",
+    "AAAAAAAAAAAAAAAAAAAAAAAA04": b"bad\xff\xfeutf8",
+    "AAAAAAAAAAAAAAAAAAAAAAAA05": b"/abs",
+    "B" * 255: "€".encode() * 85,
+}
+
+
+def _rewrite_ext_name(vol: Path, old: str, new: bytes) -> None:
+    """Overwrite a directory entry's name (and name_len) in place; ext4_dir_entry_2 = inode, rec_len, len, type."""
+    data = vol.read_bytes()
+    pos = data.find(old.encode())
+    assert pos > 0 and data.find(old.encode(), pos + 1) == -1, old
+    with open(vol, "r+b") as f:
+        f.seek(pos - 2)
+        f.write(bytes([len(new)]))
+        f.seek(pos)
+        f.write(new.ljust(len(old), b"\0"))
+
+
+def hostile_ext_names(tmp: Path) -> Path:
+    """ext4 with the ``EXT_HOSTILE`` names, two symlinks out of the tree (``/abs-link``, ``/rel-link``) and
+    a directory loop (``d1/LOOPLOOPLOOPLOOP`` is ``d1``)."""
+    need("ext")
+    src = tmp / "src"
+    (src / "d1" / "d2").mkdir(parents=True)
+    for i, name in enumerate(EXT_HOSTILE):
+        (src / name).write_bytes(f"payload {i}\n".encode())
+    (src / "d1" / "LOOPLOOPLOOPLOOP").mkdir()
+    (src / "d1" / "ok.txt").write_text("fine\n")
+    vol = tmp / "hostile-ext.raw"
+    fsbuild.random_image(vol, 16)
+    fsbuild._run("mke2fs", "-q", "-F", "-t", "ext4", "-E", "nodiscard", "-d", src, vol)
+    fsbuild._run("debugfs", "-w", "-f", "-", vol,
+                 stdin=b"symlink /abs-link /etc/passwd\nsymlink /rel-link ../../../../etc/shadow\n")
+    for old, new in EXT_HOSTILE.items():
+        _rewrite_ext_name(vol, old, new)
+    # d1/LOOPLOOPLOOPLOOP now points at d1 itself: a directory loop
+    with FileSource(str(vol)) as source:
+        d1 = open_tree(source).stat("/d1").inode
+    assert d1 is not None
+    data = vol.read_bytes()
+    pos = data.find(b"LOOPLOOPLOOPLOOP")
+    with open(vol, "r+b") as f:
+        f.seek(pos - 8)
+        f.write(d1.to_bytes(4, "little"))
+    return vol
