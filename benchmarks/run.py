@@ -256,19 +256,16 @@ def bench_used(corpus: Path, work: Path, reps: int, level: int) -> None:
         info = json.loads(subprocess.run([*TOOL, "image", "--force", "--json", "--used-only", str(src), str(out)],
                                          capture_output=True, text=True, check=True).stdout)
         used = info["used_bytes"]
+        ours = "imaging-utility image --used-only"
+        outputs = {label: f"{out}-{i}" for i, label in enumerate(peers)} | {ours: f"{out}-ours"}
         cmds: dict[str, tuple[list[str] | str, bool]] = {
-            label: (f"{cmd.format(src=q(str(src)))} 2>/dev/null | zstd -q -T0 -{level} -c > {q(str(out))}-{i}",
-                    True) for i, (label, cmd) in enumerate(peers.items())}
-        cmds["imaging-utility image --used-only"] = (
-            [*TOOL, "image", "--force", "--used-only", "--level", str(level), str(src), f"{out}-ours"], False)
+            label: (f"{cmd.format(src=q(str(src)))} 2>/dev/null | zstd -q -T0 -{level} -c > {q(outputs[label])}",
+                    True) for label, cmd in peers.items()}
+        cmds[ours] = ([*TOOL, "image", "--force", "--used-only", "--level", str(level), str(src), outputs[ours]], False)
         # every command writes a new file: one replacing its last run's output makes ext4 write the whole new
         # file back at its close (auto_da_alloc), which is not what is measured here
-        outputs = {label: f"{out}-{i}" for i, label in enumerate(peers)}
-        outputs["imaging-utility image --used-only"] = f"{out}-ours"
         res = interleaved(cmds, reps, before={label: f"rm -f {q(path)}" for label, path in outputs.items()})
-        results = [(label, res[label], size_of(Path(f"{out}-{i}"))) for i, label in enumerate(peers)]
-        results.append(("imaging-utility image --used-only", res["imaging-utility image --used-only"],
-                        size_of(Path(f"{out}-ours"))))
+        results = [(label, res[label], size_of(Path(path))) for label, path in outputs.items()]
         fastest = min(r.wall for _, r, _ in results[:-1])
         smallest = min(sz for _, _, sz in results[:-1])
         for label, r, sz in results:
